@@ -1,0 +1,1 @@
+//! sembase-hub: model sources and the store.
