@@ -24,9 +24,6 @@ pub enum Error {
     /// Tensor computation failed (shapes, missing weights).
     #[error("model computation: {0}")]
     Tensor(#[from] candle_core::Error),
-    /// An input is empty, where an empty text cannot be embedded.
-    #[error("input {index} is empty")]
-    EmptyInput { index: usize },
     /// An input is longer than the model's limit and truncation is off.
     #[error("input {index} has {tokens} tokens, more than the model's limit of {limit}")]
     InputTooLong { index: usize, tokens: usize, limit: usize },

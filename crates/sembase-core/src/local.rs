@@ -1,0 +1,213 @@
+//! The local embedder: a model directory loaded on this machine.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::batching::{plan_batches, BatchLimits};
+use crate::dense::Dense;
+use crate::embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
+use crate::error::{Error, Result};
+use crate::model_dir::{HeadModule, ModelDir};
+use crate::models::{load_encoder, TextEncoder};
+use crate::pooling::Pooling;
+use crate::tokenize::TextTokenizer;
+use crate::vectors::truncate_dimensions;
+
+/// Settings chosen when a model is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Overrides the directory's `max_seq_length`.
+    pub max_seq_length: Option<usize>,
+    /// Batch limits of one forward pass.
+    pub batch: BatchLimits,
+    /// Where the model computes.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { max_seq_length: None, batch: BatchLimits::default(), device: Device::Cpu }
+    }
+}
+
+/// A module after pooling, ready to run.
+#[derive(Debug, Clone)]
+enum LoadedModule {
+    Dense(Dense),
+    Normalize,
+}
+
+/// A sentence-transformers model: tokenizer, encoder, pooling and the modules after it.
+pub struct LocalEmbedder {
+    name: String,
+    tokenizer: TextTokenizer,
+    encoder: Box<dyn TextEncoder>,
+    pooling: Pooling,
+    modules: Vec<LoadedModule>,
+    dimension: usize,
+    pad_id: u32,
+    prompts: HashMap<String, String>,
+    default_prompt_name: Option<String>,
+    options: LoadOptions,
+}
+
+impl LocalEmbedder {
+    /// Loads the model in `dir`, served under `name`. Weights are memory-mapped.
+    pub fn load(dir: &Path, name: impl Into<String>, options: LoadOptions) -> Result<Self> {
+        let model = ModelDir::open(dir)?;
+        // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
+        let encoder = load_encoder(vb, &model.config)?;
+        Self::assemble(model, encoder, name.into(), options)
+    }
+
+    /// Builds an embedder around an already constructed encoder (training uses this).
+    pub fn assemble(model: ModelDir, encoder: Box<dyn TextEncoder>, name: String, options: LoadOptions) -> Result<Self> {
+        let limit = encoder.max_tokens();
+        let max_tokens = options.max_seq_length.or(model.max_seq_length).unwrap_or(limit);
+        if max_tokens == 0 || max_tokens > limit {
+            return Err(Error::Unsupported(format!(
+                "max_seq_length {max_tokens} is outside 1..={limit}, the model's position limit"
+            )));
+        }
+        let tokenizer = TextTokenizer::load(&model.tokenizer_file, max_tokens)?;
+        let mut head = model.head.iter();
+        let Some(HeadModule::Pooling(pooling)) = head.next() else {
+            return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));
+        };
+        let mut dimension = pooling.output_dim(encoder.hidden_size());
+        let mut modules = Vec::new();
+        for module in head {
+            modules.push(match module {
+                HeadModule::Dense(path) => {
+                    let dense = Dense::load_dir(path, &options.device)?;
+                    dimension = dense.out_dim();
+                    LoadedModule::Dense(dense)
+                }
+                HeadModule::Normalize => LoadedModule::Normalize,
+                HeadModule::Pooling(_) => return Err(Error::Unsupported("a second Pooling module".into())),
+            });
+        }
+        Ok(Self {
+            name,
+            tokenizer,
+            pooling: pooling.clone(),
+            encoder,
+            modules,
+            dimension,
+            pad_id: model.config.pad_token_id.unwrap_or(0),
+            prompts: model.prompts,
+            default_prompt_name: model.default_prompt_name,
+            options,
+        })
+    }
+
+    /// Named prompts from `config_sentence_transformers.json`.
+    pub fn prompts(&self) -> &HashMap<String, String> {
+        &self.prompts
+    }
+
+    /// The prompt used when a caller names none, if the model sets one.
+    pub fn default_prompt(&self) -> Option<&str> {
+        self.default_prompt_name.as_deref().and_then(|n| self.prompts.get(n)).map(String::as_str)
+    }
+
+    /// Pooled (and post-processed) vectors of one padded batch.
+    fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(sequences.len() * width);
+        let mut mask = Vec::with_capacity(sequences.len() * width);
+        for seq in sequences {
+            ids.extend_from_slice(seq);
+            ids.extend(std::iter::repeat_n(self.pad_id, width - seq.len()));
+            mask.extend(std::iter::repeat_n(1u32, seq.len()));
+            mask.extend(std::iter::repeat_n(0u32, width - seq.len()));
+        }
+        let device = &self.options.device;
+        let ids = Tensor::from_vec(ids, (sequences.len(), width), device)?;
+        let mask = Tensor::from_vec(mask, (sequences.len(), width), device)?;
+        let states = self.encoder.forward(&ids, &mask, false)?;
+        let mut pooled = self.pooling.forward(&states, &mask)?;
+        for module in &self.modules {
+            pooled = match module {
+                LoadedModule::Dense(dense) => dense.forward(&pooled)?,
+                LoadedModule::Normalize => {
+                    let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+                    pooled.broadcast_div(&norms)?
+                }
+            };
+        }
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Embeds token sequences in length-sorted batches; results in input order.
+    fn embed_sequences(&self, sequences: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
+        if let Some(dims) = options.dimensions {
+            if dims == 0 || dims > self.dimension {
+                return Err(Error::InvalidDimensions { requested: dims, max: self.dimension });
+            }
+        }
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let mut vectors = vec![Vec::new(); sequences.len()];
+        for batch in plan_batches(&lengths, self.options.batch) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| sequences[i].as_slice()).collect();
+            for (&i, vector) in batch.iter().zip(self.forward_batch(&rows)?) {
+                vectors[i] = vector;
+            }
+        }
+        if let Some(dims) = options.dimensions {
+            vectors.iter_mut().for_each(|v| truncate_dimensions(v, dims));
+        }
+        Ok(Embeddings { vectors, token_counts: lengths })
+    }
+}
+
+impl Embedder for LocalEmbedder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.tokenizer.max_tokens()
+    }
+
+    fn embed(&self, texts: &[&str], options: &EmbedOptions) -> Result<Embeddings> {
+        let prefixed: Vec<String>;
+        let inputs: Vec<&str> = match &options.prefix {
+            Some(prefix) => {
+                prefixed = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+                prefixed.iter().map(String::as_str).collect()
+            }
+            None => texts.to_vec(),
+        };
+        let sequences = self.tokenizer.encode_batch(&inputs, options.truncate)?;
+        self.embed_sequences(&sequences, options)
+    }
+
+    fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
+        let vocab = self.encoder.vocab_size();
+        let limit = self.max_tokens();
+        let mut sequences = Vec::with_capacity(inputs.len());
+        for (index, ids) in inputs.iter().enumerate() {
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::InvalidTokenId { index, id, vocab });
+            }
+            if ids.len() > limit && options.truncate == Truncation::Refuse {
+                return Err(Error::InputTooLong { index, tokens: ids.len(), limit });
+            }
+            sequences.push(ids[..ids.len().min(limit)].to_vec());
+        }
+        self.embed_sequences(&sequences, options)
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode_full(text)
+    }
+}

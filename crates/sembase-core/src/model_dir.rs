@@ -1,0 +1,151 @@
+//! A sentence-transformers / Hugging Face model directory: which files hold
+//! what, and the module pipeline after the transformer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::files::{read_json, read_json_if_present};
+use crate::models::TransformerConfig;
+use crate::pooling::{Pooling, PoolingConfig, PoolingMode};
+
+/// One entry of `modules.json`.
+#[derive(Debug, Clone, Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `sentence_bert_config.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+/// `config_sentence_transformers.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct SentenceTransformersConfig {
+    #[serde(default)]
+    prompts: HashMap<String, String>,
+    default_prompt_name: Option<String>,
+}
+
+/// `model.safetensors.index.json` (sharded weights).
+#[derive(Debug, Clone, Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+/// A module that runs on the pooled (or token) output of the transformer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadModule {
+    Pooling(Pooling),
+    /// A Dense module stored in this sub-directory.
+    Dense(PathBuf),
+    Normalize,
+}
+
+/// Everything sembase reads from a model directory, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory itself.
+    pub path: PathBuf,
+    /// `config.json`.
+    pub config: TransformerConfig,
+    /// The transformer's weights: one file or the shards of an index.
+    pub weight_files: Vec<PathBuf>,
+    /// `tokenizer.json`.
+    pub tokenizer_file: PathBuf,
+    /// Token limit from `sentence_bert_config.json`, if given.
+    pub max_seq_length: Option<usize>,
+    /// Modules after the transformer, in order.
+    pub head: Vec<HeadModule>,
+    /// Named prompts (e.g. `query` -> `query: `).
+    pub prompts: HashMap<String, String>,
+    /// The prompt applied when none is named.
+    pub default_prompt_name: Option<String>,
+}
+
+impl ModelDir {
+    /// Reads and checks a model directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
+            });
+        }
+        let config = TransformerConfig::from_dir(path)?;
+        let tokenizer_file = path.join("tokenizer.json");
+        if !tokenizer_file.exists() {
+            return Err(Error::Unsupported(format!("{}: no tokenizer.json (only fast tokenizers are read)", path.display())));
+        }
+        let sbert: SentenceBertConfig = read_json_if_present(&path.join("sentence_bert_config.json"))?.unwrap_or_default();
+        let st: SentenceTransformersConfig =
+            read_json_if_present(&path.join("config_sentence_transformers.json"))?.unwrap_or_default();
+        Ok(Self {
+            weight_files: weight_files(path)?,
+            head: head_modules(path)?,
+            path: path.to_path_buf(),
+            config,
+            tokenizer_file,
+            max_seq_length: sbert.max_seq_length,
+            prompts: st.prompts,
+            default_prompt_name: st.default_prompt_name,
+        })
+    }
+}
+
+/// `model.safetensors`, or the shard files named by `model.safetensors.index.json`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let index: ShardIndex = read_json(&index_path)?;
+        let shards: BTreeSet<&String> = index.weight_map.values().collect();
+        return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+    }
+    Err(Error::Unsupported(format!(
+        "{}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not read)",
+        dir.display()
+    )))
+}
+
+/// The modules after the transformer. Without `modules.json` the directory is a
+/// plain Hugging Face model, pooled by mean as sentence-transformers does.
+fn head_modules(dir: &Path) -> Result<Vec<HeadModule>> {
+    let modules_path = dir.join("modules.json");
+    let Some(entries) = read_json_if_present::<Vec<ModuleEntry>>(&modules_path)? else {
+        return Ok(vec![HeadModule::Pooling(Pooling::new(PoolingMode::Mean))]);
+    };
+    let mut head = Vec::new();
+    for entry in entries {
+        let kind = entry.kind.rsplit('.').next().unwrap_or_default();
+        match kind {
+            "Transformer" => {}
+            "Pooling" => {
+                let cfg: PoolingConfig = read_json(&dir.join(&entry.path).join("config.json"))?;
+                head.push(HeadModule::Pooling(Pooling::from_config(&cfg)?));
+            }
+            "Dense" => head.push(HeadModule::Dense(dir.join(&entry.path))),
+            "Normalize" => head.push(HeadModule::Normalize),
+            _ => {
+                return Err(Error::Config {
+                    path: modules_path,
+                    message: format!("module type {:?} is not supported", entry.kind),
+                })
+            }
+        }
+    }
+    if !matches!(head.first(), Some(HeadModule::Pooling(_))) {
+        return Err(Error::Config { path: modules_path, message: "the first module after the Transformer must be Pooling".into() });
+    }
+    Ok(head)
+}

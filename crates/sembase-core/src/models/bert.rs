@@ -1,0 +1,151 @@
+//! BERT (and the MiniLM checkpoints, which are BERTs): token, position and
+//! segment embeddings, then the shared post-norm encoder.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::TransformerConfig;
+use super::encoder::{padding_bias, Encoder, LayerWeightNames};
+use super::layers::{Dropout, Embedding, LayerNorm};
+use super::TextEncoder;
+use crate::error::Result;
+
+/// BERT's weight names inside `encoder.layer.N`.
+pub const BERT_LAYER_NAMES: LayerWeightNames = LayerWeightNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+/// How position ids are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionScheme {
+    /// 0, 1, 2, ... for every row (BERT).
+    FromZero,
+    /// Real tokens count from `pad + 1`, padding gets `pad` (RoBERTa family, MPNet).
+    AfterPadding { pad: u32 },
+}
+
+impl PositionScheme {
+    /// Position ids `(batch, seq)` for a right-padded batch with `mask` (1 real, 0 padding).
+    pub fn ids(&self, mask: &Tensor) -> Result<Tensor> {
+        let (b, s) = mask.dims2()?;
+        match *self {
+            Self::FromZero => Ok(Tensor::arange(0u32, s as u32, mask.device())?.unsqueeze(0)?.repeat((b, 1))?),
+            Self::AfterPadding { pad } => {
+                let mask = mask.to_dtype(DType::F32)?;
+                let counted = (mask.cumsum(1)? * &mask)?;
+                Ok((counted + pad as f64)?.to_dtype(DType::U32)?)
+            }
+        }
+    }
+
+    /// How many tokens a sequence may hold given the position table's rows.
+    pub fn max_tokens(&self, position_rows: usize) -> usize {
+        match *self {
+            Self::FromZero => position_rows,
+            Self::AfterPadding { pad } => position_rows.saturating_sub(pad as usize + 1),
+        }
+    }
+}
+
+/// Word + position (+ segment) embeddings, layer norm and dropout.
+#[derive(Debug, Clone)]
+pub struct TokenEmbeddings {
+    word: Embedding,
+    position: Embedding,
+    segment: Option<Embedding>,
+    norm: LayerNorm,
+    dropout: Dropout,
+    positions: PositionScheme,
+}
+
+impl TokenEmbeddings {
+    /// Loads from `vb` (pointing at `embeddings`); `with_segments` adds the
+    /// token-type table, always used with type 0 for single texts.
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, with_segments: bool) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let segment = if with_segments {
+            Some(Embedding::load(vb.pp("token_type_embeddings"), cfg.type_vocab_size, h)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            word: Embedding::load(vb.pp("word_embeddings"), cfg.vocab_size, h)?,
+            position: Embedding::load(vb.pp("position_embeddings"), cfg.max_position_embeddings, h)?,
+            segment,
+            norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+            positions,
+        })
+    }
+
+    /// Rows of the word table.
+    pub fn vocab_size(&self) -> usize {
+        self.word.rows()
+    }
+
+    /// Longest sequence the position table allows.
+    pub fn max_tokens(&self) -> usize {
+        self.positions.max_tokens(self.position.rows())
+    }
+
+    /// `(batch, seq)` ids -> `(batch, seq, hidden)`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let words = self.word.forward(ids)?;
+        let mut x = words.add(&self.position.forward(&self.positions.ids(mask)?)?)?;
+        if let Some(segment) = &self.segment {
+            let types = ids.zeros_like()?;
+            x = x.add(&segment.forward(&types)?)?;
+        }
+        self.dropout.forward(&self.norm.forward(&x)?, train)
+    }
+}
+
+/// The BERT encoder (no pooler: sentence-transformers pools token states itself).
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: TokenEmbeddings,
+    encoder: Encoder,
+    hidden_size: usize,
+}
+
+impl BertModel {
+    /// Loads a BERT whose weights sit under `vb` (the prefix already resolved).
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Self> {
+        Self::load_with_positions(vb, cfg, PositionScheme::FromZero)
+    }
+
+    /// Loads a BERT-shaped model with the given position numbering (XLM-R reuses this).
+    pub fn load_with_positions(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme) -> Result<Self> {
+        Ok(Self {
+            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, positions, true)?,
+            encoder: Encoder::load(vb.pp("encoder"), cfg, &BERT_LAYER_NAMES)?,
+            hidden_size: cfg.hidden_size,
+        })
+    }
+}
+
+impl TextEncoder for BertModel {
+    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.embeddings.forward(ids, mask, train)?;
+        self.encoder.forward(&x, &padding_bias(mask)?, train)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.embeddings.max_tokens()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.embeddings.vocab_size()
+    }
+}

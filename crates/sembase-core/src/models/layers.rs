@@ -1,0 +1,179 @@
+//! Building blocks shared by the architectures: linear maps, layer norm,
+//! activations and embedding look-ups, each usable for inference and training.
+//!
+//! Training needs a backward pass through every op. candle's fused layer norm
+//! and last-dim softmax have none, so when a tensor takes part in a gradient
+//! graph (`track_op`), these blocks switch to compositions of differentiable ops.
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::error::Result;
+
+/// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` (out, in) and, when `with_bias`, `bias` (out) from `vb`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<Self> {
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        let bias = if with_bias {
+            Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Applies the map; leading dimensions are flattened into one GEMM.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = x.reshape((rows, in_dim))?;
+        let mut y = flat.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Layer normalisation over the last dimension, with learned scale and shift.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` (older checkpoints: `gamma` and `beta`).
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let (w, b) = if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        let weight = vb.get_with_hints(dim, w, candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, b, candle_nn::Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            self.forward_differentiable(x)
+        } else {
+            Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?)
+        }
+    }
+
+    fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Softmax over the last dimension; differentiable when `x` is in a gradient graph.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
+}
+
+/// Dropout that is active only in training mode.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    inner: candle_nn::Dropout,
+    p: f32,
+}
+
+impl Dropout {
+    /// Drops each element with probability `p` (0 disables it).
+    pub fn new(p: f32) -> Self {
+        Self { inner: candle_nn::Dropout::new(p), p }
+    }
+
+    /// Identity unless `train`; in training, zeroes elements and rescales the rest.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        Ok(self.inner.forward(x, true)?)
+    }
+}
+
+/// The feed-forward activations used by the supported configs (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU with erf (`gelu`).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    /// Parses a `hidden_act` value of config.json.
+    pub fn from_config(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            "relu" => Some(Self::Relu),
+            "silu" | "swish" => Some(Self::Silu),
+            _ => None,
+        }
+    }
+
+    /// Applies the activation element-wise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Gelu => x.gelu_erf()?,
+            Self::GeluTanh => x.gelu()?,
+            Self::Relu => x.relu()?,
+            Self::Silu => x.silu()?,
+        })
+    }
+}
+
+/// A lookup table of row vectors.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Tensor,
+}
+
+impl Embedding {
+    /// Loads a `(rows, dim)` table named `weight`.
+    pub fn load(vb: VarBuilder, rows: usize, dim: usize) -> Result<Self> {
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Ok(Self { table: vb.get_with_hints((rows, dim), "weight", init)? })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.table.dims()[0]
+    }
+
+    /// Looks up `ids` (any shape, u32) and appends the vector dimension.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.table.dims()[1]);
+        let rows = self.table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?;
+        Ok(rows.reshape(dims)?)
+    }
+}

@@ -1,0 +1,152 @@
+//! Pooling token states into one vector per text, as sentence-transformers'
+//! `Pooling` module does (several modes are concatenated in its order).
+
+use candle_core::{DType, IndexOp, Tensor, D};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// One way of reducing `(batch, seq, hidden)` to `(batch, hidden)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingMode {
+    /// The first token's state.
+    Cls,
+    /// Element-wise maximum over real tokens.
+    Max,
+    /// Mean over real tokens.
+    Mean,
+    /// Sum over real tokens divided by the square root of their count.
+    MeanSqrtLen,
+    /// The last real token's state (decoder models).
+    LastToken,
+}
+
+/// `1_Pooling/config.json`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct PoolingConfig {
+    #[serde(default)]
+    pub pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pub pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pub pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pub pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pub pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pub pooling_mode_lasttoken: bool,
+}
+
+/// The configured pooling modes, in sentence-transformers' concatenation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pooling {
+    modes: Vec<PoolingMode>,
+}
+
+impl Pooling {
+    /// A single mode.
+    pub fn new(mode: PoolingMode) -> Self {
+        Self { modes: vec![mode] }
+    }
+
+    /// Reads the modes switched on in a pooling config.
+    pub fn from_config(cfg: &PoolingConfig) -> Result<Self> {
+        if cfg.pooling_mode_weightedmean_tokens {
+            return Err(Error::Unsupported("pooling mode weightedmean".into()));
+        }
+        let flags = [
+            (cfg.pooling_mode_cls_token, PoolingMode::Cls),
+            (cfg.pooling_mode_max_tokens, PoolingMode::Max),
+            (cfg.pooling_mode_mean_tokens, PoolingMode::Mean),
+            (cfg.pooling_mode_mean_sqrt_len_tokens, PoolingMode::MeanSqrtLen),
+            (cfg.pooling_mode_lasttoken, PoolingMode::LastToken),
+        ];
+        let modes: Vec<_> = flags.iter().filter(|(on, _)| *on).map(|(_, m)| *m).collect();
+        if modes.is_empty() {
+            return Err(Error::Unsupported("pooling config enables no mode".into()));
+        }
+        Ok(Self { modes })
+    }
+
+    /// The modes in use.
+    pub fn modes(&self) -> &[PoolingMode] {
+        &self.modes
+    }
+
+    /// Output width for token states of width `hidden`.
+    pub fn output_dim(&self, hidden: usize) -> usize {
+        hidden * self.modes.len()
+    }
+
+    /// `(batch, seq, hidden)` states and `(batch, seq)` mask -> `(batch, hidden * modes)`.
+    pub fn forward(&self, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let mask = mask.to_dtype(DType::F32)?;
+        let pooled = self.modes.iter().map(|m| pool(*m, states, &mask)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&pooled, D::Minus1)?)
+    }
+}
+
+fn pool(mode: PoolingMode, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let expanded = mask.unsqueeze(D::Minus1)?; // (b, s, 1)
+    let counts = mask.sum_keepdim(1)?; // (b, 1)
+    Ok(match mode {
+        PoolingMode::Cls => states.i((.., 0))?,
+        PoolingMode::Mean => states.broadcast_mul(&expanded)?.sum(1)?.broadcast_div(&counts.clamp(1e-9, f64::MAX)?)?,
+        PoolingMode::MeanSqrtLen => states.broadcast_mul(&expanded)?.sum(1)?.broadcast_div(&counts.sqrt()?)?,
+        PoolingMode::Max => {
+            // Padding positions get -1e9 so they never win the maximum.
+            let penalty = ((expanded - 1.0)? * 1e9)?;
+            states.broadcast_add(&penalty)?.max(1)?
+        }
+        PoolingMode::LastToken => {
+            let (b, _, h) = states.dims3()?;
+            let last = (counts - 1.0)?.clamp(0.0, f64::MAX)?.to_dtype(DType::U32)?; // (b, 1)
+            let index = last.unsqueeze(2)?.broadcast_as((b, 1, h))?.contiguous()?;
+            states.gather(&index, 1)?.squeeze(1)?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn batch() -> (Tensor, Tensor) {
+        // Two rows; the second has one padding position holding a huge value.
+        let states = Tensor::new(&[[[1f32, 2.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1], [1, 1, 0]], &Device::Cpu).unwrap();
+        (states, mask)
+    }
+
+    fn run(mode: PoolingMode) -> Vec<Vec<f32>> {
+        let (s, m) = batch();
+        Pooling::new(mode).forward(&s, &m).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn each_mode_ignores_padding() {
+        assert_eq!(run(PoolingMode::Cls), vec![vec![1., 2.], vec![-1., 0.]]);
+        assert_eq!(run(PoolingMode::Mean), vec![vec![3., 0.], vec![0.5, 4.]]);
+        assert_eq!(run(PoolingMode::Max), vec![vec![5., 4.], vec![2., 8.]]);
+        assert_eq!(run(PoolingMode::LastToken), vec![vec![5., -6.], vec![2., 8.]]);
+        let sqrt = run(PoolingMode::MeanSqrtLen);
+        assert!((sqrt[1][1] - 8.0 / 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn several_modes_concatenate_in_reference_order() {
+        let cfg = PoolingConfig { pooling_mode_mean_tokens: true, pooling_mode_cls_token: true, ..Default::default() };
+        let pooling = Pooling::from_config(&cfg).unwrap();
+        assert_eq!(pooling.modes(), &[PoolingMode::Cls, PoolingMode::Mean]);
+        let (s, m) = batch();
+        let out: Vec<Vec<f32>> = pooling.forward(&s, &m).unwrap().to_vec2().unwrap();
+        assert_eq!(out[1], vec![-1., 0., 0.5, 4.]);
+    }
+
+    #[test]
+    fn a_config_with_no_mode_is_refused() {
+        assert!(Pooling::from_config(&PoolingConfig::default()).is_err());
+    }
+}
