@@ -98,3 +98,24 @@ fn padding_does_not_change_the_real_tokens() {
         assert!((x - y).abs() < 1e-5, "padded {x} vs alone {y}");
     }
 }
+
+#[test]
+fn inference_kernel_matches_the_differentiable_path() {
+    // The same weights as plain tensors take the CPU attention kernel; as
+    // variables they take the composed ops. Pooled outputs must agree.
+    for model_type in ["bert", "mpnet"] {
+        let varmap = VarMap::new();
+        let cfg = tiny_config(model_type);
+        let trainable = load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let frozen: std::collections::HashMap<String, Tensor> =
+            varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+        let inference = load_encoder(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let (ids, mask) = batch();
+        let pool = Pooling::new(PoolingMode::Mean);
+        let a: Vec<Vec<f32>> = pool.forward(&trainable.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = pool.forward(&inference.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
+        for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{model_type}: ops path {x} vs kernel {y}");
+        }
+    }
+}

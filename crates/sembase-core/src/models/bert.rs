@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
-use super::encoder::{padding_bias, Encoder, LayerWeightNames};
+use super::encoder::{Encoder, LayerWeightNames};
 use super::layers::{Dropout, Embedding, LayerNorm};
 use super::TextEncoder;
 use crate::error::Result;
@@ -134,7 +134,7 @@ impl BertModel {
 impl TextEncoder for BertModel {
     fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.embeddings.forward(ids, mask, train)?;
-        self.encoder.forward(&x, &padding_bias(mask)?, train)
+        self.encoder.forward(&x, mask, None, train)
     }
 
     fn hidden_size(&self) -> usize {

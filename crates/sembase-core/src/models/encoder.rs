@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
+use super::cpu_attention::{self, CpuAttention};
 use super::layers::{softmax_last_dim, Activation, Dropout, LayerNorm, Linear};
 use crate::error::{Error, Result};
 
@@ -67,20 +68,62 @@ impl EncoderLayer {
         Ok(x.reshape((b, s, self.heads, h / self.heads))?.transpose(1, 2)?.contiguous()?)
     }
 
-    fn forward(&self, x: &Tensor, attention_bias: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
-        let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(attention_bias)?;
-        let probs = self.attention_dropout.forward(&softmax_last_dim(&scores)?, train)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+    fn forward(&self, x: &Tensor, plan: &AttentionPlan, train: bool) -> Result<Tensor> {
+        let context = match plan {
+            AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, train)?,
+            AttentionPlan::CpuKernel { lengths, bias } => self.attend_with_kernel(x, lengths, bias.as_deref())?,
+        };
         let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
         let x = self.attention_norm.forward(&(attended + x)?)?;
         let inner = self.activation.forward(&self.intermediate.forward(&x)?)?;
         let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, train)?;
         self.output_norm.forward(&(out + x)?)
+    }
+
+    fn scale(&self, hidden: usize) -> f64 {
+        1.0 / ((hidden / self.heads) as f64).sqrt()
+    }
+
+    /// Attention from differentiable candle ops; `bias` broadcasts to `(batch, heads, seq, seq)`.
+    fn attend_with_ops(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let q = self.split_heads(&(self.query.forward(x)? * self.scale(h))?)?;
+        let k = self.split_heads(&self.key.forward(x)?)?;
+        let v = self.split_heads(&self.value.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let probs = self.attention_dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?)
+    }
+
+    /// Attention through the CPU inference kernel (no padding work, no transposes).
+    fn attend_with_kernel(&self, x: &Tensor, lengths: &[usize], bias: Option<&[f32]>) -> Result<Tensor> {
+        let (_, _, h) = x.dims3()?;
+        let op = CpuAttention { heads: self.heads, lengths, bias, scale: self.scale(h) as f32 };
+        Ok(cpu_attention::attention(&self.query.forward(x)?, &self.key.forward(x)?, &self.value.forward(x)?, op)?)
+    }
+}
+
+/// How the layers compute attention for one forward pass, decided once.
+enum AttentionPlan {
+    /// Composed candle ops (training, or devices other than the CPU).
+    Ops { bias: Tensor },
+    /// The CPU kernel, with each row's real length and the architecture's bias as host values.
+    CpuKernel { lengths: Vec<usize>, bias: Option<Vec<f32>> },
+}
+
+impl AttentionPlan {
+    fn new(x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Self> {
+        if train || x.track_op() || !x.device().is_cpu() {
+            let bias = padding_bias(mask)?;
+            let bias = match extra_bias {
+                Some(extra) => bias.broadcast_add(extra)?,
+                None => bias,
+            };
+            return Ok(Self::Ops { bias });
+        }
+        let lengths = mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?.into_iter().map(|l| l as usize).collect();
+        let bias = extra_bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        Ok(Self::CpuKernel { lengths, bias })
     }
 }
 
@@ -105,19 +148,21 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    /// Runs every layer; `attention_bias` is added to the attention scores and
-    /// broadcasts to `(batch, heads, seq, seq)`.
-    pub fn forward(&self, x: &Tensor, attention_bias: &Tensor, train: bool) -> Result<Tensor> {
+    /// Runs every layer over right-padded `x` with `mask` (1 real, 0 padding).
+    /// `extra_bias`, of shape `(1, heads, seq, seq)`, is added to the attention
+    /// scores (MPNet's relative positions).
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let plan = AttentionPlan::new(x, mask, extra_bias, train)?;
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, attention_bias, train)?;
+            x = layer.forward(&x, &plan, train)?;
         }
         Ok(x)
     }
 }
 
 /// The additive padding mask: `(batch, seq)` of 1/0 -> `(batch, 1, 1, seq)` of 0 / a large negative.
-pub fn padding_bias(mask: &Tensor) -> Result<Tensor> {
+fn padding_bias(mask: &Tensor) -> Result<Tensor> {
     let (b, s) = mask.dims2()?;
     let mask = mask.to_dtype(DType::F32)?;
     let bias = ((mask - 1.0)? * -(f32::MIN as f64))?;

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod config;
+mod cpu_attention;
 pub mod encoder;
 pub mod layers;
 pub mod mpnet;

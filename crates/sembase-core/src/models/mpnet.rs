@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::bert::{PositionScheme, TokenEmbeddings};
 use super::config::TransformerConfig;
-use super::encoder::{padding_bias, Encoder, LayerWeightNames};
+use super::encoder::{Encoder, LayerWeightNames};
 use super::layers::Embedding;
 use super::TextEncoder;
 use crate::error::Result;
@@ -83,8 +83,8 @@ impl TextEncoder for MpnetModel {
     fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let x = self.embeddings.forward(ids, mask, train)?;
-        let bias = self.position_bias(seq, ids.device())?.broadcast_add(&padding_bias(mask)?)?;
-        self.encoder.forward(&x, &bias, train)
+        let bias = self.position_bias(seq, ids.device())?;
+        self.encoder.forward(&x, mask, Some(&bias), train)
     }
 
     fn hidden_size(&self) -> usize {

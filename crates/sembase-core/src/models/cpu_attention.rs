@@ -1,0 +1,131 @@
+//! Multi-head attention as one CPU kernel for inference.
+//!
+//! candle's batched matmul runs its batch serially and splits each small GEMM
+//! across threads, which is slow for the many short sequences of embedding
+//! work. This kernel instead gives each (sequence, head) pair to one thread,
+//! computes only the real `len x len` block of each sequence (no work on
+//! padding), and reads queries, keys and values straight from the `(batch,
+//! seq, hidden)` output of the projections, so no head transposes are copied.
+//! It has no backward pass: training uses the composed ops in `encoder.rs`.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The attention op: `softmax(scale * Q K^T + bias) V` per sequence and head.
+pub struct CpuAttention<'a> {
+    /// Number of heads; the hidden width is split evenly among them.
+    pub heads: usize,
+    /// Real tokens of each sequence; padding rows of the output are zero.
+    pub lengths: &'a [usize],
+    /// Optional additive bias of shape `(heads, seq, seq)`, row-major.
+    pub bias: Option<&'a [f32]>,
+    /// Multiplies the scores before the bias is added.
+    pub scale: f32,
+}
+
+/// A pointer that threads may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
+    if !layout.is_contiguous() {
+        candle_core::bail!("cpu attention: {what} must be contiguous");
+    }
+    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..])
+}
+
+impl CustomOp3 for CpuAttention<'_> {
+    fn name(&self) -> &'static str {
+        "sembase-cpu-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_layout: &Layout,
+        k: &CpuStorage,
+        k_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, seq, hidden) = q_layout.shape().dims3()?;
+        if k_layout.shape() != q_layout.shape() || v_layout.shape() != q_layout.shape() {
+            candle_core::bail!("cpu attention: q, k and v shapes differ");
+        }
+        if self.lengths.len() != batch || self.lengths.iter().any(|&l| l > seq) {
+            candle_core::bail!("cpu attention: lengths do not fit the batch");
+        }
+        if hidden % self.heads != 0 {
+            candle_core::bail!("cpu attention: hidden {hidden} not divisible by {} heads", self.heads);
+        }
+        if let Some(bias) = self.bias {
+            if bias.len() != self.heads * seq * seq {
+                candle_core::bail!("cpu attention: bias has {} values, expected {}", bias.len(), self.heads * seq * seq);
+            }
+        }
+        let (q, k, v) = (contiguous_f32(q, q_layout, "q")?, contiguous_f32(k, k_layout, "k")?, contiguous_f32(v, v_layout, "v")?);
+        let head_dim = hidden / self.heads;
+        let mut out = vec![0f32; batch * seq * hidden];
+        let shared = SharedOut(out.as_mut_ptr());
+        (0..batch * self.heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let (b, h) = (task / self.heads, task % self.heads);
+            let len = self.lengths[b];
+            if len == 0 {
+                return;
+            }
+            let base = b * seq * hidden + h * head_dim;
+            scores.resize(len * len, 0.0);
+            // SAFETY: all pointers stay inside their slices: rows < len <= seq,
+            // columns < head_dim within this head's block of `hidden`.
+            unsafe {
+                // scores (len x len) = scale * Q (len x d) . K^T (d x len)
+                gemm::gemm(
+                    len, len, head_dim,
+                    scores.as_mut_ptr(), 1, len as isize, false,
+                    q.as_ptr().add(base), 1, hidden as isize,
+                    k.as_ptr().add(base), hidden as isize, 1,
+                    0.0, self.scale, false, false, false, gemm::Parallelism::None,
+                );
+            }
+            for (i, row) in scores.chunks_mut(len).enumerate() {
+                if let Some(bias) = self.bias {
+                    let bias_row = &bias[(h * seq + i) * seq..][..len];
+                    row.iter_mut().zip(bias_row).for_each(|(s, b)| *s += b);
+                }
+                softmax_in_place(row);
+            }
+            let out = shared;
+            // SAFETY: each (b, h) task writes rows b*seq..b*seq+len of its own head's
+            // columns, a region no other task touches.
+            unsafe {
+                // context (len x d) = P (len x len) . V (len x d), written into (batch, seq, hidden)
+                gemm::gemm(
+                    len, head_dim, len,
+                    out.0.add(base), 1, hidden as isize, false,
+                    scores.as_ptr(), 1, len as isize,
+                    v.as_ptr().add(base), 1, hidden as isize,
+                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
+    }
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// Runs the kernel on `(batch, seq, hidden)` f32 projections on the CPU.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: CpuAttention<'_>) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &op)
+}
