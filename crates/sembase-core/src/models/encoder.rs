@@ -75,7 +75,7 @@ impl EncoderLayer {
         };
         let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
         let x = self.attention_norm.forward(&(attended + x)?)?;
-        let inner = self.activation.forward(&self.intermediate.forward(&x)?)?;
+        let inner = self.intermediate.forward_then(&x, Some(self.activation))?;
         let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, train)?;
         self.output_norm.forward(&(out + x)?)
     }

@@ -8,6 +8,7 @@
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::cpu_linear::{self, CpuLinear};
 use crate::error::Result;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -37,17 +38,42 @@ impl Linear {
 
     /// Applies the map; leading dimensions are flattened into one GEMM.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
+    }
+
+    /// Applies the map, then `activation`. For inference on the CPU this is one
+    /// kernel (bias and exact GELU fused); otherwise composed differentiable ops.
+    pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = x.reshape((rows, in_dim))?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
+        if let Some(bias) = self.kernel_bias(x) {
+            let gelu = activation == Some(Activation::Gelu);
+            let y = cpu_linear::linear(&flat.contiguous()?, &self.weight, bias, CpuLinear { gelu })?.reshape(out_dims)?;
+            return match activation {
+                Some(a) if !gelu => a.forward(&y),
+                _ => Ok(y),
+            };
+        }
         let mut y = flat.matmul(&self.weight.t()?)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
-        Ok(y.reshape(out_dims)?)
+        let y = y.reshape(out_dims)?;
+        match activation {
+            Some(a) => a.forward(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// The bias, when this call can take the CPU inference kernel.
+    fn kernel_bias(&self, x: &Tensor) -> Option<&Tensor> {
+        let inference = !x.track_op() && !self.weight.track_op() && x.device().is_cpu();
+        let f32s = x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 && self.weight.is_contiguous();
+        self.bias.as_ref().filter(|b| inference && f32s && b.dtype() == DType::F32 && b.is_contiguous())
     }
 }
 

@@ -4,7 +4,9 @@
 pub mod bert;
 pub mod config;
 mod cpu_attention;
+mod cpu_linear;
 pub mod encoder;
+mod fast_math;
 pub mod layers;
 pub mod mpnet;
 pub mod xlm_roberta;

@@ -1,0 +1,69 @@
+//! Linear layers as one CPU kernel for inference: the bias is written into
+//! the output before the GEMM accumulates onto it, and an optional exact GELU
+//! runs on each row while it is still in cache. No backward pass: training uses
+//! the composed ops of `layers.rs`.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fast_math::gelu_erf_in_place;
+
+/// `y = x W^T + b`, then optionally GELU, for `x` of shape `(rows, in)`.
+pub struct CpuLinear {
+    /// Apply exact (erf) GELU to the result.
+    pub gelu: bool,
+}
+
+fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
+    if !layout.is_contiguous() {
+        candle_core::bail!("cpu linear: {what} must be contiguous");
+    }
+    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..][..layout.shape().elem_count()])
+}
+
+impl CustomOp3 for CpuLinear {
+    fn name(&self) -> &'static str {
+        "sembase-cpu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = x_layout.shape().dims2()?;
+        let (out_dim, w_in) = w_layout.shape().dims2()?;
+        if w_in != in_dim || b_layout.shape().dims1()? != out_dim {
+            candle_core::bail!("cpu linear: shapes {:?} x {:?} + {:?} do not fit", x_layout.shape(), w_layout.shape(), b_layout.shape());
+        }
+        let (x, w, b) = (contiguous_f32(x, x_layout, "x")?, contiguous_f32(w, w_layout, "weight")?, contiguous_f32(b, b_layout, "bias")?);
+        let mut out = vec![0f32; rows * out_dim];
+        out.par_chunks_mut(out_dim).for_each(|row| row.copy_from_slice(b));
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: dimensions and strides describe exactly the three slices above:
+        // out (rows x out, row-major), x (rows x in, row-major), W^T (in x out) read from W (out x in).
+        unsafe {
+            gemm::gemm(
+                rows, out_dim, in_dim,
+                out.as_mut_ptr(), 1, out_dim as isize, true,
+                x.as_ptr(), 1, in_dim as isize,
+                w.as_ptr(), in_dim as isize, 1,
+                1.0, 1.0, false, false, false, parallelism,
+            );
+        }
+        if self.gelu {
+            out.par_chunks_mut(out_dim * 16).for_each(gelu_erf_in_place);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
+    }
+}
+
+/// Runs the kernel on `(rows, in)` input, `(out, in)` weight and `(out)` bias.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, op: CpuLinear) -> Result<Tensor> {
+    x.apply_op3_no_bwd(weight, bias, &op)
+}
