@@ -105,6 +105,11 @@ impl LocalEmbedder {
         })
     }
 
+    /// The tokenizer, set to this model's token limit.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
     /// Named prompts from `config_sentence_transformers.json`.
     pub fn prompts(&self) -> &HashMap<String, String> {
         &self.prompts

@@ -1,0 +1,132 @@
+//! Golden tests: sembase's embeddings against reference vectors made by
+//! `tools/make_golden.py` (sentence-transformers; transformers for the XLM-R
+//! model) on 320 real sentences. Every sentence must reach cosine >= 0.9999 and
+//! see exactly the reference's token count.
+//!
+//! The models come from the store (`sembase model pull NAME`, under
+//! `$SEMBASE_HOME`); the sentences from `../shared/data` (or `$SEMBASE_DATA`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sembase_core::vectors::cosine;
+use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder, Truncation};
+use sha2::{Digest, Sha256};
+
+const MIN_COSINE: f32 = 0.9999;
+
+#[derive(Deserialize)]
+struct SentenceList {
+    sentences: Vec<SentenceLocator>,
+}
+
+#[derive(Deserialize)]
+struct SentenceLocator {
+    source: String,
+    parts: Vec<Part>,
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+struct Part {
+    row: usize,
+    field: String,
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    prefix: String,
+    max_seq_length: usize,
+    token_counts: Vec<usize>,
+    token_ids_head: Vec<Vec<u32>>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn data_root() -> PathBuf {
+    std::env::var_os("SEMBASE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+}
+
+/// Rows of a data file as field maps: TSV with a header line, or JSONL.
+fn load_rows(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()));
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        return text
+            .lines()
+            .map(|line| {
+                let obj: HashMap<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+                obj.into_iter().map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect()
+            })
+            .collect();
+    }
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header line").split('\t').collect();
+    lines.map(|line| header.iter().map(|h| h.to_string()).zip(line.split('\t').map(str::to_string)).collect()).collect()
+}
+
+/// The 320 sentences, rebuilt from their locators and checked against their digests.
+fn sentences() -> Vec<String> {
+    let list: SentenceList = serde_json::from_slice(&std::fs::read(golden_dir().join("sentences.json")).unwrap()).unwrap();
+    let mut files: HashMap<String, Vec<HashMap<String, String>>> = HashMap::new();
+    list.sentences
+        .iter()
+        .map(|loc| {
+            let rows = files.entry(loc.source.clone()).or_insert_with(|| load_rows(&data_root().join(&loc.source)));
+            let text = loc
+                .parts
+                .iter()
+                .map(|p| rows[p.row].get(&p.field).cloned().unwrap_or_default())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(digest, loc.sha256, "{} rows {:?}: the shared data differs from the fixture's", loc.source, loc.parts.iter().map(|p| p.row).collect::<Vec<_>>());
+            text
+        })
+        .collect()
+}
+
+fn check_model(name: &str) {
+    let golden: Golden = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
+    let store = sembase_hub::Store::from_env().unwrap();
+    let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+    let model = LocalEmbedder::load(&dir, name, LoadOptions::default()).unwrap();
+    assert_eq!(model.max_tokens(), golden.max_seq_length, "token limit");
+    let texts = sentences();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let prefix = (!golden.prefix.is_empty()).then(|| golden.prefix.clone());
+    let prefixed: Vec<String> = texts.iter().map(|t| format!("{}{t}", golden.prefix)).collect();
+    let head: Vec<&str> = prefixed.iter().take(golden.token_ids_head.len()).map(String::as_str).collect();
+    let ours = model.tokenizer().encode_batch(&head, Truncation::Truncate).unwrap();
+    for (i, (ours, reference)) in ours.iter().zip(&golden.token_ids_head).enumerate() {
+        assert_eq!(ours, reference, "{name}: token ids of sentence {i}");
+    }
+    let embeddings = model.embed(&refs, &EmbedOptions { prefix, ..Default::default() }).unwrap();
+    assert_eq!(embeddings.token_counts, golden.token_counts, "{name}: token counts");
+    let mut worst = (1.0f32, 0usize);
+    for (i, (ours, reference)) in embeddings.vectors.iter().zip(&golden.embeddings).enumerate() {
+        let c = cosine(ours, reference);
+        if c < worst.0 {
+            worst = (c, i);
+        }
+    }
+    eprintln!("{name}: lowest cosine {:.7} (sentence {})", worst.0, worst.1);
+    assert!(worst.0 >= MIN_COSINE, "{name}: sentence {} has cosine {} < {MIN_COSINE}: {:?}", worst.1, worst.0, texts[worst.1]);
+}
+
+#[test]
+fn all_minilm_l6_v2_matches_sentence_transformers() {
+    check_model("all-minilm-l6-v2");
+}
+
+#[test]
+fn all_mpnet_base_v2_matches_sentence_transformers() {
+    check_model("all-mpnet-base-v2");
+}
