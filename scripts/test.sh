@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: builds once, pulls the models the
+# tests need into the store (a no-op when they are there), prepares the Python
+# reference clients, then runs the Rust and Python tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export SEMBASE_HOME="${SEMBASE_HOME:-$HOME/.cache/sembase}"
+export CARGO_TERM_COLOR=never
+
+echo "== build"
+cargo build --release --workspace --all-targets
+
+echo "== models (store: $SEMBASE_HOME)"
+for model in all-minilm-l6-v2 all-mpnet-base-v2 multilingual-e5-small; do
+  target/release/sembase model pull "$model"
+done
+
+echo "== rust tests"
+cargo test --release --workspace
