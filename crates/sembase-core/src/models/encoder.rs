@@ -136,7 +136,7 @@ pub struct Encoder {
 impl Encoder {
     /// Loads `cfg.num_hidden_layers` layers from `vb` (which points at `encoder`).
     pub fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames) -> Result<Self> {
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
