@@ -130,3 +130,8 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
 fn all_mpnet_base_v2_matches_sentence_transformers() {
     check_model("all-mpnet-base-v2");
 }
+
+#[test]
+fn multilingual_e5_small_matches_transformers_xlm_roberta() {
+    check_model("multilingual-e5-small");
+}
