@@ -1,1 +1,39 @@
-fn main() {}
+//! `sembase`: the command line. Each subcommand is a thin layer over a library crate.
+
+mod atomic_file;
+mod embed;
+mod embed_input;
+mod embed_output;
+mod model;
+mod models;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hosted text embeddings and semantic matching.
+#[derive(Parser)]
+#[command(name = "sembase", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and list models in the local store.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Embed texts from a file or stdin into JSONL or .npy.
+    Embed(embed::EmbedArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Embed(args) => embed::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

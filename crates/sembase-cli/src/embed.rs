@@ -1,0 +1,130 @@
+//! `sembase embed`: texts in, vectors out, in input order.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
+
+use crate::atomic_file::AtomicFile;
+use crate::embed_input::{read_inputs, InputFormat};
+use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
+use crate::models::{load_local, set_threads};
+
+/// Inputs embedded per call into the model; batches are length-sorted within it.
+const CHUNK: usize = 4096;
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// A store name (see `sembase model list`) or a model directory.
+    #[arg(long)]
+    model: String,
+    /// Input file: one text per line, or `.jsonl` with "text" (and optional "id"). Default: stdin.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output file: `.npy` for a float32 matrix, anything else JSONL. Default: stdout (JSONL).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Input layout, when the file name does not tell.
+    #[arg(long, value_enum)]
+    input_format: Option<InputFormat>,
+    /// Output layout, when the file name does not tell.
+    #[arg(long, value_enum)]
+    output_format: Option<OutputFormat>,
+    /// Keep the first N dimensions and re-normalise (Matryoshka).
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// Text put before every input, e.g. "query: ".
+    #[arg(long, conflicts_with = "prompt")]
+    prefix: Option<String>,
+    /// A prompt named in the model's config_sentence_transformers.json, e.g. "query".
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Padded tokens per forward pass.
+    #[arg(long, default_value_t = 16384)]
+    batch_tokens: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override the model's token limit per input.
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+    /// Refuse inputs over the token limit instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    set_threads(args.threads);
+    let inputs = read_inputs(args.input.as_deref(), args.input_format.unwrap_or(InputFormat::guess(args.input.as_deref())))?;
+    let model = load_local(&args.model, args.max_seq_length, args.batch_tokens)?;
+    let options = EmbedOptions {
+        prefix: prefix(&model, &args)?,
+        dimensions: args.dimensions,
+        truncate: if args.no_truncate { Truncation::Refuse } else { Truncation::Truncate },
+    };
+    let format = args.output_format.unwrap_or(OutputFormat::guess(args.output.as_deref()));
+    let mut file = args.output.as_deref().map(AtomicFile::create).transpose()?;
+    let mut stdout = std::io::stdout().lock();
+    let out: &mut dyn Write = match file.as_mut() {
+        Some(f) => f,
+        None => &mut stdout,
+    };
+    if format == OutputFormat::Npy {
+        write_npy_header(out, inputs.len(), args.dimensions.unwrap_or(model.dimension()))?;
+    }
+    let progress = progress_bar(inputs.len());
+    for (chunk_no, chunk) in inputs.chunks(CHUNK).enumerate() {
+        let texts: Vec<&str> = chunk.iter().map(|i| i.text.as_str()).collect();
+        let embeddings = model.embed(&texts, &options).map_err(|e| locate(e, chunk_no * CHUNK))?;
+        match format {
+            OutputFormat::Jsonl => write_jsonl(out, chunk_no * CHUNK, chunk, &embeddings.vectors)?,
+            OutputFormat::Npy => write_npy_rows(out, &embeddings.vectors)?,
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    out.flush()?;
+    if let Some(f) = file {
+        f.commit()?;
+    }
+    Ok(())
+}
+
+/// The prefix from `--prefix`, a named `--prompt`, or the model's default prompt.
+fn prefix(model: &LocalEmbedder, args: &EmbedArgs) -> Result<Option<String>> {
+    if let Some(p) = &args.prefix {
+        return Ok(Some(p.clone()));
+    }
+    if let Some(name) = &args.prompt {
+        let Some(p) = model.prompts().get(name) else {
+            let mut known: Vec<_> = model.prompts().keys().cloned().collect();
+            known.sort();
+            bail!("model has no prompt named {name:?} (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+        };
+        return Ok(Some(p.clone()));
+    }
+    Ok(model.default_prompt().map(str::to_string))
+}
+
+/// Makes an input index in a core error refer to the whole input (1-based line).
+fn locate(error: sembase_core::Error, offset: usize) -> anyhow::Error {
+    match error {
+        sembase_core::Error::InputTooLong { index, tokens, limit } => {
+            anyhow::anyhow!("input {} has {tokens} tokens, over the limit of {limit} (drop --no-truncate to cut it)", offset + index + 1)
+        }
+        other => other.into(),
+    }
+}
+
+/// A progress bar on a terminal; nothing when stderr is piped.
+fn progress_bar(total: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").expect("valid template"));
+    bar
+}

@@ -1,0 +1,36 @@
+//! Opening a model named on the command line (a store name or a directory).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sembase_core::{BatchLimits, LoadOptions, LocalEmbedder};
+
+/// Sets the number of compute threads; must run before any model work starts.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // Read by rayon's global pool and by candle's matmul when they start.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+}
+
+/// Resolves `spec` through the store and loads it for inference.
+pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize) -> Result<LocalEmbedder> {
+    let store = sembase_hub::Store::from_env()?;
+    let dir = store.resolve(spec)?;
+    let name = display_name(spec, &dir);
+    let options = LoadOptions {
+        max_seq_length,
+        batch: BatchLimits { max_tokens: batch_tokens.max(1), ..BatchLimits::default() },
+        ..LoadOptions::default()
+    };
+    LocalEmbedder::load(&dir, name, options).with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// The name a model is known by: the store name, or a directory's last component.
+fn display_name(spec: &str, dir: &Path) -> String {
+    if Path::new(spec).is_dir() {
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string())
+    } else {
+        spec.to_string()
+    }
+}
