@@ -6,6 +6,8 @@
 //! graph (`track_op`), these blocks switch to compositions of differentiable ops.
 
 use candle_core::{DType, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
@@ -121,25 +123,42 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Dropout that is active only in training mode.
+/// Dropout that is active only in training mode. Masks come from a seeded
+/// per-thread generator (see [`seed_dropout`]), so a training run can be
+/// replayed exactly, e.g. when resuming from a checkpoint.
 #[derive(Debug, Clone)]
 pub struct Dropout {
-    inner: candle_nn::Dropout,
     p: f32,
+}
+
+thread_local! {
+    static DROPOUT_RNG: std::cell::RefCell<StdRng> = std::cell::RefCell::new(StdRng::seed_from_u64(0));
+}
+
+/// Re-seeds the dropout masks of this thread (the trainer does this per step).
+pub fn seed_dropout(seed: u64) {
+    DROPOUT_RNG.with(|rng| *rng.borrow_mut() = StdRng::seed_from_u64(seed));
 }
 
 impl Dropout {
     /// Drops each element with probability `p` (0 disables it).
     pub fn new(p: f32) -> Self {
-        Self { inner: candle_nn::Dropout::new(p), p }
+        Self { p }
     }
 
     /// Identity unless `train`; in training, zeroes elements and rescales the rest.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p == 0.0 {
+        if !train || self.p <= 0.0 {
             return Ok(x.clone());
         }
-        Ok(self.inner.forward(x, true)?)
+        let keep = 1.0 - self.p;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = DROPOUT_RNG.with(|rng| {
+            let mut rng = rng.borrow_mut();
+            (0..x.elem_count()).map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 }).collect()
+        });
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
     }
 }
 
