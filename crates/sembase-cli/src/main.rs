@@ -4,6 +4,7 @@ mod atomic_file;
 mod embed;
 mod embed_input;
 mod embed_output;
+mod head;
 mod model;
 mod models;
 
@@ -24,6 +25,9 @@ enum Command {
     Model(model::ModelCommand),
     /// Embed texts from a file or stdin into JSONL or .npy.
     Embed(embed::EmbedArgs),
+    /// Classifiers on frozen embeddings: train, eval, predict.
+    #[command(subcommand)]
+    Head(head::HeadCommand),
 }
 
 fn main() {
@@ -31,6 +35,7 @@ fn main() {
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Embed(args) => embed::run(args),
+        Command::Head(cmd) => head::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
