@@ -6,7 +6,8 @@
 pub struct LbfgsOptions {
     pub memory: usize,
     pub max_iter: usize,
-    /// Stop when the largest gradient component is below this.
+    /// Stop when the largest gradient component is below this (scikit-learn's lbfgs `tol`;
+    /// the objectives are per-example means, as there).
     pub grad_tol: f64,
     /// Stop when an iteration lowers the loss by less than this, relative to the loss.
     pub rel_tol: f64,
@@ -14,7 +15,7 @@ pub struct LbfgsOptions {
 
 impl Default for LbfgsOptions {
     fn default() -> Self {
-        Self { memory: 10, max_iter: 500, grad_tol: 1e-5, rel_tol: 1e-10 }
+        Self { memory: 10, max_iter: 500, grad_tol: 1e-4, rel_tol: 1e-12 }
     }
 }
 
