@@ -4,9 +4,12 @@ mod atomic_file;
 mod embed;
 mod embed_input;
 mod embed_output;
+mod eval;
 mod head;
 mod model;
 mod models;
+mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +31,12 @@ enum Command {
     /// Classifiers on frozen embeddings: train, eval, predict.
     #[command(subcommand)]
     Head(head::HeadCommand),
+    /// Evaluate models side by side on sts, pairs and retrieval tasks.
+    Eval(eval::EvalArgs),
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
+    /// Fine-tune a model: simcse, pairs, triplets or sts (CoSENT).
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -36,6 +45,9 @@ fn main() {
         Command::Model(cmd) => model::run(cmd),
         Command::Embed(args) => embed::run(args),
         Command::Head(cmd) => head::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Train(args) => train::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

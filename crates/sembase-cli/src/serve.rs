@@ -1,0 +1,113 @@
+//! `sembase serve`: the OpenAI-compatible HTTP API over one or more models.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sembase_server::{ModelSpec, Server, ServerConfig};
+
+use crate::models::{load_local, set_threads};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A store name or model directory; repeat to serve several (the first answers
+    /// requests that name no model).
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the ready line tells which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* and /tokenize.
+    #[arg(long, env = "SEMBASE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Tokens per merged batch: requests from many clients share forward passes up to this.
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Embedding requests handled at once; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Inputs per request.
+    #[arg(long, default_value_t = 2048)]
+    max_inputs: usize,
+    /// Request body size limit in bytes (413 above).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Refuse inputs over the model's token limit with a 400 instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override the models' token limit per input.
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    set_threads(args.threads);
+    let server = Server::new(ServerConfig {
+        api_key: args.api_key.clone(),
+        max_batch_tokens: args.max_batch_tokens,
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_inputs: args.max_inputs,
+        max_body_bytes: args.max_body_bytes,
+        truncate: !args.no_truncate,
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        let address = listener.local_addr()?;
+        // Models load beside the listener: /health answers 503 until they are in.
+        let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+        let (failed, on_failure) = tokio::sync::oneshot::channel::<()>();
+        let loader = server.clone();
+        let failure_slot = failure.clone();
+        let specs = args.models.clone();
+        let (max_seq_length, batch_tokens) = (args.max_seq_length, args.max_batch_tokens);
+        std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens).and_then(|models| {
+            loader.set_models(models).map_err(anyhow::Error::from)
+        }) {
+            Ok(()) => println!("listening on http://{address}"),
+            Err(e) => {
+                *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                let _ = failed.send(());
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = sembase_server::shutdown_signal() => {}
+                result = on_failure => {
+                    if result.is_err() {
+                        // Loading succeeded (the sender is gone): run until a signal.
+                        sembase_server::shutdown_signal().await;
+                    }
+                }
+            }
+        };
+        server.serve(listener, shutdown).await?;
+        let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })
+}
+
+fn load_models(specs: &[String], max_seq_length: Option<usize>, batch_tokens: usize) -> Result<Vec<ModelSpec>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let model = load_local(spec, max_seq_length, batch_tokens)?;
+            Ok(ModelSpec {
+                prompts: model.prompts().clone(),
+                default_prompt: model.default_prompt().map(str::to_string),
+                embedder: Arc::new(model),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,509 @@
+//! Route handlers and middleware.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use sembase_core::{Embedder, Embeddings};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::api::{
+    parse_json, EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat,
+    Health, ModelList, ModelObject, SchemaStatus, TokenizeInputs, TokenizeRequest, Usage,
+};
+use crate::batcher::{Job, JobError, Piece};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::{AppState, Models, ServedModel};
+
+type AppResult<T> = Result<T, ApiError>;
+
+/// Texts longer than this (bytes, all inputs together) are tokenized on the blocking
+/// pool instead of the runtime's threads.
+const INLINE_TOKENIZE_BYTES: usize = 16 << 10;
+
+impl AppState {
+    fn ready(&self) -> AppResult<&Models> {
+        self.models.get().ok_or_else(|| ApiError::unavailable("models are still loading", "model_loading"))
+    }
+}
+
+impl Models {
+    /// The model a request names; the first one when it names none.
+    fn find(&self, name: Option<&str>) -> AppResult<&ServedModel> {
+        match name {
+            None => Ok(&self.list[0]),
+            Some(name) => self.by_name.get(name).map(|&i| &self.list[i]).ok_or_else(|| {
+                let known: Vec<&str> = self.list.iter().map(|m| m.embedder.name()).collect();
+                ApiError::model_not_found(name, &known)
+            }),
+        }
+    }
+}
+
+impl ServedModel {
+    /// The text put before each input: the named prompt, or the model's default.
+    fn prefix(&self, prompt_name: Option<&str>) -> AppResult<Option<String>> {
+        match prompt_name {
+            None => Ok(self.default_prompt.clone()),
+            Some(name) => self.prompts.get(name).cloned().map(Some).ok_or_else(|| {
+                let mut known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                ApiError::bad_request(format!(
+                    "model `{}` has no prompt named {name:?} (it has: {known})",
+                    self.embedder.name()
+                ))
+                .param("prompt_name")
+            }),
+        }
+    }
+
+    /// Queues the job and waits for its vectors. Dropping the future (the client went
+    /// away) closes the reply channel and the worker skips the job.
+    async fn run(&self, pieces: Vec<Piece>, tokens: usize, dimensions: Option<usize>) -> AppResult<Embeddings> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { pieces, dimensions, tokens, reply, enqueued: Instant::now() };
+        if self.batcher.submit(job).is_err() {
+            return Err(ApiError::unavailable("the model's worker has stopped", "model_unavailable"));
+        }
+        match answer.await {
+            Ok(Ok(embeddings)) => Ok(embeddings),
+            Ok(Err(JobError::BadInput(message))) => Err(ApiError::bad_request(message).param("input")),
+            Ok(Err(JobError::Internal(message))) => Err(ApiError::internal(message)),
+            Err(_) => Err(ApiError::internal("the model's worker stopped before answering")),
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than the limit with 413 (early, when
+/// `Content-Length` already says so).
+async fn read_body(request: Request, limit: usize) -> AppResult<Bytes> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// Reads and parses a JSON body, once the models are ready.
+async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, request: Request, schema: SchemaStatus) -> AppResult<(T, &Models)> {
+    let body = read_body(request, state.config.max_body_bytes).await?;
+    let parsed = parse_json(&body, schema)?;
+    Ok((parsed, state.ready()?))
+}
+
+/// A JSON answer with status 200.
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(e) => ApiError::internal(format!("could not write the answer: {e}")).into_response(),
+    }
+}
+
+/// Runs CPU work on the blocking pool when it is large, inline otherwise.
+async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+    if large {
+        tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("a worker task failed"))
+    } else {
+        Ok(work())
+    }
+}
+
+/// The request's inputs as queue pieces: texts tokenized (with the prompt), over-long
+/// inputs cut or refused. Returns the pieces and the tokens they will cost.
+fn prepare(
+    embedder: &dyn Embedder,
+    input: EmbeddingInput,
+    prefix: Option<&str>,
+    truncate: bool,
+) -> AppResult<(Vec<Piece>, usize)> {
+    let limit = embedder.max_tokens();
+    let too_long = |index: usize, tokens: usize| {
+        ApiError::bad_request(format!(
+            "input {index} has {tokens} tokens, more than the model's limit of {limit} (the server refuses over-long inputs instead of truncating them)"
+        ))
+        .param("input")
+        .code("input_too_long")
+    };
+    let from_ids = |index: usize, mut ids: Vec<u32>| -> AppResult<(Piece, usize)> {
+        if ids.len() > limit {
+            if !truncate {
+                return Err(too_long(index, ids.len()));
+            }
+            ids.truncate(limit);
+        }
+        let n = ids.len();
+        Ok((Piece::Ids(ids), n))
+    };
+    let mut pieces = Vec::with_capacity(input.len());
+    let mut tokens = 0;
+    let mut push = |(piece, n): (Piece, usize)| {
+        pieces.push(piece);
+        tokens += n;
+    };
+    match input {
+        EmbeddingInput::Text(text) => push(prepare_text(embedder, 0, text, prefix, truncate, &too_long)?),
+        EmbeddingInput::Texts(texts) => {
+            for (index, text) in texts.into_iter().enumerate() {
+                push(prepare_text(embedder, index, text, prefix, truncate, &too_long)?);
+            }
+        }
+        EmbeddingInput::Tokens(ids) => push(from_ids(0, ids)?),
+        EmbeddingInput::TokenArrays(arrays) => {
+            for (index, ids) in arrays.into_iter().enumerate() {
+                push(from_ids(index, ids)?);
+            }
+        }
+    }
+    Ok((pieces, tokens))
+}
+
+fn prepare_text(
+    embedder: &dyn Embedder,
+    index: usize,
+    text: String,
+    prefix: Option<&str>,
+    truncate: bool,
+    too_long: &dyn Fn(usize, usize) -> ApiError,
+) -> AppResult<(Piece, usize)> {
+    let text = match prefix {
+        Some(p) => format!("{p}{text}"),
+        None => text,
+    };
+    let ids = embedder
+        .tokenize(&text)
+        .map_err(|e| ApiError::internal(format!("could not tokenize input {index}: {e}")))?;
+    let limit = embedder.max_tokens();
+    if ids.len() <= limit {
+        let n = ids.len();
+        return Ok((Piece::Ids(ids), n));
+    }
+    if !truncate {
+        return Err(too_long(index, ids.len()));
+    }
+    // The model cuts it, keeping the closing special token as `embed` does.
+    Ok((Piece::LongText(text), limit))
+}
+
+/// Refuses empty inputs and too many of them, naming the index.
+fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResult<()> {
+    let bad = |message: String| ApiError::bad_request(message).param("input");
+    if input.is_empty() {
+        return Err(bad("'input' is empty; send at least one non-empty string or token id".into()));
+    }
+    if input.len() > max_inputs {
+        return Err(bad(format!("'input' has {} items, more than the limit of {max_inputs}", input.len())));
+    }
+    match input {
+        EmbeddingInput::Text(t) if t.is_empty() => Err(bad("'input' is an empty string".into())),
+        EmbeddingInput::Texts(v) => match v.iter().position(String::is_empty) {
+            Some(i) => Err(bad(format!("input[{i}] is an empty string"))),
+            None => Ok(()),
+        },
+        EmbeddingInput::TokenArrays(v) => match v.iter().position(Vec::is_empty) {
+            Some(i) => Err(bad(format!("input[{i}] is an empty array of token ids"))),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Embed text or token ids.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    request_body = EmbeddingsRequest,
+    responses(
+        (status = 200, description = "One vector per input, in input order", body = EmbeddingsResponse),
+        (status = 400, description = "Malformed or invalid request", body = crate::error::ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown model (`model_not_found`)", body = crate::error::ErrorResponse),
+        (status = 413, description = "Body over the size limit", body = crate::error::ErrorResponse),
+        (status = 429, description = "Too many concurrent requests; see Retry-After", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
+    let (request, models): (EmbeddingsRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+    let model = models.find(request.model.as_deref())?;
+    check_inputs(&request.input, state.config.max_inputs)?;
+    let width = model.embedder.dimension();
+    let dimensions = match request.dimensions {
+        None => None,
+        Some(d) if d == 0 || d > width as u64 => {
+            return Err(ApiError::bad_request(format!(
+                "dimensions must be between 1 and {width} for model `{}`, got {d}",
+                model.embedder.name()
+            ))
+            .param("dimensions"));
+        }
+        Some(d) => Some(d as usize),
+    };
+    let prefix = model.prefix(request.prompt_name.as_deref())?;
+    let format = request.encoding_format.unwrap_or_default();
+    let large = match &request.input {
+        EmbeddingInput::Text(t) => t.len() > INLINE_TOKENIZE_BYTES,
+        EmbeddingInput::Texts(v) => v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES,
+        _ => false,
+    };
+    let embedder = model.embedder.clone();
+    let truncate = state.config.truncate;
+    let input = request.input;
+    let (pieces, tokens) = cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate)).await??;
+    let embeddings = model.run(pieces, tokens, dimensions).await?;
+    let usage = Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
+    let data = embeddings
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| EmbeddingObject {
+            object: "embedding",
+            index,
+            embedding: match format {
+                EncodingFormat::Float => EmbeddingValue::Float(vector),
+                EncodingFormat::Base64 => EmbeddingValue::Base64(base64_f32(&vector)),
+            },
+        })
+        .collect();
+    Ok(json(&EmbeddingsResponse { object: "list", data, model: model.embedder.name().to_string(), usage }))
+}
+
+/// Little-endian f32 bytes in standard base64, as OpenAI's clients decode them.
+fn base64_f32(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Token ids of texts, as the model sees them (special tokens included, not truncated).
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, description = "Token ids per input", body = Vec<Vec<u32>>),
+        (status = 400, description = "Body is not valid JSON", body = crate::error::ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
+        (status = 413, description = "Body over the size limit", body = crate::error::ErrorResponse),
+        (status = 422, description = "Well-formed JSON that is not a valid request", body = crate::error::ErrorResponse),
+        (status = 429, description = "Too many concurrent requests", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn tokenize(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
+    let (request, models): (TokenizeRequest, _) = read_json(&state, request, SchemaStatus::Unprocessable).await?;
+    let model = models.find(request.model.as_deref())?;
+    let texts = match request.inputs {
+        TokenizeInputs::One(t) => vec![t],
+        TokenizeInputs::Many(v) => v,
+    };
+    let bad = |message: String| ApiError::unprocessable(message).param("inputs");
+    if texts.is_empty() {
+        return Err(bad("'inputs' is empty".into()));
+    }
+    if texts.len() > state.config.max_inputs {
+        return Err(bad(format!("'inputs' has {} items, more than the limit of {}", texts.len(), state.config.max_inputs)));
+    }
+    if let Some(i) = texts.iter().position(String::is_empty) {
+        return Err(bad(format!("inputs[{i}] is an empty string")));
+    }
+    let prefix = model.prefix(request.prompt_name.as_deref())?;
+    let large = texts.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES;
+    let embedder = model.embedder.clone();
+    let ids = cpu(large, move || {
+        texts
+            .iter()
+            .map(|t| match &prefix {
+                Some(p) => embedder.tokenize(&format!("{p}{t}")),
+                None => embedder.tokenize(t),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?
+    .map_err(|e| ApiError::internal(format!("tokenizer: {e}")))?;
+    Ok(json(&ids))
+}
+
+fn model_object(state: &AppState, model: &ServedModel) -> ModelObject {
+    ModelObject {
+        id: model.embedder.name().to_string(),
+        object: "model",
+        created: state.started_unix,
+        owned_by: "sembase",
+        dimension: model.embedder.dimension(),
+        max_tokens: model.embedder.max_tokens(),
+    }
+}
+
+/// The served models.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_models(State(state): State<Arc<AppState>>) -> AppResult<Response> {
+    let models = state.ready()?;
+    let data = models.list.iter().map(|m| model_object(&state, m)).collect();
+    Ok(json(&ModelList { object: "list", data }))
+}
+
+/// One served model.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    params(("model" = String, Path, description = "A served model's name")),
+    responses(
+        (status = 200, body = ModelObject),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<Response> {
+    let models = state.ready()?;
+    let model = models.find(Some(&name))?;
+    Ok(json(&model_object(&state, model)))
+}
+
+/// 200 once every model is loaded, 503 before.
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    )
+)]
+pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Response> {
+    let models = state.ready()?;
+    let names = models.list.iter().map(|m| m.embedder.name().to_string()).collect();
+    Ok(json(&Health { status: "ok", models: names }))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 description of the API", content_type = "application/json")))]
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        crate::openapi::openapi_json().to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// `Authorization: Bearer <key>` on the protected routes, when a key is set.
+pub(crate) async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        match given {
+            None => {
+                return ApiError::unauthorized("no API key given; send `Authorization: Bearer <key>`").into_response();
+            }
+            Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
+                return ApiError::unauthorized("incorrect API key").into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so the time taken does not tell how much matched
+/// (only whether the lengths differ).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Holds a slot of the concurrency limit until dropped.
+struct Slot(Arc<Metrics>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// At most `max_concurrent_requests` embedding/tokenize requests at once; 429 beyond.
+pub(crate) async fn limit_concurrency(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.config.max_concurrent_requests;
+    let before = state.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+    let _slot = Slot(state.metrics.clone());
+    if before >= limit {
+        return ApiError::overloaded(limit).into_response();
+    }
+    next.run(request).await
+}
+
+/// Records the request in the metrics when it ends, or as 499 if the client leaves first.
+struct Record {
+    metrics: Arc<Metrics>,
+    route: String,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.metrics.record_request(&self.route, self.status.unwrap_or(499), self.started.elapsed().as_secs_f64());
+    }
+}
+
+pub(crate) async fn track(State(state): State<Arc<AppState>>, request: Request<Body>, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let mut record = Record { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
+    let response = next.run(request).await;
+    record.status = Some(response.status().as_u16());
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        record.route = "unmatched".to_string();
+    }
+    response
+}

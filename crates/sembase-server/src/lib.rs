@@ -1,0 +1,283 @@
+//! sembase-server: an OpenAI-compatible HTTP API over [`sembase_core::Embedder`]s.
+//!
+//! Routes: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`,
+//! `POST /tokenize`, `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`.
+//!
+//! Each model gets a worker thread fed by a queue (see [`batcher`](crate::batcher)):
+//! requests are tokenized in the handler, then merged with other waiting requests
+//! into batches of at most `max_batch_tokens` tokens, so a burst of small requests
+//! shares forward passes while the async runtime stays free for I/O.
+//!
+//! ```no_run
+//! # async fn run(model: std::sync::Arc<dyn sembase_core::Embedder>) -> Result<(), sembase_server::ServerError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! sembase_server::serve(
+//!     sembase_server::ServerConfig::default(),
+//!     vec![sembase_server::ModelSpec::new(model)],
+//!     listener,
+//!     sembase_server::shutdown_signal(),
+//! )
+//! .await
+//! # }
+//! ```
+
+pub mod api;
+mod batcher;
+pub mod error;
+mod handlers;
+pub mod metrics;
+mod openapi;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::routing::{get, post};
+use axum::Router;
+use sembase_core::Embedder;
+
+pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
+pub use openapi::openapi_json;
+
+use batcher::Batcher;
+use metrics::Metrics;
+
+/// Limits and settings of a server.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// When set, `/v1/*` and `/tokenize` need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Tokens per merged batch handed to the model.
+    pub max_batch_tokens: usize,
+    /// Embedding and tokenize requests handled at once; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Inputs per request.
+    pub max_inputs: usize,
+    /// Bytes per request body (413 above).
+    pub max_body_bytes: usize,
+    /// Cut inputs over the model's token limit (true), or refuse them with a 400 (false).
+    pub truncate: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_batch_tokens: 16384,
+            max_concurrent_requests: 512,
+            max_inputs: 2048,
+            max_body_bytes: 8 << 20,
+            truncate: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("max_batch_tokens", &self.max_batch_tokens)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_inputs", &self.max_inputs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("truncate", &self.truncate)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ServerError> {
+        let positive = [
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_inputs", self.max_inputs),
+            ("max_body_bytes", self.max_body_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ServerError::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(ServerError::Config("the API key is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A model to serve: the embedder plus the named prompts a request may pick.
+#[derive(Clone)]
+pub struct ModelSpec {
+    pub embedder: Arc<dyn Embedder>,
+    /// Named prompts (`query` -> `query: `), selectable with `prompt_name`.
+    pub prompts: HashMap<String, String>,
+    /// Put before every text input when the request names no prompt.
+    pub default_prompt: Option<String>,
+}
+
+impl ModelSpec {
+    /// A model without prompts.
+    pub fn new(embedder: Arc<dyn Embedder>) -> Self {
+        Self { embedder, prompts: HashMap::new(), default_prompt: None }
+    }
+}
+
+/// A loaded model with its queue.
+pub(crate) struct ServedModel {
+    pub embedder: Arc<dyn Embedder>,
+    pub prompts: HashMap<String, String>,
+    pub default_prompt: Option<String>,
+    pub batcher: Batcher,
+}
+
+/// The served models, in the order given; the first answers requests that name none.
+pub(crate) struct Models {
+    pub list: Vec<ServedModel>,
+    pub by_name: HashMap<String, usize>,
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub config: ServerConfig,
+    pub metrics: Arc<Metrics>,
+    pub models: OnceLock<Models>,
+    pub started_unix: u64,
+}
+
+/// A server: routes and shared state. Cheap to clone; models can be set after it
+/// starts listening (`/health` answers 503 until then).
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// A server with no models yet.
+    pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        config.validate()?;
+        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Ok(Self {
+            state: Arc::new(AppState { config, metrics: Arc::new(Metrics::default()), models: OnceLock::new(), started_unix }),
+        })
+    }
+
+    /// Installs the models and starts one worker thread each; from then on the
+    /// server is ready. Can be called once.
+    pub fn set_models(&self, models: Vec<ModelSpec>) -> Result<(), ServerError> {
+        if models.is_empty() {
+            return Err(ServerError::NoModels);
+        }
+        if self.state.models.get().is_some() {
+            return Err(ServerError::AlreadyLoaded);
+        }
+        let mut by_name = HashMap::new();
+        for (i, spec) in models.iter().enumerate() {
+            if by_name.insert(spec.embedder.name().to_string(), i).is_some() {
+                return Err(ServerError::DuplicateModel(spec.embedder.name().to_string()));
+            }
+        }
+        let mut list = Vec::with_capacity(models.len());
+        for spec in models {
+            let metrics = self.state.metrics.model(spec.embedder.name());
+            let batcher = Batcher::start(spec.embedder.clone(), self.state.config.max_batch_tokens, metrics)?;
+            list.push(ServedModel {
+                embedder: spec.embedder,
+                prompts: spec.prompts,
+                default_prompt: spec.default_prompt,
+                batcher,
+            });
+        }
+        self.state.models.set(Models { list, by_name }).map_err(|_| ServerError::AlreadyLoaded)
+    }
+
+    /// True once models are set.
+    pub fn is_ready(&self) -> bool {
+        self.state.models.get().is_some()
+    }
+
+    /// The Prometheus text `/metrics` would answer.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render()
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        let work = Router::new()
+            .route("/v1/embeddings", post(handlers::embeddings))
+            .route("/tokenize", post(handlers::tokenize))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::limit_concurrency));
+        let listing = Router::new()
+            .route("/v1/models", get(handlers::list_models))
+            .route("/v1/models/{model}", get(handlers::get_model));
+        let protected =
+            work.merge(listing).route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::require_api_key));
+        let open = Router::new()
+            .route("/health", get(handlers::health))
+            .route("/metrics", get(handlers::metrics))
+            .route("/openapi.json", get(handlers::openapi));
+        protected
+            .merge(open)
+            .fallback(handlers::not_found)
+            .method_not_allowed_fallback(handlers::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::track))
+            .with_state(state)
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting,
+    /// finishes the requests in flight and returns.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = self.router();
+        drop(self);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+}
+
+/// The routes over already loaded models (for tests and embedding in other programs).
+pub fn router(config: ServerConfig, models: Vec<ModelSpec>) -> Result<Router, ServerError> {
+    let server = Server::new(config)?;
+    server.set_models(models)?;
+    Ok(server.router())
+}
+
+/// Serves already loaded models on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: ServerConfig,
+    models: Vec<ModelSpec>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let server = Server::new(config)?;
+    server.set_models(models)?;
+    server.serve(listener, shutdown).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

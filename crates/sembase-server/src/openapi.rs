@@ -1,0 +1,63 @@
+//! The OpenAPI document, generated from the handler and body types.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api::{
+    EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Health,
+    ModelList, ModelObject, TokenizeInputs, TokenizeRequest, Usage,
+};
+use crate::error::{ErrorBody, ErrorResponse};
+use crate::handlers;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sembase",
+        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract."
+    ),
+    paths(
+        handlers::embeddings,
+        handlers::list_models,
+        handlers::get_model,
+        handlers::tokenize,
+        handlers::health,
+        handlers::metrics,
+        handlers::openapi,
+    ),
+    components(schemas(
+        EmbeddingsRequest,
+        EmbeddingInput,
+        EncodingFormat,
+        EmbeddingsResponse,
+        EmbeddingObject,
+        EmbeddingValue,
+        Usage,
+        ModelList,
+        ModelObject,
+        TokenizeRequest,
+        TokenizeInputs,
+        Health,
+        ErrorResponse,
+        ErrorBody,
+    )),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The OpenAPI document as JSON text (built once).
+pub fn openapi_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")))
+}
