@@ -11,7 +11,8 @@ use crate::dense::Dense;
 use crate::embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 use crate::error::{Error, Result};
 use crate::model_dir::{HeadModule, ModelDir};
-use crate::models::{load_encoder, TextEncoder};
+use crate::models::decoder_config::is_decoder;
+use crate::models::{load_decoder_dir, load_encoder, TextEncoder};
 use crate::pooling::Pooling;
 use crate::tokenize::TextTokenizer;
 use crate::vectors::truncate_dimensions;
@@ -25,11 +26,14 @@ pub struct LoadOptions {
     pub batch: BatchLimits,
     /// Where the model computes.
     pub device: Device,
+    /// GGUF weights: dequantise every matrix to f32 instead of multiplying
+    /// the quantised blocks (more memory, exact to the file's values).
+    pub gguf_dequantize: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_seq_length: None, batch: BatchLimits::default(), device: Device::Cpu }
+        Self { max_seq_length: None, batch: BatchLimits::default(), device: Device::Cpu, gguf_dequantize: false }
     }
 }
 
@@ -58,9 +62,14 @@ impl LocalEmbedder {
     /// Loads the model in `dir`, served under `name`. Weights are memory-mapped.
     pub fn load(dir: &Path, name: impl Into<String>, options: LoadOptions) -> Result<Self> {
         let model = ModelDir::open(dir)?;
-        // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
-        let encoder = load_encoder(vb, &model.config)?;
+        let encoder: Box<dyn TextEncoder> = if is_decoder(&model.config.model_type) {
+            let (files, device) = (&model.weight_files, &options.device);
+            Box::new(load_decoder_dir(&model.path, files, device, options.gguf_dequantize, false)?)
+        } else {
+            // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
+            load_encoder(vb, &model.config)?
+        };
         Self::assemble(model, encoder, name.into(), options)
     }
 

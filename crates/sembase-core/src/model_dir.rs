@@ -100,11 +100,17 @@ impl ModelDir {
     }
 }
 
-/// `model.safetensors`, or the shard files named by `model.safetensors.index.json`.
+/// `model.safetensors`, the shard files named by `model.safetensors.index.json`,
+/// or a single `*.gguf` file (decoder models).
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    let mut ggufs: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    if ggufs.len() == 1 && !dir.join("model.safetensors.index.json").exists() {
+        return Ok(ggufs.split_off(0));
     }
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
@@ -113,7 +119,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
     }
     Err(Error::Unsupported(format!(
-        "{}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not read)",
+        "{}: no model.safetensors, model.safetensors.index.json or single *.gguf (pytorch_model.bin is not read)",
         dir.display()
     )))
 }

@@ -39,6 +39,7 @@
 mod e5s1;
 mod error;
 mod fsutil;
+mod gguf;
 mod hf;
 mod http;
 mod mirror;

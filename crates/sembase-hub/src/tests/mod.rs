@@ -886,7 +886,7 @@ fn local_directories_and_resolve() {
     assert_eq!(
         err.to_string(),
         "unknown model 'bogus-name': not a directory, a Hugging Face repo id (org/name[@revision]) or a known \
-         mirror (all-minilm-l6-v2, all-mpnet-base-v2, multilingual-e5-small)"
+         mirror (all-minilm-l6-v2, all-mpnet-base-v2, multilingual-e5-small, smollm2-135m)"
     );
     assert!(matches!(
         store.pull("a b", &PullOptions::default()),
@@ -997,7 +997,8 @@ fn options_and_store_from_the_environment() {
         [
             "all-minilm-l6-v2",
             "all-mpnet-base-v2",
-            "multilingual-e5-small"
+            "multilingual-e5-small",
+            "smollm2-135m"
         ]
     );
     assert_eq!(mirror_names()[1].packages().len(), 5);

@@ -1,0 +1,570 @@
+//! The pre-norm decoder stack shared by LLaMA/Mistral, Qwen2 and Qwen3:
+//! RMSNorm, rotary positions, grouped-query causal attention and a SwiGLU MLP.
+//! The architectures differ only in [`DecoderOptions`] (q/k/v bias, Qwen3's
+//! per-head q/k norm); their files under `models/` choose the options.
+//!
+//! Weights come from a [`DecoderWeights`]: a `VarBuilder` (safetensors,
+//! memory-mapped, or a `VarMap` for training) or a GGUF file whose quantised
+//! matrices are multiplied as they are (`QMatMul`), or dequantised to f32 on
+//! request. Names are the Hugging Face ones; the GGUF source maps them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::decoder_config::DecoderConfig;
+use super::layers::{softmax_last_dim, Activation, Linear};
+use super::TextEncoder;
+use crate::error::{Error, Result};
+
+/// How the two halves of a rotary pair are laid out in a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pair `(i, i + d/2)`: the Hugging Face layout (`rotate_half`).
+    Half,
+    /// Pair `(2i, 2i + 1)`: llama-architecture GGUF files store q/k rows
+    /// permuted for this layout. Attention scores are invariant to a shared
+    /// permutation of q and k, so rotating in this layout is the same model.
+    Interleaved,
+}
+
+/// What distinguishes the architectures sharing this stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderOptions {
+    /// Bias on the q, k and v projections (Qwen2; LLaMA's `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection (LLaMA's `attention_bias`).
+    pub output_bias: bool,
+    /// RMSNorm over each head of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+}
+
+/// A GGUF file's tensors, held as read (quantised).
+struct GgufTensors {
+    tensors: HashMap<String, Arc<QTensor>>,
+    dequantize: bool,
+    device: Device,
+}
+
+#[derive(Clone)]
+enum Source<'a> {
+    Vars(VarBuilder<'a>),
+    Gguf(Arc<GgufTensors>),
+}
+
+/// Where a decoder's weights come from, positioned at a name prefix.
+#[derive(Clone)]
+pub struct DecoderWeights<'a> {
+    source: Source<'a>,
+    path: String,
+}
+
+/// The GGUF tensor name for a Hugging Face name relative to the model root.
+fn gguf_name(hf: &str) -> Option<String> {
+    let (stem, kind) = hf.rsplit_once('.')?;
+    let mapped = match stem {
+        "embed_tokens" => "token_embd".to_string(),
+        "norm" => "output_norm".to_string(),
+        "lm_head" => "output".to_string(),
+        _ => {
+            let rest = stem.strip_prefix("layers.")?;
+            let (index, inner) = rest.split_once('.')?;
+            let short = match inner {
+                "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.k_norm" => "attn_k_norm",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                _ => return None,
+            };
+            format!("blk.{index}.{short}")
+        }
+    };
+    Some(format!("{mapped}.{kind}"))
+}
+
+impl<'a> DecoderWeights<'a> {
+    /// Weights from a `VarBuilder`. The model body is found with or without the
+    /// `model.` prefix that `*ForCausalLM` checkpoints add.
+    pub fn from_var_builder(vb: VarBuilder<'a>) -> Self {
+        let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
+        Self { source: Source::Vars(vb), path: body.to_string() }
+    }
+
+    /// Weights from a `VarBuilder` with the model body under `body` (`""` or
+    /// `"model"`); a fresh `VarMap` has no tensors to look for, so training says where.
+    pub fn from_var_builder_at(vb: VarBuilder<'a>, body: &str) -> Self {
+        Self { source: Source::Vars(vb), path: body.to_string() }
+    }
+
+    /// Reads every tensor of a GGUF file (kept quantised unless `dequantize`)
+    /// and the file's `general.architecture`.
+    pub fn from_gguf(path: &Path, device: &Device, dequantize: bool) -> Result<(Self, String)> {
+        let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
+        let mut file = File::open(path).map_err(io)?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| e.with_path(path))?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(v) => v.to_string()?.clone(),
+            None => return Err(Error::Unsupported(format!("{}: no general.architecture", path.display()))),
+        };
+        let mut tensors = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let t = content.tensor(&mut file, name, device)?;
+            tensors.insert(name.clone(), Arc::new(t));
+        }
+        let source = Source::Gguf(Arc::new(GgufTensors { tensors, dequantize, device: device.clone() }));
+        Ok((Self { source, path: String::new() }, arch))
+    }
+
+    /// Whether the weights came from a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        matches!(self.source, Source::Gguf(_))
+    }
+
+    /// The weights under `name`.
+    pub fn pp(&self, name: &str) -> Self {
+        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+        Self { source: self.source.clone(), path }
+    }
+
+    /// The same source at the checkpoint root (where `lm_head` lives).
+    fn root(&self) -> Self {
+        Self { source: self.source.clone(), path: String::new() }
+    }
+
+    fn full(&self, leaf: &str) -> String {
+        self.pp(leaf).path
+    }
+
+    fn qtensor(&self, leaf: &str) -> Option<(&GgufTensors, Arc<QTensor>)> {
+        let Source::Gguf(g) = &self.source else { return None };
+        let name = gguf_name(&self.full(leaf))?;
+        g.tensors.get(&name).map(|t| (g.as_ref(), t.clone()))
+    }
+
+    fn missing(&self, leaf: &str) -> Error {
+        let name = self.full(leaf);
+        let shown = match &self.source {
+            Source::Gguf(_) => format!("{name} (GGUF {})", gguf_name(&name).unwrap_or_default()),
+            Source::Vars(_) => name,
+        };
+        Error::Unsupported(format!("weight {shown} is missing"))
+    }
+
+    /// Whether `leaf` (e.g. `weight`) exists under this prefix.
+    pub fn contains(&self, leaf: &str) -> bool {
+        match &self.source {
+            Source::Vars(vb) => vb.contains_tensor(&self.full(leaf)),
+            Source::Gguf(_) => self.qtensor(leaf).is_some(),
+        }
+    }
+
+    /// A dense f32 tensor of `shape` named `leaf`; `init` is used when training from scratch.
+    fn dense(&self, leaf: &str, shape: &[usize], init: candle_nn::Init) -> Result<Tensor> {
+        match &self.source {
+            Source::Vars(vb) => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
+            Source::Gguf(_) => {
+                let (g, q) = self.qtensor(leaf).ok_or_else(|| self.missing(leaf))?;
+                let t = q.dequantize(&g.device)?.to_dtype(DType::F32)?;
+                if t.dims() != shape {
+                    return Err(Error::Unsupported(format!("weight {}: shape {:?}, expected {shape:?}", self.full(leaf), t.dims())));
+                }
+                Ok(t)
+            }
+        }
+    }
+
+    /// A `(rows, dim)` table named `weight` (embeddings).
+    fn table(&self, rows: usize, dim: usize) -> Result<Tensor> {
+        self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })
+    }
+
+    /// A norm's scale vector named `weight`.
+    fn scale(&self, dim: usize) -> Result<Tensor> {
+        self.dense("weight", &[dim], candle_nn::Init::Const(1.0))
+    }
+
+    /// A linear map `in_dim -> out_dim` (`weight` `(out, in)`, optional `bias`).
+    fn linear(&self, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<DecoderLinear> {
+        let bias = || self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0));
+        match &self.source {
+            Source::Vars(vb) => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
+            Source::Gguf(_) => {
+                let (g, q) = self.qtensor("weight").ok_or_else(|| self.missing("weight"))?;
+                if q.shape().dims() != [out_dim, in_dim] {
+                    return Err(Error::Unsupported(format!(
+                        "weight {}: shape {:?}, expected {:?}",
+                        self.full("weight"),
+                        q.shape().dims(),
+                        [out_dim, in_dim]
+                    )));
+                }
+                let bias = if with_bias { Some(bias()?) } else { None };
+                if g.dequantize {
+                    let mut tensors = HashMap::from([("weight".to_string(), q.dequantize(&g.device)?)]);
+                    if let Some(b) = bias {
+                        tensors.insert("bias".to_string(), b);
+                    }
+                    let vb = VarBuilder::from_tensors(tensors, DType::F32, &g.device);
+                    Ok(DecoderLinear::Dense(Linear::load(vb, in_dim, out_dim, with_bias)?))
+                } else {
+                    Ok(DecoderLinear::Quantized { matmul: QMatMul::from_arc(q)?, bias })
+                }
+            }
+        }
+    }
+}
+
+/// A linear map with dense f32 weights or a quantised matrix.
+#[derive(Debug, Clone)]
+pub enum DecoderLinear {
+    Dense(Linear),
+    Quantized { matmul: QMatMul, bias: Option<Tensor> },
+}
+
+impl DecoderLinear {
+    /// Applies the map over the last dimension, then `activation`.
+    pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
+        match self {
+            Self::Dense(linear) => linear.forward_then(x, activation),
+            Self::Quantized { matmul, bias } => {
+                let mut y = matmul.forward(&x.contiguous()?)?;
+                if let Some(b) = bias {
+                    y = y.broadcast_add(b)?;
+                }
+                match activation {
+                    Some(a) => a.forward(&y),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+
+    /// Applies the map over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
+    }
+}
+
+/// Root-mean-square normalisation over the last dimension with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &DecoderWeights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.scale(dim)?, eps })
+    }
+
+    /// Normalises `x`; composed of differentiable ops when `x` or the scale is tracked.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+            Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        }
+    }
+}
+
+/// The rotary cos/sin tables of one forward pass, `(seq, head_width / 2)`.
+struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    layout: RopeLayout,
+}
+
+impl RopeTables {
+    fn new(inv_freq: &[f64], seq: usize, layout: RopeLayout, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let angles: Vec<f64> = (0..seq).flat_map(|p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (seq, half), device)?,
+            sin: Tensor::from_vec(sin, (seq, half), device)?,
+            layout,
+        })
+    }
+
+    /// Rotates `(batch, heads, seq, head_width)`.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if !x.track_op() {
+            return Ok(match self.layout {
+                RopeLayout::Half => candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?,
+                RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?,
+            });
+        }
+        let (b, h, s, d) = x.dims4()?;
+        match self.layout {
+            RopeLayout::Half => {
+                let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?;
+                let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?;
+                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+            }
+            RopeLayout::Interleaved => {
+                let pairs = x.reshape((b, h, s, d / 2, 2))?;
+                let (x0, x1) = (pairs.narrow(4, 0, 1)?.squeeze(4)?, pairs.narrow(4, 1, 1)?.squeeze(4)?);
+                let y0 = (x0.broadcast_mul(&self.cos)? - x1.broadcast_mul(&self.sin)?)?;
+                let y1 = (x0.broadcast_mul(&self.sin)? + x1.broadcast_mul(&self.cos)?)?;
+                Ok(Tensor::stack(&[&y0, &y1], 4)?.reshape((b, h, s, d))?)
+            }
+        }
+    }
+}
+
+/// Grouped-query causal self-attention.
+#[derive(Debug, Clone)]
+struct Attention {
+    q: DecoderLinear,
+    k: DecoderLinear,
+    v: DecoderLinear,
+    o: DecoderLinear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_width: usize,
+}
+
+impl Attention {
+    fn load(w: &DecoderWeights, cfg: &DecoderConfig, opts: DecoderOptions) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_width());
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let norm = |name: &str| -> Result<Option<RmsNorm>> {
+            opts.qk_norm.then(|| RmsNorm::load(&w.pp(name), d, cfg.rms_norm_eps)).transpose()
+        };
+        Ok(Self {
+            q: w.pp("q_proj").linear(h, heads * d, opts.qkv_bias)?,
+            k: w.pp("k_proj").linear(h, kv_heads * d, opts.qkv_bias)?,
+            v: w.pp("v_proj").linear(h, kv_heads * d, opts.qkv_bias)?,
+            o: w.pp("o_proj").linear(heads * d, h, opts.output_bias)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            heads,
+            kv_heads,
+            head_width: d,
+        })
+    }
+
+    /// `(batch, seq, hidden)` -> `(batch, heads, seq, head_width)`, q/k-normed if configured.
+    fn heads_of(&self, y: Tensor, heads: usize, norm: Option<&RmsNorm>) -> Result<Tensor> {
+        let (b, s, _) = y.dims3()?;
+        let y = y.reshape((b, s, heads, self.head_width))?;
+        let y = match norm {
+            Some(n) => n.forward(&y)?,
+            None => y,
+        };
+        Ok(y.transpose(1, 2)?.contiguous()?)
+    }
+
+    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (heads, kv, d) = (self.heads, self.kv_heads, self.head_width);
+        let q = rope.apply(&self.heads_of(self.q.forward(x)?, heads, self.q_norm.as_ref())?)?;
+        let k = rope.apply(&self.heads_of(self.k.forward(x)?, kv, self.k_norm.as_ref())?)?;
+        let v = self.heads_of(self.v.forward(x)?, kv, None)?;
+        // Query head i uses key/value head i / group: fold each group into the
+        // row dimension instead of repeating k and v.
+        let group = heads / kv;
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, kv, group * s, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, heads, s, s))?.broadcast_add(bias)?;
+        let probs = softmax_last_dim(&scores)?.reshape((b, kv, group * s, s))?;
+        let context = probs.matmul(&v)?.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((b, s, heads * d))?;
+        self.o.forward(&context)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_attention_norm: RmsNorm,
+    gate: DecoderLinear,
+    up: DecoderLinear,
+    down: DecoderLinear,
+}
+
+impl DecoderLayer {
+    fn load(w: &DecoderWeights, cfg: &DecoderConfig, opts: DecoderOptions) -> Result<Self> {
+        let (h, ff, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        Ok(Self {
+            input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
+            attention: Attention::load(&w.pp("self_attn"), cfg, opts)?,
+            post_attention_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
+            gate: w.pp("mlp.gate_proj").linear(h, ff, false)?,
+            up: w.pp("mlp.up_proj").linear(h, ff, false)?,
+            down: w.pp("mlp.down_proj").linear(ff, h, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, rope, bias)?)?;
+        let h = self.post_attention_norm.forward(&x)?;
+        let inner = (self.gate.forward_then(&h, Some(Activation::Silu))? * self.up.forward(&h)?)?;
+        Ok((&x + self.down.forward(&inner)?)?)
+    }
+}
+
+/// A decoder-only transformer: token states after the final norm, and
+/// optionally the language-model head (tied to the embeddings when configured).
+#[derive(Debug, Clone)]
+pub struct DecoderModel {
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Option<DecoderLinear>,
+    inv_freq: Vec<f64>,
+    layout: RopeLayout,
+    hidden_size: usize,
+    vocab_size: usize,
+    max_tokens: usize,
+}
+
+/// The additive attention bias `(batch, 1, seq, seq)`: causal, and padded keys masked.
+fn causal_padding_bias(mask: &Tensor) -> Result<Tensor> {
+    const MASKED: f32 = -1e30;
+    let (b, s) = mask.dims2()?;
+    let causal: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { MASKED } else { 0.0 })).collect();
+    let causal = Tensor::from_vec(causal, (1, 1, s, s), mask.device())?;
+    let padding = ((mask.to_dtype(DType::F32)? - 1.0)? * -(MASKED as f64))?.reshape((b, 1, 1, s))?;
+    Ok(causal.broadcast_add(&padding)?)
+}
+
+impl DecoderModel {
+    /// Loads the stack from `w` (model body already located) with `opts`; the
+    /// language-model head only when `with_lm_head`. `layout` is the RoPE pairing.
+    pub fn load(w: &DecoderWeights, cfg: &DecoderConfig, opts: DecoderOptions, with_lm_head: bool) -> Result<Self> {
+        cfg.validate()?;
+        let layout = if w.is_gguf() && cfg.model_type != "qwen2" && cfg.model_type != "qwen3" {
+            RopeLayout::Interleaved
+        } else {
+            RopeLayout::Half
+        };
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let embed_w = w.pp("embed_tokens");
+        let embed = embed_w.table(vocab, h)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&w.pp(&format!("layers.{i}")), cfg, opts))
+            .collect::<Result<Vec<_>>>()?;
+        let head_w = w.root().pp("lm_head");
+        let lm_head = if !with_lm_head {
+            None
+        } else if !cfg.tie_word_embeddings && head_w.contains("weight") {
+            Some(head_w.linear(h, vocab, false)?)
+        } else {
+            Some(embed_w.linear(h, vocab, false)?)
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm::load(&w.pp("norm"), h, cfg.rms_norm_eps)?,
+            lm_head,
+            inv_freq: cfg.rope_inv_freq()?,
+            layout,
+            hidden_size: h,
+            vocab_size: vocab,
+            max_tokens: cfg.max_position_embeddings,
+        })
+    }
+
+    /// Logits `(batch, vocab)` at each row's last real token (right padding).
+    pub fn next_token_logits(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
+        let states = self.forward_states(ids, mask)?;
+        let last = crate::pooling::Pooling::new(crate::pooling::PoolingMode::LastToken).forward(&states, mask)?;
+        head.forward(&last)
+    }
+
+    fn forward_states(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        if s > self.max_tokens {
+            return Err(Error::InputTooLong { index: 0, tokens: s, limit: self.max_tokens });
+        }
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        let mut x = self.embed.index_select(&flat, 0)?.reshape((b, s, self.hidden_size))?;
+        let rope = RopeTables::new(&self.inv_freq, s, self.layout, ids.device())?;
+        let bias = causal_padding_bias(mask)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &rope, &bias)?;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+impl TextEncoder for DecoderModel {
+    fn forward(&self, ids: &Tensor, mask: &Tensor, _train: bool) -> Result<Tensor> {
+        // Decoder configs set attention/hidden dropout to 0; nothing to switch.
+        self.forward_states(ids, mask)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(gguf_name("embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+        assert_eq!(gguf_name("layers.12.self_attn.k_norm.weight").as_deref(), Some("blk.12.attn_k_norm.weight"));
+        assert_eq!(gguf_name("layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(gguf_name("layers.0.self_attn.q_proj.bias").as_deref(), Some("blk.0.attn_q.bias"));
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("layers.0.unknown.weight"), None);
+    }
+
+    /// Both RoPE layouts: the composed (differentiable) ops equal candle's kernels.
+    #[test]
+    fn rope_ops_match_kernels() {
+        let dev = Device::Cpu;
+        let inv: Vec<f64> = (0..4).map(|i| 1.0 / 100f64.powf(i as f64 / 4.0)).collect();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+            let tables = RopeTables::new(&inv, 5, layout, &dev).unwrap();
+            let fast = tables.apply(&x).unwrap();
+            let slow = tables.apply(var.as_tensor()).unwrap();
+            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{layout:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn bias_is_causal_and_masks_padding() {
+        let mask = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu).unwrap();
+        let bias: Vec<Vec<f32>> = causal_padding_bias(&mask).unwrap().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        assert_eq!(bias[0][0], 0.0);
+        assert!(bias[0][1] < -1e29);
+        assert_eq!(bias[2][1], 0.0);
+        assert!(bias[2][2] < -1e29);
+    }
+}
