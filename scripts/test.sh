@@ -12,9 +12,18 @@ echo "== build"
 cargo build --release --workspace --all-targets
 
 echo "== models (store: $SEMBASE_HOME)"
-for model in all-minilm-l6-v2 all-mpnet-base-v2 multilingual-e5-small; do
+for model in all-minilm-l6-v2 all-mpnet-base-v2 multilingual-e5-small smollm2-135m; do
   target/release/sembase model pull "$model"
 done
 
+echo "== python clients (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
 echo "== rust tests"
 cargo test --release --workspace
+
+echo "== python tests"
+.venv/bin/python -m pytest tests/python -q

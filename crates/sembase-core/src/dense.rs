@@ -5,14 +5,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::files::read_json;
 use crate::models::layers::Linear;
 
 /// `N_Dense/config.json`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DenseConfig {
     pub in_features: usize,
     pub out_features: usize,

@@ -39,7 +39,7 @@ impl Default for LoadOptions {
 
 /// A module after pooling, ready to run.
 #[derive(Debug, Clone)]
-enum LoadedModule {
+pub enum PostModule {
     Dense(Dense),
     Normalize,
 }
@@ -50,7 +50,7 @@ pub struct LocalEmbedder {
     tokenizer: TextTokenizer,
     encoder: Box<dyn TextEncoder>,
     pooling: Pooling,
-    modules: Vec<LoadedModule>,
+    modules: Vec<PostModule>,
     dimension: usize,
     pad_id: u32,
     prompts: HashMap<String, String>,
@@ -70,11 +70,31 @@ impl LocalEmbedder {
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
             load_encoder(vb, &model.config)?
         };
-        Self::assemble(model, encoder, name.into(), options)
+        let mut head = model.head.iter();
+        let Some(HeadModule::Pooling(pooling)) = head.next() else {
+            return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));
+        };
+        let modules = head
+            .map(|module| match module {
+                HeadModule::Dense(path) => Ok(PostModule::Dense(Dense::load_dir(path, &options.device)?)),
+                HeadModule::Normalize => Ok(PostModule::Normalize),
+                HeadModule::Pooling(_) => Err(Error::Unsupported("a second Pooling module".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pooling = pooling.clone();
+        Self::assemble(model, encoder, pooling, modules, name.into(), options)
     }
 
-    /// Builds an embedder around an already constructed encoder (training uses this).
-    pub fn assemble(model: ModelDir, encoder: Box<dyn TextEncoder>, name: String, options: LoadOptions) -> Result<Self> {
+    /// Builds an embedder from loaded parts: `model` supplies the tokenizer,
+    /// token limit and prompts (training uses this for in-memory weights).
+    pub fn assemble(
+        model: ModelDir,
+        encoder: Box<dyn TextEncoder>,
+        pooling: Pooling,
+        modules: Vec<PostModule>,
+        name: String,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let limit = encoder.max_tokens();
         let max_tokens = options.max_seq_length.or(model.max_seq_length).unwrap_or(limit);
         if max_tokens == 0 || max_tokens > limit {
@@ -83,27 +103,14 @@ impl LocalEmbedder {
             )));
         }
         let tokenizer = TextTokenizer::load(&model.tokenizer_file, max_tokens)?;
-        let mut head = model.head.iter();
-        let Some(HeadModule::Pooling(pooling)) = head.next() else {
-            return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));
-        };
-        let mut dimension = pooling.output_dim(encoder.hidden_size());
-        let mut modules = Vec::new();
-        for module in head {
-            modules.push(match module {
-                HeadModule::Dense(path) => {
-                    let dense = Dense::load_dir(path, &options.device)?;
-                    dimension = dense.out_dim();
-                    LoadedModule::Dense(dense)
-                }
-                HeadModule::Normalize => LoadedModule::Normalize,
-                HeadModule::Pooling(_) => return Err(Error::Unsupported("a second Pooling module".into())),
-            });
-        }
+        let dimension = modules.iter().fold(pooling.output_dim(encoder.hidden_size()), |width, m| match m {
+            PostModule::Dense(dense) => dense.out_dim(),
+            PostModule::Normalize => width,
+        });
         Ok(Self {
             name,
             tokenizer,
-            pooling: pooling.clone(),
+            pooling,
             encoder,
             modules,
             dimension,
@@ -147,8 +154,8 @@ impl LocalEmbedder {
         let mut pooled = self.pooling.forward(&states, &mask)?;
         for module in &self.modules {
             pooled = match module {
-                LoadedModule::Dense(dense) => dense.forward(&pooled)?,
-                LoadedModule::Normalize => {
+                PostModule::Dense(dense) => dense.forward(&pooled)?,
+                PostModule::Normalize => {
                     let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
                     pooled.broadcast_div(&norms)?
                 }

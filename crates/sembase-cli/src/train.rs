@@ -1,0 +1,233 @@
+//! `sembase train simcse|pairs|triplets|sts`: fine-tune a model and export it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sembase_eval::results::Metrics;
+use sembase_train::{load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel, Trainer};
+
+use crate::models::set_threads;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Unsupervised SimCSE on a corpus (one sentence per line).
+    Simcse,
+    /// Positive pairs (TSV sentence1, sentence2, label; label-1 rows), in-batch negatives.
+    Pairs,
+    /// Anchor, positive, hard negative (TSV), in-batch negatives.
+    Triplets,
+    /// CoSENT on scored pairs (TSV sentence1, sentence2, score or 0/1 label).
+    Sts,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// What to optimise.
+    #[arg(value_enum)]
+    objective: ObjectiveArg,
+    /// Base model: a store name or a directory.
+    #[arg(long)]
+    model: String,
+    /// Training data.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the trained model goes (sentence-transformers layout).
+    #[arg(long)]
+    output: PathBuf,
+    /// Evaluate on KIND:PATH during training and keep the best model.
+    #[arg(long)]
+    eval: Option<String>,
+    /// Steps between evaluations (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_steps: usize,
+    /// Matryoshka widths to train for, e.g. 384,256,128,64.
+    #[arg(long, value_delimiter = ',')]
+    dims: Vec<usize>,
+    /// Add a learned linear projection to N dimensions (a Dense module).
+    #[arg(long)]
+    project: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Texts per forward pass with cached in-batch negatives (GradCache), for large batches in bounded memory.
+    #[arg(long)]
+    mini_batch: Option<usize>,
+    /// Peak learning rate (default 3e-5 for simcse, 2e-5 otherwise).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Token limit per input (default 32 for simcse, the model's limit otherwise).
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Temperature of the contrastive losses (logit scale = 1 / temperature).
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f64,
+    /// Pairs: also train each positive to pick its anchor.
+    #[arg(long)]
+    symmetric: bool,
+    /// Prefix for every training text and for eval queries (e.g. "query: " for e5).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Prefix for retrieval documents during evaluation.
+    #[arg(long)]
+    doc_prefix: Option<String>,
+    /// Steps between checkpoints (0: only when interrupted).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_steps: usize,
+    /// Continue from a checkpoint directory (OUTPUT.checkpoint) of an earlier run.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Write steps, loss curve and evaluations as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ObjectiveArg {
+    fn objective(self) -> Objective {
+        match self {
+            Self::Simcse => Objective::SimCse,
+            Self::Pairs => Objective::Pairs,
+            Self::Triplets => Objective::Triplets,
+            Self::Sts => Objective::Sts,
+        }
+    }
+}
+
+/// Progress bar (or log lines when not on a terminal) and Ctrl-C.
+struct Console {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl TrainObserver for Console {
+    fn on_step(&self, step: usize, total: usize, loss: f32) {
+        let rate = step as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {loss:.4}  {rate:.2} steps/s"));
+            }
+            None if step % 10 == 0 || step == total => eprintln!("step {step}/{total} loss {loss:.4} ({rate:.2} steps/s)"),
+            None => {}
+        }
+    }
+
+    fn on_eval(&self, step: usize, metrics: &Metrics) {
+        let line = metrics.0.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join("  ");
+        match &self.bar {
+            Some(bar) => bar.println(format!("eval at step {step}: {line}")),
+            None => eprintln!("eval at step {step}: {line}"),
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    set_threads(args.threads);
+    let objective = args.objective.objective();
+    let store = sembase_hub::Store::from_env()?;
+    let dir = store.resolve(&args.model)?;
+    let max_length = args.max_length.unwrap_or(if objective == Objective::SimCse { 32 } else { usize::MAX });
+    let max_length = if max_length == usize::MAX { model_limit(&dir)? } else { max_length };
+    let model = TrainableModel::load(&dir, max_length, args.project).with_context(|| format!("loading {}", dir.display()))?;
+    let mut examples = load_examples(objective, &args.data)?;
+    if let Some(prefix) = &args.prefix {
+        examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
+    }
+    if !(args.temperature > 0.0) {
+        bail!("--temperature must be positive");
+    }
+    let lr = args.lr.unwrap_or(if objective == Objective::SimCse { 3e-5 } else { 2e-5 });
+    let config = TrainConfig {
+        objective,
+        batch_size: args.batch_size,
+        mini_batch: args.mini_batch,
+        lr,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        warmup_ratio: args.warmup_ratio,
+        max_grad_norm: args.max_grad_norm,
+        seed: args.seed,
+        scale: 1.0 / args.temperature,
+        symmetric: args.symmetric,
+        dims: args.dims.clone(),
+        eval: args.eval.as_deref().map(str::parse).transpose()?,
+        eval_steps: args.eval_steps,
+        checkpoint_steps: args.checkpoint_steps,
+    };
+    let card = ModelCard {
+        base: args.model.clone(),
+        objective: objective.name().into(),
+        data: args.data.display().to_string(),
+        hyperparameters: serde_json::json!({
+            "batch_size": args.batch_size, "mini_batch": args.mini_batch, "lr": lr, "epochs": args.epochs,
+            "max_steps": args.max_steps, "max_length": max_length, "warmup_ratio": args.warmup_ratio,
+            "max_grad_norm": args.max_grad_norm, "seed": args.seed, "temperature": args.temperature,
+            "symmetric": args.symmetric, "dims": args.dims, "project": args.project, "prefix": args.prefix,
+        }),
+        prefix: args.prefix.clone(),
+        doc_prefix: args.doc_prefix.clone(),
+        dims: args.dims.clone(),
+        run: serde_json::Value::Null,
+    };
+    let mut trainer = Trainer::new(&model, config, examples, &args.output, card)?;
+    if let Some(checkpoint) = &args.resume {
+        trainer.resume(checkpoint).with_context(|| format!("resuming from {}", checkpoint.display()))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let console = Console { bar: progress_bar(), started: Instant::now(), stop };
+    let finish = trainer.run(&console)?;
+    if let Some(bar) = &console.bar {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = &args.json {
+        let state = &trainer.state;
+        let report = serde_json::json!({"steps": state.step, "loss": state.loss, "eval": state.eval, "output": args.output});
+        sembase_eval::atomic::write_atomic(path, |w| serde_json::to_writer_pretty(w, &report).map_err(std::io::Error::other))?;
+    }
+    match finish {
+        Finish::Completed => println!("{}", args.output.display()),
+        Finish::Interrupted { checkpoint } => {
+            bail!("interrupted at step {}; continue with --resume {}", trainer.state.step, checkpoint.display())
+        }
+    }
+    Ok(())
+}
+
+/// The model's own token limit (sentence_bert_config.json, else the position table).
+fn model_limit(dir: &std::path::Path) -> Result<usize> {
+    let model = sembase_core::ModelDir::open(dir)?;
+    Ok(model.max_seq_length.unwrap_or(512))
+}
+
+fn progress_bar() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} eta {eta}").expect("valid template"));
+    Some(bar)
+}

@@ -1,0 +1,121 @@
+//! Saving a trained model as a sentence-transformers directory that sembase
+//! serves and Python sentence-transformers loads, with a model card.
+
+use std::path::Path;
+
+use sembase_core::pooling::PoolingMode;
+
+use crate::error::Result;
+use crate::fsutil::{copy_if_present, write_dir_atomically, write_json};
+use crate::trainable::TrainableModel;
+use crate::trainer::TrainState;
+
+/// What the model card says about a run.
+#[derive(Debug, Clone, Default)]
+pub struct ModelCard {
+    /// The base model (store name or directory).
+    pub base: String,
+    /// `simcse`, `pairs`, `triplets` or `sts`.
+    pub objective: String,
+    /// The training data file.
+    pub data: String,
+    /// The hyper-parameters, as given.
+    pub hyperparameters: serde_json::Value,
+    /// Prefix used for queries / both sides during evaluation.
+    pub prefix: Option<String>,
+    /// Prefix used for documents during evaluation.
+    pub doc_prefix: Option<String>,
+    /// Matryoshka widths the model was trained for.
+    pub dims: Vec<usize>,
+    /// Filled from the run: final loss, evaluations, best step.
+    pub run: serde_json::Value,
+}
+
+impl ModelCard {
+    /// A copy that records the run so far.
+    pub fn with_state(&self, state: &TrainState) -> ModelCard {
+        let mut card = self.clone();
+        card.run = serde_json::json!({
+            "steps": state.step,
+            "final_loss": state.loss.last().map(|(_, l)| *l),
+            "eval": state.eval,
+            "best": state.best,
+        });
+        card
+    }
+
+    fn markdown(&self) -> String {
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        let dims = if self.dims.is_empty() { "full width only".to_string() } else { format!("{:?}", self.dims) };
+        format!(
+            "# Fine-tuned with sembase\n\n- Base model: `{}`\n- Objective: `{}`\n- Training data: `{}`\n- Matryoshka widths: {}\n\n\
+             ## Hyper-parameters\n```json\n{}\n```\n\n## Run\n```json\n{}\n```\n\n\
+             Load it with `sembase serve --model DIR` or `SentenceTransformer(DIR)`.\n",
+            self.base,
+            self.objective,
+            self.data,
+            dims,
+            pretty(&self.hyperparameters),
+            pretty(&self.run)
+        )
+    }
+}
+
+/// Writes the model to `out` atomically (a previous export there is replaced).
+pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Result<()> {
+    let source = &model.source.path;
+    write_dir_atomically(out, |dir| {
+        for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "sentencepiece.bpe.model"] {
+            copy_if_present(source, dir, name)?;
+        }
+        model.encoder_vars().save(dir.join("model.safetensors"))?;
+        let mut modules = vec![
+            module(0, "", "sentence_transformers.models.Transformer"),
+            module(1, "1_Pooling", "sentence_transformers.models.Pooling"),
+        ];
+        write_json(&dir.join("1_Pooling/config.json"), &pooling_config(model))?;
+        for (i, dense) in model.dense_modules().iter().enumerate() {
+            let path = format!("{}_Dense", i + 2);
+            std::fs::create_dir_all(dir.join(&path)).map_err(|e| crate::error::TrainError::io(dir.join(&path), e))?;
+            write_json(&dir.join(&path).join("config.json"), &serde_json::to_value(&dense.config).expect("config serialises"))?;
+            dense.vars.save(dir.join(&path).join("model.safetensors"))?;
+            modules.push(module(i + 2, &path, "sentence_transformers.models.Dense"));
+        }
+        if model.normalizes() {
+            let idx = modules.len();
+            modules.push(module(idx, &format!("{idx}_Normalize"), "sentence_transformers.models.Normalize"));
+        }
+        write_json(&dir.join("modules.json"), &serde_json::Value::Array(modules))?;
+        let max_seq_length = model.source.max_seq_length.unwrap_or(512);
+        write_json(&dir.join("sentence_bert_config.json"), &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}))?;
+        write_json(
+            &dir.join("config_sentence_transformers.json"),
+            &serde_json::json!({
+                "prompts": model.source.prompts,
+                "default_prompt_name": model.source.default_prompt_name,
+                "similarity_fn_name": "cosine",
+                "sembase": {"matryoshka_dims": card.dims},
+            }),
+        )?;
+        std::fs::write(dir.join("README.md"), card.markdown()).map_err(|e| crate::error::TrainError::io(dir.join("README.md"), e))
+    })
+}
+
+fn module(idx: usize, path: &str, kind: &str) -> serde_json::Value {
+    serde_json::json!({"idx": idx, "name": idx.to_string(), "path": path, "type": kind})
+}
+
+fn pooling_config(model: &TrainableModel) -> serde_json::Value {
+    let modes = model.pooling().modes();
+    let on = |m: PoolingMode| modes.contains(&m);
+    serde_json::json!({
+        "word_embedding_dimension": model.hidden_size(),
+        "pooling_mode_cls_token": on(PoolingMode::Cls),
+        "pooling_mode_mean_tokens": on(PoolingMode::Mean),
+        "pooling_mode_max_tokens": on(PoolingMode::Max),
+        "pooling_mode_mean_sqrt_len_tokens": on(PoolingMode::MeanSqrtLen),
+        "pooling_mode_weightedmean_tokens": false,
+        "pooling_mode_lasttoken": on(PoolingMode::LastToken),
+        "include_prompt": true
+    })
+}

@@ -1,0 +1,136 @@
+//! Contrastive and ranking losses over sentence vectors, with their
+//! Matryoshka form (the same loss summed over truncated widths).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+
+/// Scales cosine similarities into logits: 1 / temperature (0.05 -> 20).
+pub const DEFAULT_SCALE: f64 = 20.0;
+
+/// Rows scaled to unit length.
+fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&norms)?)
+}
+
+/// Cosine similarity of every row of `a` with every row of `b`: `(n, m)`.
+pub fn cosine_matrix(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(normalize_rows(a)?.matmul(&normalize_rows(b)?.t()?)?)
+}
+
+/// Cosine similarity of matching rows: `(n,)`.
+pub fn cosine_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((normalize_rows(a)? * normalize_rows(b)?)?.sum(1)?)
+}
+
+/// Mean cross-entropy of `logits` `(n, m)` against target columns `0..n`.
+fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(0)?;
+    let targets = Tensor::arange(0u32, n as u32, logits.device())?;
+    Ok(candle_nn::loss::cross_entropy(logits, &targets)?)
+}
+
+/// In-batch-negatives InfoNCE (sentence-transformers' MultipleNegativesRankingLoss,
+/// SimCSE): anchor `i` must pick candidate `i` among all `candidates` (the
+/// positives, then any hard negatives). `symmetric` adds the loss of positives
+/// picking their anchor among all anchors.
+pub fn in_batch_negatives(anchors: &Tensor, candidates: &Tensor, scale: f64, symmetric: bool) -> Result<Tensor> {
+    let forward = diagonal_cross_entropy(&(cosine_matrix(anchors, candidates)? * scale)?)?;
+    if !symmetric {
+        return Ok(forward);
+    }
+    let n = anchors.dim(0)?;
+    let positives = candidates.narrow(0, 0, n)?;
+    let backward = diagonal_cross_entropy(&(cosine_matrix(&positives, anchors)? * scale)?)?;
+    Ok(((forward + backward)? * 0.5)?)
+}
+
+/// CoSENT: for every two pairs where pair `i` is more similar than pair `j` by
+/// its score, penalise `cos_j > cos_i`: `log(1 + sum exp(scale * (cos_j - cos_i)))`.
+/// Works for graded scores and 0/1 labels alike.
+pub fn cosent(a: &Tensor, b: &Tensor, scores: &[f32], scale: f64) -> Result<Tensor> {
+    let n = scores.len();
+    let cos = (cosine_rows(a, b)? * scale)?;
+    // diff[i][j] = cos_j - cos_i
+    let diff = cos.unsqueeze(0)?.broadcast_sub(&cos.unsqueeze(1)?)?;
+    let keep: Vec<f32> = (0..n * n).map(|k| if scores[k / n] > scores[k % n] { 0.0 } else { -1e12 }).collect();
+    let keep = Tensor::from_vec(keep, (n, n), a.device())?;
+    let masked = (diff + keep)?.flatten_all()?;
+    let with_zero = Tensor::cat(&[&Tensor::zeros(1, DType::F32, a.device())?, &masked], 0)?;
+    Ok(log_sum_exp(&with_zero)?)
+}
+
+fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    Ok((x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?.squeeze(0)?)
+}
+
+/// The loss summed over the leading `dims` of the vectors (Matryoshka); with
+/// no dims, the loss on the full vectors. `loss` receives the truncated tensors.
+pub fn matryoshka<F>(tensors: &[&Tensor], dims: &[usize], loss: F) -> Result<Tensor>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor>,
+{
+    if dims.is_empty() {
+        return loss(&tensors.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
+    }
+    let mut total: Option<Tensor> = None;
+    for &d in dims {
+        let cut = tensors.iter().map(|t| t.narrow(1, 0, d)).collect::<candle_core::Result<Vec<_>>>()?;
+        let l = loss(&cut)?;
+        total = Some(match total {
+            Some(t) => (t + l)?,
+            None => l,
+        });
+    }
+    Ok(total.expect("dims is not empty"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(rows: &[[f32; 2]]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn in_batch_negatives_prefers_aligned_pairs() {
+        let anchors = t(&[[1.0, 0.0], [0.0, 1.0]]);
+        let aligned = in_batch_negatives(&anchors, &t(&[[1.0, 0.1], [0.1, 1.0]]), 20.0, false).unwrap().to_scalar::<f32>().unwrap();
+        let crossed = in_batch_negatives(&anchors, &t(&[[0.1, 1.0], [1.0, 0.1]]), 20.0, false).unwrap().to_scalar::<f32>().unwrap();
+        assert!(aligned < 0.01 && crossed > 10.0, "aligned {aligned}, crossed {crossed}");
+    }
+
+    #[test]
+    fn in_batch_negatives_matches_hand_computed_value() {
+        // cos matrix [[1, 0], [0, 1]] * 1: row loss = ln(e^1 + e^0) - 1 each.
+        let x = t(&[[1.0, 0.0], [0.0, 1.0]]);
+        let loss = in_batch_negatives(&x, &x, 1.0, false).unwrap().to_scalar::<f32>().unwrap();
+        let want = (1f32.exp() + 1.0).ln() - 1.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn cosent_is_small_when_order_agrees_and_large_when_not() {
+        let a = t(&[[1.0, 0.0], [1.0, 0.0]]);
+        let b = t(&[[1.0, 0.05], [0.0, 1.0]]); // pair 0 similar, pair 1 not
+        let agree = cosent(&a, &b, &[1.0, 0.0], 20.0).unwrap().to_scalar::<f32>().unwrap();
+        let disagree = cosent(&a, &b, &[0.0, 1.0], 20.0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(agree < 0.01 && disagree > 15.0, "agree {agree}, disagree {disagree}");
+        // Equal scores give no ordered pair: log(1 + 0) = 0.
+        let none = cosent(&a, &b, &[1.0, 1.0], 20.0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(none.abs() < 1e-6);
+    }
+
+    #[test]
+    fn matryoshka_sums_the_loss_over_widths() {
+        let x = Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &Device::Cpu).unwrap();
+        let width_sum = |ts: &[Tensor]| -> Result<Tensor> { Ok(Tensor::new(ts[0].dim(1)? as f32, &Device::Cpu)?) };
+        let total = matryoshka(&[&x], &[4, 2, 1], width_sum).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(total, 7.0);
+    }
+}

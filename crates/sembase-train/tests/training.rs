@@ -1,0 +1,204 @@
+//! Training runs end to end on the tiny BERT fixture: the loss falls, exports
+//! load back with the same vectors, cached negatives equal the plain batch,
+//! an interrupted run resumes exactly, Matryoshka + projection export a Dense.
+
+use std::path::{Path, PathBuf};
+
+use sembase_core::vectors::cosine;
+use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
+use sembase_train::{load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel, Trainer};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+}
+
+/// A copy of the fixture whose dropout is switched on.
+fn fixture_with_dropout(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("tiny-dropout");
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in ["tokenizer.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("config.json")).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = 0.1.into();
+    config["attention_probs_dropout_prob"] = 0.1.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+const PAIRS: &str = "sentence1\tsentence2\tlabel\n\
+the cat sat on a mat\ta cat sat on the mat\t1\n\
+a big dog ran far away\tthe big dog ran away\t1\n\
+the bird flew over the tree\ta bird flew over a green tree\t1\n\
+the sky is blue\tblue is the sky\t1\n\
+a small red cat ran home\tthe small red cat ran fast home\t1\n\
+the sun was green\tthe tree is slow\t0\n\
+a dog was fast\tthe fast dog ran\t1\n\
+the bird is small\ta small bird\t1\n";
+
+fn config(objective: Objective) -> TrainConfig {
+    TrainConfig {
+        objective,
+        batch_size: 4,
+        mini_batch: None,
+        lr: 1e-3,
+        epochs: 3,
+        max_steps: None,
+        warmup_ratio: 0.1,
+        max_grad_norm: 1.0,
+        seed: 42,
+        scale: 20.0,
+        symmetric: false,
+        dims: Vec::new(),
+        eval: None,
+        eval_steps: 0,
+        checkpoint_steps: 0,
+    }
+}
+
+fn pairs_file(tmp: &Path) -> PathBuf {
+    let path = tmp.join("pairs.tsv");
+    std::fs::write(&path, PAIRS).unwrap();
+    path
+}
+
+struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// Stops the run after `at` steps, as Ctrl-C would.
+struct StopAt(usize, std::cell::Cell<usize>);
+impl TrainObserver for StopAt {
+    fn on_step(&self, step: usize, _: usize, _: f32) {
+        self.1.set(step);
+    }
+    fn interrupted(&self) -> bool {
+        self.1.get() >= self.0
+    }
+}
+
+fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
+    model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect()
+}
+
+#[test]
+fn loss_falls_and_the_export_loads_with_the_same_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    assert_eq!(examples.len(), 7, "label-0 rows are not positives");
+    let out = tmp.path().join("out");
+    let mut trainer = Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default()).unwrap();
+    assert_eq!(trainer.run(&Quiet).unwrap(), Finish::Completed);
+    let losses: Vec<f32> = trainer.state.loss.iter().map(|(_, l)| *l).collect();
+    let first: f32 = losses[..2].iter().sum();
+    let last: f32 = losses[losses.len() - 2..].iter().sum();
+    assert!(last < first, "loss did not fall: {losses:?}");
+    let texts = ["the cat sat on a mat", "blue is the sky"];
+    let exported = LocalEmbedder::load(&out, "out", LoadOptions::default()).unwrap().embed(&texts, &EmbedOptions::default()).unwrap();
+    let live = model.snapshot("live").unwrap().embed(&texts, &EmbedOptions::default()).unwrap();
+    for (a, b) in exported.vectors.iter().zip(&live.vectors) {
+        assert!(cosine(a, b) > 0.99999);
+    }
+    for f in ["config.json", "tokenizer.json", "model.safetensors", "modules.json", "1_Pooling/config.json", "README.md", "config_sentence_transformers.json"] {
+        assert!(out.join(f).exists(), "export lacks {f}");
+    }
+}
+
+#[test]
+fn cached_negatives_give_the_same_update_as_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let run = |mini_batch: Option<usize>| {
+        let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+        let cfg = TrainConfig { mini_batch, max_steps: Some(2), ..config(Objective::Pairs) };
+        let mut trainer = Trainer::new(&model, cfg, examples.clone(), &tmp.path().join("o"), ModelCard::default()).unwrap();
+        trainer.run(&Quiet).unwrap();
+        (trainer.state.loss.clone(), weights(&model))
+    };
+    let (loss_full, w_full) = run(None);
+    let (loss_cached, w_cached) = run(Some(1));
+    for ((_, a), (_, b)) in loss_full.iter().zip(&loss_cached) {
+        assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+    }
+    for ((name, a), (_, b)) in w_full.iter().zip(&w_cached) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{name} differs by {worst}");
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_with_dropout(tmp.path());
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let straight = {
+        let model = TrainableModel::load(&dir, 16, None).unwrap();
+        let mut t = Trainer::new(&model, config(Objective::Pairs), examples.clone(), &tmp.path().join("a"), ModelCard::default()).unwrap();
+        t.run(&Quiet).unwrap();
+        (t.state.loss.clone(), weights(&model))
+    };
+    let out = tmp.path().join("b");
+    let checkpoint = {
+        let model = TrainableModel::load(&dir, 16, None).unwrap();
+        let mut t = Trainer::new(&model, config(Objective::Pairs), examples.clone(), &out, ModelCard::default()).unwrap();
+        match t.run(&StopAt(3, Default::default())).unwrap() {
+            Finish::Interrupted { checkpoint } => checkpoint,
+            other => panic!("expected an interruption, got {other:?}"),
+        }
+    };
+    let model = TrainableModel::load(&dir, 16, None).unwrap();
+    let mut t = Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default()).unwrap();
+    t.resume(&checkpoint).unwrap();
+    assert_eq!(t.state.step, 3);
+    t.run(&Quiet).unwrap();
+    assert_eq!(t.state.loss, straight.0, "loss curves differ after resume");
+    assert_eq!(weights(&model), straight.1, "weights differ after resume");
+}
+
+#[test]
+fn matryoshka_with_a_projection_exports_a_dense_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "the cat sat\na dog ran far\nthe sky is blue\nbird flew over the tree\nred sun\n").unwrap();
+    let model = TrainableModel::load(&fixture(), 16, Some(8)).unwrap();
+    assert_eq!(model.dimension(), 8);
+    let cfg = TrainConfig { dims: vec![8, 4], max_steps: Some(3), ..config(Objective::SimCse) };
+    let out = tmp.path().join("m");
+    let mut t = Trainer::new(&model, cfg, load_examples(Objective::SimCse, &corpus).unwrap(), &out, ModelCard { dims: vec![8, 4], ..Default::default() }).unwrap();
+    t.run(&Quiet).unwrap();
+    assert!(out.join("2_Dense/model.safetensors").exists());
+    let loaded = LocalEmbedder::load(&out, "m", LoadOptions::default()).unwrap();
+    assert_eq!(loaded.dimension(), 8);
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config_sentence_transformers.json")).unwrap()).unwrap();
+    assert_eq!(card["sembase"]["matryoshka_dims"], serde_json::json!([8, 4]));
+}
+
+#[test]
+fn evaluation_during_training_keeps_the_best_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sts = tmp.path().join("dev.tsv");
+    std::fs::write(&sts, "sentence1\tsentence2\tscore\nthe cat sat\ta cat sat\t5\nthe sky is blue\tthe dog ran\t0.5\nbig bird\ta big bird flew\t4\nred sun\tgreen tree\t1\n").unwrap();
+    let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+    let cfg = TrainConfig { eval: Some(format!("sts:{}", sts.display()).parse().unwrap()), eval_steps: 2, max_steps: Some(4), ..config(Objective::Pairs) };
+    let out = tmp.path().join("best");
+    let mut t = Trainer::new(&model, cfg, load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap(), &out, ModelCard::default()).unwrap();
+    t.run(&Quiet).unwrap();
+    assert_eq!(t.state.eval.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 4]);
+    assert!(t.state.best.is_some() && out.join("model.safetensors").exists());
+}
+
+#[test]
+fn bad_settings_and_data_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let bad = |cfg: TrainConfig| Trainer::new(&model, cfg, examples.clone(), tmp.path(), ModelCard::default()).err().expect("refused").to_string();
+    assert!(bad(TrainConfig { batch_size: 1, ..config(Objective::Pairs) }).contains("batch-size"));
+    assert!(bad(TrainConfig { dims: vec![17], ..config(Objective::Pairs) }).contains("--dims 17"));
+    assert!(TrainableModel::load(&fixture(), 99, None).err().unwrap().to_string().contains("--max-length"));
+    let one = tmp.path().join("one.txt");
+    std::fs::write(&one, "only one line\n").unwrap();
+    assert!(load_examples(Objective::SimCse, &one).err().unwrap().to_string().contains("at least 2"));
+    std::fs::write(&one, b"ok\n\xff\xfe\n").unwrap();
+    assert!(load_examples(Objective::SimCse, &one).err().unwrap().to_string().contains(":2: not valid UTF-8"));
+}
