@@ -44,6 +44,9 @@ pub enum EvalError {
     /// A remote endpoint failed or answered something unusable.
     #[error("{url}: {message}")]
     Remote { url: String, message: String },
+    /// Exact or ANN search failed.
+    #[error(transparent)]
+    Index(#[from] sembase_index::IndexError),
     /// Settings that do not fit together (e.g. dimensions over the model's width).
     #[error("{0}")]
     Invalid(String),

@@ -25,6 +25,9 @@ pub enum IndexError {
     /// Input that cannot be used as given (wrong width, bad filter, bad corpus row).
     #[error("{0}")]
     Invalid(String),
+    /// The ANN library failed.
+    #[error("ann: {0}")]
+    Ann(String),
     /// A database backend failed.
     #[error("database: {0}")]
     Database(String),
