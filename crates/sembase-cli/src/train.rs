@@ -1,5 +1,6 @@
 //! `sembase train simcse|pairs|triplets|sts`: fine-tune a model and export it.
 
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,15 +110,29 @@ impl ObjectiveArg {
     }
 }
 
-/// Progress bar (or log lines when not on a terminal) and Ctrl-C.
+/// Progress bar (or log lines when not on a terminal), Ctrl-C, and step timing.
 struct Console {
     bar: Option<ProgressBar>,
     started: Instant,
     stop: Arc<AtomicBool>,
+    /// When the step now running began (reset after evaluations, so they do not count).
+    step_started: Cell<Instant>,
+    step_seconds: RefCell<Vec<f64>>,
+}
+
+impl Console {
+    /// The median wall time of one optimisation step, evaluations excluded.
+    fn median_step_seconds(&self) -> Option<f64> {
+        let mut times = self.step_seconds.borrow().clone();
+        times.sort_by(f64::total_cmp);
+        times.get(times.len() / 2).copied()
+    }
 }
 
 impl TrainObserver for Console {
     fn on_step(&self, step: usize, total: usize, loss: f32) {
+        self.step_seconds.borrow_mut().push(self.step_started.get().elapsed().as_secs_f64());
+        self.step_started.set(Instant::now());
         let rate = step as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         match &self.bar {
             Some(bar) => {
@@ -136,6 +151,7 @@ impl TrainObserver for Console {
             Some(bar) => bar.println(format!("eval at step {step}: {line}")),
             None => eprintln!("eval at step {step}: {line}"),
         }
+        self.step_started.set(Instant::now());
     }
 
     fn interrupted(&self) -> bool {
@@ -198,14 +214,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let console = Console { bar: progress_bar(), started: Instant::now(), stop };
+    let now = Instant::now();
+    let console = Console { bar: progress_bar(), started: now, stop, step_started: Cell::new(now), step_seconds: RefCell::default() };
     let finish = trainer.run(&console)?;
     if let Some(bar) = &console.bar {
         bar.finish_and_clear();
     }
     if let Some(path) = &args.json {
         let state = &trainer.state;
-        let report = serde_json::json!({"steps": state.step, "loss": state.loss, "eval": state.eval, "output": args.output});
+        let report = serde_json::json!({
+            "steps": state.step, "loss": state.loss, "eval": state.eval, "output": args.output,
+            "seconds": console.started.elapsed().as_secs_f64(),
+            "step_seconds_median": console.median_step_seconds(),
+            "peak_rss_mib": peak_rss_mib(),
+        });
         sembase_eval::atomic::write_atomic(path, |w| serde_json::to_writer_pretty(w, &report).map_err(std::io::Error::other))?;
     }
     match finish {
@@ -215,6 +237,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This process's peak resident memory (VmHWM) in MiB, where /proc tells it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// The model's own token limit (sentence_bert_config.json, else the position table).

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Result, TrainError};
 
@@ -25,16 +26,18 @@ impl Default for AdamWConfig {
     }
 }
 
-/// One named parameter and its moment estimates.
+/// One named parameter and its moment estimates (host vectors, updated in place).
 struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
-/// The optimiser over a fixed list of named variables.
+/// The optimiser over a fixed list of named variables. The update runs as one
+/// fused, parallel pass per parameter over host memory: a large embedding
+/// matrix costs a few memory sweeps per step instead of a dozen tensor ops.
 pub struct AdamW {
     config: AdamWConfig,
     slots: Vec<Slot>,
@@ -46,16 +49,45 @@ fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm") || name.ends_with("norm.weight"))
 }
 
+/// Per-step constants of the update.
+#[derive(Clone, Copy)]
+struct StepCoefficients {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `1 / sqrt(1 - beta2^t)`.
+    inv_sqrt_bias2: f32,
+    /// Multiplier of the weights before the update (`1 - lr * weight_decay`, or 1).
+    keep: f32,
+    /// Gradient scale from clipping.
+    grad_scale: f32,
+}
+
+/// The AdamW update of one parameter, as torch.optim.AdamW computes it.
+fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], c: StepCoefficients) {
+    theta.par_iter_mut().zip(m.par_iter_mut()).zip(v.par_iter_mut()).zip(grad.par_iter()).with_min_len(4096).for_each(
+        |(((w, m), v), g)| {
+            let g = g * c.grad_scale;
+            *m = c.beta1 * *m + (1.0 - c.beta1) * g;
+            *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
+            let denom = v.sqrt() * c.inv_sqrt_bias2 + c.eps;
+            *w = *w * c.keep - c.step_size * *m / denom;
+        },
+    );
+}
+
 impl AdamW {
     /// An optimiser with zero moments for `vars`.
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
-                Ok(Slot { decay: decays(&name), name, m: zeros.clone(), v: zeros, var })
+                let n = var.as_tensor().elem_count();
+                Slot { decay: decays(&name), name, m: vec![0.0; n], v: vec![0.0; n], var }
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Ok(Self { config, slots, step: 0 })
     }
 
@@ -64,32 +96,47 @@ impl AdamW {
         self.step
     }
 
-    /// Applies one update with learning rate `lr`; parameters without a gradient are left alone.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// Clips the gradients to a global L2 norm of at most `max_grad_norm`, then
+    /// applies one update with learning rate `lr`; parameters without a gradient
+    /// are left alone. Returns the global norm before clipping.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, max_grad_norm: f64) -> Result<f64> {
+        let host: Vec<Option<Vec<f32>>> = self
+            .slots
+            .iter()
+            .map(|s| grads.get(s.var.as_tensor()).map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose())
+            .collect::<candle_core::Result<_>>()?;
+        let norm = host.iter().flatten().map(|g| g.par_iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sum::<f64>().sqrt();
+        let grad_scale = if norm > max_grad_norm && norm.is_finite() { max_grad_norm / (norm + 1e-6) } else { 1.0 };
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
-        let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
-            slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let m_hat = (&slot.m / bias1)?;
-            let v_hat = (&slot.v / bias2)?;
-            let theta = slot.var.as_tensor();
-            let decayed = if slot.decay { (theta * (1.0 - lr * c.weight_decay))? } else { theta.clone() };
-            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            slot.var.set(&(decayed - (update * lr)?)?)?;
+        let base = StepCoefficients {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
+            keep: 1.0,
+            grad_scale: grad_scale as f32,
+        };
+        for (slot, grad) in self.slots.iter_mut().zip(host) {
+            let Some(grad) = grad else { continue };
+            let keep = if slot.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let tensor = slot.var.as_tensor();
+            let mut theta = tensor.flatten_all()?.to_vec1::<f32>()?;
+            update(&mut theta, &grad, &mut slot.m, &mut slot.v, StepCoefficients { keep, ..base });
+            slot.var.set(&Tensor::from_vec(theta, tensor.shape(), tensor.device())?)?;
         }
-        Ok(())
+        Ok(norm)
     }
 
     /// Writes the moments and step count to `path` (safetensors).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for s in &self.slots {
-            tensors.insert(format!("m.{}", s.name), s.m.clone());
-            tensors.insert(format!("v.{}", s.name), s.v.clone());
+            let shape = s.var.as_tensor().shape();
+            tensors.insert(format!("m.{}", s.name), Tensor::from_slice(&s.m, shape, &Device::Cpu)?);
+            tensors.insert(format!("v.{}", s.name), Tensor::from_slice(&s.v, shape, &Device::Cpu)?);
         }
         tensors.insert("step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
         candle_core::safetensors::save(&tensors, path)?;
@@ -101,8 +148,14 @@ impl AdamW {
         let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
         let missing = |name: &str| TrainError::MissingWeight { path: path.to_path_buf(), name: name.to_string() };
         for s in &mut self.slots {
-            s.m = tensors.remove(&format!("m.{}", s.name)).ok_or_else(|| missing(&format!("m.{}", s.name)))?;
-            s.v = tensors.remove(&format!("v.{}", s.name)).ok_or_else(|| missing(&format!("v.{}", s.name)))?;
+            for (key, moment) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let name = format!("{key}.{}", s.name);
+                let saved = tensors.remove(&name).ok_or_else(|| missing(&name))?.flatten_all()?.to_vec1::<f32>()?;
+                if saved.len() != moment.len() {
+                    return Err(TrainError::Config(format!("{}: {name} has {} values, the model {}", path.display(), saved.len(), moment.len())));
+                }
+                *moment = saved;
+            }
         }
         self.step = tensors.remove("step").ok_or_else(|| missing("step"))?.to_vec1::<u32>()?[0] as usize;
         Ok(())
@@ -116,27 +169,6 @@ pub fn linear_schedule(step: usize, warmup: usize, total: usize, peak: f64) -> f
     }
     let remaining = total.saturating_sub(step) as f64;
     peak * remaining / total.saturating_sub(warmup).max(1) as f64
-}
-
-/// Scales all gradients down so their global L2 norm is at most `max_norm`;
-/// returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for (_, var) in vars {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            sum += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        }
-    }
-    let norm = sum.sqrt();
-    if norm > max_norm && norm.is_finite() {
-        let scale = max_norm / (norm + 1e-6);
-        for (_, var) in vars {
-            if let Some(g) = grads.remove(var.as_tensor()) {
-                grads.insert(var.as_tensor(), (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
 }
 
 #[cfg(test)]
@@ -160,20 +192,27 @@ mod tests {
         let grads = loss.backward().unwrap();
         let config = AdamWConfig { weight_decay: 0.0, ..Default::default() };
         let mut opt = AdamW::new(vec![("w.bias".into(), w.clone())], config).unwrap();
-        opt.step(&grads, 0.1).unwrap();
+        opt.step(&grads, 0.1, f64::INFINITY).unwrap();
         let got: Vec<f32> = w.as_tensor().to_vec1().unwrap();
         assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] - (-1.9)).abs() < 1e-6, "{got:?}");
     }
 
     #[test]
-    fn clipping_bounds_the_global_norm() {
+    fn clipping_scales_the_gradient_to_the_global_norm_before_the_update() {
+        // A gradient (30, 40) has norm 50; clipped to norm 1 it is (0.6, 0.8). Without
+        // weight decay the first two steps of Adam then move by lr * m_hat / sqrt(v_hat),
+        // which for a constant gradient is lr * sign(g) each: clipping shows up in the
+        // moments, which must hold the clipped gradient.
         let w = Var::new(&[0.0f32, 0.0], &Device::Cpu).unwrap();
         let loss = (w.as_tensor() * Tensor::new(&[30.0f32, 40.0], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap();
-        let mut grads = loss.backward().unwrap();
-        let vars = vec![("w".to_string(), w.clone())];
-        let before = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
-        assert!((before - 50.0).abs() < 1e-4);
-        let g: Vec<f32> = grads.get(w.as_tensor()).unwrap().to_vec1().unwrap();
-        assert!(((g[0] * g[0] + g[1] * g[1]).sqrt() - 1.0).abs() < 1e-4, "{g:?}");
+        let grads = loss.backward().unwrap();
+        let config = AdamWConfig { weight_decay: 0.0, ..Default::default() };
+        let mut opt = AdamW::new(vec![("w.bias".into(), w.clone())], config).unwrap();
+        let norm = opt.step(&grads, 0.1, 1.0).unwrap();
+        assert!((norm - 50.0).abs() < 1e-4, "{norm}");
+        let m = &opt.slots[0].m;
+        assert!((m[0] - 0.1 * 0.6).abs() < 1e-5 && (m[1] - 0.1 * 0.8).abs() < 1e-5, "{m:?}");
+        let got: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        assert!((got[0] + 0.1).abs() < 1e-5 && (got[1] + 0.1).abs() < 1e-5, "{got:?}");
     }
 }

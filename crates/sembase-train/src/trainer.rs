@@ -18,7 +18,7 @@ use crate::data::{epoch_batches, Example, Objective};
 use crate::error::{Result, TrainError};
 use crate::export::{export_model, ModelCard};
 use crate::losses::{cosent, in_batch_negatives, matryoshka};
-use crate::optim::{clip_grad_norm, linear_schedule, AdamW, AdamWConfig};
+use crate::optim::{linear_schedule, AdamW, AdamWConfig};
 use crate::trainable::TrainableModel;
 
 /// Settings of a run (defaults follow the SimCSE paper and sentence-transformers).
@@ -146,11 +146,11 @@ impl<'a> Trainer<'a> {
                 self.state.batch_in_epoch += 1;
                 self.state.loss.push((self.state.step, loss));
                 observer.on_step(self.state.step, total, loss);
-                let eval_due = self.config.eval_steps > 0 && self.state.step % self.config.eval_steps == 0;
+                let eval_due = self.config.eval_steps > 0 && self.state.step.is_multiple_of(self.config.eval_steps);
                 if eval_due && self.eval_task.is_some() {
                     self.evaluate_and_keep_best(observer)?;
                 }
-                if self.config.checkpoint_steps > 0 && self.state.step % self.config.checkpoint_steps == 0 {
+                if self.config.checkpoint_steps > 0 && self.state.step.is_multiple_of(self.config.checkpoint_steps) {
                     checkpoint::save(&self.checkpoint_dir(), self.model, &self.optimizer, &self.state)?;
                 }
                 if observer.interrupted() {
@@ -185,7 +185,7 @@ impl<'a> Trainer<'a> {
         let columns = self.columns(batch);
         let scores: Vec<f32> = batch.iter().map(|&i| self.examples[i].score).collect();
         let chunk = self.config.mini_batch.unwrap_or(batch.len()).min(batch.len());
-        let (loss, mut grads) = if chunk >= batch.len() {
+        let (loss, grads) = if chunk >= batch.len() {
             let reps = columns.iter().enumerate().map(|(c, texts)| self.embed(texts, c, 0)).collect::<Result<Vec<_>>>()?;
             let loss = self.loss(&reps, &scores)?;
             let grads = loss.backward()?;
@@ -197,8 +197,7 @@ impl<'a> Trainer<'a> {
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, value });
         }
-        clip_grad_norm(&mut grads, &self.vars, self.config.max_grad_norm)?;
-        self.optimizer.step(&grads, lr)?;
+        self.optimizer.step(&grads, lr, self.config.max_grad_norm)?;
         Ok(value)
     }
 
