@@ -141,6 +141,9 @@ fn train(args: TrainArgs) -> Result<()> {
         bail!("--folds must be at least 2");
     }
     data.check_trainable(&args.data, args.folds)?;
+    // Opened now, so that a report path that cannot be written fails before any work
+    // and no head is left behind by a failed run.
+    let report_file = args.json.as_deref().map(AtomicFile::create).transpose()?;
     let kind = match args.kind {
         KindArg::Logistic => Kind::Logistic,
         KindArg::Mlp => Kind::Mlp { hidden: args.hidden.max(1) },
@@ -186,7 +189,7 @@ fn train(args: TrainArgs) -> Result<()> {
         report.c,
         args.output.display()
     ));
-    if let Some(path) = &args.json {
+    if let Some(file) = report_file {
         let value = json!({
             "folds": config.folds,
             "metrics": {"accuracy": report.metrics.accuracy, "macro_f1": report.metrics.macro_f1},
@@ -206,7 +209,7 @@ fn train(args: TrainArgs) -> Result<()> {
             "train_seconds": train_seconds,
             "seconds": start.elapsed().as_secs_f64(),
         });
-        write_json(path, &value)?;
+        write_json(file, &value)?;
     }
     Ok(())
 }
@@ -247,7 +250,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             "data": args.data.display().to_string(),
             "rows": texts.len(),
         });
-        write_json(path, &value)?;
+        write_json(AtomicFile::create(path)?, &value)?;
     }
     Ok(())
 }
@@ -343,8 +346,7 @@ fn embed(model: &LocalEmbedder, dir: &Path, texts: &[&str], options: &EmbedOptio
     Ok(result)
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let mut f = AtomicFile::create(path)?;
+fn write_json(mut f: AtomicFile, value: &Value) -> Result<()> {
     serde_json::to_writer(&mut f, value)?;
     f.write_all(b"\n")?;
     f.commit()

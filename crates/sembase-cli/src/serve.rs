@@ -1,10 +1,12 @@
 //! `sembase serve`: the OpenAI-compatible HTTP API over one or more models.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sembase_server::{ModelSpec, Server, ServerConfig};
+use sembase_heads::Head;
+use sembase_server::{Attachments, HeadSpec, ModelSpec, Server, ServerConfig};
 
 use crate::models::{load_local, set_threads};
 
@@ -14,6 +16,10 @@ pub struct ServeArgs {
     /// requests that name no model).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
+    /// A classification head for POST /v1/classify, served under NAME: a directory
+    /// written by `sembase head train`, whose base model is one of the --model's. Repeatable.
+    #[arg(long = "head", value_name = "NAME=DIR", value_parser = parse_named_dir)]
+    heads: Vec<(String, PathBuf)>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -48,6 +54,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     set_threads(args.threads);
+    let heads = load_heads(&args.heads)?;
     let server = Server::new(ServerConfig {
         api_key: args.api_key.clone(),
         max_batch_tokens: args.max_batch_tokens,
@@ -70,7 +77,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let specs = args.models.clone();
         let (max_seq_length, batch_tokens) = (args.max_seq_length, args.max_batch_tokens);
         std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens).and_then(|models| {
-            loader.set_models(models).map_err(anyhow::Error::from)
+            loader.set_models_with(models, Attachments { heads }).map_err(anyhow::Error::from)
         }) {
             Ok(()) => println!("listening on http://{address}"),
             Err(e) => {
@@ -108,6 +115,25 @@ fn load_models(specs: &[String], max_seq_length: Option<usize>, batch_tokens: us
                 default_prompt: model.default_prompt().map(str::to_string),
                 embedder: Arc::new(model),
             })
+        })
+        .collect()
+}
+
+/// A `NAME=DIR` argument (as `--head` takes).
+fn parse_named_dir(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        _ => Err(format!("expected NAME=DIR, got {value:?}")),
+    }
+}
+
+/// Reads the head directories (before any model loads, so a bad one fails fast).
+fn load_heads(heads: &[(String, PathBuf)]) -> Result<Vec<HeadSpec>> {
+    heads
+        .iter()
+        .map(|(name, dir)| {
+            let head = Head::load(dir).with_context(|| format!("loading head `{name}` from {}", dir.display()))?;
+            Ok(HeadSpec::new(name.clone(), head))
         })
         .collect()
 }

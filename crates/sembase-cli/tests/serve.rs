@@ -181,3 +181,85 @@ fn a_model_that_cannot_load_is_a_clear_error() {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+/// The first `take` rows of each label of `en/classify/cr.tsv` after skipping `skip`, as TSV rows.
+fn cr_rows(skip: usize, take: usize) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/en/classify/cr.tsv");
+    let content = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    let mut rows = Vec::new();
+    for line in content.lines().skip(1) {
+        let n = seen.entry(line.rsplit('\t').next().unwrap()).or_default();
+        *n += 1;
+        if *n > skip && *n <= skip + take {
+            rows.push(line.to_string());
+        }
+    }
+    rows
+}
+
+fn sembase(args: &[&str]) -> std::process::Output {
+    let out = Command::new(SEMBASE).args(args).output().unwrap();
+    assert!(out.status.success(), "sembase {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
+    let dir = std::env::temp_dir().join(format!("sembase-serve-heads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("train.tsv");
+    std::fs::write(&data, format!("text\tlabel\n{}\n", cr_rows(0, 20).join("\n"))).unwrap();
+    let head = dir.join("sentiment");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    sembase(&["head", "train", "--model", MODEL, "--data", &path(&data), "--output", &path(&head), "--folds", "2", "--c-grid", "1", "--no-cache"]);
+    let texts: Vec<String> = cr_rows(20, 5).iter().map(|r| r.split('\t').next().unwrap().to_string()).collect();
+    let input = dir.join("texts.txt");
+    std::fs::write(&input, texts.join("\n") + "\n").unwrap();
+    let predicted = sembase(&["head", "predict", "--head", &path(&head), "--input", &path(&input), "--no-cache"]);
+    let expected: Vec<serde_json::Value> =
+        String::from_utf8(predicted.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(expected.len(), texts.len());
+
+    let server = Serve::start(&["--head", &format!("sentiment={}", path(&head))], &[]);
+    let reply = server.post("/v1/classify", &json!({ "input": texts, "heads": "sentiment" }), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    for (i, want) in expected.iter().enumerate() {
+        let got = &body["data"][i]["heads"]["sentiment"];
+        assert_eq!(got["label"], want["label"], "input {i}: {got} vs {want}");
+        let (got, want) = (got["probabilities"].as_object().unwrap(), want["probabilities"].as_object().unwrap());
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+        for (label, p) in want {
+            assert!((got[label].as_f64().unwrap() - p.as_f64().unwrap()).abs() < 1e-5, "input {i} {label}: {got:?} vs {want:?}");
+        }
+    }
+    assert!(server.terminate().success());
+
+    // The same head, claiming another base model: refused at start-up, in one line.
+    let foreign = dir.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    for file in ["weights.safetensors", "labels.json", "head.json"] {
+        std::fs::copy(head.join(file), foreign.join(file)).unwrap();
+    }
+    let meta = std::fs::read_to_string(head.join("head.json")).unwrap().replace(&format!("\"{MODEL}\""), "\"multilingual-e5-small\"");
+    std::fs::write(foreign.join("head.json"), meta).unwrap();
+    let refused = |head_arg: String| {
+        let out = Command::new(SEMBASE).args(["serve", "--model", MODEL, "--port", "0", "--head", &head_arg]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        stderr
+    };
+    let stderr = refused(format!("zh={}", path(&foreign)));
+    assert_eq!(
+        stderr.trim(),
+        format!("error: head `zh` was trained on model `multilingual-e5-small`, which this server does not serve (it serves: {MODEL})")
+    );
+    let stderr = refused(format!("gone={}", path(&dir.join("missing"))));
+    assert!(stderr.starts_with("error: loading head `gone` from "), "{stderr}");
+    let out = Command::new(SEMBASE).args(["serve", "--model", MODEL, "--head", "no-equals-sign"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected NAME=DIR"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

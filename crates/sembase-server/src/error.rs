@@ -17,6 +17,12 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A head's base model is not among the served models.
+    #[error("head `{head}` was trained on model `{model}`, which this server does not serve (it serves: {served})")]
+    HeadModelNotServed { head: String, model: String, served: String },
+    /// A head cannot be served (repeated name, or it does not fit its model).
+    #[error("head `{head}`: {message}")]
+    Head { head: String, message: String },
     /// `set_models` was called twice.
     #[error("models are already loaded")]
     AlreadyLoaded,

@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::{AppState, Models, ServedModel};
 
-type AppResult<T> = Result<T, ApiError>;
+pub(crate) type AppResult<T> = Result<T, ApiError>;
 
 /// Texts longer than this (bytes, all inputs together) are tokenized on the blocking
 /// pool instead of the runtime's threads.
@@ -69,7 +69,7 @@ impl ServedModel {
 
     /// Queues the job and waits for its vectors. Dropping the future (the client went
     /// away) closes the reply channel and the worker skips the job.
-    async fn run(&self, pieces: Vec<Piece>, tokens: usize, dimensions: Option<usize>) -> AppResult<Embeddings> {
+    pub(crate) async fn run(&self, pieces: Vec<Piece>, tokens: usize, dimensions: Option<usize>) -> AppResult<Embeddings> {
         let (reply, answer) = oneshot::channel();
         let job = Job { pieces, dimensions, tokens, reply, enqueued: Instant::now() };
         if self.batcher.submit(job).is_err() {
@@ -103,14 +103,14 @@ async fn read_body(request: Request, limit: usize) -> AppResult<Bytes> {
 }
 
 /// Reads and parses a JSON body, once the models are ready.
-async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, request: Request, schema: SchemaStatus) -> AppResult<(T, &Models)> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, request: Request, schema: SchemaStatus) -> AppResult<(T, &Models)> {
     let body = read_body(request, state.config.max_body_bytes).await?;
     let parsed = parse_json(&body, schema)?;
     Ok((parsed, state.ready()?))
 }
 
 /// A JSON answer with status 200.
-fn json<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
         Err(e) => ApiError::internal(format!("could not write the answer: {e}")).into_response(),
@@ -118,7 +118,7 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 /// Runs CPU work on the blocking pool when it is large, inline otherwise.
-async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+pub(crate) async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
     if large {
         tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("a worker task failed"))
     } else {
@@ -126,9 +126,18 @@ async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + '
     }
 }
 
+/// Whether the texts of `input` are large enough to tokenize on the blocking pool.
+pub(crate) fn tokenize_off_runtime(input: &EmbeddingInput) -> bool {
+    match input {
+        EmbeddingInput::Text(t) => t.len() > INLINE_TOKENIZE_BYTES,
+        EmbeddingInput::Texts(v) => v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES,
+        _ => false,
+    }
+}
+
 /// The request's inputs as queue pieces: texts tokenized (with the prompt), over-long
 /// inputs cut or refused. Returns the pieces and the tokens they will cost.
-fn prepare(
+pub(crate) fn prepare(
     embedder: &dyn Embedder,
     input: EmbeddingInput,
     prefix: Option<&str>,
@@ -203,7 +212,7 @@ fn prepare_text(
 }
 
 /// Refuses empty inputs and too many of them, naming the index.
-fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResult<()> {
+pub(crate) fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResult<()> {
     let bad = |message: String| ApiError::bad_request(message).param("input");
     if input.is_empty() {
         return Err(bad("'input' is empty; send at least one non-empty string or token id".into()));
@@ -259,11 +268,7 @@ pub(crate) async fn embeddings(State(state): State<Arc<AppState>>, request: Requ
     };
     let prefix = model.prefix(request.prompt_name.as_deref())?;
     let format = request.encoding_format.unwrap_or_default();
-    let large = match &request.input {
-        EmbeddingInput::Text(t) => t.len() > INLINE_TOKENIZE_BYTES,
-        EmbeddingInput::Texts(v) => v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES,
-        _ => false,
-    };
+    let large = tokenize_off_runtime(&request.input);
     let embedder = model.embedder.clone();
     let truncate = state.config.truncate;
     let input = request.input;

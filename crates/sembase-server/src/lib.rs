@@ -1,7 +1,8 @@
 //! sembase-server: an OpenAI-compatible HTTP API over [`sembase_core::Embedder`]s.
 //!
-//! Routes: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`,
-//! `POST /tokenize`, `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`.
+//! Routes: `POST /v1/embeddings`, `POST /v1/classify` (task heads, see [`HeadSpec`]),
+//! `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`, `GET /health`,
+//! `GET /metrics` (Prometheus), `GET /openapi.json`.
 //!
 //! Each model gets a worker thread fed by a queue (see [`batcher`](crate::batcher)):
 //! requests are tokenized in the handler, then merged with other waiting requests
@@ -23,6 +24,7 @@
 
 pub mod api;
 mod batcher;
+mod classify;
 pub mod error;
 mod handlers;
 pub mod metrics;
@@ -37,6 +39,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use sembase_core::Embedder;
 
+pub use classify::HeadSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
 pub use openapi::openapi_json;
 
@@ -123,6 +126,13 @@ impl ModelSpec {
     }
 }
 
+/// What is served on top of the models (see [`Server::set_models_with`]).
+#[derive(Default)]
+pub struct Attachments {
+    /// Classification heads for `POST /v1/classify`; each one's base model must be served.
+    pub heads: Vec<HeadSpec>,
+}
+
 /// A loaded model with its queue.
 pub(crate) struct ServedModel {
     pub embedder: Arc<dyn Embedder>,
@@ -135,6 +145,7 @@ pub(crate) struct ServedModel {
 pub(crate) struct Models {
     pub list: Vec<ServedModel>,
     pub by_name: HashMap<String, usize>,
+    pub heads: classify::Heads,
 }
 
 /// What every handler shares.
@@ -165,6 +176,12 @@ impl Server {
     /// Installs the models and starts one worker thread each; from then on the
     /// server is ready. Can be called once.
     pub fn set_models(&self, models: Vec<ModelSpec>) -> Result<(), ServerError> {
+        self.set_models_with(models, Attachments::default())
+    }
+
+    /// [`set_models`](Self::set_models), plus what is served on top of the models;
+    /// an attachment whose model is not among `models` is refused and nothing is installed.
+    pub fn set_models_with(&self, models: Vec<ModelSpec>, attachments: Attachments) -> Result<(), ServerError> {
         if models.is_empty() {
             return Err(ServerError::NoModels);
         }
@@ -177,6 +194,7 @@ impl Server {
                 return Err(ServerError::DuplicateModel(spec.embedder.name().to_string()));
             }
         }
+        let heads = classify::Heads::bind(attachments.heads, &models)?;
         let mut list = Vec::with_capacity(models.len());
         for spec in models {
             let metrics = self.state.metrics.model(spec.embedder.name());
@@ -188,7 +206,7 @@ impl Server {
                 batcher,
             });
         }
-        self.state.models.set(Models { list, by_name }).map_err(|_| ServerError::AlreadyLoaded)
+        self.state.models.set(Models { list, by_name, heads }).map_err(|_| ServerError::AlreadyLoaded)
     }
 
     /// True once models are set.
@@ -206,6 +224,7 @@ impl Server {
         let state = self.state.clone();
         let work = Router::new()
             .route("/v1/embeddings", post(handlers::embeddings))
+            .route("/v1/classify", post(classify::classify))
             .route("/tokenize", post(handlers::tokenize))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::limit_concurrency));
         let listing = Router::new()

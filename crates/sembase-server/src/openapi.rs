@@ -9,6 +9,7 @@ use crate::api::{
     EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Health,
     ModelList, ModelObject, TokenizeInputs, TokenizeRequest, Usage,
 };
+use crate::classify::{self, Classification, ClassifyRequest, ClassifyResponse, HeadOutput, Strings};
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::handlers;
 
@@ -16,10 +17,11 @@ use crate::handlers;
 #[openapi(
     info(
         title = "sembase",
-        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract."
+        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract, and task heads (classifiers) on top."
     ),
     paths(
         handlers::embeddings,
+        classify::classify,
         handlers::list_models,
         handlers::get_model,
         handlers::tokenize,
@@ -35,6 +37,11 @@ use crate::handlers;
         EmbeddingObject,
         EmbeddingValue,
         Usage,
+        ClassifyRequest,
+        Strings,
+        ClassifyResponse,
+        Classification,
+        HeadOutput,
         ModelList,
         ModelObject,
         TokenizeRequest,

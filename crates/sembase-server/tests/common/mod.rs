@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sembase_core::{EmbedOptions, Embedder, Embeddings, Error, Truncation};
-use sembase_server::{ModelSpec, Server, ServerConfig};
+use sembase_server::{Attachments, ModelSpec, Server, ServerConfig};
 
 pub const CLS: u32 = 101;
 pub const SEP: u32 = 102;
@@ -178,9 +178,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: ServerConfig, models: Vec<ModelSpec>) -> Self {
+        Self::start_with(config, models, Attachments::default())
+    }
+
+    /// [`start`](Self::start) with heads (or other attachments) on the models.
+    pub fn start_with(config: ServerConfig, models: Vec<ModelSpec>, attachments: Attachments) -> Self {
         let server = Server::new(config).expect("config");
         if !models.is_empty() {
-            server.set_models(models).expect("models");
+            server.set_models_with(models, attachments).expect("models");
         }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
