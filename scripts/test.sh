@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: builds once, pulls the models the
 # tests need into the store (a no-op when they are there), prepares the Python
-# reference clients, then runs the Rust and Python tests.
+# reference clients, starts a throwaway PostgreSQL + pgvector server, then runs the
+# Rust and Python tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== postgres + pgvector for the index tests (scripts/postgres.sh)"
+# Its own server, stopped on exit; a developer's `scripts/postgres.sh start` is left alone.
+export SEMBASE_PG_STATE="$PWD/target/postgres/test-run"
+SEMBASE_TEST_PG_URL="$(scripts/postgres.sh start)"
+export SEMBASE_TEST_PG_URL
+trap 'scripts/postgres.sh stop' EXIT
 
 echo "== rust tests"
 cargo test --release --workspace

@@ -1,0 +1,210 @@
+//! PostgreSQL + pgvector: an index kept as one table (`id text` primary key,
+//! `text`, `metadata jsonb`, `embedding vector(N)`) with an HNSW index for cosine
+//! distance, its settings recorded in the `sembase_indexes` table.
+//!
+//! Several processes (say, `sembase serve` replicas) may open one index at once:
+//! every write is one transaction, readers see committed rows only, and writers
+//! lock rows in id order so that overlapping batches do not deadlock (a conflict
+//! the server still reports is retried).
+
+mod pool;
+mod table;
+
+use postgres::error::SqlState;
+use postgres::types::Json;
+use postgres::Transaction;
+
+use crate::error::{IndexError, Result};
+use crate::store::{check_ids, check_widths, Document, Filter, Hit, IndexSettings, Metadata, VectorStore};
+
+pub use pool::EF_SEARCH;
+use pool::Pool;
+use table::Table;
+
+/// Rows sent per INSERT statement inside one upsert transaction.
+const UPSERT_CHUNK: usize = 1000;
+/// Extra rows fetched past `k` so that hits tied in score at the cut are
+/// ordered by id, as in the other stores.
+const TIE_SLACK: usize = 8;
+/// Attempts of a write that the server aborts for a deadlock or serialisation conflict.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// An index in a PostgreSQL database with the pgvector extension.
+pub struct PostgresStore {
+    settings: IndexSettings,
+    table: Table,
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Creates the index `table` in the database at `url` for vectors made with
+    /// `settings`; fails if an index or table of that name exists. Installs the
+    /// `vector` extension when it is missing (which needs the right to).
+    pub fn create(url: &str, table: &str, settings: &IndexSettings) -> Result<Self> {
+        let table = Table::new(table)?;
+        let pool = Pool::connect(url)?;
+        let recorded = serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        {
+            let mut session = pool.get()?;
+            let mut tx = session.client().transaction()?;
+            // Serialises index creation: concurrent `IF NOT EXISTS` creations can collide.
+            tx.batch_execute(&table::lock_registry_sql())?;
+            tx.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(|e| {
+                IndexError::Database(format!(
+                    "the pgvector extension is missing and could not be installed ({}): \
+                     ask the database owner to run CREATE EXTENSION vector",
+                    db_message(&e)
+                ))
+            })?;
+            tx.batch_execute(&table::create_registry_sql())?;
+            tx.execute(&table::register_sql(), &[&table.name(), &Json(&recorded)]).map_err(|e| {
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    IndexError::Invalid(format!("the database already holds an index named {:?}", table.name()))
+                } else {
+                    e.into()
+                }
+            })?;
+            tx.batch_execute(&table.create_sql(settings.dimensions))?;
+            tx.commit()?;
+        }
+        Ok(Self { settings: settings.clone(), table, pool })
+    }
+
+    /// Opens the index `table` in the database at `url` with the settings recorded
+    /// when it was created.
+    pub fn open(url: &str, table: &str) -> Result<Self> {
+        let table = Table::new(table)?;
+        let pool = Pool::connect(url)?;
+        let row = pool.get()?.client().query_opt(&table::settings_sql(), &[&table.name()]).map_err(|e| {
+            if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                no_index(&table)
+            } else {
+                e.into()
+            }
+        })?;
+        let Json(settings): Json<IndexSettings> = row.ok_or_else(|| no_index(&table))?.get(0);
+        Ok(Self { settings, table, pool })
+    }
+
+    /// The table's size on disk (rows, TOAST and indexes), in bytes.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let mut session = self.pool.get()?;
+        let bytes: i64 = session.client().query_one(&self.table.size_sql(), &[])?.get(0);
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// Runs `write` in a transaction and commits it, again from the start when the
+    /// server aborts it for a deadlock or a serialisation conflict.
+    fn write<T>(&self, write: impl Fn(&mut Transaction<'_>, &Table) -> Result<T, postgres::Error>) -> Result<T> {
+        let mut session = self.pool.get()?;
+        let mut attempt = 1;
+        loop {
+            let outcome = session.client().transaction().and_then(|mut tx| {
+                let value = write(&mut tx, &self.table)?;
+                tx.commit()?;
+                Ok(value)
+            });
+            match outcome {
+                Err(e) if attempt < WRITE_ATTEMPTS && is_conflict(&e) => attempt += 1,
+                outcome => return Ok(outcome?),
+            }
+        }
+    }
+}
+
+impl VectorStore for PostgresStore {
+    fn settings(&self) -> &IndexSettings {
+        &self.settings
+    }
+
+    fn upsert(&mut self, docs: &[Document]) -> Result<()> {
+        check_ids(docs.iter().map(|d| d.id.as_str()))?;
+        check_widths(docs.iter().map(|d| d.vector.as_slice()), self.settings.dimensions)?;
+        let mut sorted: Vec<&Document> = docs.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        self.write(|tx, table| {
+            let statement = tx.prepare(&table.upsert_sql())?;
+            for chunk in sorted.chunks(UPSERT_CHUNK) {
+                let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
+                let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
+                let metadata: Vec<Json<&Metadata>> = chunk.iter().map(|d| Json(&d.metadata)).collect();
+                let vectors: Vec<pgvector::Vector> = chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
+                tx.execute(&statement, &[&ids, &texts, &metadata, &vectors])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete(&mut self, ids: &[String]) -> Result<usize> {
+        let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let removed = self.write(|tx, table| tx.execute(&table.delete_sql(), &[&sorted]))?;
+        Ok(removed as usize)
+    }
+
+    fn search(&self, queries: &[Vec<f32>], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>> {
+        check_widths(queries.iter().map(Vec::as_slice), self.settings.dimensions)?;
+        if k == 0 {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        let mut session = self.pool.get()?;
+        let statement = session.statement(&self.table.search_sql(filter.is_some()))?;
+        let limit = (k + TIE_SLACK) as i64;
+        let filter = filter.map(|f| Json(f.fields()));
+        let client = session.client();
+        queries
+            .iter()
+            .map(|query| {
+                let vector = pgvector::Vector::from(query.clone());
+                let rows = match &filter {
+                    Some(filter) => client.query(&statement, &[&vector, &limit, filter])?,
+                    None => client.query(&statement, &[&vector, &limit])?,
+                };
+                let mut hits: Vec<Hit> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let Json(metadata): Json<Metadata> = row.get(2);
+                        Hit { id: row.get(0), text: row.get(1), metadata, score: row.get(3) }
+                    })
+                    .collect();
+                hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| b.id.cmp(&a.id)));
+                hits.truncate(k);
+                Ok(hits)
+            })
+            .collect()
+    }
+
+    fn count(&self) -> Result<usize> {
+        let mut session = self.pool.get()?;
+        let rows: i64 = session.client().query_one(&self.table.count_sql(), &[])?.get(0);
+        Ok(rows.max(0) as usize)
+    }
+}
+
+impl From<postgres::Error> for IndexError {
+    fn from(e: postgres::Error) -> Self {
+        IndexError::Database(db_message(&e))
+    }
+}
+
+/// The server's message when there is one (the error's own text says only "db error").
+fn db_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Whether the server aborted a transaction that would succeed if run again.
+fn is_conflict(e: &postgres::Error) -> bool {
+    matches!(e.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+fn no_index(table: &Table) -> IndexError {
+    IndexError::Invalid(format!(
+        "the database holds no index named {:?} (none recorded in {})",
+        table.name(),
+        table::REGISTRY
+    ))
+}
