@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_eval::results::Metrics;
+use sembase_eval::training_report::{write_training_report, TrainingRun};
 use sembase_train::{load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel, Trainer};
 
 use crate::models::set_threads;
@@ -95,6 +96,9 @@ pub struct TrainArgs {
     /// Write steps, loss curve and evaluations as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the loss curve, evaluations and settings as a self-contained HTML page.
+    #[arg(long, value_name = "OUT.html")]
+    report: Option<PathBuf>,
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -192,16 +196,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_steps: args.eval_steps,
         checkpoint_steps: args.checkpoint_steps,
     };
+    let hyperparameters = serde_json::json!({
+        "batch_size": args.batch_size, "mini_batch": args.mini_batch, "lr": lr, "epochs": args.epochs,
+        "max_steps": args.max_steps, "max_length": max_length, "warmup_ratio": args.warmup_ratio,
+        "max_grad_norm": args.max_grad_norm, "seed": args.seed, "temperature": args.temperature,
+        "symmetric": args.symmetric, "dims": args.dims, "project": args.project, "prefix": args.prefix,
+    });
+    let title = format!("{} on {} from {}", objective.name(), args.data.display(), args.model);
     let card = ModelCard {
         base: args.model.clone(),
         objective: objective.name().into(),
         data: args.data.display().to_string(),
-        hyperparameters: serde_json::json!({
-            "batch_size": args.batch_size, "mini_batch": args.mini_batch, "lr": lr, "epochs": args.epochs,
-            "max_steps": args.max_steps, "max_length": max_length, "warmup_ratio": args.warmup_ratio,
-            "max_grad_norm": args.max_grad_norm, "seed": args.seed, "temperature": args.temperature,
-            "symmetric": args.symmetric, "dims": args.dims, "project": args.project, "prefix": args.prefix,
-        }),
+        hyperparameters: hyperparameters.clone(),
         prefix: args.prefix.clone(),
         doc_prefix: args.doc_prefix.clone(),
         dims: args.dims.clone(),
@@ -229,6 +235,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "peak_rss_mib": peak_rss_mib(),
         });
         sembase_eval::atomic::write_atomic(path, |w| serde_json::to_writer_pretty(w, &report).map_err(std::io::Error::other))?;
+    }
+    if let Some(path) = &args.report {
+        let state = &trainer.state;
+        let run = TrainingRun { title: &title, loss: &state.loss, eval: &state.eval, hyperparameters: &hyperparameters };
+        write_training_report(path, &run)?;
     }
     match finish {
         Finish::Completed => println!("{}", args.output.display()),

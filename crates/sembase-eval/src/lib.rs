@@ -25,6 +25,7 @@ pub mod results;
 pub mod search;
 mod svg;
 pub mod tasks;
+pub mod training_report;
 mod tsv;
 
 pub use error::{EvalError, Result};

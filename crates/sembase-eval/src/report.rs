@@ -24,7 +24,7 @@ pub fn headline_metrics(kind: &str) -> &'static [&'static str] {
 
 const KINDS: [&str; 3] = ["sts", "pairs", "retrieval"];
 
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans","Noto Sans CJK SC",sans-serif;margin:2em auto;max-width:1200px;padding:0 1.5em;color:#1d2330;background:#fff;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #dde2ea;padding-bottom:.25em}h3{font-size:1.05em;margin:1.2em 0 .4em}
 .meta{color:#5b6577;margin-top:0}
@@ -279,7 +279,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The current time as `YYYY-MM-DD HH:MM`, UTC.
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
