@@ -120,7 +120,7 @@ fn locate(error: sembase_core::Error, offset: usize) -> anyhow::Error {
 }
 
 /// A progress bar on a terminal; nothing when stderr is piped.
-fn progress_bar(total: usize) -> ProgressBar {
+pub(crate) fn progress_bar(total: usize) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -6,8 +6,11 @@ mod embed_input;
 mod embed_output;
 mod eval;
 mod head;
+mod index;
+mod index_model;
 mod model;
 mod models;
+mod search;
 mod serve;
 mod train;
 
@@ -31,6 +34,11 @@ enum Command {
     /// Classifiers on frozen embeddings: train, eval, predict.
     #[command(subcommand)]
     Head(head::HeadCommand),
+    /// Corpus indexes: build, add, delete.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Search an index with query texts.
+    Search(search::SearchArgs),
     /// Evaluate models side by side on sts, pairs and retrieval tasks.
     Eval(eval::EvalArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
@@ -45,6 +53,8 @@ fn main() {
         Command::Model(cmd) => model::run(cmd),
         Command::Embed(args) => embed::run(args),
         Command::Head(cmd) => head::run(cmd),
+        Command::Index(cmd) => index::run(cmd),
+        Command::Search(args) => search::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),

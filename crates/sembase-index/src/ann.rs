@@ -6,7 +6,7 @@
 //! `slot_limit`; newer versions (the *delta*) are searched exactly and merged
 //! with the graph's hits, and deleted or replaced versions are skipped by the
 //! search predicate. After a write, when the delta outgrows
-//! `max(MIN_DELTA, graph/10)`, the graph is reloaded, extended and saved as a
+//! `max(delta_limit, graph/10)` (see [`AnnParams`]), the graph is reloaded, extended and saved as a
 //! new file; when over a quarter of its vectors are dead it is rebuilt from
 //! the live documents. The graph file is committed through the manifest like
 //! a segment, so a crash leaves the old graph or the new one.
@@ -22,9 +22,6 @@ use crate::manifest::GraphRef;
 use crate::segments::{Access, Loc, Segments};
 use crate::store::{Document, Filter, Hit, IndexSettings, VectorStore};
 use crate::vectors::Precision;
-
-/// Below this many live delta documents the graph is not extended.
-const MIN_DELTA: usize = 4096;
 
 /// HNSW search over an index directory, with an exact delta.
 #[derive(Debug)]
@@ -68,7 +65,7 @@ impl AnnStore {
         let graph_len = self.graph.as_ref().map_or(0, Graph::len);
         let dead = graph_len.saturating_sub(inside);
         let rebuild = dead > 0 && dead * 4 > graph_len;
-        if !rebuild && delta < MIN_DELTA.max(graph_len / 10) {
+        if !rebuild && delta <= self.params.delta_limit.max(graph_len / 10) {
             return Ok(());
         }
         let dir = self.segments.dir().to_path_buf();

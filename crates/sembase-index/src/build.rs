@@ -1,6 +1,6 @@
 //! `index build`: a whole corpus into a new index directory, embedded in
-//! batches and committed in large upserts; the index appears at its final path
-//! only when complete.
+//! batches and committed as one write (so an ANN graph is built once, over
+//! everything); the index appears at its final path only when complete.
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +13,6 @@ use crate::store::{check_widths, Document, IndexSettings};
 
 /// Documents embedded per call to the model (progress is reported per batch).
 const EMBED_BATCH: usize = 1024;
-/// Documents per committed write while building.
-const COMMIT_BATCH: usize = 65536;
 
 /// Where the vectors of a build come from.
 pub enum BuildVectors<'a> {
@@ -57,7 +55,7 @@ fn scratch_dir(dir: &Path) -> PathBuf {
 fn fill(scratch: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<CorpusDoc>, vectors: BuildVectors, progress: &dyn Fn(usize)) -> Result<Index> {
     let mut index = Index::create(scratch, settings.clone(), spec)?;
     let mut done = 0;
-    let mut pending: Vec<Document> = Vec::with_capacity(COMMIT_BATCH.min(docs.len()));
+    let mut all: Vec<Document> = Vec::with_capacity(docs.len());
     let mut docs = docs.into_iter().peekable();
     while docs.peek().is_some() {
         let batch: Vec<CorpusDoc> = docs.by_ref().take(EMBED_BATCH).collect();
@@ -69,14 +67,10 @@ fn fill(scratch: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<Corp
             BuildVectors::Given(all) => all[done..done + batch.len()].iter().map(|v| unit(v.clone())).collect(),
         };
         done += batch.len();
-        pending.extend(batch.into_iter().zip(batch_vectors).map(|(d, v)| d.into_document(v)));
-        if pending.len() >= COMMIT_BATCH {
-            index.store_mut().upsert(&pending)?;
-            pending.clear();
-        }
+        all.extend(batch.into_iter().zip(batch_vectors).map(|(d, v)| d.into_document(v)));
         progress(done);
     }
-    index.store_mut().upsert(&pending)?;
+    index.store_mut().upsert(&all)?;
     Ok(index)
 }
 

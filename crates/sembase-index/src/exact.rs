@@ -67,36 +67,47 @@ impl<T: Copy> TopK<T> {
     }
 }
 
-/// Dot product of two equally long vectors.
+/// Dot product of two equally long vectors (the same number [`dots`] gives).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut out = [0.0];
     dots(a, b, a.len(), &mut out);
     out[0]
 }
 
-/// `out[i]` = dot of `query` with row `i` of `rows` (row-major, `dim` wide).
-pub fn dots(query: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+/// `out[j * n + r]` = dot of query `j` with row `r`, for queries and `n` rows
+/// given row-major, `dim` wide. Blocks of queries x rows share each load; every
+/// (query, row) pair is summed in the same order whatever the blocking, so a
+/// score does not depend on which other queries or rows came with it.
+pub fn dots(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { x86::dots_avx2_fma(query, rows, dim, out) };
+        unsafe { x86::dots(queries, rows, dim, out) };
         return;
     }
-    dots_portable(query, rows, dim, out);
+    dots_portable(queries, rows, dim, out);
 }
 
-/// [`dots`] with eight independent accumulators, for any CPU.
-fn dots_portable(query: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
-    for (row, o) in rows.chunks_exact(dim).zip(out.iter_mut()) {
-        let mut acc = [0.0f32; 8];
-        let (cq, cr) = (query.chunks_exact(8), row.chunks_exact(8));
-        let tail: f32 = cq.remainder().iter().zip(cr.remainder()).map(|(x, y)| x * y).sum();
-        for (x, y) in cq.zip(cr) {
-            for i in 0..8 {
-                acc[i] += x[i] * y[i];
+/// [`dots`] for any CPU: eight lanes per pair, summed as the AVX2 path does.
+fn dots_portable(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    let n = rows.len() / dim;
+    for (j, q) in queries.chunks_exact(dim).enumerate() {
+        for (r, row) in rows.chunks_exact(dim).enumerate() {
+            let mut acc = [0.0f32; 8];
+            let (cq, cr) = (q.chunks_exact(8), row.chunks_exact(8));
+            let tail: f32 = cq.remainder().iter().zip(cr.remainder()).map(|(x, y)| x * y).sum();
+            for (x, y) in cq.zip(cr) {
+                for i in 0..8 {
+                    acc[i] += x[i] * y[i];
+                }
             }
+            let quads = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+            out[j * n + r] = ((quads[0] + quads[2]) + (quads[1] + quads[3])) + tail;
         }
-        *o = acc.iter().sum::<f32>() + tail;
     }
 }
 
@@ -104,41 +115,83 @@ fn dots_portable(query: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// [`super::dots`] with four 8-lane FMA accumulators.
+    /// [`super::dots`] in blocks of 4 queries x 2 rows (1 query x 4 rows for
+    /// the last queries), one FMA accumulator per pair.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots_avx2_fma(query: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
-        let q = query.as_ptr();
-        for (row, o) in rows.chunks_exact(dim).zip(out.iter_mut()) {
-            let r = row.as_ptr();
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut i = 0;
-            // SAFETY: every load reads 8 floats at offset i with i + 8 <= dim,
-            // and both `query` and `row` are at least `dim` long.
+    pub(super) unsafe fn dots(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+        let (nq, n) = (queries.len() / dim, rows.len() / dim);
+        let mut j = 0;
+        // SAFETY (both calls): blocks stay inside `queries`, `rows` and `out`.
+        while j + 4 <= nq {
+            unsafe { all_rows::<4, 2>(queries, rows, dim, out, j, n) };
+            j += 4;
+        }
+        while j < nq {
+            unsafe { all_rows::<1, 4>(queries, rows, dim, out, j, n) };
+            j += 1;
+        }
+    }
+
+    /// Queries `j..j+Q` against every row, R rows at a time, then one by one.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn all_rows<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32], j: usize, n: usize) {
+        let mut r = 0;
+        // SAFETY: r + R <= n (then r < n) rows exist; the caller checked the queries.
+        unsafe {
+            while r + R <= n {
+                block::<Q, R>(queries, rows, dim, out, j, r, n);
+                r += R;
+            }
+            while r < n {
+                block::<Q, 1>(queries, rows, dim, out, j, r, n);
+                r += 1;
+            }
+        }
+    }
+
+    /// Scores queries `j..j+Q` against rows `r..r+R`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32], j: usize, r: usize, n: usize) {
+        debug_assert!((j + Q) * dim <= queries.len() && (r + R) * dim <= rows.len() && (j + Q - 1) * n + r + R <= out.len());
+        let qp: [*const f32; Q] = std::array::from_fn(|a| queries[(j + a) * dim..].as_ptr());
+        let rp: [*const f32; R] = std::array::from_fn(|b| rows[(r + b) * dim..].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); R]; Q];
+        let mut i = 0;
+        while i + 8 <= dim {
+            // SAFETY: i + 8 <= dim and every pointer starts a `dim`-long slice.
             unsafe {
-                while i + 32 <= dim {
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let at = i + 8 * j;
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(at)), _mm256_loadu_ps(r.add(at)), *a);
+                let rv: [__m256; R] = std::array::from_fn(|b| _mm256_loadu_ps(rp[b].add(i)));
+                for a in 0..Q {
+                    let qv = _mm256_loadu_ps(qp[a].add(i));
+                    for b in 0..R {
+                        acc[a][b] = _mm256_fmadd_ps(qv, rv[b], acc[a][b]);
                     }
-                    i += 32;
-                }
-                while i + 8 <= dim {
-                    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(r.add(i)), acc[0]);
-                    i += 8;
                 }
             }
-            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let single = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1));
-            let tail: f32 = query[i..dim].iter().zip(&row[i..dim]).map(|(x, y)| x * y).sum();
-            *o = _mm_cvtss_f32(single) + tail;
+            i += 8;
         }
+        for a in 0..Q {
+            let q = &queries[(j + a) * dim..(j + a + 1) * dim];
+            for b in 0..R {
+                let row = &rows[(r + b) * dim..(r + b + 1) * dim];
+                let tail: f32 = q[i..].iter().zip(&row[i..]).map(|(x, y)| x * y).sum();
+                out[(j + a) * n + r + b] = hsum(acc[a][b]) + tail;
+            }
+        }
+    }
+
+    /// Lanes summed as ((0+4) + (2+6)) + ((1+5) + (3+7)).
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let quads = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pairs = _mm_add_ps(quads, _mm_movehl_ps(quads, quads));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
     }
 }
 
-/// Scores queries (row-major, `dim` wide) against `rows[start..end]` tile by
-/// tile and offers every row that `keep` accepts to its query's list as
+/// Scores queries (row-major, `dim` wide) against `rows[range]` tile by tile
+/// and offers every row that `keep` accepts to its query's list as
 /// `item(row)`; `first` orders equal scores.
 #[allow(clippy::too_many_arguments)]
 pub fn scan<T: Copy>(
@@ -152,16 +205,17 @@ pub fn scan<T: Copy>(
     tops: &mut [TopK<T>],
 ) {
     let mut buf = Vec::new();
-    let mut scores = vec![0.0f32; ROW_TILE];
+    let n_queries = queries.len() / dim.max(1);
+    let mut scores = vec![0.0f32; n_queries * ROW_TILE];
     let mut start = range.start;
     while start < range.end {
         let count = ROW_TILE.min(range.end - start);
         let tile = rows.tile(start, count, dim, &mut buf);
-        for (q, top) in queries.chunks_exact(dim).zip(tops.iter_mut()) {
-            dots(q, tile, dim, &mut scores[..count]);
-            for (j, &score) in scores[..count].iter().enumerate() {
-                if top.admits(score) && keep(start + j) {
-                    top.offer(score, item(start + j), first);
+        dots(queries, tile, dim, &mut scores[..n_queries * count]);
+        for (j, top) in tops.iter_mut().enumerate().take(n_queries) {
+            for (r, &score) in scores[j * count..(j + 1) * count].iter().enumerate() {
+                if top.admits(score) && keep(start + r) {
+                    top.offer(score, item(start + r), first);
                 }
             }
         }
@@ -312,15 +366,19 @@ mod tests {
     }
 
     #[test]
-    fn simd_and_portable_dots_agree() {
+    fn blocked_scores_equal_single_pair_scores_and_the_portable_path() {
         for dim in [1, 7, 8, 31, 32, 33, 384] {
-            let q: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.13).cos()).collect();
-            let rows: Vec<f32> = (0..dim * 3).map(|i| (i as f32 * 0.71).sin()).collect();
-            let (mut fast, mut slow) = ([0.0; 3], [0.0; 3]);
-            dots(&q, &rows, dim, &mut fast);
-            dots_portable(&q, &rows, dim, &mut slow);
-            for (a, b) in fast.iter().zip(&slow) {
-                assert!((a - b).abs() <= 1e-4 * dim as f32, "dim {dim}: {a} vs {b}");
+            let queries: Vec<f32> = (0..dim * 6).map(|i| (i as f32 * 0.13).cos()).collect();
+            let rows: Vec<f32> = (0..dim * 7).map(|i| (i as f32 * 0.71).sin()).collect();
+            let (mut fast, mut slow) = (vec![0.0; 42], vec![0.0; 42]);
+            dots(&queries, &rows, dim, &mut fast);
+            dots_portable(&queries, &rows, dim, &mut slow);
+            for j in 0..6 {
+                for r in 0..7 {
+                    let single = dot(&queries[j * dim..(j + 1) * dim], &rows[r * dim..(r + 1) * dim]);
+                    assert_eq!(fast[j * 7 + r].to_bits(), single.to_bits(), "dim {dim} pair ({j}, {r})");
+                    assert!((fast[j * 7 + r] - slow[j * 7 + r]).abs() <= 1e-4 * dim as f32, "dim {dim}");
+                }
             }
         }
     }

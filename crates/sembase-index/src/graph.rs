@@ -26,11 +26,20 @@ pub struct AnnParams {
     pub expansion_add: usize,
     /// Candidate list size while searching (ef); raised to k when k is larger.
     pub expansion_search: usize,
+    /// Documents written since the graph was saved are searched exactly until
+    /// there are more than `max(delta_limit, graph size / 10)` of them; then
+    /// they are added to the graph.
+    #[serde(default = "default_delta_limit")]
+    pub delta_limit: usize,
+}
+
+fn default_delta_limit() -> usize {
+    4096
 }
 
 impl Default for AnnParams {
     fn default() -> Self {
-        Self { connectivity: 16, expansion_add: 128, expansion_search: 64 }
+        Self { connectivity: 16, expansion_add: 128, expansion_search: 64, delta_limit: default_delta_limit() }
     }
 }
 

@@ -106,6 +106,12 @@ impl Index {
 
     /// Opens the index in `dir`; `Access::Write` takes its write lock.
     pub fn open(dir: &Path, access: Access) -> Result<Index> {
+        Index::open_tuned(dir, access, None)
+    }
+
+    /// [`Index::open`], searching an ANN store with `expansion_search` candidates
+    /// instead of the recorded number (more: better recall, slower).
+    pub fn open_tuned(dir: &Path, access: Access, expansion_search: Option<usize>) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
         let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
         let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
@@ -115,7 +121,10 @@ impl Index {
         let settings = file.settings;
         let store: Box<dyn VectorStore> = match &file.store {
             StoreSpec::Flat { precision } => Box::new(FlatStore::open(dir, settings, *precision, access)?),
-            StoreSpec::Ann { precision, params } => Box::new(AnnStore::open(dir, settings, *precision, *params, access)?),
+            StoreSpec::Ann { precision, params } => {
+                let params = AnnParams { expansion_search: expansion_search.unwrap_or(params.expansion_search), ..*params };
+                Box::new(AnnStore::open(dir, settings, *precision, params, access)?)
+            }
             StoreSpec::Postgres { .. } => return Err(postgres_unavailable()),
         };
         Ok(Index { dir: dir.to_path_buf(), spec: file.store, store })

@@ -9,6 +9,7 @@
 //! segments (ANN graphs use slots as keys). When segments pile up, or most
 //! rows are dead, they are merged into one (slots kept).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,8 @@ pub struct Segments {
     /// Per segment and row: whether that row is its id's current version.
     live: Vec<Vec<bool>>,
     by_id: HashMap<String, Loc>,
+    /// First slot and index of every segment that has rows, ascending.
+    starts: Vec<(u64, u32)>,
     lock: Option<WriteLock>,
 }
 
@@ -92,7 +95,7 @@ impl Segments {
                 });
             }
         }
-        let mut set = Segments { dir: dir.to_path_buf(), dim, precision, manifest, segs: Vec::new(), live: Vec::new(), by_id: HashMap::new(), lock };
+        let mut set = Segments { dir: dir.to_path_buf(), dim, precision, manifest, segs: Vec::new(), live: Vec::new(), by_id: HashMap::new(), starts: Vec::new(), lock };
         for seg in segs {
             set.apply(seg);
         }
@@ -119,6 +122,9 @@ impl Segments {
                 Some(old) => self.live[old.seg as usize][old.row as usize] = false,
                 None => {}
             }
+        }
+        if let Some(&first) = seg.slots().first() {
+            self.starts.push((first, index));
         }
         self.segs.push(seg);
         self.live.push(live);
@@ -298,6 +304,7 @@ impl Segments {
         self.segs.clear();
         self.live.clear();
         self.by_id.clear();
+        self.starts.clear();
         self.apply(merged);
         for path in old {
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
@@ -308,16 +315,16 @@ impl Segments {
     /// Where the document version with `slot` is, if still stored.
     pub fn locate_slot(&self, slot: u64) -> Option<Loc> {
         // Slot ranges of the segments are ascending and disjoint.
-        let seg = self.segs.partition_point(|s| s.slots().first().is_none_or(|&first| first <= slot)).checked_sub(1)?;
-        let seg = (0..=seg).rev().find(|&i| !self.segs[i].slots().is_empty())?;
-        let row = self.segs[seg].slots().binary_search(&slot).ok()?;
-        Some(Loc { seg: seg as u32, row: row as u32 })
+        let at = self.starts.partition_point(|&(first, _)| first <= slot).checked_sub(1)?;
+        let seg = self.starts[at].1;
+        let row = self.segs[seg as usize].slots().binary_search(&slot).ok()?;
+        Some(Loc { seg, row: row as u32 })
     }
 
     /// Per segment and row: live, and (with a filter) matching it.
-    pub fn allowed(&self, filter: Option<&Filter>) -> Result<Vec<Vec<bool>>> {
-        let Some(filter) = filter else { return Ok(self.live.clone()) };
-        self.segs
+    pub fn allowed(&self, filter: Option<&Filter>) -> Result<Cow<'_, [Vec<bool>]>> {
+        let Some(filter) = filter else { return Ok(Cow::Borrowed(&self.live)) };
+        let allowed: Result<Vec<Vec<bool>>> = self.segs
             .iter()
             .zip(&self.live)
             .map(|(seg, live)| {
@@ -325,7 +332,8 @@ impl Segments {
                     .map(|row| Ok(live[row] && !seg.metadata_json(row).is_empty() && filter.matches(&seg.metadata(row)?)))
                     .collect()
             })
-            .collect()
+            .collect();
+        Ok(Cow::Owned(allowed?))
     }
 
     /// Row's id.

@@ -248,3 +248,28 @@ fn queries_from_another_model_are_refused() {
     assert!(err.to_string().contains("not \"test-model\""), "{err}");
     settings().check_model(&ModelIdentity { name: "renamed".into(), fingerprint: "f00d".into() }).unwrap();
 }
+
+#[test]
+fn ann_finds_every_live_document_after_interleaved_writes() {
+    let dir = temp_dir("interleaved");
+    let params = AnnParams { delta_limit: 8, ..AnnParams::default() };
+    let mut index = Index::create(&dir, settings(), StoreSpec::Ann { precision: Precision::F32, params }).unwrap();
+    let mut model = Model::default();
+    let mut rng = Rng(21);
+    for round in 0..12 {
+        let docs: Vec<Document> = (0..7).map(|i| doc((round * 5 + i) % 50, rng.unit(), round)).collect();
+        index.store_mut().upsert(&docs).unwrap();
+        model.upsert(&docs);
+        let gone = vec![format!("d{:05}", (round * 13) % 50)];
+        index.store_mut().delete(&gone).unwrap();
+        model.delete(&gone);
+    }
+    assert!(Manifest::read(&dir).unwrap().graph.is_some());
+    drop(index);
+    let index = Index::open(&dir, Access::Read).unwrap();
+    for d in model.0.values() {
+        let hits = index.store().search(std::slice::from_ref(&d.vector), 1, None).unwrap();
+        assert_eq!(hits[0][0].id, d.id, "every live document is its own nearest neighbour");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

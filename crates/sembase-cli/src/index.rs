@@ -1,0 +1,220 @@
+//! `sembase index build|add|delete`: make an index of a corpus and change it by id.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use sembase_core::Embedder;
+use sembase_index::index::settings_for;
+use sembase_index::npy::read_npy_f32;
+use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, Index, Precision, StoreSpec};
+
+use crate::atomic_file::AtomicFile;
+use crate::embed::progress_bar;
+use crate::index_model::{default_prefixes, model_identity, IndexModelArgs};
+use crate::models::{load_local, set_threads};
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Embed a corpus into a new index directory.
+    Build(BuildArgs),
+    /// Add or replace documents (by id) in an index.
+    Add(AddArgs),
+    /// Remove documents by id from an index.
+    Delete(DeleteArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A store name or a model directory.
+    #[arg(long)]
+    model: String,
+    /// `.jsonl` (`_id`/`id`, `text`, optional `title`, `metadata`) or a text file (line number as id).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// The new index directory (must not exist or be empty).
+    #[arg(long)]
+    output: PathBuf,
+    /// `flat` (exact), `ann` (HNSW graph) or a `postgres://` URL.
+    #[arg(long, default_value = "flat")]
+    store: String,
+    /// Stored vector precision: f32, f16 or int8 (flat and ann).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Keep the first N dimensions (Matryoshka); default: the model's width.
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// Put before every query; default: the model's "query" prompt (e5: "query: ").
+    #[arg(long)]
+    query_prefix: Option<String>,
+    /// Put before every document; default: the model's "passage" prompt (e5: "passage: ").
+    #[arg(long)]
+    document_prefix: Option<String>,
+    /// Vectors made beforehand (`sembase embed --output X.npy` of the documents'
+    /// texts with the document prefix), one row per corpus document.
+    #[arg(long, value_name = "FILE.npy")]
+    vectors: Option<PathBuf>,
+    /// ann: links per node (HNSW M).
+    #[arg(long, default_value_t = AnnParams::default().connectivity)]
+    connectivity: usize,
+    /// ann: candidate list while inserting (efConstruction).
+    #[arg(long, default_value_t = AnnParams::default().expansion_add)]
+    expansion_add: usize,
+    /// ann: candidate list while searching (ef).
+    #[arg(long, default_value_t = AnnParams::default().expansion_search)]
+    expansion_search: usize,
+    /// ann: newly written documents searched exactly before they join the graph.
+    #[arg(long, default_value_t = AnnParams::default().delta_limit)]
+    delta_limit: usize,
+    /// postgres: the table name (default: the output directory's name).
+    #[arg(long)]
+    table: Option<String>,
+    /// Write {"documents", "seconds", "bytes"} as JSON.
+    #[arg(long, value_name = "OUT")]
+    json: Option<PathBuf>,
+    /// Padded tokens per forward pass.
+    #[arg(long, default_value_t = 16384)]
+    batch_tokens: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// The index directory.
+    #[arg(long)]
+    index: PathBuf,
+    /// Documents to add or replace, in the corpus formats of `index build`.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Documents per committed write (each is crash-safe on its own).
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    #[command(flatten)]
+    model: IndexModelArgs,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The index directory.
+    #[arg(long)]
+    index: PathBuf,
+    /// Ids to remove. Repeatable.
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// A file of ids to remove, one per line.
+    #[arg(long)]
+    ids_file: Option<PathBuf>,
+}
+
+pub fn run(cmd: IndexCommand) -> Result<()> {
+    match cmd {
+        IndexCommand::Build(args) => build(args),
+        IndexCommand::Add(args) => add(args),
+        IndexCommand::Delete(args) => delete(args),
+    }
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    set_threads(args.threads);
+    let started = Instant::now();
+    let docs = read_corpus(&args.corpus)?;
+    if docs.is_empty() {
+        bail!("{} holds no documents", args.corpus.display());
+    }
+    let (_, identity) = model_identity(&args.model)?;
+    let model = load_local(&args.model, None, args.batch_tokens)?;
+    let (query, document) = default_prefixes(&model);
+    let settings = settings_for(&model, identity, args.dimensions, args.query_prefix.or(query), args.document_prefix.or(document))?;
+    let params = AnnParams {
+        connectivity: args.connectivity,
+        expansion_add: args.expansion_add,
+        expansion_search: args.expansion_search,
+        delta_limit: args.delta_limit,
+    };
+    let table = args.table.unwrap_or_else(|| table_name(&args.output));
+    let spec = StoreSpec::parse(&args.store, args.precision, params, &table)?;
+    eprintln!(
+        "building a {} index of {} documents with {} ({} dimensions, query prefix {:?}, document prefix {:?})",
+        spec.kind(),
+        docs.len(),
+        model.name(),
+        settings.dimensions,
+        settings.query_prefix.as_deref().unwrap_or(""),
+        settings.document_prefix.as_deref().unwrap_or("")
+    );
+    let vectors = match &args.vectors {
+        Some(path) => BuildVectors::Given(read_npy_f32(path)?),
+        None => BuildVectors::Embed(&model),
+    };
+    let total = docs.len();
+    let bar = progress_bar(total);
+    let index = build_index(&args.output, settings, spec, docs, vectors, &|done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = dir_bytes(index.dir())?;
+    eprintln!("{total} documents in {seconds:.1}s, {bytes} bytes on disk: {}", index.dir().display());
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({"documents": total, "seconds": seconds, "bytes": bytes, "store": index.spec().kind()});
+        let mut file = AtomicFile::create(path)?;
+        writeln!(file, "{report}")?;
+        file.commit()?;
+    }
+    Ok(())
+}
+
+fn add(args: AddArgs) -> Result<()> {
+    args.model.apply_threads();
+    let docs = read_corpus(&args.corpus)?;
+    let mut index = Index::open(&args.index, Access::Write).with_context(|| format!("opening {}", args.index.display()))?;
+    let model = args.model.load(index.settings())?;
+    let total = docs.len();
+    let mut docs = docs.into_iter().peekable();
+    let mut done = 0;
+    while docs.peek().is_some() {
+        let batch: Vec<_> = docs.by_ref().take(args.batch.max(1)).collect();
+        done += batch.len();
+        index.upsert_docs(&model, batch)?;
+        eprintln!("committed {done}/{total} documents");
+    }
+    eprintln!("{} documents in {}", index.store().count()?, args.index.display());
+    Ok(())
+}
+
+fn delete(args: DeleteArgs) -> Result<()> {
+    let mut ids = args.ids;
+    if let Some(path) = &args.ids_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        ids.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+    }
+    if ids.is_empty() {
+        bail!("give --id ID (repeatable) or --ids-file FILE");
+    }
+    let mut index = Index::open(&args.index, Access::Write).with_context(|| format!("opening {}", args.index.display()))?;
+    let removed = index.store_mut().delete(&ids)?;
+    eprintln!("removed {removed} of {} ids; {} documents in {}", ids.len(), index.store().count()?, args.index.display());
+    Ok(())
+}
+
+/// A PostgreSQL table name from a directory name: lower-case letters, digits
+/// and underscores, starting with a letter.
+fn table_name(dir: &Path) -> String {
+    let raw = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let clean: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("sembase_{clean}")
+}
+
+/// Total size of the files in a directory.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}

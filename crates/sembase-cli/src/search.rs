@@ -1,0 +1,149 @@
+//! `sembase search`: the nearest documents of an index for query texts (or vectors).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use sembase_index::index::embed_queries;
+use sembase_index::npy::read_npy_f32;
+use sembase_index::{Access, Filter, Hit, Index, Metadata};
+
+use crate::atomic_file::AtomicFile;
+use crate::index_model::IndexModelArgs;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// The index directory.
+    #[arg(long)]
+    index: PathBuf,
+    /// One query.
+    #[arg(long, conflicts_with_all = ["queries", "query_vectors"])]
+    query: Option<String>,
+    /// Queries: one per line, or `.jsonl` with "text".
+    #[arg(long, conflicts_with = "query_vectors")]
+    queries: Option<PathBuf>,
+    /// Query vectors made beforehand (`sembase embed` with the index's query prefix), `.npy`.
+    #[arg(long, value_name = "FILE.npy")]
+    query_vectors: Option<PathBuf>,
+    /// Hits per query.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Only documents whose metadata has these values, e.g. '{"lang": "en"}'.
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
+    /// Write {"results": [{"query", "hits": [{"id", "score", "text", "metadata"}]}], "search_seconds"}.
+    #[arg(long, value_name = "OUT")]
+    json: Option<PathBuf>,
+    /// ann and postgres: candidates searched per query (HNSW ef) instead of the default.
+    #[arg(long)]
+    expansion_search: Option<usize>,
+    #[command(flatten)]
+    model: IndexModelArgs,
+}
+
+#[derive(Serialize)]
+struct QueryResult<'a> {
+    query: &'a str,
+    hits: Vec<JsonHit<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonHit<'a> {
+    id: &'a str,
+    score: f32,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    metadata: &'a Metadata,
+}
+
+pub fn run(args: SearchArgs) -> Result<()> {
+    args.model.apply_threads();
+    let index = Index::open_tuned(&args.index, Access::Read, args.expansion_search).with_context(|| format!("opening {}", args.index.display()))?;
+    let filter = args.filter.as_deref().map(parse_filter).transpose()?;
+    let (labels, vectors) = match (&args.query, &args.queries, &args.query_vectors) {
+        (_, _, Some(path)) => {
+            let vectors = read_npy_f32(path)?;
+            ((0..vectors.len()).map(|i| format!("#{i}")).collect(), vectors)
+        }
+        (Some(q), _, _) => embed(&index, &args, vec![q.clone()])?,
+        (_, Some(path), _) => embed(&index, &args, read_queries(path)?)?,
+        _ => bail!("give --query TEXT, --queries FILE or --query-vectors FILE.npy"),
+    };
+    let vectors: Vec<Vec<f32>> = vectors.into_iter().map(unit).collect();
+    let started = Instant::now();
+    let results = index.store().search(&vectors, args.top_k, filter.as_ref())?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("{} queries searched in {seconds:.3}s ({:.0} queries/s)", vectors.len(), vectors.len() as f64 / seconds.max(1e-9));
+    if let Some(path) = &args.json {
+        write_json(path, &labels, &results, seconds)?;
+    } else {
+        print_results(&labels, &results)?;
+    }
+    Ok(())
+}
+
+/// Embeds query texts with the index's model and query prefix.
+fn embed(index: &Index, args: &SearchArgs, queries: Vec<String>) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+    let model = args.model.load(index.settings())?;
+    let vectors = embed_queries(&model, index.settings(), &queries)?;
+    Ok((queries, vectors))
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    sembase_core::vectors::normalize(&mut v);
+    v
+}
+
+/// Query texts: one per line, or JSONL objects with "text".
+fn read_queries(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let jsonl = sembase_index::corpus::is_jsonl(path);
+    let mut queries = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if !jsonl {
+            queries.push(line.to_string());
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        match value.get("text").and_then(|t| t.as_str()) {
+            Some(t) => queries.push(t.to_string()),
+            None => bail!("{} line {}: no \"text\" string", path.display(), i + 1),
+        }
+    }
+    Ok(queries)
+}
+
+fn parse_filter(json: &str) -> Result<Filter> {
+    let value: serde_json::Value = serde_json::from_str(json).context("--filter is not JSON")?;
+    let Some(object) = value.as_object() else { bail!("--filter must be a JSON object") };
+    Ok(Filter::new(object.clone())?)
+}
+
+fn write_json(path: &std::path::Path, labels: &[String], results: &[Vec<Hit>], seconds: f64) -> Result<()> {
+    let results: Vec<QueryResult> = labels
+        .iter()
+        .zip(results)
+        .map(|(q, hits)| QueryResult {
+            query: q,
+            hits: hits.iter().map(|h| JsonHit { id: &h.id, score: h.score, text: &h.text, metadata: &h.metadata }).collect(),
+        })
+        .collect();
+    let mut file = AtomicFile::create(path)?;
+    serde_json::to_writer(&mut file, &serde_json::json!({"results": results, "search_seconds": seconds}))?;
+    writeln!(file)?;
+    file.commit()
+}
+
+fn print_results(labels: &[String], results: &[Vec<Hit>]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (q, hits) in labels.iter().zip(results) {
+        writeln!(out, "{q}")?;
+        for (rank, h) in hits.iter().enumerate() {
+            writeln!(out, "  {:>3}. {:.4}  {}  {}", rank + 1, h.score, h.id, h.text)?;
+        }
+    }
+    Ok(())
+}
