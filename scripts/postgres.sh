@@ -123,6 +123,7 @@ start() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$run_dir'
+shared_buffers = '1GB'
 EOF
   mkdir -p "$STATE"
   echo "$run_dir" >"$STATE/run_dir"

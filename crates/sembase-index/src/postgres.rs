@@ -42,21 +42,9 @@ impl PostgresStore {
     /// `vector` extension when it is missing (which needs the right to).
     pub fn create(url: &str, table: &str, settings: &IndexSettings) -> Result<Self> {
         let table = Table::new(table)?;
-        let pool = Pool::connect(url)?;
+        let pool = Pool::connect(url, EF_SEARCH)?;
         let recorded = serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        {
-            let mut session = pool.get()?;
-            let mut tx = session.client().transaction()?;
-            // Serialises index creation: concurrent `IF NOT EXISTS` creations can collide.
-            tx.batch_execute(&table::lock_registry_sql())?;
-            tx.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(|e| {
-                IndexError::Database(format!(
-                    "the pgvector extension is missing and could not be installed ({}): \
-                     ask the database owner to run CREATE EXTENSION vector",
-                    db_message(&e)
-                ))
-            })?;
-            tx.batch_execute(&table::create_registry_sql())?;
+        registry_write(&pool, |tx| {
             tx.execute(&table::register_sql(), &[&table.name(), &Json(&recorded)]).map_err(|e| {
                 if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
                     IndexError::Invalid(format!("the database already holds an index named {:?}", table.name()))
@@ -64,17 +52,33 @@ impl PostgresStore {
                     e.into()
                 }
             })?;
-            tx.batch_execute(&table.create_sql(settings.dimensions))?;
-            tx.commit()?;
-        }
+            Ok(tx.batch_execute(&table.create_sql(settings.dimensions))?)
+        })?;
         Ok(Self { settings: settings.clone(), table, pool })
+    }
+
+    /// Removes the index `table` (its table and recorded settings) from the
+    /// database at `url`, if it is there.
+    pub fn remove(url: &str, table: &str) -> Result<()> {
+        let table = Table::new(table)?;
+        registry_write(&Pool::connect(url, EF_SEARCH)?, |tx| {
+            tx.batch_execute(&table.drop_sql())?;
+            tx.execute(&table::unregister_sql(), &[&table.name()])?;
+            Ok(())
+        })
     }
 
     /// Opens the index `table` in the database at `url` with the settings recorded
     /// when it was created.
     pub fn open(url: &str, table: &str) -> Result<Self> {
+        PostgresStore::open_tuned(url, table, None)
+    }
+
+    /// [`PostgresStore::open`], searching with `ef_search` HNSW candidates
+    /// (1 to 1000) instead of [`EF_SEARCH`]: more is better recall, slower.
+    pub fn open_tuned(url: &str, table: &str, ef_search: Option<usize>) -> Result<Self> {
         let table = Table::new(table)?;
-        let pool = Pool::connect(url)?;
+        let pool = Pool::connect(url, ef_search.unwrap_or(EF_SEARCH))?;
         let row = pool.get()?.client().query_opt(&table::settings_sql(), &[&table.name()]).map_err(|e| {
             if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
                 no_index(&table)
@@ -122,7 +126,14 @@ impl VectorStore for PostgresStore {
         check_widths(docs.iter().map(|d| d.vector.as_slice()), self.settings.dimensions)?;
         let mut sorted: Vec<&Document> = docs.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let dimensions = self.settings.dimensions;
         self.write(|tx, table| {
+            // Into an empty table, building the graph once after loading is several
+            // times faster than inserting row by row into it.
+            let bulk: bool = tx.query_one(&table.is_empty_sql(), &[])?.get(0);
+            if bulk {
+                tx.batch_execute(&table.drop_hnsw_sql())?;
+            }
             let statement = tx.prepare(&table.upsert_sql())?;
             for chunk in sorted.chunks(UPSERT_CHUNK) {
                 let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
@@ -130,6 +141,10 @@ impl VectorStore for PostgresStore {
                 let metadata: Vec<Json<&Metadata>> = chunk.iter().map(|d| Json(&d.metadata)).collect();
                 let vectors: Vec<pgvector::Vector> = chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
                 tx.execute(&statement, &[&ids, &texts, &metadata, &vectors])?;
+            }
+            if bulk {
+                let memory = table::hnsw_build_memory_kb(sorted.len(), dimensions);
+                tx.batch_execute(&format!("SET LOCAL maintenance_work_mem = '{memory}kB'; {}", table.create_hnsw_sql()))?;
             }
             Ok(())
         })
@@ -186,6 +201,25 @@ impl From<postgres::Error> for IndexError {
     fn from(e: postgres::Error) -> Self {
         IndexError::Database(db_message(&e))
     }
+}
+
+/// Runs `write` in one transaction that holds the registry's lock, after making
+/// sure the `vector` extension and the registry exist (concurrent `IF NOT EXISTS`
+/// creations can collide, hence the lock).
+fn registry_write(pool: &Pool, write: impl FnOnce(&mut Transaction<'_>) -> Result<()>) -> Result<()> {
+    let mut session = pool.get()?;
+    let mut tx = session.client().transaction()?;
+    tx.batch_execute(&table::lock_registry_sql())?;
+    tx.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(|e| {
+        IndexError::Database(format!(
+            "the pgvector extension is missing and could not be installed ({}): \
+             ask the database owner to run CREATE EXTENSION vector",
+            db_message(&e)
+        ))
+    })?;
+    tx.batch_execute(&table::create_registry_sql())?;
+    write(&mut tx)?;
+    Ok(tx.commit()?)
 }
 
 /// The server's message when there is one (the error's own text says only "db error").

@@ -91,14 +91,8 @@ impl Scratch {
         scratch
     }
 
-    fn drop_table(&self) -> Result<(), postgres::Error> {
-        let mut client = postgres::Client::connect(&self.url, postgres::NoTls)?;
-        client.batch_execute(&format!(
-            "DROP TABLE IF EXISTS \"{0}\"; \
-             DO $$ BEGIN IF to_regclass('sembase_indexes') IS NOT NULL THEN \
-             DELETE FROM sembase_indexes WHERE name = '{0}'; END IF; END $$",
-            self.table
-        ))
+    fn drop_table(&self) -> sembase_index::Result<()> {
+        PostgresStore::remove(&self.url, &self.table)
     }
 }
 
@@ -177,6 +171,11 @@ fn upserts_deletes_and_searches_like_exact_search() {
     gone.iter().for_each(|id| drop(truth.remove(id)));
     assert_eq!(store.count().expect("count"), 550);
 
+    // The first write went into an empty table, so its graph was built after loading.
+    let mut client = postgres::Client::connect(&scratch.url, postgres::NoTls).unwrap();
+    let hnsw = client.query("SELECT 1 FROM pg_indexes WHERE indexname = $1 AND indexdef LIKE '%USING hnsw%'", &[&format!("{}_hnsw", scratch.table)]);
+    assert_eq!(hnsw.unwrap().len(), 1, "the HNSW index is missing");
+
     let recall = check_against_exact(&store, &truth, None);
     assert!(recall >= 0.98, "recall@10 against exact search is {recall}");
 
@@ -228,6 +227,9 @@ fn bad_input_and_unknown_indexes_are_errors() {
     let unknown = PostgresStore::open(&scratch.url, "test_never_created");
     assert!(matches!(unknown, Err(IndexError::Invalid(ref m)) if m.contains("no index named")), "{:?}", unknown.err());
     assert!(matches!(PostgresStore::open(&scratch.url, "Bad-Name"), Err(IndexError::Invalid(_))));
+    assert!(matches!(PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(0)), Err(IndexError::Invalid(_))));
+    let tuned = PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(1000)).expect("ef_search 1000");
+    assert_eq!(tuned.count().unwrap(), 0);
     let refused = PostgresStore::open("postgres://sembase@127.0.0.1:1/sembase", &scratch.table);
     assert!(matches!(refused, Err(IndexError::Database(_))), "{:?}", refused.err());
 }

@@ -11,8 +11,11 @@ use postgres::{Client, Config, NoTls, Statement};
 use crate::error::{IndexError, Result};
 
 /// Candidates the HNSW search keeps (pgvector's `hnsw.ef_search`, default 40):
-/// 100 brings recall@10 on 100k MiniLM vectors near 0.99 (see bench/index_bench.py).
+/// 100 brings recall@10 on 139k MiniLM vectors of sentences to 0.99 (see
+/// bench/index_bench.py).
 pub const EF_SEARCH: usize = 100;
+/// The largest `hnsw.ef_search` pgvector accepts.
+const MAX_EF_SEARCH: usize = 1000;
 
 /// One connection with the statements it has prepared, keyed by SQL text.
 pub struct Session {
@@ -40,16 +43,20 @@ impl Session {
 /// Idle connections to one database; [`Pool::get`] opens a new one when none is idle.
 pub struct Pool {
     config: Config,
+    ef_search: usize,
     idle: Mutex<Vec<Session>>,
 }
 
 impl Pool {
     /// A pool for `url` (`postgres://user[:password]@host[:port]/db` or the
     /// `key=value` form), checked by opening one connection. No TLS: meant for
-    /// loopback or a private network.
-    pub fn connect(url: &str) -> Result<Self> {
+    /// loopback or a private network. Searches keep `ef_search` candidates.
+    pub fn connect(url: &str, ef_search: usize) -> Result<Self> {
+        if !(1..=MAX_EF_SEARCH).contains(&ef_search) {
+            return Err(IndexError::Invalid(format!("ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")));
+        }
         let config = Config::from_str(url).map_err(|e| IndexError::Database(format!("bad database URL: {e}")))?;
-        let pool = Self { config, idle: Mutex::new(Vec::new()) };
+        let pool = Self { config, ef_search, idle: Mutex::new(Vec::new()) };
         let first = pool.open()?;
         pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(first);
         Ok(pool)
@@ -66,11 +73,11 @@ impl Pool {
     }
 
     /// Opens a connection with the session settings every search relies on:
-    /// `EF_SEARCH` candidates, and iterative scans so that a metadata filter still
+    /// `ef_search` candidates, and iterative scans so that a metadata filter still
     /// yields `k` hits in exact distance order when the nearest rows do not match.
     fn open(&self) -> Result<Session> {
         let mut client = self.config.connect(NoTls)?;
-        client.batch_execute(&format!("SET hnsw.ef_search = {EF_SEARCH}; SET hnsw.iterative_scan = strict_order"))?;
+        client.batch_execute(&format!("SET hnsw.ef_search = {}; SET hnsw.iterative_scan = strict_order", self.ef_search))?;
         Ok(Session { client, statements: HashMap::new() })
     }
 }

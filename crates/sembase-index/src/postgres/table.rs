@@ -16,6 +16,15 @@ const HNSW_M: usize = 16;
 /// recall on 100k+ rows of real text.
 const HNSW_EF_CONSTRUCTION: usize = 128;
 
+/// Memory for building the HNSW graph of `rows` vectors `dimensions` wide in
+/// one pass: the vector and about `4 * HNSW_M` neighbour slots of 16 bytes per
+/// row, plus a quarter, between 64 MB and 2 GB (past that pgvector builds on
+/// disk: slower, same graph). In kB, as `maintenance_work_mem` counts.
+pub fn hnsw_build_memory_kb(rows: usize, dimensions: usize) -> usize {
+    let bytes = rows * (4 * dimensions + 64 * HNSW_M) * 5 / 4;
+    (bytes / 1024).clamp(64 << 10, 2 << 20)
+}
+
 /// A valid table name: `[a-z_][a-z0-9_]*`, at most 50 bytes, not the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -44,13 +53,36 @@ impl Table {
 
     /// Creates the table and its HNSW index for `dimensions`-wide vectors.
     pub fn create_sql(&self, dimensions: usize) -> String {
+        format!(
+            "CREATE TABLE \"{}\" (id text PRIMARY KEY, text text NOT NULL, \
+             metadata jsonb NOT NULL, embedding vector({dimensions}) NOT NULL); {}",
+            self.name,
+            self.create_hnsw_sql()
+        )
+    }
+
+    /// Builds the HNSW index over the rows there are.
+    pub fn create_hnsw_sql(&self) -> String {
         let t = &self.name;
         format!(
-            "CREATE TABLE \"{t}\" (id text PRIMARY KEY, text text NOT NULL, \
-             metadata jsonb NOT NULL, embedding vector({dimensions}) NOT NULL); \
-             CREATE INDEX \"{t}_hnsw\" ON \"{t}\" USING hnsw (embedding vector_cosine_ops) \
+            "CREATE INDEX \"{t}_hnsw\" ON \"{t}\" USING hnsw (embedding vector_cosine_ops) \
              WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
         )
+    }
+
+    /// Drops the HNSW index (to build it again after a bulk load).
+    pub fn drop_hnsw_sql(&self) -> String {
+        format!("DROP INDEX \"{}_hnsw\"", self.name)
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty_sql(&self) -> String {
+        format!("SELECT NOT EXISTS (SELECT 1 FROM \"{}\")", self.name)
+    }
+
+    /// Drops the table if it exists.
+    pub fn drop_sql(&self) -> String {
+        format!("DROP TABLE IF EXISTS \"{}\"", self.name)
     }
 
     /// Upserts rows given as four parallel arrays: ids, texts, metadata, vectors.
@@ -106,6 +138,11 @@ pub fn register_sql() -> String {
     format!("INSERT INTO {REGISTRY} (name, settings) VALUES ($1, $2)")
 }
 
+/// Forgets the settings of table `$1`.
+pub fn unregister_sql() -> String {
+    format!("DELETE FROM {REGISTRY} WHERE name = $1")
+}
+
 /// Reads the settings of table `$1`.
 pub fn settings_sql() -> String {
     format!("SELECT settings FROM {REGISTRY} WHERE name = $1")
@@ -122,6 +159,14 @@ mod tests {
         for bad in ["", "2x", "Upper", "a-b", "a\"b", "a b", REGISTRY, &"x".repeat(51)] {
             assert!(matches!(Table::new(bad), Err(IndexError::Invalid(_))), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn build_memory_grows_with_rows_within_bounds() {
+        assert_eq!(hnsw_build_memory_kb(100, 384), 64 << 10);
+        let mid = hnsw_build_memory_kb(139_219, 384);
+        assert!((400 << 10..500 << 10).contains(&mid), "{mid} kB");
+        assert_eq!(hnsw_build_memory_kb(100_000_000, 768), 2 << 20);
     }
 
     #[test]
