@@ -16,6 +16,7 @@ use crate::error::{IndexError, Result};
 use crate::flat::FlatStore;
 use crate::fsutil::{rename_durable, write_durable};
 use crate::graph::AnnParams;
+use crate::postgres::PostgresStore;
 use crate::segments::{Access, Segments};
 use crate::store::{Document, Filter, Hit, IndexSettings, Metric, VectorStore};
 use crate::vectors::Precision;
@@ -96,7 +97,7 @@ impl Index {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         match &spec {
             StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => Segments::create(dir)?,
-            StoreSpec::Postgres { .. } => return Err(postgres_unavailable()),
+            StoreSpec::Postgres { url, table } => drop(PostgresStore::create(url, table, &settings)?),
         }
         let file = IndexFile { format: FORMAT, settings, store: spec };
         let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
@@ -109,7 +110,7 @@ impl Index {
         Index::open_tuned(dir, access, None)
     }
 
-    /// [`Index::open`], searching an ANN store with `expansion_search` candidates
+    /// [`Index::open`], searching an ANN or PostgreSQL store with `expansion_search` candidates
     /// instead of the recorded number (more: better recall, slower).
     pub fn open_tuned(dir: &Path, access: Access, expansion_search: Option<usize>) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
@@ -125,7 +126,7 @@ impl Index {
                 let params = AnnParams { expansion_search: expansion_search.unwrap_or(params.expansion_search), ..*params };
                 Box::new(AnnStore::open(dir, settings, *precision, params, access)?)
             }
-            StoreSpec::Postgres { .. } => return Err(postgres_unavailable()),
+            StoreSpec::Postgres { url, table } => Box::new(PostgresStore::open_tuned(url, table, expansion_search)?),
         };
         Ok(Index { dir: dir.to_path_buf(), spec: file.store, store })
     }
@@ -168,12 +169,6 @@ impl Index {
         let vectors = embed_queries(embedder, self.settings(), queries)?;
         self.store.search(&vectors, k, filter)
     }
-}
-
-/// The store that `index build --store postgres://` will create (see
-/// crates/sembase-index/src/postgres.rs once it lands).
-fn postgres_unavailable() -> IndexError {
-    IndexError::Invalid("the postgres store is not available in this build".into())
 }
 
 /// Settings for an index built by `embedder` (known by `model`), with the
