@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use sembase_core::Embedder;
 use sembase_index::index::settings_for;
 use sembase_index::npy::read_npy_f32;
-use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, Index, Precision, StoreSpec};
+use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, Precision, StoreSpec};
 
 use crate::atomic_file::AtomicFile;
 use crate::embed::progress_bar;
@@ -155,7 +155,7 @@ fn build(args: BuildArgs) -> Result<()> {
     let index = build_index(&args.output, settings, spec, docs, vectors, &|done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let bytes = dir_bytes(index.dir())?;
+    let bytes = dir_bytes(index.dir())? + store_bytes(index.spec())?;
     eprintln!("{total} documents in {seconds:.1}s, {bytes} bytes on disk: {}", index.dir().display());
     if let Some(path) = &args.json {
         let report = serde_json::json!({"documents": total, "seconds": seconds, "bytes": bytes, "store": index.spec().kind()});
@@ -205,6 +205,15 @@ fn table_name(dir: &Path) -> String {
     let raw = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let clean: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("sembase_{clean}")
+}
+
+/// Bytes a store keeps outside the index directory: a PostgreSQL table's size
+/// with its TOAST data and indexes.
+fn store_bytes(spec: &StoreSpec) -> Result<u64> {
+    Ok(match spec {
+        StoreSpec::Postgres { url, table } => PostgresStore::open(url, table)?.disk_bytes()?,
+        StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => 0,
+    })
 }
 
 /// Total size of the files in a directory.

@@ -8,7 +8,8 @@ use sembase_core::Embedder;
 
 use crate::corpus::CorpusDoc;
 use crate::error::{IndexError, Result};
-use crate::index::{embed, publish, Index, StoreSpec};
+use crate::index::{embed, publish, Index, StoreSpec, INDEX_FILE};
+use crate::postgres::PostgresStore;
 use crate::store::{check_widths, Document, IndexSettings};
 
 /// Documents embedded per call to the model (progress is reported per batch).
@@ -33,17 +34,27 @@ pub fn build_index(dir: &Path, settings: IndexSettings, spec: StoreSpec, docs: V
         check_widths(given.iter().map(Vec::as_slice), settings.dimensions)?;
     }
     let scratch = scratch_dir(dir);
-    let result = fill(&scratch, settings, spec, docs, vectors, progress);
-    let index = match result {
-        Ok(index) => index,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(e);
-        }
-    };
-    drop(index);
-    publish(&scratch, dir)?;
+    let result = fill(&scratch, settings, spec.clone(), docs, vectors, progress).and_then(|index| {
+        drop(index);
+        publish(&scratch, dir)
+    });
+    if let Err(e) = result {
+        discard(&scratch, &spec);
+        return Err(e);
+    }
     Index::open(dir, crate::segments::Access::Read)
+}
+
+/// Removes what a failed build made: the scratch directory and, once the index
+/// was created there (its `index.json` exists), its PostgreSQL table, which
+/// would otherwise block the next build under the same name.
+fn discard(scratch: &Path, spec: &StoreSpec) {
+    if let StoreSpec::Postgres { url, table } = spec {
+        if scratch.join(INDEX_FILE).exists() {
+            let _ = PostgresStore::remove(url, table);
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 /// A hidden sibling of `dir` to build in.

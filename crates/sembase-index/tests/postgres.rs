@@ -12,7 +12,10 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
-use sembase_index::{Document, Filter, IndexError, IndexSettings, Metadata, Metric, ModelIdentity, PostgresStore, VectorStore};
+use sembase_index::{
+    build_index, Access, BuildVectors, CorpusDoc, Document, Filter, Index, IndexError, IndexSettings, Metadata, Metric, ModelIdentity,
+    PostgresStore, StoreSpec, VectorStore,
+};
 
 /// Sentences embedded once for every test of this file.
 const SENTENCES: usize = 700;
@@ -308,4 +311,40 @@ fn replicas_write_and_read_one_index_concurrently() {
         .collect();
     let last = format!("a {}", ROUNDS - 1);
     assert!(texts == [last.clone()] || texts == [format!("b {}", ROUNDS - 1)], "base rows after both writers: {texts:?}");
+}
+
+/// `index build --store postgres://` end to end through an index directory; a
+/// build that fails after making its table removes it, and one that finds the
+/// name taken leaves the other index alone.
+#[test]
+fn index_directories_build_into_postgres_and_failed_builds_clean_up() {
+    let corpus = corpus();
+    let scratch = Scratch::new("build");
+    let spec = StoreSpec::Postgres { url: scratch.url.clone(), table: scratch.table.clone() };
+    let docs = || -> Vec<CorpusDoc> {
+        (0..100).map(|i| CorpusDoc { id: i.to_string(), title: String::new(), text: corpus.texts[i].clone(), metadata: Metadata::new() }).collect()
+    };
+    let vectors = || BuildVectors::Given(corpus.vectors[..100].to_vec());
+    let root = std::env::temp_dir().join(format!("sembase-pg-build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+
+    // The output directory is taken, so publishing fails after the table was filled.
+    let taken = root.join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("other-file"), "not an index").unwrap();
+    let failed = build_index(&taken, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {});
+    assert!(failed.is_err());
+    assert!(matches!(PostgresStore::open(&scratch.url, &scratch.table), Err(IndexError::Invalid(_))), "the failed build left its table");
+
+    let dir = root.join("built");
+    let index = build_index(&dir, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {}).expect("build");
+    assert_eq!(index.store().count().unwrap(), 100);
+    let hits = Index::open(&dir, Access::Read).unwrap().store().search(&corpus.vectors[7..8], 1, None).unwrap();
+    assert_eq!(hits[0][0].id, "7");
+
+    // A second build under the same table name is refused and leaves the first intact.
+    let again = build_index(&root.join("again"), settings(&corpus.model), spec, docs(), vectors(), &|_| {});
+    assert!(matches!(again, Err(IndexError::Invalid(ref m)) if m.contains("already holds")), "{:?}", again.err());
+    assert_eq!(Index::open(&dir, Access::Read).unwrap().store().count().unwrap(), 100);
+    std::fs::remove_dir_all(&root).unwrap();
 }
