@@ -348,3 +348,14 @@ fn index_directories_build_into_postgres_and_failed_builds_clean_up() {
     assert_eq!(Index::open(&dir, Access::Read).unwrap().store().count().unwrap(), 100);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A server drops its indexes on an async runtime thread as it shuts down.
+#[test]
+fn a_store_dropped_on_an_async_runtime_closes_quietly() {
+    let corpus = corpus();
+    let scratch = Scratch::new("drop");
+    let store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
+    assert_eq!(store.count().unwrap(), 0);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async move { drop(store) });
+}

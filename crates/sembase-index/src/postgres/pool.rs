@@ -82,6 +82,18 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closes the idle connections on a thread of their own: closing blocks on
+    /// the client's internal runtime, which panics on a thread that drives async
+    /// tasks (a server dropping its indexes as it shuts down).
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 /// A connection on loan; it goes back to the pool when dropped, unless closed.
 pub struct Pooled<'a> {
     pool: &'a Pool,
