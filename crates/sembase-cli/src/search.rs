@@ -37,6 +37,10 @@ pub struct SearchArgs {
     /// Write {"results": [{"query", "hits": [{"id", "score", "text", "metadata"}]}], "search_seconds"}.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
+    /// Queries per call into the store (default: all at once); 1 measures one
+    /// query at a time, as a server sees them.
+    #[arg(long)]
+    batch: Option<usize>,
     /// ann and postgres: candidates searched per query (HNSW ef) instead of the default.
     #[arg(long)]
     expansion_search: Option<usize>,
@@ -74,7 +78,10 @@ pub fn run(args: SearchArgs) -> Result<()> {
     };
     let vectors: Vec<Vec<f32>> = vectors.into_iter().map(unit).collect();
     let started = Instant::now();
-    let results = index.store().search(&vectors, args.top_k, filter.as_ref())?;
+    let mut results = Vec::with_capacity(vectors.len());
+    for chunk in vectors.chunks(args.batch.unwrap_or(vectors.len()).max(1)) {
+        results.extend(index.store().search(chunk, args.top_k, filter.as_ref())?);
+    }
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("{} queries searched in {seconds:.3}s ({:.0} queries/s)", vectors.len(), vectors.len() as f64 / seconds.max(1e-9));
     if let Some(path) = &args.json {

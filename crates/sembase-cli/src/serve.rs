@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clap::Args;
 use sembase_heads::Head;
-use sembase_server::{Attachments, HeadSpec, ModelSpec, Server, ServerConfig};
+use sembase_index::{Access, Index};
+use sembase_server::{Attachments, HeadSpec, IndexSpec, ModelSpec, Server, ServerConfig};
 
+use crate::index_model::model_identity;
 use crate::models::{load_local, set_threads};
 
 #[derive(Args)]
@@ -20,6 +22,11 @@ pub struct ServeArgs {
     /// written by `sembase head train`, whose base model is one of the --model's. Repeatable.
     #[arg(long = "head", value_name = "NAME=DIR", value_parser = parse_named_dir)]
     heads: Vec<(String, PathBuf)>,
+    /// A corpus index for POST /v1/search and document writes, served under NAME: a
+    /// directory written by `sembase index build` whose model is one of the --model's
+    /// (checked by fingerprint). The server holds its write lock. Repeatable.
+    #[arg(long = "index", value_name = "NAME=DIR", value_parser = parse_named_dir)]
+    indexes: Vec<(String, PathBuf)>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -55,6 +62,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     set_threads(args.threads);
     let heads = load_heads(&args.heads)?;
+    let indexes = open_indexes(&args.indexes, &args.models)?;
     let server = Server::new(ServerConfig {
         api_key: args.api_key.clone(),
         max_batch_tokens: args.max_batch_tokens,
@@ -77,7 +85,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let specs = args.models.clone();
         let (max_seq_length, batch_tokens) = (args.max_seq_length, args.max_batch_tokens);
         std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens).and_then(|models| {
-            loader.set_models_with(models, Attachments { heads }).map_err(anyhow::Error::from)
+            let indexes = indexes
+                .into_iter()
+                .map(|(name, index, model)| IndexSpec { name, index, model: models[model].embedder.name().to_string() })
+                .collect();
+            loader.set_models_with(models, Attachments { heads, indexes }).map_err(anyhow::Error::from)
         }) {
             Ok(()) => println!("listening on http://{address}"),
             Err(e) => {
@@ -134,6 +146,33 @@ fn load_heads(heads: &[(String, PathBuf)]) -> Result<Vec<HeadSpec>> {
         .map(|(name, dir)| {
             let head = Head::load(dir).with_context(|| format!("loading head `{name}` from {}", dir.display()))?;
             Ok(HeadSpec::new(name.clone(), head))
+        })
+        .collect()
+}
+
+/// Opens the index directories for writing (before any model loads, so a bad one
+/// fails fast) and finds, by fingerprint, which served model made each one.
+fn open_indexes(indexes: &[(String, PathBuf)], models: &[String]) -> Result<Vec<(String, Index, usize)>> {
+    if indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fingerprints: Vec<String> = models.iter().map(|m| Ok(model_identity(m)?.1.fingerprint)).collect::<Result<_>>()?;
+    indexes
+        .iter()
+        .map(|(name, dir)| {
+            let index = Index::open(dir, Access::Write).with_context(|| format!("opening index `{name}` at {}", dir.display()))?;
+            let recorded = &index.settings().model;
+            let Some(model) = fingerprints.iter().position(|f| *f == recorded.fingerprint) else {
+                anyhow::bail!(
+                    "index `{name}` ({}) was built with model {:?} (fingerprint {}), which is not served (--model {}); add --model {}",
+                    dir.display(),
+                    recorded.name,
+                    recorded.fingerprint,
+                    models.join(" --model "),
+                    recorded.name
+                );
+            };
+            Ok((name.clone(), index, model))
         })
         .collect()
 }

@@ -31,6 +31,9 @@ pub struct AnnStore {
     params: AnnParams,
     segments: Segments,
     graph: Option<Graph>,
+    /// Whether every vector in the graph is a live document (then unfiltered
+    /// searches skip the per-candidate liveness check).
+    graph_clean: bool,
 }
 
 impl AnnStore {
@@ -41,7 +44,13 @@ impl AnnStore {
             Some(g) => Some(Graph::view(&dir.join(&g.file), params)?),
             None => None,
         };
-        Ok(Self { settings, precision, params, segments, graph })
+        let mut store = Self { settings, precision, params, segments, graph, graph_clean: false };
+        store.graph_clean = store.is_graph_clean();
+        Ok(store)
+    }
+
+    fn is_graph_clean(&self) -> bool {
+        self.graph.as_ref().is_some_and(|g| g.len() == self.live_split().0)
     }
 
     /// Slots below this are in the graph.
@@ -91,6 +100,13 @@ impl AnnStore {
         self.graph = Some(Graph::view(&dir.join(file), self.params)?);
         Ok(())
     }
+
+    /// Rebuilds or extends the graph when needed, then notes whether it is clean.
+    fn after_write(&mut self) -> Result<()> {
+        let refreshed = self.refresh_graph();
+        self.graph_clean = self.is_graph_clean();
+        refreshed
+    }
 }
 
 impl VectorStore for AnnStore {
@@ -100,13 +116,13 @@ impl VectorStore for AnnStore {
 
     fn upsert(&mut self, docs: &[Document]) -> Result<()> {
         self.segments.upsert(docs)?;
-        self.refresh_graph()
+        self.after_write()
     }
 
     fn delete(&mut self, ids: &[String]) -> Result<usize> {
         let removed = self.segments.delete(ids)?;
         if removed > 0 {
-            self.refresh_graph()?;
+            self.after_write()?;
         }
         Ok(removed)
     }
@@ -120,8 +136,11 @@ impl VectorStore for AnnStore {
         if let Some(graph) = &self.graph {
             let segments = &self.segments;
             let locate = |slot: u64| segments.locate_slot(slot).filter(|loc| allowed[loc.seg as usize][loc.row as usize]);
-            let found: Vec<Vec<(u64, f32)>> =
-                flat.par_chunks(dim.max(1)).map(|q| graph.search(q, k, |slot| slot < limit && locate(slot).is_some())).collect::<Result<_>>()?;
+            let unfiltered = filter.is_none() && self.graph_clean;
+            let found: Vec<Vec<(u64, f32)>> = flat
+                .par_chunks(dim.max(1))
+                .map(|q| if unfiltered { graph.search_all(q, k) } else { graph.search(q, k, |slot| slot < limit && locate(slot).is_some()) })
+                .collect::<Result<_>>()?;
             let first = |a: &Loc, b: &Loc| segments.id_first(a, b);
             for (top, hits) in tops.iter_mut().zip(found) {
                 for (slot, score) in hits {

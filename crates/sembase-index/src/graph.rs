@@ -131,10 +131,19 @@ impl Graph {
 
     /// The `k` nearest keys that `keep` accepts, with their inner products, best first.
     pub fn search(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+        self.nearest(k, || self.index.filtered_search(query, k, keep))
+    }
+
+    /// [`Graph::search`] over every key.
+    pub fn search_all(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
+        self.nearest(k, || self.index.search(query, k))
+    }
+
+    fn nearest<E: std::fmt::Display>(&self, k: usize, search: impl FnOnce() -> std::result::Result<usearch::ffi::Matches, E>) -> Result<Vec<(u64, f32)>> {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
-        let found = self.index.filtered_search(query, k, keep).map_err(|e| ann_error("searching", e))?;
+        let found = search().map_err(|e| ann_error("searching", e))?;
         Ok(found.keys.into_iter().zip(found.distances).map(|(key, d)| (key, 1.0 - d)).collect())
     }
 }

@@ -1,6 +1,7 @@
 //! sembase-server: an OpenAI-compatible HTTP API over [`sembase_core::Embedder`]s.
 //!
 //! Routes: `POST /v1/embeddings`, `POST /v1/classify` (task heads, see [`HeadSpec`]),
+//! `POST /v1/search` and `POST|DELETE /v1/indexes/{name}/documents` (corpus indexes, see [`IndexSpec`]),
 //! `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`, `GET /health`,
 //! `GET /metrics` (Prometheus), `GET /openapi.json`.
 //!
@@ -29,6 +30,7 @@ pub mod error;
 mod handlers;
 pub mod metrics;
 mod openapi;
+mod search;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +42,7 @@ use axum::Router;
 use sembase_core::Embedder;
 
 pub use classify::HeadSpec;
+pub use search::IndexSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
 pub use openapi::openapi_json;
 
@@ -131,6 +134,8 @@ impl ModelSpec {
 pub struct Attachments {
     /// Classification heads for `POST /v1/classify`; each one's base model must be served.
     pub heads: Vec<HeadSpec>,
+    /// Corpus indexes for `POST /v1/search`; each one's model must be served.
+    pub indexes: Vec<IndexSpec>,
 }
 
 /// A loaded model with its queue.
@@ -146,6 +151,7 @@ pub(crate) struct Models {
     pub list: Vec<ServedModel>,
     pub by_name: HashMap<String, usize>,
     pub heads: classify::Heads,
+    pub indexes: search::Indexes,
 }
 
 /// What every handler shares.
@@ -195,6 +201,7 @@ impl Server {
             }
         }
         let heads = classify::Heads::bind(attachments.heads, &models)?;
+        let indexes = search::Indexes::bind(attachments.indexes, &models)?;
         let mut list = Vec::with_capacity(models.len());
         for spec in models {
             let metrics = self.state.metrics.model(spec.embedder.name());
@@ -206,7 +213,7 @@ impl Server {
                 batcher,
             });
         }
-        self.state.models.set(Models { list, by_name, heads }).map_err(|_| ServerError::AlreadyLoaded)
+        self.state.models.set(Models { list, by_name, heads, indexes }).map_err(|_| ServerError::AlreadyLoaded)
     }
 
     /// True once models are set.
@@ -225,6 +232,8 @@ impl Server {
         let work = Router::new()
             .route("/v1/embeddings", post(handlers::embeddings))
             .route("/v1/classify", post(classify::classify))
+            .route("/v1/search", post(search::search))
+            .route("/v1/indexes/{name}/documents", post(search::upsert_documents).delete(search::delete_documents))
             .route("/tokenize", post(handlers::tokenize))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::limit_concurrency));
         let listing = Router::new()

@@ -12,16 +12,20 @@ use crate::api::{
 use crate::classify::{self, Classification, ClassifyRequest, ClassifyResponse, HeadOutput, Strings};
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::handlers;
+use crate::search::{self, DeleteRequest, QueryHits, SearchHit, SearchRequest, SearchResponse, UpsertRequest, WriteResponse};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "sembase",
-        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract, and task heads (classifiers) on top."
+        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract, task heads (classifiers) and corpus search on top."
     ),
     paths(
         handlers::embeddings,
         classify::classify,
+        search::search,
+        search::upsert_documents,
+        search::delete_documents,
         handlers::list_models,
         handlers::get_model,
         handlers::tokenize,
@@ -42,6 +46,13 @@ use crate::handlers;
         ClassifyResponse,
         Classification,
         HeadOutput,
+        SearchRequest,
+        SearchResponse,
+        QueryHits,
+        SearchHit,
+        UpsertRequest,
+        DeleteRequest,
+        WriteResponse,
         ModelList,
         ModelObject,
         TokenizeRequest,

@@ -33,7 +33,7 @@ fn hand_made(model: &str, dim: usize, labels: &[&str], prefix: Option<&str>, dim
 }
 
 fn heads(specs: Vec<(&str, Head)>) -> Attachments {
-    Attachments { heads: specs.into_iter().map(|(name, head)| HeadSpec::new(name, head)).collect() }
+    Attachments { heads: specs.into_iter().map(|(name, head)| HeadSpec::new(name, head)).collect(), ..Attachments::default() }
 }
 
 /// Every head's answer for input `index` of a classify reply: (label, probabilities in label order).

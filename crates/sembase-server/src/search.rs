@@ -1,0 +1,300 @@
+//! Corpus indexes (sembase-index) served beside the models: `POST /v1/search`,
+//! and document upserts and deletes on `/v1/indexes/{name}/documents`.
+//!
+//! Queries and documents go through the index's model's batching queue with the
+//! prefixes and width the index recorded; searches share a read lock, writes take
+//! the write lock, and both run on the blocking pool (writes flush to disk).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use sembase_core::Embeddings;
+use sembase_index::{CorpusDoc, Document, Filter, Index, IndexError, Metadata};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::{EmbeddingInput, SchemaStatus, Usage};
+use crate::error::{ApiError, ServerError};
+use crate::handlers::{check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult};
+use crate::{AppState, ModelSpec, Models};
+
+/// Hits per query a request may ask for.
+const MAX_TOP_K: usize = 1000;
+
+/// An index to serve under a name (what `--index NAME=DIR` gives), opened for writing.
+pub struct IndexSpec {
+    pub name: String,
+    pub index: Index,
+    /// Name of the served model that made its vectors (the caller checked the
+    /// model's fingerprint against the index's).
+    pub model: String,
+}
+
+/// An index bound to its served model.
+pub(crate) struct ServedIndex {
+    name: String,
+    index: Arc<RwLock<Index>>,
+    model: usize,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+    dimensions: usize,
+}
+
+/// The served indexes.
+#[derive(Default)]
+pub(crate) struct Indexes {
+    list: Vec<ServedIndex>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Indexes {
+    /// Binds every index to its model among `models`, refusing unknown models,
+    /// widths the model cannot give and repeated names.
+    pub(crate) fn bind(specs: Vec<IndexSpec>, models: &[ModelSpec]) -> Result<Self, ServerError> {
+        let mut indexes = Indexes::default();
+        for spec in specs {
+            let refuse = |message: String| ServerError::Config(format!("index `{}`: {message}", spec.name));
+            if spec.name.is_empty() || indexes.by_name.contains_key(&spec.name) {
+                return Err(refuse("index names must be non-empty and unique".into()));
+            }
+            let served: Vec<&str> = models.iter().map(|m| m.embedder.name()).collect();
+            let model = served
+                .iter()
+                .position(|&n| n == spec.model)
+                .ok_or_else(|| refuse(format!("its model `{}` is not served (served: {})", spec.model, served.join(", "))))?;
+            let settings = spec.index.settings().clone();
+            if settings.dimensions > models[model].embedder.dimension() {
+                return Err(refuse(format!("it holds {}-dimensional vectors; model `{}` gives {}", settings.dimensions, spec.model, models[model].embedder.dimension())));
+            }
+            indexes.by_name.insert(spec.name.clone(), indexes.list.len());
+            indexes.list.push(ServedIndex {
+                name: spec.name,
+                index: Arc::new(RwLock::new(spec.index)),
+                model,
+                query_prefix: settings.query_prefix,
+                document_prefix: settings.document_prefix,
+                dimensions: settings.dimensions,
+            });
+        }
+        Ok(indexes)
+    }
+
+    fn get(&self, name: &str) -> AppResult<&ServedIndex> {
+        self.by_name.get(name).map(|&i| &self.list[i]).ok_or_else(|| {
+            let mut names: Vec<&str> = self.list.iter().map(|i| i.name.as_str()).collect();
+            names.sort_unstable();
+            let known = if names.is_empty() { "none; start the server with --index NAME=DIR".to_string() } else { names.join(", ") };
+            ApiError::not_found(format!("The index `{name}` does not exist on this server; it serves: {known}")).param("index").code("index_not_found")
+        })
+    }
+}
+
+impl ServedIndex {
+    /// Unit vectors of `texts` with `prefix`, at the index's width, through the model's queue.
+    async fn embed(&self, state: &AppState, models: &Models, texts: Vec<String>, prefix: Option<String>, param: &str) -> AppResult<Embeddings> {
+        let model = &models.list[self.model];
+        let input = EmbeddingInput::Texts(texts);
+        check_inputs(&input, state.config.max_inputs).map_err(|e| e.param(param))?;
+        let large = tokenize_off_runtime(&input);
+        let (embedder, truncate) = (model.embedder.clone(), state.config.truncate);
+        let (pieces, cost) = cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate)).await??;
+        let dimensions = (self.dimensions < model.embedder.dimension()).then_some(self.dimensions);
+        let mut embeddings = model.run(pieces, cost, dimensions).await?;
+        embeddings.vectors.iter_mut().for_each(|v| sembase_core::vectors::normalize(v));
+        Ok(embeddings)
+    }
+}
+
+/// A store error as an API error: bad input is the client's, the rest the server's.
+fn store_error(e: IndexError) -> ApiError {
+    match e {
+        IndexError::Invalid(message) => ApiError::bad_request(message),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// `POST /v1/search` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SearchRequest {
+    /// Name of a served index.
+    pub index: String,
+    /// One query text (or give `queries`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Several query texts.
+    #[serde(default)]
+    pub queries: Option<Vec<String>>,
+    /// Hits per query (1..=1000).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Only documents whose metadata has these values (strings, numbers, booleans or null).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Metadata>,
+}
+
+fn default_top_k() -> usize {
+    10
+}
+
+/// `POST /v1/search` answer: one entry per query, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<QueryHits>,
+    /// Tokens embedded for the queries.
+    pub usage: Usage,
+}
+
+/// The hits of one query, best first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryHits {
+    pub query: String,
+    pub hits: Vec<SearchHit>,
+}
+
+/// One document found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchHit {
+    pub id: String,
+    /// Cosine similarity to the query.
+    pub score: f32,
+    pub text: String,
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    #[schema(value_type = Object)]
+    pub metadata: Metadata,
+}
+
+/// Find the documents of an index nearest to query texts.
+#[utoipa::path(
+    post,
+    path = "/v1/search",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "Hits per query, in query order", body = SearchResponse),
+        (status = 400, description = "Malformed request (no query, bad top_k or filter)", body = crate::error::ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown index (`index_not_found`)", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn search(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
+    let (request, models): (SearchRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+    let served = models.indexes.get(&request.index)?;
+    let queries = match (request.query, request.queries) {
+        (Some(q), None) => vec![q],
+        (None, Some(qs)) if !qs.is_empty() => qs,
+        (None, Some(_)) => return Err(ApiError::bad_request("'queries' is empty").param("queries")),
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give 'query' or 'queries', not both").param("query")),
+        (None, None) => return Err(ApiError::bad_request("give 'query' (a text) or 'queries' (texts)").param("query")),
+    };
+    if request.top_k == 0 || request.top_k > MAX_TOP_K {
+        return Err(ApiError::bad_request(format!("'top_k' must be within 1..={MAX_TOP_K}")).param("top_k"));
+    }
+    let filter = request.filter.map(Filter::new).transpose().map_err(|e| ApiError::bad_request(e.to_string()).param("filter"))?;
+    let embeddings = served.embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries").await?;
+    let tokens = embeddings.total_tokens();
+    let (index, top_k) = (served.index.clone(), request.top_k);
+    let found = cpu(true, move || {
+        let index = index.read().unwrap_or_else(|p| p.into_inner());
+        index.store().search(&embeddings.vectors, top_k, filter.as_ref())
+    })
+    .await?
+    .map_err(store_error)?;
+    let results = queries
+        .into_iter()
+        .zip(found)
+        .map(|(query, hits)| QueryHits {
+            query,
+            hits: hits.into_iter().map(|h| SearchHit { id: h.id, score: h.score, text: h.text, metadata: h.metadata }).collect(),
+        })
+        .collect();
+    Ok(json(&SearchResponse { results, usage: Usage { prompt_tokens: tokens, total_tokens: tokens } }))
+}
+
+/// `POST /v1/indexes/{name}/documents` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpsertRequest {
+    /// Documents as in a JSONL corpus: `id` (or `_id`), `text`, optional `title` and `metadata`.
+    #[schema(value_type = Vec<Object>)]
+    pub documents: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `DELETE /v1/indexes/{name}/documents` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteRequest {
+    pub ids: Vec<String>,
+}
+
+/// What a write did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WriteResponse {
+    /// Documents added or replaced (upsert), or removed (delete).
+    pub changed: usize,
+    /// Documents in the index afterwards.
+    pub count: usize,
+}
+
+/// Add or replace documents (by id) in an index, as one committed write.
+#[utoipa::path(
+    post,
+    path = "/v1/indexes/{name}/documents",
+    params(("name" = String, Path, description = "A served index")),
+    request_body = UpsertRequest,
+    responses(
+        (status = 200, description = "Committed", body = WriteResponse),
+        (status = 400, description = "A malformed document or repeated id", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown index (`index_not_found`)", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn upsert_documents(State(state): State<Arc<AppState>>, Path(name): Path<String>, request: Request) -> AppResult<Response> {
+    let (request, models): (UpsertRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+    let served = models.indexes.get(&name)?;
+    if request.documents.is_empty() {
+        return Err(ApiError::bad_request("'documents' is empty").param("documents"));
+    }
+    let docs: Vec<CorpusDoc> = request
+        .documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| CorpusDoc::from_json(d).map_err(|m| ApiError::bad_request(format!("documents[{i}]: {m}")).param("documents")))
+        .collect::<AppResult<_>>()?;
+    let texts = docs.iter().map(CorpusDoc::embed_text).collect();
+    let embeddings = served.embed(&state, models, texts, served.document_prefix.clone(), "documents").await?;
+    let docs: Vec<Document> = docs.into_iter().zip(embeddings.vectors).map(|(d, v)| d.into_document(v)).collect();
+    let changed = docs.len();
+    write(served, move |index| index.store_mut().upsert(&docs).map(|()| changed)).await
+}
+
+/// Runs a write on the blocking pool under the index's write lock.
+async fn write(served: &ServedIndex, change: impl FnOnce(&mut Index) -> sembase_index::Result<usize> + Send + 'static) -> AppResult<Response> {
+    let index = served.index.clone();
+    let answer = cpu(true, move || {
+        let mut index = index.write().unwrap_or_else(|p| p.into_inner());
+        let changed = change(&mut index)?;
+        index.store().count().map(|count| WriteResponse { changed, count })
+    })
+    .await?
+    .map_err(store_error)?;
+    Ok(json(&answer))
+}
+
+/// Remove documents by id from an index, as one committed write (unknown ids are ignored).
+#[utoipa::path(
+    delete,
+    path = "/v1/indexes/{name}/documents",
+    params(("name" = String, Path, description = "A served index")),
+    request_body = DeleteRequest,
+    responses(
+        (status = 200, description = "Committed; `changed` counts the ids that existed", body = WriteResponse),
+        (status = 404, description = "Unknown index (`index_not_found`)", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete_documents(State(state): State<Arc<AppState>>, Path(name): Path<String>, request: Request) -> AppResult<Response> {
+    let (request, models): (DeleteRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+    write(models.indexes.get(&name)?, move |index| index.store_mut().delete(&request.ids)).await
+}
