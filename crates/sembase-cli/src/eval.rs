@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::Embedder;
 use sembase_eval::cache::EmbeddingCache;
 use sembase_eval::encode::{EvalModel, Encoder, Progress};
-use sembase_eval::evaluate::{evaluate, Settings};
+use sembase_eval::evaluate::{evaluate_with, Search, Settings};
+use sembase_index::AnnParams;
 use sembase_eval::remote::{is_remote, RemoteEmbedder, RemoteOptions};
 use sembase_eval::report::write_report;
 use sembase_eval::results::{format_value, short_task, EvalResults};
@@ -59,6 +60,13 @@ pub struct EvalArgs {
     /// Inputs per request to a remote endpoint.
     #[arg(long, default_value_t = 64)]
     remote_batch: usize,
+    /// How retrieval tasks search: `flat` (exact) or `ann` (the index's usearch
+    /// HNSW graph, reporting its recall against exact search on the same vectors).
+    #[arg(long, default_value = "flat", value_parser = ["flat", "ann"])]
+    store: String,
+    /// ann: candidates searched per query (HNSW ef).
+    #[arg(long, default_value_t = AnnParams::default().expansion_search)]
+    expansion_search: usize,
     /// Do not read or write the embedding cache ($SEMBASE_HOME/cache).
     #[arg(long)]
     no_cache: bool,
@@ -76,6 +84,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--task needs at least one --model");
     }
 
+    let search = match args.store.as_str() {
+        "ann" => Search::Ann(AnnParams { expansion_search: args.expansion_search, ..AnnParams::default() }),
+        _ => Search::Exact,
+    };
     let mut results = EvalResults::default();
     for path in &args.from_json {
         results.results.extend(EvalResults::read_json(path)?.results);
@@ -106,7 +118,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         for task in &tasks {
             for &dimensions in &widths {
                 let settings = Settings { query_prefix: args.query_prefix.clone(), doc_prefix: args.doc_prefix.clone(), dimensions };
-                let result = evaluate(&encoder, task, &settings).with_context(|| format!("{} on {}", model.name(), task.spec.name))?;
+                let result = evaluate_with(&encoder, task, &settings, search).with_context(|| format!("{} on {}", model.name(), task.spec.name))?;
                 let figures: Vec<String> = result.metrics.0.iter().map(|(n, v)| format!("{n} {}", format_value(*v))).collect();
                 eprintln!(
                     "{} {} @{}: {} ({:.1}s)",

@@ -10,6 +10,8 @@ use crate::error::Result;
 use crate::metrics::{average_precision, best_accuracy, best_f1, pearson, spearman, QueryScores, RetrievalScores, MAP_CUTOFF};
 use crate::results::{EvalResult, Metrics};
 use crate::search::{id_ranks, ExactSearch};
+use sembase_index::graph::Graph;
+use sembase_index::{AnnParams, Precision};
 use crate::tasks::{Task, TaskData};
 
 /// Corpus documents embedded and searched per block in retrieval.
@@ -26,8 +28,26 @@ pub struct Settings {
     pub dimensions: Option<usize>,
 }
 
+/// How retrieval tasks search the corpus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Search {
+    /// Exact top-k (the reference).
+    #[default]
+    Exact,
+    /// A usearch HNSW graph (the index crate's `ann` store) over the same vectors:
+    /// the metrics come from its rankings, plus `exact_recall@10` (the exact
+    /// rankings' recall@10) and `ann_vs_exact@10` (the share of each exact top 10
+    /// that the graph finds), so the cost of ANN is read off one result.
+    Ann(AnnParams),
+}
+
 /// Evaluates `task` and returns its result, timed.
 pub fn evaluate(encoder: &Encoder, task: &Task, settings: &Settings) -> Result<EvalResult> {
+    evaluate_with(encoder, task, settings, Search::Exact)
+}
+
+/// [`evaluate`], searching retrieval corpora as `search` says.
+pub fn evaluate_with(encoder: &Encoder, task: &Task, settings: &Settings, search: Search) -> Result<EvalResult> {
     encoder.check_dimensions(settings.dimensions)?;
     let started = Instant::now();
     let metrics = match &task.data {
@@ -43,7 +63,13 @@ pub fn evaluate(encoder: &Encoder, task: &Task, settings: &Settings) -> Result<E
             let labels: Vec<bool> = rows.iter().map(|r| r.label).collect();
             pair_metrics(&similarities, &labels)
         }
-        TaskData::Retrieval(set) => retrieval_metrics(&rank(encoder, &task.spec.name, set, settings)?, set),
+        TaskData::Retrieval(set) => match search {
+            Search::Exact => {
+                let queries = embed_queries(encoder, &task.spec.name, set, settings)?;
+                retrieval_metrics(&rank(encoder, &task.spec.name, set, settings, &queries, None)?, set)
+            }
+            Search::Ann(params) => ann_metrics(encoder, &task.spec.name, set, settings, params)?,
+        },
     };
     Ok(EvalResult {
         model: encoder.model().name().to_string(),
@@ -83,15 +109,20 @@ pub fn pair_metrics(similarities: &[f64], labels: &[bool]) -> Metrics {
     m
 }
 
-/// The top documents (corpus indices, best first) of every judged query.
-pub fn rank(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settings) -> Result<Vec<Vec<usize>>> {
+/// The top documents (corpus indices, best first) of every judged query, by
+/// exact search of their vectors `queries`; every corpus vector is also kept
+/// in `keep` when given.
+pub fn rank(
+    encoder: &Encoder,
+    what: &str,
+    set: &RetrievalSet,
+    settings: &Settings,
+    queries: &[Vec<f32>],
+    mut keep: Option<&mut Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<usize>>> {
     let progress = encoder.progress();
-    let query_texts: Vec<&str> = set.judged.iter().map(|j| set.queries[j.query].text.as_str()).collect();
-    progress.start(&format!("{what} queries"), query_texts.len());
-    let queries = encoder.encode(&query_texts, settings.query_prefix.as_deref(), settings.dimensions);
-    progress.finish();
     let ids: Vec<&str> = set.corpus.iter().map(|d| d.id.as_str()).collect();
-    let mut search = ExactSearch::new(&queries?, MAP_CUTOFF, id_ranks(&ids))?;
+    let mut search = ExactSearch::new(queries, MAP_CUTOFF, id_ranks(&ids))?;
     progress.start(&format!("{what} corpus"), set.corpus.len());
     for block in set.corpus.chunks(CORPUS_BLOCK) {
         let texts: Vec<String> = block.iter().map(|d| d.full_text()).collect();
@@ -105,9 +136,56 @@ pub fn rank(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settin
             }
         };
         search.add_block(&vectors)?;
+        if let Some(kept) = keep.as_mut() {
+            kept.extend(vectors);
+        }
     }
     progress.finish();
     Ok(search.finish().into_iter().map(|hits| hits.into_iter().map(|h| h.doc).collect()).collect())
+}
+
+/// The judged queries' vectors.
+pub fn embed_queries(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settings) -> Result<Vec<Vec<f32>>> {
+    let progress = encoder.progress();
+    let query_texts: Vec<&str> = set.judged.iter().map(|j| set.queries[j.query].text.as_str()).collect();
+    progress.start(&format!("{what} queries"), query_texts.len());
+    let queries = encoder.encode(&query_texts, settings.query_prefix.as_deref(), settings.dimensions);
+    progress.finish();
+    queries
+}
+
+/// Retrieval measures of an HNSW graph's rankings, with what they cost against exact search.
+fn ann_metrics(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settings, params: AnnParams) -> Result<Metrics> {
+    let queries = embed_queries(encoder, what, set, settings)?;
+    let mut corpus = Vec::with_capacity(set.corpus.len());
+    let exact = rank(encoder, what, set, settings, &queries, Some(&mut corpus))?;
+    let dim = queries.first().map_or(0, Vec::len);
+    let graph = Graph::new(dim, Precision::F32, params)?;
+    let items: Vec<(u64, Vec<f32>)> = corpus.into_iter().enumerate().map(|(i, v)| (i as u64, unit(v))).collect();
+    graph.add_all(&items)?;
+    let ann: Vec<Vec<usize>> = queries
+        .into_iter()
+        .map(|q| Ok(graph.search_all(&unit(q), MAP_CUTOFF)?.into_iter().map(|(doc, _)| doc as usize).collect()))
+        .collect::<Result<_>>()?;
+    let mut m = retrieval_metrics(&ann, set);
+    if let Some(recall) = retrieval_metrics(&exact, set).get("recall@10") {
+        m.0.push(("exact_recall@10".into(), recall));
+    }
+    let found: f64 = ann
+        .iter()
+        .zip(&exact)
+        .map(|(a, e)| {
+            let top: Vec<&usize> = e.iter().take(10).collect();
+            a.iter().take(10).filter(|d| top.contains(d)).count() as f64 / top.len().max(1) as f64
+        })
+        .sum();
+    m.push_fraction("ann_vs_exact@10", found / exact.len().max(1) as f64);
+    Ok(m)
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    sembase_core::vectors::normalize(&mut v);
+    v
 }
 
 /// The retrieval measures of rankings (one per judged query, in order).
