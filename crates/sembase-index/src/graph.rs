@@ -39,7 +39,7 @@ fn default_delta_limit() -> usize {
 
 impl Default for AnnParams {
     fn default() -> Self {
-        Self { connectivity: 16, expansion_add: 128, expansion_search: 64, delta_limit: default_delta_limit() }
+        Self { connectivity: 16, expansion_add: 128, expansion_search: 128, delta_limit: default_delta_limit() }
     }
 }
 
