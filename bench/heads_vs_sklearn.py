@@ -10,10 +10,17 @@ For each classify set, in one run:
      on exactly those folds for every C of the same grid; the best C is kept, as
      sembase does.
   3. prints both accuracies and the difference (goal: within +/-0.5 points), and
-     sembase's training time on cached embeddings (a second `head train` run).
+     sembase's training time on cached embeddings (a second `head train` run)
+     beside scikit-learn's time for the same cross validation.
+
+Chinese: multilingual-e5-small on zh/classify/review-sentiment.tsv (--zh or --only-zh).
+e5 was trained with "query: " / "passage: " prefixes and its authors advise "query: "
+for embeddings used as features (linear probes, clustering); both sides get the same
+prefix, "query: " unless --zh-prefix says otherwise ('' for none).
 
 Usage (models in $SEMBASE_HOME/models; run from the repository root):
   nice /work/refenv/bin/python bench/heads_vs_sklearn.py [--sets mr,cr,...] [--zh]
+  nice /work/refenv/bin/python bench/heads_vs_sklearn.py --only-zh [--zh-prefix '']
   nice /work/refenv/bin/python bench/heads_vs_sklearn.py --st-only   # precompute reference embeddings
 """
 import argparse
@@ -45,9 +52,14 @@ def read_tsv(path):
     return texts, labels
 
 
+def tag(model, path, prefix):
+    """File-name stem for one (model, set, prefix) job."""
+    return f"{model}-{path.stem}" + (f"-{prefix.strip().rstrip(':')}" if prefix else "")
+
+
 def st_embeddings(model, path, prefix, work):
     """sentence-transformers vectors for the set, cached as .npy under `work`."""
-    cache = work / f"st-{model}-{path.stem}.npy"
+    cache = work / f"st-{tag(model, path, prefix)}.npy"
     if cache.exists():
         return np.load(cache)
     from sentence_transformers import SentenceTransformer
@@ -62,8 +74,8 @@ def st_embeddings(model, path, prefix, work):
 
 
 def sembase_train(binary, model, path, prefix, work, folds, seed):
-    out = work / f"head-{model}-{path.stem}"
-    js = work / f"sembase-{model}-{path.stem}.json"
+    out = work / f"head-{tag(model, path, prefix)}"
+    js = work / f"sembase-{tag(model, path, prefix)}.json"
     cmd = [str(binary), "head", "train", "--model", model, "--data", str(path), "--output", str(out),
            "--folds", str(folds), "--seed", str(seed), "--json", str(js)]
     if prefix:
@@ -83,6 +95,7 @@ def sklearn_cv(x, labels, fold_ids, grid, class_weight):
 
     y = np.array(labels)
     fold_ids = np.array(fold_ids)
+    t0 = time.time()
     best = None
     for c in grid:
         correct = 0
@@ -94,7 +107,7 @@ def sklearn_cv(x, labels, fold_ids, grid, class_weight):
         acc = 100.0 * correct / len(y)
         if best is None or acc > best[1]:
             best = (c, acc)
-    return best
+    return best[0], best[1], time.time() - t0
 
 
 def main():
@@ -102,6 +115,7 @@ def main():
     ap.add_argument("--sets", default=",".join(EN_SETS))
     ap.add_argument("--zh", action="store_true", help="also multilingual-e5-small on zh review-sentiment")
     ap.add_argument("--only-zh", action="store_true")
+    ap.add_argument("--zh-prefix", default="query: ", help="prefix for e5 on both sides ('' for none)")
     ap.add_argument("--st-only", action="store_true", help="only compute the reference embeddings")
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "sembase"))
     ap.add_argument("--work", default="/tmp/heads-bench")
@@ -115,7 +129,7 @@ def main():
     if not args.only_zh:
         jobs += [("all-minilm-l6-v2", DATA / "en" / "classify" / f"{s}.tsv", "") for s in args.sets.split(",") if s]
     if args.zh or args.only_zh:
-        jobs.append(("multilingual-e5-small", DATA / "zh" / "classify" / "review-sentiment.tsv", "query: "))
+        jobs.append(("multilingual-e5-small", DATA / "zh" / "classify" / "review-sentiment.tsv", args.zh_prefix))
 
     rows = []
     for model, path, prefix in jobs:
@@ -127,22 +141,32 @@ def main():
         _, labels = read_tsv(path)
         grid = report["grid"]
         class_weight = "balanced" if report.get("class_weight") == "balanced" else None
-        c, ref = sklearn_cv(x, labels, report["fold_ids"], grid, class_weight)
+        c, ref, sk_s = sklearn_cv(x, labels, report["fold_ids"], grid, class_weight)
         ours = report["metrics"]["accuracy"]
-        row = dict(set=f"{path.parent.parent.name}/{path.stem}", model=model, n=len(labels), sembase=ours,
+        row = dict(set=f"{path.parent.parent.name}/{path.stem}", model=model, prefix=prefix, n=len(labels), sembase=ours,
                    sembase_c=report.get("c"), sklearn=ref, sklearn_c=c, diff=ours - ref,
                    macro_f1=report["metrics"]["macro_f1"], first_run_s=runs[0], cached_run_s=runs[1],
-                   train_s=report.get("train_seconds"))
+                   train_s=report.get("train_seconds"), sklearn_cv_s=sk_s, grid=grid)
         rows.append(row)
         print(f"  sembase {ours:.2f} (C={row['sembase_c']})  sklearn {ref:.2f} (C={c})  diff {ours - ref:+.2f}"
-              f"  | run {runs[0]:.1f}s, cached {runs[1]:.1f}s (training {row['train_s']:.2f}s)", flush=True)
+              f"  | run {runs[0]:.1f}s, cached {runs[1]:.1f}s (training {row['train_s']:.2f}s;"
+              f" sklearn CV {sk_s:.1f}s)", flush=True)
 
     if rows:
         print()
-        print(f"{'set':<26}{'rows':>7}{'sembase':>9}{'sklearn':>9}{'diff':>7}{'cached run s':>14}{'train s':>9}")
+        print(f"{'set':<26}{'prefix':>8}{'rows':>7}{'sembase':>9}{'sklearn':>9}{'diff':>7}{'cached run s':>14}"
+              f"{'train s':>9}{'sklearn CV s':>14}{'sklearn/ours':>13}")
         for r in rows:
-            print(f"{r['set']:<26}{r['n']:>7}{r['sembase']:>9.2f}{r['sklearn']:>9.2f}{r['diff']:>+7.2f}"
-                  f"{r['cached_run_s']:>14.1f}{r['train_s']:>9.2f}")
+            print(f"{r['set']:<26}{r['prefix'].strip() or '-':>8}{r['n']:>7}{r['sembase']:>9.2f}{r['sklearn']:>9.2f}"
+                  f"{r['diff']:>+7.2f}{r['cached_run_s']:>14.1f}{r['train_s']:>9.2f}{r['sklearn_cv_s']:>14.1f}"
+                  f"{r['sklearn_cv_s'] / r['train_s']:>12.1f}x")
+        print()
+        for r in rows:
+            if r["n"] >= 10000:
+                print(f"training a head on {r['n']} texts ({r['set']}) with cached embeddings: {r['train_s']:.1f}s"
+                      f" ({args.folds}-fold CV over {len(r['grid'])} C values + final fit; whole cached"
+                      f" `sembase head train` run {r['cached_run_s']:.1f}s; scikit-learn's CV alone"
+                      f" {r['sklearn_cv_s']:.1f}s)")
         with open(work / "summary.json", "w") as f:
             json.dump(rows, f, indent=1)
         if any(abs(r["diff"]) > 0.5 for r in rows):

@@ -122,7 +122,7 @@ impl Heads {
         let mut names: Vec<&str> = self.list.iter().map(|h| h.name.as_str()).collect();
         names.sort_unstable();
         if names.is_empty() {
-            "none; start the server with --head NAME=DIR".into()
+            "none (start the server with --head NAME=DIR)".into()
         } else {
             names.join(", ")
         }
@@ -132,7 +132,7 @@ impl Heads {
     fn select(&self, names: Option<Strings>) -> AppResult<Vec<&ServedHead>> {
         let Some(names) = names else {
             if self.list.is_empty() {
-                return Err(ApiError::not_found(format!("this server serves no heads ({})", self.names()))
+                return Err(ApiError::not_found("this server serves no heads (start it with --head NAME=DIR)")
                     .param("heads")
                     .code("head_not_found"));
             }
