@@ -36,6 +36,39 @@ pub struct PoolingConfig {
     pub pooling_mode_weightedmean_tokens: bool,
     #[serde(default)]
     pub pooling_mode_lasttoken: bool,
+    /// The newer form (sentence-transformers 6): one mode name or a list, in
+    /// concatenation order; when present it replaces the boolean keys.
+    #[serde(default)]
+    pub pooling_mode: Option<ModeNames>,
+}
+
+/// `pooling_mode` as written by newer sentence-transformers: a name or a list of names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModeNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ModeNames {
+    fn names(&self) -> &[String] {
+        match self {
+            Self::One(name) => std::slice::from_ref(name),
+            Self::Many(names) => names,
+        }
+    }
+}
+
+/// A mode by its sentence-transformers name.
+fn mode_named(name: &str) -> Result<PoolingMode> {
+    Ok(match name {
+        "cls" => PoolingMode::Cls,
+        "max" => PoolingMode::Max,
+        "mean" => PoolingMode::Mean,
+        "mean_sqrt_len_tokens" => PoolingMode::MeanSqrtLen,
+        "lasttoken" => PoolingMode::LastToken,
+        other => return Err(Error::Unsupported(format!("pooling mode {other}"))),
+    })
 }
 
 /// The configured pooling modes, in sentence-transformers' concatenation order.
@@ -52,6 +85,13 @@ impl Pooling {
 
     /// Reads the modes switched on in a pooling config.
     pub fn from_config(cfg: &PoolingConfig) -> Result<Self> {
+        if let Some(names) = &cfg.pooling_mode {
+            let modes = names.names().iter().map(|n| mode_named(n)).collect::<Result<Vec<_>>>()?;
+            if modes.is_empty() {
+                return Err(Error::Unsupported("pooling config enables no mode".into()));
+            }
+            return Ok(Self { modes });
+        }
         if cfg.pooling_mode_weightedmean_tokens {
             return Err(Error::Unsupported("pooling mode weightedmean".into()));
         }
@@ -148,5 +188,16 @@ mod tests {
     #[test]
     fn a_config_with_no_mode_is_refused() {
         assert!(Pooling::from_config(&PoolingConfig::default()).is_err());
+    }
+
+    #[test]
+    fn the_newer_pooling_mode_key_names_modes_in_order() {
+        let parse = |json: &str| Pooling::from_config(&serde_json::from_str::<PoolingConfig>(json).unwrap());
+        let one = parse(r#"{"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": true}"#).unwrap();
+        assert_eq!(one.modes(), &[PoolingMode::Mean]);
+        let two = parse(r#"{"pooling_mode": ["max", "cls"], "pooling_mode_mean_tokens": true}"#).unwrap();
+        assert_eq!(two.modes(), &[PoolingMode::Max, PoolingMode::Cls], "the list wins over the old keys, in its order");
+        assert!(parse(r#"{"pooling_mode": "weightedmean"}"#).is_err());
+        assert!(parse(r#"{"pooling_mode": []}"#).is_err());
     }
 }
