@@ -144,7 +144,7 @@ impl TrainObserver for Console {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4}  {rate:.2} steps/s"));
             }
-            None if step % 10 == 0 || step == total => eprintln!("step {step}/{total} loss {loss:.4} ({rate:.2} steps/s)"),
+            None if step.is_multiple_of(10) || step == total => eprintln!("step {step}/{total} loss {loss:.4} ({rate:.2} steps/s)"),
             None => {}
         }
     }
@@ -175,7 +175,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(prefix) = &args.prefix {
         examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
     }
-    if !(args.temperature > 0.0) {
+    if args.temperature.is_nan() || args.temperature <= 0.0 {
         bail!("--temperature must be positive");
     }
     let lr = args.lr.unwrap_or(if objective == Objective::SimCse { 3e-5 } else { 2e-5 });
