@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Tokens per merged batch: requests from many clients share forward passes up to this.
     #[arg(long, default_value_t = 16384)]
     max_batch_tokens: usize,
+    /// Milliseconds a batch below --max-batch-tokens may wait for more requests to join
+    /// it (it runs as soon as none has arrived for 1 ms); 0 runs what is queued at once.
+    #[arg(long, default_value_t = 5)]
+    max_batch_wait_ms: u64,
     /// Embedding requests handled at once; more get 429 with Retry-After.
     #[arg(long, default_value_t = 512)]
     max_concurrent_requests: usize,
@@ -66,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let server = Server::new(ServerConfig {
         api_key: args.api_key.clone(),
         max_batch_tokens: args.max_batch_tokens,
+        max_batch_wait: std::time::Duration::from_millis(args.max_batch_wait_ms),
         max_concurrent_requests: args.max_concurrent_requests,
         max_inputs: args.max_inputs,
         max_body_bytes: args.max_body_bytes,

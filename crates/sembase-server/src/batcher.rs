@@ -6,13 +6,18 @@
 //! `dimensions` while the batch stays within `max_batch_tokens` (a job larger than
 //! the budget runs alone), then calls the model once per kind of input in the batch.
 //! Jobs whose client went away (their reply channel is closed) are dropped unrun.
+//!
+//! Before running a batch that is below the budget, the worker lingers briefly while
+//! jobs keep arriving (see [`Linger`]): when many clients wait on one batch, their next
+//! requests arrive together just after it, and running the first arrival alone would
+//! split them into small, slow passes.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sembase_core::{EmbedOptions, Embedder, Embeddings, Truncation};
 use tokio::sync::oneshot;
@@ -48,6 +53,15 @@ pub(crate) struct Job {
     pub enqueued: Instant,
 }
 
+/// How long the worker waits for more jobs to join a batch below the budget.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linger {
+    /// The longest wait in all (zero: run what is queued at once).
+    pub max: Duration,
+    /// Stop waiting as soon as this passes with no new job.
+    pub gap: Duration,
+}
+
 /// The sending side of a model's queue.
 pub(crate) struct Batcher {
     sender: mpsc::Sender<Job>,
@@ -56,12 +70,17 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Starts the worker thread of `model`.
-    pub fn start(model: Arc<dyn Embedder>, max_batch_tokens: usize, metrics: Arc<ModelMetrics>) -> std::io::Result<Self> {
+    pub fn start(
+        model: Arc<dyn Embedder>,
+        max_batch_tokens: usize,
+        linger: Linger,
+        metrics: Arc<ModelMetrics>,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let worker_metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("sembase-model-{}", model.name()))
-            .spawn(move || worker(model, receiver, max_batch_tokens.max(1), worker_metrics))?;
+            .spawn(move || worker(model, receiver, max_batch_tokens.max(1), linger, worker_metrics))?;
         Ok(Self { sender, metrics })
     }
 
@@ -78,7 +97,13 @@ impl Batcher {
     }
 }
 
-fn worker(model: Arc<dyn Embedder>, receiver: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: Arc<ModelMetrics>) {
+fn worker(
+    model: Arc<dyn Embedder>,
+    receiver: mpsc::Receiver<Job>,
+    max_batch_tokens: usize,
+    linger: Linger,
+    metrics: Arc<ModelMetrics>,
+) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -91,9 +116,33 @@ fn worker(model: Arc<dyn Embedder>, receiver: mpsc::Receiver<Job>, max_batch_tok
         while let Ok(job) = receiver.try_recv() {
             pending.push_back(job);
         }
+        gather(&receiver, &mut pending, max_batch_tokens, linger);
         let batch = take_batch(&mut pending, max_batch_tokens, &metrics);
         if !batch.is_empty() {
-            run_batch(model.as_ref(), batch, max_batch_tokens, &metrics);
+            run_batch(model.as_ref(), batch, &metrics);
+        }
+    }
+}
+
+/// Waits for more jobs while they keep arriving (at most `linger.gap` apart, for
+/// `linger.max` in all) and the queue holds less than one batch's worth of tokens.
+fn gather(receiver: &mpsc::Receiver<Job>, pending: &mut VecDeque<Job>, max_batch_tokens: usize, linger: Linger) {
+    if linger.max.is_zero() {
+        return;
+    }
+    let deadline = Instant::now() + linger.max;
+    let mut queued: usize = pending.iter().map(|job| job.tokens).sum();
+    while queued < max_batch_tokens {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match receiver.recv_timeout(left.min(linger.gap)) {
+            Ok(job) => {
+                queued += job.tokens;
+                pending.push_back(job);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -141,14 +190,14 @@ enum Failure {
     All(String),
 }
 
-fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, max_batch_tokens: usize, metrics: &ModelMetrics) {
+fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
     let started = Instant::now();
     for job in &jobs {
         metrics.record_wait(started.duration_since(job.enqueued).as_secs_f64());
     }
     let options = EmbedOptions { prefix: None, dimensions: jobs[0].dimensions, truncate: Truncation::Truncate };
     loop {
-        match compute(model, &jobs, &options, max_batch_tokens) {
+        match compute(model, &jobs, &options) {
             Ok(results) => {
                 let sequences = results.iter().map(|e| e.vectors.len()).sum();
                 let tokens = results.iter().map(Embeddings::total_tokens).sum();
@@ -175,9 +224,11 @@ fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, max_batch_tokens: usize, 
     }
 }
 
-/// Runs every job of the batch through the model: `embed_tokens` calls for the token
-/// inputs, grouped by length, and one `embed` call for over-long texts. Results in job order.
-fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions, max_call_tokens: usize) -> Result<Vec<Embeddings>, Failure> {
+/// Runs every job of the batch through the model: one `embed_tokens` call for the
+/// token inputs (the model sorts them by length into passes within its own token
+/// budget, and packs away padding on the CPU) and one `embed` call for over-long
+/// texts. Results in job order.
+fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions) -> Result<Vec<Embeddings>, Failure> {
     let mut ids: Vec<Vec<u32>> = Vec::new();
     let mut id_owners: Vec<(usize, usize)> = Vec::new();
     let mut texts: Vec<&str> = Vec::new();
@@ -200,14 +251,9 @@ fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions, max_call_
         .iter()
         .map(|job| Embeddings { vectors: vec![Vec::new(); job.pieces.len()], token_counts: vec![0; job.pieces.len()] })
         .collect();
-    // Token inputs go in groups of similar length (see `plan_calls`), each one call.
-    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-    let mut ids: Vec<Option<Vec<u32>>> = ids.into_iter().map(Some).collect();
-    for group in plan_calls(&lengths, max_call_tokens, MAX_CALL_ROWS, CALL_OVERHEAD_TOKENS) {
-        let rows: Vec<Vec<u32>> = group.iter().map(|&i| ids[i].take().unwrap_or_default()).collect();
-        let owners: Vec<(usize, usize)> = group.iter().map(|&i| id_owners[i]).collect();
-        let out = guarded(|| model.embed_tokens(&rows, options), &owners)?;
-        scatter(&mut results, out, &owners);
+    if !ids.is_empty() {
+        let out = guarded(|| model.embed_tokens(&ids, options), &id_owners)?;
+        scatter(&mut results, out, &id_owners);
     }
     if !texts.is_empty() {
         let out = guarded(|| model.embed(&texts, options), &text_owners)?;
@@ -251,87 +297,62 @@ fn scatter(results: &mut [Embeddings], out: Embeddings, owners: &[(usize, usize)
     }
 }
 
-/// Rows per model call.
-const MAX_CALL_ROWS: usize = 512;
-/// The fixed cost of one model call, in padded tokens' worth of compute (measured on
-/// all-minilm-l6-v2 on CPU: a call costs about this much more than its tokens).
-const CALL_OVERHEAD_TOKENS: usize = 64;
-
-/// Splits inputs of the given lengths into model calls, minimising the estimated cost
-/// `calls * overhead + sum(rows * longest row)`: a merged batch of short and long
-/// inputs would otherwise pad every short one to the longest. Each call holds at most
-/// `max_rows` rows and `max_tokens` padded tokens (one over-long input goes alone).
-/// Returns indices into `lengths`, longest first.
-pub(crate) fn plan_calls(lengths: &[usize], max_tokens: usize, max_rows: usize, overhead: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    let n = order.len();
-    // best[j]: least cost of the first j inputs (in `order`); cut[j]: where its last call starts.
-    let mut best = vec![0usize; n + 1];
-    let mut cut = vec![0usize; n + 1];
-    for j in 1..=n {
-        best[j] = usize::MAX;
-        for i in (j.saturating_sub(max_rows.max(1))..j).rev() {
-            let rows = j - i;
-            let padded = rows * lengths[order[i]].max(1);
-            if rows > 1 && padded > max_tokens {
-                // `i` only moves to longer rows from here: nothing further fits.
-                break;
-            }
-            let cost = best[i] + overhead + padded;
-            if cost < best[j] {
-                best[j] = cost;
-                cut[j] = i;
-            }
-        }
-    }
-    let mut calls = Vec::new();
-    let mut j = n;
-    while j > 0 {
-        calls.push(order[cut[j]..j].to_vec());
-        j = cut[j];
-    }
-    calls.reverse();
-    calls
-}
-
 #[cfg(test)]
 mod tests {
-    use super::plan_calls;
+    use super::*;
 
-    fn check(lengths: &[usize], max_tokens: usize, max_rows: usize) -> Vec<Vec<usize>> {
-        let calls = plan_calls(lengths, max_tokens, max_rows, 64);
-        let mut seen: Vec<usize> = calls.iter().flatten().copied().collect();
-        seen.sort_unstable();
-        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "every input exactly once");
-        for call in &calls {
-            let width = call.iter().map(|&i| lengths[i]).max().unwrap();
-            assert!(call.len() == 1 || call.len() * width <= max_tokens, "over the budget");
-            assert!(call.len() <= max_rows);
-        }
-        calls
+    fn job(tokens: usize) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job { pieces: Vec::new(), dimensions: None, tokens, reply, enqueued: Instant::now() }
+    }
+
+    /// Sends `count` jobs of `tokens` each, `every` apart, from another thread.
+    fn trickle(count: usize, tokens: usize, every: Duration) -> (mpsc::Receiver<Job>, std::thread::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel();
+        let feeder = std::thread::spawn(move || {
+            for _ in 0..count {
+                std::thread::sleep(every);
+                if sender.send(job(tokens)).is_err() {
+                    return;
+                }
+            }
+        });
+        (receiver, feeder)
     }
 
     #[test]
-    fn similar_lengths_share_one_call() {
-        assert_eq!(check(&[10, 12, 11, 12], 16384, 512).len(), 1);
+    fn jobs_arriving_close_together_join_one_batch() {
+        let (receiver, feeder) = trickle(5, 10, Duration::from_millis(5));
+        let mut pending = VecDeque::new();
+        let linger = Linger { max: Duration::from_secs(5), gap: Duration::from_millis(500) };
+        gather(&receiver, &mut pending, 1000, linger);
+        feeder.join().unwrap();
+        assert_eq!(pending.len(), 5);
     }
 
     #[test]
-    fn short_inputs_are_not_padded_to_a_long_one() {
-        let mut lengths = vec![12; 60];
-        lengths.push(200);
-        let calls = check(&lengths, 16384, 512);
-        assert_eq!(calls.len(), 2);
-        assert_eq!(calls[0], vec![60]);
+    fn a_gap_in_arrivals_ends_the_wait() {
+        let (receiver, feeder) = trickle(2, 10, Duration::from_millis(300));
+        let mut pending = VecDeque::new();
+        let started = Instant::now();
+        gather(&receiver, &mut pending, 1000, Linger { max: Duration::from_secs(5), gap: Duration::from_millis(20) });
+        assert!(pending.is_empty(), "nothing arrived within the gap");
+        assert!(started.elapsed() < Duration::from_secs(2), "waited past the gap");
+        drop(receiver);
+        feeder.join().unwrap();
     }
 
     #[test]
-    fn budget_and_rows_bound_each_call() {
-        let lengths: Vec<usize> = (0..3000).map(|i| 1 + (i * 37) % 300).collect();
-        check(&lengths, 4096, 64);
-        let calls = check(&[5000, 3, 3], 100, 8);
-        assert_eq!(calls[0], vec![0]);
-        assert!(check(&[], 100, 8).is_empty());
+    fn a_full_budget_or_no_linger_runs_at_once() {
+        let (receiver, feeder) = trickle(3, 10, Duration::from_millis(200));
+        let mut pending: VecDeque<Job> = [job(1000)].into();
+        let started = Instant::now();
+        gather(&receiver, &mut pending, 1000, Linger { max: Duration::from_secs(5), gap: Duration::from_secs(5) });
+        let mut waiting: VecDeque<Job> = [job(1)].into();
+        gather(&receiver, &mut waiting, 1000, Linger { max: Duration::ZERO, gap: Duration::from_secs(5) });
+        assert!(started.elapsed() < Duration::from_millis(150), "waited although the batch was full or lingering was off");
+        assert_eq!((pending.len(), waiting.len()), (1, 1));
+        drop(receiver);
+        feeder.join().unwrap();
     }
 }

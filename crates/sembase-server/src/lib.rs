@@ -35,7 +35,7 @@ mod search;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -46,7 +46,10 @@ pub use search::IndexSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
 pub use openapi::openapi_json;
 
-use batcher::Batcher;
+use batcher::{Batcher, Linger};
+
+/// A batch waiting for more requests runs once none has arrived for this long.
+const BATCH_ARRIVAL_GAP: Duration = Duration::from_millis(1);
 use metrics::Metrics;
 
 /// Limits and settings of a server.
@@ -56,6 +59,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Tokens per merged batch handed to the model.
     pub max_batch_tokens: usize,
+    /// The longest a batch below `max_batch_tokens` waits for more requests to join it
+    /// (it stops waiting early once no request has arrived for a millisecond).
+    pub max_batch_wait: Duration,
     /// Embedding and tokenize requests handled at once; more get 429.
     pub max_concurrent_requests: usize,
     /// Inputs per request.
@@ -71,6 +77,7 @@ impl Default for ServerConfig {
         Self {
             api_key: None,
             max_batch_tokens: 16384,
+            max_batch_wait: Duration::from_millis(5),
             max_concurrent_requests: 512,
             max_inputs: 2048,
             max_body_bytes: 8 << 20,
@@ -84,6 +91,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("max_batch_tokens", &self.max_batch_tokens)
+            .field("max_batch_wait", &self.max_batch_wait)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_inputs", &self.max_inputs)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -205,7 +213,8 @@ impl Server {
         let mut list = Vec::with_capacity(models.len());
         for spec in models {
             let metrics = self.state.metrics.model(spec.embedder.name());
-            let batcher = Batcher::start(spec.embedder.clone(), self.state.config.max_batch_tokens, metrics)?;
+            let linger = Linger { max: self.state.config.max_batch_wait, gap: BATCH_ARRIVAL_GAP };
+            let batcher = Batcher::start(spec.embedder.clone(), self.state.config.max_batch_tokens, linger, metrics)?;
             list.push(ServedModel {
                 embedder: spec.embedder,
                 prompts: spec.prompts,

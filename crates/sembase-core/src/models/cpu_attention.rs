@@ -2,10 +2,10 @@
 //!
 //! candle's batched matmul runs its batch serially and splits each small GEMM
 //! across threads, which is slow for the many short sequences of embedding
-//! work. This kernel instead gives each (sequence, head) pair to one thread,
-//! computes only the real `len x len` block of each sequence (no work on
-//! padding), and reads queries, keys and values straight from the `(batch,
-//! seq, hidden)` output of the projections, so no head transposes are copied.
+//! work. This kernel instead gives each (sequence, head) pair to one thread and
+//! works on packed sequences: queries, keys and values are `(tokens, hidden)`
+//! with the real tokens of every sequence one after another (no padding rows),
+//! read straight from the projections' output, so no head transposes are copied.
 //! It has no backward pass: training uses the composed ops in `encoder.rs`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -15,10 +15,13 @@ use rayon::prelude::*;
 pub struct CpuAttention<'a> {
     /// Number of heads; the hidden width is split evenly among them.
     pub heads: usize,
-    /// Real tokens of each sequence; padding rows of the output are zero.
-    pub lengths: &'a [usize],
-    /// Optional additive bias of shape `(heads, seq, seq)`, row-major.
+    /// The sequences, as (first row, tokens) in the packed input.
+    pub sequences: &'a [(usize, usize)],
+    /// Optional additive bias of shape `(heads, bias_width, bias_width)`, row-major,
+    /// indexed by positions within a sequence.
     pub bias: Option<&'a [f32]>,
+    /// The bias's width: at least the longest sequence.
+    pub bias_width: usize,
     /// Multiplies the scores before the bias is added.
     pub scale: f32,
 }
@@ -50,34 +53,36 @@ impl CustomOp3 for CpuAttention<'_> {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, seq, hidden) = q_layout.shape().dims3()?;
+        let (tokens, hidden) = q_layout.shape().dims2()?;
         if k_layout.shape() != q_layout.shape() || v_layout.shape() != q_layout.shape() {
             candle_core::bail!("cpu attention: q, k and v shapes differ");
         }
-        if self.lengths.len() != batch || self.lengths.iter().any(|&l| l > seq) {
-            candle_core::bail!("cpu attention: lengths do not fit the batch");
+        let in_order = self.sequences.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
+        if !in_order || self.sequences.iter().any(|&(start, len)| start + len > tokens) {
+            candle_core::bail!("cpu attention: sequences overlap or do not fit the {tokens} packed tokens");
         }
         if hidden % self.heads != 0 {
             candle_core::bail!("cpu attention: hidden {hidden} not divisible by {} heads", self.heads);
         }
         if let Some(bias) = self.bias {
-            if bias.len() != self.heads * seq * seq {
-                candle_core::bail!("cpu attention: bias has {} values, expected {}", bias.len(), self.heads * seq * seq);
+            let width = self.bias_width;
+            if bias.len() != self.heads * width * width || self.sequences.iter().any(|&(_, len)| len > width) {
+                candle_core::bail!("cpu attention: bias has {} values, not {} heads x {width} x {width} covering every sequence", bias.len(), self.heads);
             }
         }
         let (q, k, v) = (contiguous_f32(q, q_layout, "q")?, contiguous_f32(k, k_layout, "k")?, contiguous_f32(v, v_layout, "v")?);
         let head_dim = hidden / self.heads;
-        let mut out = vec![0f32; batch * seq * hidden];
+        let mut out = vec![0f32; tokens * hidden];
         let shared = SharedOut(out.as_mut_ptr());
-        (0..batch * self.heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+        (0..self.sequences.len() * self.heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
             let (b, h) = (task / self.heads, task % self.heads);
-            let len = self.lengths[b];
+            let (start, len) = self.sequences[b];
             if len == 0 {
                 return;
             }
-            let base = b * seq * hidden + h * head_dim;
+            let base = start * hidden + h * head_dim;
             scores.resize(len * len, 0.0);
-            // SAFETY: all pointers stay inside their slices: rows < len <= seq,
+            // SAFETY: all pointers stay inside their slices: rows start..start+len <= tokens,
             // columns < head_dim within this head's block of `hidden`.
             unsafe {
                 // scores (len x len) = scale * Q (len x d) . K^T (d x len)
@@ -91,16 +96,16 @@ impl CustomOp3 for CpuAttention<'_> {
             }
             for (i, row) in scores.chunks_mut(len).enumerate() {
                 if let Some(bias) = self.bias {
-                    let bias_row = &bias[(h * seq + i) * seq..][..len];
+                    let bias_row = &bias[(h * self.bias_width + i) * self.bias_width..][..len];
                     row.iter_mut().zip(bias_row).for_each(|(s, b)| *s += b);
                 }
                 softmax_in_place(row);
             }
             let out = shared;
-            // SAFETY: each (b, h) task writes rows b*seq..b*seq+len of its own head's
-            // columns, a region no other task touches.
+            // SAFETY: each (b, h) task writes rows start..start+len of its own head's
+            // columns, a region no other task touches (sequences do not overlap).
             unsafe {
-                // context (len x d) = P (len x len) . V (len x d), written into (batch, seq, hidden)
+                // context (len x d) = P (len x len) . V (len x d), written into (tokens, hidden)
                 gemm::gemm(
                     len, head_dim, len,
                     out.0.add(base), 1, hidden as isize, false,
@@ -110,7 +115,7 @@ impl CustomOp3 for CpuAttention<'_> {
                 );
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
 
@@ -125,7 +130,7 @@ fn softmax_in_place(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// Runs the kernel on `(batch, seq, hidden)` f32 projections on the CPU.
+/// Runs the kernel on packed `(tokens, hidden)` f32 projections on the CPU.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: CpuAttention<'_>) -> Result<Tensor> {
     q.apply_op3_no_bwd(k, v, &op)
 }

@@ -36,7 +36,7 @@ impl CustomOp3 for CpuLinear {
         b_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, in_dim) = x_layout.shape().dims2()?;
-        let (out_dim, w_in) = w_layout.shape().dims2()?;
+        let (w_in, out_dim) = w_layout.shape().dims2()?;
         if w_in != in_dim || b_layout.shape().dims1()? != out_dim {
             candle_core::bail!("cpu linear: shapes {:?} x {:?} + {:?} do not fit", x_layout.shape(), w_layout.shape(), b_layout.shape());
         }
@@ -46,13 +46,13 @@ impl CustomOp3 for CpuLinear {
         let threads = candle_core::utils::get_num_threads();
         let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: dimensions and strides describe exactly the three slices above:
-        // out (rows x out, row-major), x (rows x in, row-major), W^T (in x out) read from W (out x in).
+        // out (rows x out, row-major), x (rows x in, row-major), W^T (in x out, row-major).
         unsafe {
             gemm::gemm(
                 rows, out_dim, in_dim,
                 out.as_mut_ptr(), 1, out_dim as isize, true,
                 x.as_ptr(), 1, in_dim as isize,
-                w.as_ptr(), in_dim as isize, 1,
+                w.as_ptr(), 1, out_dim as isize,
                 1.0, 1.0, false, false, false, parallelism,
             );
         }
@@ -63,7 +63,7 @@ impl CustomOp3 for CpuLinear {
     }
 }
 
-/// Runs the kernel on `(rows, in)` input, `(out, in)` weight and `(out)` bias.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, op: CpuLinear) -> Result<Tensor> {
-    x.apply_op3_no_bwd(weight, bias, &op)
+/// Runs the kernel on `(rows, in)` input, `(in, out)` transposed weight and `(out)` bias.
+pub fn linear(x: &Tensor, weight_t: &Tensor, bias: &Tensor, op: CpuLinear) -> Result<Tensor> {
+    x.apply_op3_no_bwd(weight_t, bias, &op)
 }

@@ -2,7 +2,7 @@
 //! Architectures differ in their embeddings, their weight names and whether an
 //! attention bias other than the padding mask is added; the layers are the same.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
@@ -71,7 +71,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, plan: &AttentionPlan, train: bool) -> Result<Tensor> {
         let context = match plan {
             AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, train)?,
-            AttentionPlan::CpuKernel { lengths, bias } => self.attend_with_kernel(x, lengths, bias.as_deref())?,
+            AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing)?,
         };
         let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
         let x = self.attention_norm.forward(&(attended + x)?)?;
@@ -95,35 +95,98 @@ impl EncoderLayer {
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?)
     }
 
-    /// Attention through the CPU inference kernel (no padding work, no transposes).
-    fn attend_with_kernel(&self, x: &Tensor, lengths: &[usize], bias: Option<&[f32]>) -> Result<Tensor> {
-        let (_, _, h) = x.dims3()?;
-        let op = CpuAttention { heads: self.heads, lengths, bias, scale: self.scale(h) as f32 };
+    /// Attention through the CPU inference kernel over packed `(tokens, hidden)` rows.
+    fn attend_with_kernel(&self, x: &Tensor, packing: &Packing) -> Result<Tensor> {
+        let (_, h) = x.dims2()?;
+        let op = CpuAttention {
+            heads: self.heads,
+            sequences: &packing.sequences,
+            bias: packing.bias.as_deref(),
+            bias_width: packing.width,
+            scale: self.scale(h) as f32,
+        };
         Ok(cpu_attention::attention(&self.query.forward(x)?, &self.key.forward(x)?, &self.value.forward(x)?, op)?)
     }
 }
 
 /// How the layers compute attention for one forward pass, decided once.
 enum AttentionPlan {
-    /// Composed candle ops (training, or devices other than the CPU).
+    /// Composed candle ops over the padded batch (training, devices other than the
+    /// CPU, or a mask that is not right padding).
     Ops { bias: Tensor },
-    /// The CPU kernel, with each row's real length and the architecture's bias as host values.
-    CpuKernel { lengths: Vec<usize>, bias: Option<Vec<f32>> },
+    /// The CPU kernel over packed sequences: the layers see only real tokens.
+    Packed(Packing),
+}
+
+/// Where the real tokens of a right-padded `(batch, width, hidden)` batch sit once packed.
+struct Packing {
+    /// (first packed row, tokens) per sequence.
+    sequences: Vec<(usize, usize)>,
+    /// Padded width of the batch.
+    width: usize,
+    /// Row of each real token in the flattened `(batch * width)` batch; `None` when
+    /// there is no padding and packing changes nothing.
+    rows: Option<Tensor>,
+    /// The architecture's extra attention bias, `(heads, width, width)`, as host values.
+    bias: Option<Vec<f32>>,
 }
 
 impl AttentionPlan {
     fn new(x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Self> {
-        if train || x.track_op() || !x.device().is_cpu() {
-            let bias = padding_bias(mask)?;
-            let bias = match extra_bias {
-                Some(extra) => bias.broadcast_add(extra)?,
-                None => bias,
-            };
-            return Ok(Self::Ops { bias });
+        if !(train || x.track_op() || !x.device().is_cpu()) {
+            if let Some(packing) = Packing::new(mask, extra_bias)? {
+                return Ok(Self::Packed(packing));
+            }
         }
-        let lengths = mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?.into_iter().map(|l| l as usize).collect();
+        let bias = padding_bias(mask)?;
+        let bias = match extra_bias {
+            Some(extra) => bias.broadcast_add(extra)?,
+            None => bias,
+        };
+        Ok(Self::Ops { bias })
+    }
+}
+
+impl Packing {
+    /// The packing of a batch with `mask` (1 real, 0 padding), or `None` when some row
+    /// is not right-padded (a real token after padding).
+    fn new(mask: &Tensor, extra_bias: Option<&Tensor>) -> Result<Option<Self>> {
+        let (batch, width) = mask.dims2()?;
+        let mask = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut sequences = Vec::with_capacity(batch);
+        let mut rows = Vec::new();
+        for (b, row) in mask.iter().enumerate() {
+            let len = row.iter().take_while(|&&m| m != 0.0).count();
+            if row[len..].iter().any(|&m| m != 0.0) {
+                return Ok(None);
+            }
+            sequences.push((rows.len(), len));
+            rows.extend((0..len).map(|t| (b * width + t) as u32));
+        }
+        let rows = if rows.len() == batch * width { None } else { Some(Tensor::new(rows, &Device::Cpu)?) };
         let bias = extra_bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
-        Ok(Self::CpuKernel { lengths, bias })
+        Ok(Some(Self { sequences, width, rows, bias }))
+    }
+
+    /// `(batch, width, hidden)` -> `(tokens, hidden)`: the real tokens only.
+    fn pack(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, width, hidden) = x.dims3()?;
+        let flat = x.reshape((batch * width, hidden))?;
+        Ok(match &self.rows {
+            Some(rows) => flat.index_select(rows, 0)?,
+            None => flat,
+        })
+    }
+
+    /// `(tokens, hidden)` -> `(batch, width, hidden)`, padding rows zero.
+    fn unpack(&self, packed: &Tensor) -> Result<Tensor> {
+        let (_, hidden) = packed.dims2()?;
+        let (batch, width) = (self.sequences.len(), self.width);
+        let flat = match &self.rows {
+            Some(rows) => Tensor::zeros((batch * width, hidden), packed.dtype(), packed.device())?.index_add(rows, packed, 0)?,
+            None => packed.clone(),
+        };
+        Ok(flat.reshape((batch, width, hidden))?)
     }
 }
 
@@ -153,11 +216,17 @@ impl Encoder {
     /// scores (MPNet's relative positions).
     pub fn forward(&self, x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let plan = AttentionPlan::new(x, mask, extra_bias, train)?;
-        let mut x = x.clone();
+        let mut hidden = match &plan {
+            AttentionPlan::Packed(packing) => packing.pack(x)?,
+            AttentionPlan::Ops { .. } => x.clone(),
+        };
         for layer in &self.layers {
-            x = layer.forward(&x, &plan, train)?;
+            hidden = layer.forward(&hidden, &plan, train)?;
         }
-        Ok(x)
+        match &plan {
+            AttentionPlan::Packed(packing) => packing.unpack(&hidden),
+            AttentionPlan::Ops { .. } => Ok(hidden),
+        }
     }
 }
 
@@ -167,4 +236,27 @@ fn padding_bias(mask: &Tensor) -> Result<Tensor> {
     let mask = mask.to_dtype(DType::F32)?;
     let bias = ((mask - 1.0)? * -(f32::MIN as f64))?;
     Ok(bias.reshape((b, 1, 1, s))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_real_tokens_and_restores_padding_as_zeros() {
+        let mask = Tensor::new(&[[1u32, 1, 0], [1, 1, 1]], &Device::Cpu).unwrap();
+        let packing = Packing::new(&mask, None).unwrap().expect("right-padded");
+        assert_eq!(packing.sequences, vec![(0, 2), (2, 3)]);
+        let x = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((2, 3, 2)).unwrap();
+        let packed = packing.pack(&x).unwrap();
+        assert_eq!(packed.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![2., 3.], vec![6., 7.], vec![8., 9.], vec![10., 11.]]);
+        let restored = packing.unpack(&packed).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(restored, vec![0., 1., 2., 3., 0., 0., 6., 7., 8., 9., 10., 11.]);
+    }
+
+    #[test]
+    fn a_mask_that_is_not_right_padding_is_not_packed() {
+        let mask = Tensor::new(&[[0u32, 1, 1]], &Device::Cpu).unwrap();
+        assert!(Packing::new(&mask, None).unwrap().is_none());
+    }
 }

@@ -5,6 +5,8 @@
 //! and last-dim softmax have none, so when a tensor takes part in a gradient
 //! graph (`track_op`), these blocks switch to compositions of differentiable ops.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,6 +20,18 @@ use crate::error::Result;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The CPU inference kernel's copy of the weights, made on its first use.
+    kernel_weights: OnceLock<KernelWeights>,
+}
+
+/// The weights as the CPU inference kernel reads them.
+#[derive(Debug, Clone)]
+struct KernelWeights {
+    /// `W^T`, `(in, out)` row-major: the GEMM then streams the weights as they are
+    /// instead of repacking all of them on every call (which dominated small batches).
+    weight_t: Tensor,
+    /// The bias, or zeros.
+    bias: Tensor,
 }
 
 impl Linear {
@@ -30,7 +44,7 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, kernel_weights: OnceLock::new() })
     }
 
     /// Output width.
@@ -52,9 +66,10 @@ impl Linear {
         let flat = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
-        if let Some(bias) = self.kernel_bias(x) {
+        if self.kernel_applies(x) {
             let gelu = activation == Some(Activation::Gelu);
-            let y = cpu_linear::linear(&flat.contiguous()?, &self.weight, bias, CpuLinear { gelu })?.reshape(out_dims)?;
+            let kernel = self.kernel_weights()?;
+            let y = cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?.reshape(out_dims)?;
             return match activation {
                 Some(a) if !gelu => a.forward(&y),
                 _ => Ok(y),
@@ -71,11 +86,26 @@ impl Linear {
         }
     }
 
-    /// The bias, when this call can take the CPU inference kernel.
-    fn kernel_bias(&self, x: &Tensor) -> Option<&Tensor> {
+    /// Whether this call can take the CPU inference kernel: f32 on the CPU, outside
+    /// any gradient graph (trained weights are variables, so their cache never goes stale).
+    fn kernel_applies(&self, x: &Tensor) -> bool {
         let inference = !x.track_op() && !self.weight.track_op() && x.device().is_cpu();
-        let f32s = x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 && self.weight.is_contiguous();
-        self.bias.as_ref().filter(|b| inference && f32s && b.dtype() == DType::F32 && b.is_contiguous())
+        let f32s = x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32 && !b.track_op());
+        inference && f32s
+    }
+
+    fn kernel_weights(&self) -> Result<&KernelWeights> {
+        if let Some(weights) = self.kernel_weights.get() {
+            return Ok(weights);
+        }
+        let weight_t = self.weight.t()?.contiguous()?;
+        let bias = match &self.bias {
+            Some(bias) => bias.contiguous()?,
+            None => Tensor::zeros(self.out_dim(), DType::F32, self.weight.device())?,
+        };
+        Ok(self.kernel_weights.get_or_init(|| KernelWeights { weight_t, bias }))
     }
 }
 
