@@ -140,8 +140,10 @@ fn pool(mode: PoolingMode, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
             states.broadcast_add(&penalty)?.max(1)?
         }
         PoolingMode::LastToken => {
-            let (b, _, h) = states.dims3()?;
-            let last = (counts - 1.0)?.clamp(0.0, f64::MAX)?.to_dtype(DType::U32)?; // (b, 1)
+            // The last real position, wherever the padding is (left or right).
+            let (b, s, h) = states.dims3()?;
+            let positions = Tensor::arange(0f32, s as f32, states.device())?.unsqueeze(0)?; // (1, s)
+            let last = positions.broadcast_mul(mask)?.max_keepdim(1)?.to_dtype(DType::U32)?; // (b, 1)
             let index = last.unsqueeze(2)?.broadcast_as((b, 1, h))?.contiguous()?;
             states.gather(&index, 1)?.squeeze(1)?
         }
@@ -173,6 +175,14 @@ mod tests {
         assert_eq!(run(PoolingMode::LastToken), vec![vec![5., -6.], vec![2., 8.]]);
         let sqrt = run(PoolingMode::MeanSqrtLen);
         assert!((sqrt[1][1] - 8.0 / 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn last_token_finds_the_last_real_position_under_left_padding() {
+        let states = Tensor::new(&[[[100f32, 100.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[0u32, 1, 1], [1, 1, 0]], &Device::Cpu).unwrap();
+        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+        assert_eq!(pooled, vec![vec![5., -6.], vec![2., 8.]]);
     }
 
     #[test]

@@ -127,6 +127,51 @@ fn qwen3_tiny_training_path() {
     training("qwen3_tiny");
 }
 
+/// Left padding (as Qwen3-Embedding's tokenizer asks for) gives the same real-token
+/// states and last-token vectors as the reference's right-padded batch: positions
+/// count real tokens only, and pooling finds the last real token wherever it is.
+fn left_padded(name: &str, training_path: bool) {
+    let dir = fixture_dir(name);
+    let model = if training_path {
+        let cfg = DecoderConfig::from_dir(&dir).unwrap();
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
+        varmap.load(dir.join("model.safetensors")).unwrap();
+        model
+    } else {
+        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &Device::Cpu, false, true).unwrap()
+    };
+    let e = read_expected(&dir);
+    let width = e.ids[0].len();
+    let lengths: Vec<usize> = e.mask.iter().map(|row| row.iter().filter(|&&m| m == 1).count()).collect();
+    assert!(lengths.iter().any(|&n| n < width), "{name}: the fixture has no padding to move");
+    let shift = |row: &[u32], n: usize, fill: u32| -> Vec<u32> {
+        std::iter::repeat_n(fill, width - n).chain(row[..n].iter().copied()).collect()
+    };
+    let ids: Vec<Vec<u32>> = e.ids.iter().zip(&lengths).map(|(row, &n)| shift(row, n, row[n.min(width - 1)])).collect();
+    let mask: Vec<Vec<u32>> = lengths.iter().map(|&n| shift(&vec![1; width], n, 0)).collect();
+    let (ids, mask) = (Tensor::new(ids, &Device::Cpu).unwrap(), Tensor::new(mask, &Device::Cpu).unwrap());
+    let states: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
+    for (r, &n) in lengths.iter().enumerate() {
+        for t in 0..n {
+            assert_close(&format!("{name} left-padded row {r} position {t}"), &states[r][width - n + t], &e.states[r][t], MIN_COSINE);
+        }
+    }
+    let states = model.forward(&ids, &mask, false).unwrap();
+    let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+    for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
+        assert_close(&format!("{name} left-padded pooled row {r}"), v, w, MIN_COSINE);
+    }
+}
+
+#[test]
+fn left_padding_matches_transformers() {
+    left_padded("llama_tiny", false);
+    left_padded("qwen3_tiny", false);
+    left_padded("qwen3_tiny", true);
+}
+
 /// The numbers really depend on the mask: marking a padded position as real changes them.
 #[test]
 fn padding_mask_is_honoured() {

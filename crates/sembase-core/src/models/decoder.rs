@@ -288,14 +288,46 @@ struct RopeTables {
 }
 
 impl RopeTables {
+    /// Tables for positions `0..seq`, shared by every row.
     fn new(inv_freq: &[f64], seq: usize, layout: RopeLayout, device: &Device) -> Result<Self> {
+        let positions: Vec<usize> = (0..seq).collect();
+        Self::from_positions(inv_freq, &positions, &[seq], layout, device)
+    }
+
+    /// Tables for a padded batch: a token's position counts the real tokens before it,
+    /// so a left-padded row rotates exactly as it would unpadded. Rows that are all
+    /// right-padded share one `(seq, half)` table; otherwise each row gets its own.
+    fn for_mask(inv_freq: &[f64], mask: &Tensor, layout: RopeLayout) -> Result<Self> {
+        let (batch, seq) = mask.dims2()?;
+        let rows = mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let right_padded = rows.iter().all(|row| row.windows(2).all(|w| w[0] >= w[1]));
+        if right_padded {
+            return Self::new(inv_freq, seq, layout, mask.device());
+        }
+        let positions: Vec<usize> = rows
+            .iter()
+            .flat_map(|row| {
+                row.iter().scan(0usize, |real_before, &m| {
+                    let position = *real_before;
+                    *real_before += usize::from(m != 0);
+                    Some(position)
+                })
+            })
+            .collect();
+        Self::from_positions(inv_freq, &positions, &[batch, seq], layout, mask.device())
+    }
+
+    /// Tables of shape `leading x half` for the given flattened positions.
+    fn from_positions(inv_freq: &[f64], positions: &[usize], leading: &[usize], layout: RopeLayout, device: &Device) -> Result<Self> {
         let half = inv_freq.len();
-        let angles: Vec<f64> = (0..seq).flat_map(|p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
+        let angles: Vec<f64> = positions.iter().flat_map(|&p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
         let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
         let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
+        let mut shape = leading.to_vec();
+        shape.push(half);
         Ok(Self {
-            cos: Tensor::from_vec(cos, (seq, half), device)?,
-            sin: Tensor::from_vec(sin, (seq, half), device)?,
+            cos: Tensor::from_vec(cos, shape.clone(), device)?,
+            sin: Tensor::from_vec(sin, shape, device)?,
             layout,
         })
     }
@@ -310,10 +342,15 @@ impl RopeTables {
             });
         }
         let (b, h, s, d) = x.dims4()?;
+        // Per-row tables `(batch, seq, half)` broadcast over the heads.
+        let (cos, sin) = match self.cos.rank() {
+            3 => (self.cos.unsqueeze(1)?, self.sin.unsqueeze(1)?),
+            _ => (self.cos.clone(), self.sin.clone()),
+        };
         match self.layout {
             RopeLayout::Half => {
-                let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?;
-                let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?;
+                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
                 let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
                 let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
                 Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
@@ -321,8 +358,8 @@ impl RopeTables {
             RopeLayout::Interleaved => {
                 let pairs = x.reshape((b, h, s, d / 2, 2))?;
                 let (x0, x1) = (pairs.narrow(4, 0, 1)?.squeeze(4)?, pairs.narrow(4, 1, 1)?.squeeze(4)?);
-                let y0 = (x0.broadcast_mul(&self.cos)? - x1.broadcast_mul(&self.sin)?)?;
-                let y1 = (x0.broadcast_mul(&self.sin)? + x1.broadcast_mul(&self.cos)?)?;
+                let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
                 Ok(Tensor::stack(&[&y0, &y1], 4)?.reshape((b, h, s, d))?)
             }
         }
@@ -485,7 +522,7 @@ impl DecoderModel {
         })
     }
 
-    /// Logits `(batch, vocab)` at each row's last real token (right padding).
+    /// Logits `(batch, vocab)` at each row's last real token (left or right padding).
     pub fn next_token_logits(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
         let states = self.forward_states(ids, mask)?;
@@ -500,7 +537,7 @@ impl DecoderModel {
         }
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         let mut x = self.embed.index_select(&flat, 0)?.reshape((b, s, self.hidden_size))?;
-        let rope = RopeTables::new(&self.inv_freq, s, self.layout, ids.device())?;
+        let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
         let bias = causal_padding_bias(mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &rope, &bias)?;
