@@ -127,6 +127,36 @@ fn qwen3_tiny_training_path() {
     training("qwen3_tiny");
 }
 
+/// A bf16 checkpoint stays bf16 in memory (half of f32) and still matches the f32
+/// reference: each matmul converts its matrix as it runs. Random tiny weights rounded
+/// to bf16 move the numbers slightly, hence the looser bound.
+#[test]
+fn bf16_weights_are_kept_in_bf16() {
+    for name in ["llama_tiny", "qwen2_tiny", "qwen3_tiny"] {
+        let dir = fixture_dir(name);
+        let half_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("config.json"), half_dir.path().join("config.json")).unwrap();
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let half: std::collections::HashMap<String, Tensor> =
+            tensors.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
+        let file = half_dir.path().join("model.safetensors");
+        candle_core::safetensors::save(&half, &file).unwrap();
+        let model = load_decoder_dir(half_dir.path(), &[file], &Device::Cpu, false, true).unwrap();
+        assert_eq!(model.weight_dtype(), DType::BF16, "{name}");
+        let e = read_expected(&dir);
+        let (ids, mask) = batch(&e);
+        let states = model.forward(&ids, &mask, false).unwrap();
+        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+        for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
+            assert_close(&format!("{name} bf16 pooled row {r}"), v, w, 0.999);
+        }
+        let logits: Vec<Vec<f32>> = model.next_token_logits(&ids, &mask).unwrap().to_vec2().unwrap();
+        for (r, (v, w)) in logits.iter().zip(&e.logits).enumerate() {
+            assert_close(&format!("{name} bf16 logits row {r}"), v, w, 0.999);
+        }
+    }
+}
+
 /// Left padding (as Qwen3-Embedding's tokenizer asks for) gives the same real-token
 /// states and last-token vectors as the reference's right-padded batch: positions
 /// count real tokens only, and pooling finds the last real token wherever it is.

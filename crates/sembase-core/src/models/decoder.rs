@@ -190,9 +190,10 @@ impl<'a> DecoderWeights<'a> {
         self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })
     }
 
-    /// A norm's scale vector named `weight`.
+    /// A norm's scale vector named `weight`, in f32 whatever the checkpoint's precision.
     fn scale(&self, dim: usize) -> Result<Tensor> {
-        self.dense("weight", &[dim], candle_nn::Init::Const(1.0))
+        let scale = self.dense("weight", &[dim], candle_nn::Init::Const(1.0))?;
+        Ok(if scale.dtype() == DType::F32 { scale } else { scale.to_dtype(DType::F32)? })
     }
 
     /// A linear map `in_dim -> out_dim` (`weight` `(out, in)`, optional `bias`).
@@ -522,6 +523,11 @@ impl DecoderModel {
         })
     }
 
+    /// The precision the weights are kept in (f32, or bf16/f16 as the checkpoint had them).
+    pub fn weight_dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
     /// Logits `(batch, vocab)` at each row's last real token (left or right padding).
     pub fn next_token_logits(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
@@ -536,7 +542,7 @@ impl DecoderModel {
             return Err(Error::InputTooLong { index: 0, tokens: s, limit: self.max_tokens });
         }
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        let mut x = self.embed.index_select(&flat, 0)?.reshape((b, s, self.hidden_size))?;
+        let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((b, s, self.hidden_size))?;
         let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
         let bias = causal_padding_bias(mask)?;
         for layer in &self.layers {

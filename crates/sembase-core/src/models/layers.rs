@@ -20,7 +20,8 @@ use crate::error::Result;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// The CPU inference kernel's copy of the weights, made on its first use.
+    /// The CPU inference kernel's copy of f32 weights, made on its first use
+    /// (half-precision weights are converted per call instead, keeping their memory small).
     kernel_weights: OnceLock<KernelWeights>,
 }
 
@@ -68,7 +69,13 @@ impl Linear {
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
         if self.kernel_applies(x) {
             let gelu = activation == Some(Activation::Gelu);
-            let kernel = self.kernel_weights()?;
+            let fresh;
+            let kernel = if self.weight.dtype() == DType::F32 {
+                self.kernel_weights()?
+            } else {
+                fresh = self.convert_kernel_weights()?;
+                &fresh
+            };
             let y = cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?.reshape(out_dims)?;
             return match activation {
                 Some(a) if !gelu => a.forward(&y),
@@ -86,26 +93,32 @@ impl Linear {
         }
     }
 
-    /// Whether this call can take the CPU inference kernel: f32 on the CPU, outside
-    /// any gradient graph (trained weights are variables, so their cache never goes stale).
+    /// Whether this call can take the CPU inference kernel: f32 input on the CPU (f32,
+    /// bf16 or f16 weights), outside any gradient graph (trained weights are variables,
+    /// so the kernel's cached copy never goes stale).
     fn kernel_applies(&self, x: &Tensor) -> bool {
         let inference = !x.track_op() && !self.weight.track_op() && x.device().is_cpu();
-        let f32s = x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32 && !b.track_op());
-        inference && f32s
+        let floats = matches!(self.weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
+        inference && floats && x.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| !b.track_op())
     }
 
+    /// The kernel's weights for f32 weights, made once.
     fn kernel_weights(&self) -> Result<&KernelWeights> {
         if let Some(weights) = self.kernel_weights.get() {
             return Ok(weights);
         }
-        let weight_t = self.weight.t()?.contiguous()?;
+        let weights = self.convert_kernel_weights()?;
+        Ok(self.kernel_weights.get_or_init(|| weights))
+    }
+
+    /// `W^T` and the bias in f32, from weights of any float precision.
+    fn convert_kernel_weights(&self) -> Result<KernelWeights> {
+        let weight_t = self.weight.t()?.to_dtype(DType::F32)?.contiguous()?;
         let bias = match &self.bias {
-            Some(bias) => bias.contiguous()?,
+            Some(bias) => bias.to_dtype(DType::F32)?.contiguous()?,
             None => Tensor::zeros(self.out_dim(), DType::F32, self.weight.device())?,
         };
-        Ok(self.kernel_weights.get_or_init(|| KernelWeights { weight_t, bias }))
+        Ok(KernelWeights { weight_t, bias })
     }
 }
 

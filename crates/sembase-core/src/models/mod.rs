@@ -70,8 +70,9 @@ pub fn load_decoder(w: &DecoderWeights, cfg: &DecoderConfig, with_lm_head: bool)
 }
 
 /// Loads the decoder of a model directory: `config.json` in `dir`, weights in
-/// safetensors (memory-mapped, computed in f32) or one GGUF file (quantised
-/// matmuls, or dequantised to f32 when `dequantize`).
+/// safetensors (memory-mapped; f32 kept as f32, and bf16/f16 kept in their half
+/// precision, converted to f32 one matrix at a time as each matmul runs) or one GGUF
+/// file (quantised matmuls, or dequantised to f32 when `dequantize`).
 pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, dequantize: bool, with_lm_head: bool) -> Result<DecoderModel> {
     let cfg = DecoderConfig::from_dir(dir)?;
     match weight_files {
@@ -80,9 +81,27 @@ pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, d
             load_decoder(&w, &cfg, with_lm_head)
         }
         files => {
+            let dtype = stored_float_dtype(files)?;
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
             load_decoder(&DecoderWeights::from_var_builder(vb), &cfg, with_lm_head)
         }
     }
+}
+
+/// The precision the weights are kept in: that of the checkpoint's matrices when it is
+/// bf16 or f16 (half the memory of f32), otherwise f32.
+fn stored_float_dtype(files: &[PathBuf]) -> Result<DType> {
+    // SAFETY: as above, read-only mappings of files that must not change while loaded.
+    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files)? };
+    let matrices: Vec<DType> = tensors
+        .tensors()
+        .iter()
+        .filter(|(_, view)| view.shape().len() == 2)
+        .filter_map(|(_, view)| DType::try_from(view.dtype()).ok())
+        .collect();
+    Ok(match matrices.first() {
+        Some(&half @ (DType::BF16 | DType::F16)) if matrices.iter().all(|&d| d == half) => half,
+        _ => DType::F32,
+    })
 }
