@@ -13,12 +13,13 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::decoder_config::DecoderConfig;
 use super::layers::{softmax_last_dim, Activation, Linear};
+use super::q4_1::Q4_1Matrix;
 use super::TextEncoder;
 use crate::error::{Error, Result};
 
@@ -212,6 +213,10 @@ impl<'a> DecoderWeights<'a> {
                     )));
                 }
                 let bias = if with_bias { Some(bias()?) } else { None };
+                if q.dtype() == GgmlDType::Q4_1 && g.device.is_cpu() && !g.dequantize {
+                    let weights = Q4_1Matrix::new(q.data()?.into_owned(), out_dim, in_dim)?;
+                    return Ok(DecoderLinear::Q4_1 { weights, bias });
+                }
                 if g.dequantize {
                     let mut tensors = HashMap::from([("weight".to_string(), q.dequantize(&g.device)?)]);
                     if let Some(b) = bias {
@@ -227,11 +232,13 @@ impl<'a> DecoderWeights<'a> {
     }
 }
 
-/// A linear map with dense f32 weights or a quantised matrix.
+/// A linear map with dense weights or a quantised matrix.
 #[derive(Debug, Clone)]
 pub enum DecoderLinear {
     Dense(Linear),
     Quantized { matmul: QMatMul, bias: Option<Tensor> },
+    /// GGUF Q4_1 on the CPU, through sembase's own kernel (candle's is scalar).
+    Q4_1 { weights: Q4_1Matrix, bias: Option<Tensor> },
 }
 
 impl DecoderLinear {
@@ -239,8 +246,12 @@ impl DecoderLinear {
     pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         match self {
             Self::Dense(linear) => linear.forward_then(x, activation),
-            Self::Quantized { matmul, bias } => {
-                let mut y = matmul.forward(&x.contiguous()?)?;
+            Self::Quantized { .. } | Self::Q4_1 { .. } => {
+                let (mut y, bias) = match self {
+                    Self::Quantized { matmul, bias } => (matmul.forward(&x.contiguous()?)?, bias),
+                    Self::Q4_1 { weights, bias } => (q4_1_forward(weights, x)?, bias),
+                    Self::Dense(_) => unreachable!("handled above"),
+                };
                 if let Some(b) = bias {
                     y = y.broadcast_add(b)?;
                 }
@@ -256,6 +267,17 @@ impl DecoderLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_then(x, None)
     }
+}
+
+/// `x W^T` over the last dimension of `x` with Q4_1 weights.
+fn q4_1_forward(weights: &Q4_1Matrix, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = *dims.last().ok_or_else(|| Error::Unsupported("Q4_1 matmul of a scalar".into()))?;
+    let rows = x.elem_count() / in_dim.max(1);
+    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = weights.out_dim();
+    Ok(Tensor::from_vec(weights.matmul(&values, rows), out_dims, x.device())?)
 }
 
 /// Root-mean-square normalisation over the last dimension with a learned scale.

@@ -12,6 +12,7 @@ mod fast_math;
 pub mod layers;
 pub mod llama;
 pub mod mpnet;
+mod q4_1;
 pub mod qwen2;
 pub mod qwen3;
 pub mod xlm_roberta;
