@@ -21,6 +21,7 @@ pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize
     let options = LoadOptions {
         max_seq_length,
         batch: BatchLimits { max_tokens: batch_tokens.max(1), ..BatchLimits::default() },
+        device: sembase_core::device::from_env()?,
         ..LoadOptions::default()
     };
     LocalEmbedder::load(&dir, name, options).with_context(|| format!("loading model {}", dir.display()))

@@ -19,6 +19,9 @@ pub enum Error {
     #[error("unsupported model: {0}")]
     Unsupported(String),
     /// The tokenizer failed.
+    #[error("device: {0}")]
+    Device(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// Tensor computation failed (shapes, missing weights).

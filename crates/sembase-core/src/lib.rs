@@ -6,6 +6,7 @@
 
 pub mod batching;
 pub mod dense;
+pub mod device;
 pub mod embedder;
 pub mod error;
 mod files;

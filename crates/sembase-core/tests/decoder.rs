@@ -21,6 +21,12 @@ use sembase_core::vectors::cosine;
 
 const MIN_COSINE: f32 = 0.9999;
 
+/// The device under test: `SEMBASE_DEVICE` (the CPU unless set; bench/gpu_check.sh
+/// runs these tests on CUDA).
+fn test_device() -> Device {
+    sembase_core::device::from_env().expect("SEMBASE_DEVICE names a usable device")
+}
+
 #[derive(Deserialize)]
 struct Expected {
     ids: Vec<Vec<u32>>,
@@ -39,8 +45,8 @@ fn read_expected(dir: &Path) -> Expected {
 }
 
 fn batch(e: &Expected) -> (Tensor, Tensor) {
-    let ids = Tensor::new(e.ids.clone(), &Device::Cpu).unwrap();
-    let mask = Tensor::new(e.mask.clone(), &Device::Cpu).unwrap();
+    let ids = Tensor::new(e.ids.clone(), &test_device()).unwrap();
+    let mask = Tensor::new(e.mask.clone(), &test_device()).unwrap();
     (ids, mask)
 }
 
@@ -72,7 +78,7 @@ fn check(name: &str, model: &DecoderModel, e: &Expected) {
 
 fn inference(name: &str) {
     let dir = fixture_dir(name);
-    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &Device::Cpu, false, true).unwrap();
+    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true).unwrap();
     check(name, &model, &read_expected(&dir));
 }
 
@@ -82,7 +88,7 @@ fn training(name: &str) {
     let dir = fixture_dir(name);
     let cfg = DecoderConfig::from_dir(&dir).unwrap();
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
     let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
     // Fill the fresh variables from the checkpoint (names under `model.`; a
     // tied lm_head shares the embedding variable).
@@ -136,12 +142,12 @@ fn bf16_weights_are_kept_in_bf16() {
         let dir = fixture_dir(name);
         let half_dir = tempfile::tempdir().unwrap();
         std::fs::copy(dir.join("config.json"), half_dir.path().join("config.json")).unwrap();
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &test_device()).unwrap();
         let half: std::collections::HashMap<String, Tensor> =
             tensors.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
         let file = half_dir.path().join("model.safetensors");
         candle_core::safetensors::save(&half, &file).unwrap();
-        let model = load_decoder_dir(half_dir.path(), &[file], &Device::Cpu, false, true).unwrap();
+        let model = load_decoder_dir(half_dir.path(), &[file], &test_device(), false, true).unwrap();
         assert_eq!(model.weight_dtype(), DType::BF16, "{name}");
         let e = read_expected(&dir);
         let (ids, mask) = batch(&e);
@@ -165,12 +171,12 @@ fn left_padded(name: &str, training_path: bool) {
     let model = if training_path {
         let cfg = DecoderConfig::from_dir(&dir).unwrap();
         let mut varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
         let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
         varmap.load(dir.join("model.safetensors")).unwrap();
         model
     } else {
-        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &Device::Cpu, false, true).unwrap()
+        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true).unwrap()
     };
     let e = read_expected(&dir);
     let width = e.ids[0].len();
@@ -181,7 +187,7 @@ fn left_padded(name: &str, training_path: bool) {
     };
     let ids: Vec<Vec<u32>> = e.ids.iter().zip(&lengths).map(|(row, &n)| shift(row, n, row[n.min(width - 1)])).collect();
     let mask: Vec<Vec<u32>> = lengths.iter().map(|&n| shift(&vec![1; width], n, 0)).collect();
-    let (ids, mask) = (Tensor::new(ids, &Device::Cpu).unwrap(), Tensor::new(mask, &Device::Cpu).unwrap());
+    let (ids, mask) = (Tensor::new(ids, &test_device()).unwrap(), Tensor::new(mask, &test_device()).unwrap());
     let states: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
     for (r, &n) in lengths.iter().enumerate() {
         for t in 0..n {
@@ -206,14 +212,14 @@ fn left_padding_matches_transformers() {
 #[test]
 fn padding_mask_is_honoured() {
     let dir = fixture_dir("llama_tiny");
-    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &Device::Cpu, false, false).unwrap();
+    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, false).unwrap();
     let e = read_expected(&dir);
     let (ids, mask) = batch(&e);
     let states: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
     // Row 1 alone (no padding) gives the same states for its real positions.
     let n = e.mask[1].iter().filter(|&&m| m == 1).count();
-    let alone_ids = Tensor::new(vec![e.ids[1][..n].to_vec()], &Device::Cpu).unwrap();
-    let alone_mask = Tensor::new(vec![vec![1u32; n]], &Device::Cpu).unwrap();
+    let alone_ids = Tensor::new(vec![e.ids[1][..n].to_vec()], &test_device()).unwrap();
+    let alone_mask = Tensor::new(vec![vec![1u32; n]], &test_device()).unwrap();
     let alone: Vec<Vec<Vec<f32>>> = model.forward(&alone_ids, &alone_mask, false).unwrap().to_vec3().unwrap();
     for t in 0..n {
         assert_close(&format!("row 1 alone, position {t}"), &alone[0][t], &states[1][t], MIN_COSINE);
@@ -293,8 +299,8 @@ fn smollm2_knows_the_capital_of_france() {
     let ids = tokenizer.encode(g.prompt.as_str(), true).unwrap().get_ids().to_vec();
     assert_eq!(ids, g.ids);
     for dequantize in [false, true] {
-        let model = load_decoder_dir(&dir, &[dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")], &Device::Cpu, dequantize, true).unwrap();
-        let ids_t = Tensor::new(vec![ids.clone()], &Device::Cpu).unwrap();
+        let model = load_decoder_dir(&dir, &[dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")], &test_device(), dequantize, true).unwrap();
+        let ids_t = Tensor::new(vec![ids.clone()], &test_device()).unwrap();
         let mask = ids_t.ones_like().unwrap();
         let logits = model.next_token_logits(&ids_t, &mask).unwrap();
         let next = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];

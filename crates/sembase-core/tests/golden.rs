@@ -97,7 +97,9 @@ fn check_model(name: &str) {
     let golden: Golden = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
     let store = sembase_hub::Store::from_env().unwrap();
     let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
-    let model = LocalEmbedder::load(&dir, name, LoadOptions::default()).unwrap();
+    // The device under test: SEMBASE_DEVICE (the CPU unless set; bench/gpu_check.sh runs these on CUDA).
+    let device = sembase_core::device::from_env().expect("SEMBASE_DEVICE names a usable device");
+    let model = LocalEmbedder::load(&dir, name, LoadOptions { device, ..LoadOptions::default() }).unwrap();
     assert_eq!(model.max_tokens(), golden.max_seq_length, "token limit");
     let texts = sentences();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
