@@ -19,9 +19,11 @@ mean-pools with the mask; its timing includes tokenization. Tokens are the real 
 that tokenizer gives, the same count for every engine. Each figure is the median of --repeats
 runs after one warm-up run; the engines take turns within each repeat.
 
-Also printed: the minimum cosine, over the first 64 texts of each workload, of sembase and of ort
-int8 against ort fp32; the fp32 GEMM peak (best of numpy and torch on 2048^3, T threads); and each
-engine's share of the FLOP bound, peak / (2 x the transformer's parameters excluding embeddings).
+Also printed: the cores each timed run kept busy (CPU over wall seconds; well below the thread
+count means other work competed, and the figure is not to be trusted); the minimum cosine, over
+the first 64 texts of each workload, of sembase and of ort int8 against ort fp32; the fp32 GEMM
+peak (best of numpy and torch on 2048^3, T threads); and each engine's share of the FLOP bound,
+peak / (2 x the transformer's parameters excluding embeddings; attention's own FLOPs left out).
 
 Workloads: stsb = the 2758 STS-B test sentences (sentence1 column, then sentence2); msmarco = the
 first 2000 passages of MS MARCO-5k (title + " " + text when there is a title); whitespace runs
@@ -309,31 +311,41 @@ def min_cosine(vectors, reference):
     return float((a * b).sum(axis=1).min())
 
 
+def cpu_seconds():
+    """CPU seconds used so far by this process and its finished children."""
+    return sum(os.times()[:4])
+
+
 def time_engines(timers, repeats):
-    """Per engine: the timed runs' seconds and the last run's vectors, after one warm-up each.
-    The engines take turns within each repeat, so load drift falls on all of them alike."""
+    """Per engine: the timed runs' seconds, the cores each run kept busy on average (CPU seconds over
+    wall seconds: below the thread count when other work competes), and the last run's vectors.
+    One warm-up run each first; the engines take turns within each repeat, so load drift falls on
+    all of them alike."""
     for timed in timers.values():
         timed()
-    seconds = {name: [] for name in timers}
+    runs = {name: {"seconds": [], "cores": []} for name in timers}
     vectors = {}
     for _ in range(repeats):
         for name, timed in timers.items():
+            wall, cpu = time.perf_counter(), cpu_seconds()
             elapsed, vectors[name] = timed()
-            seconds[name].append(elapsed)
-    return seconds, vectors
+            runs[name]["cores"].append((cpu_seconds() - cpu) / (time.perf_counter() - wall))
+            runs[name]["seconds"].append(elapsed)
+    return runs, vectors
 
 
-def engine_figures(seconds, tokens, flop_bound):
-    """Throughput of one engine from its runs' seconds."""
-    median = statistics.median(seconds)
-    return {"seconds": [round(s, 4) for s in seconds], "median_s": round(median, 4),
-            "tokens_per_s": round(tokens / median, 1), "flop_bound_share": round(tokens / median / flop_bound, 4)}
+def engine_figures(runs, tokens, flop_bound):
+    """Throughput of one engine from its runs."""
+    median = statistics.median(runs["seconds"])
+    return {"seconds": [round(s, 4) for s in runs["seconds"]], "median_s": round(median, 4),
+            "cores": [round(c, 2) for c in runs["cores"]], "tokens_per_s": round(tokens / median, 1),
+            "flop_bound_share": round(tokens / median / flop_bound, 4)}
 
 
 def measure_workload(texts, tokens, timers, repeats, flop_bound):
     """Figures of every engine on one workload, ratios to the onnxruntime engines, cosines."""
-    seconds, vectors = time_engines(timers, repeats)
-    engines = {name: engine_figures(seconds[name], tokens, flop_bound) for name in ENGINES}
+    runs, vectors = time_engines(timers, repeats)
+    engines = {name: engine_figures(runs[name], tokens, flop_bound) for name in ENGINES}
     for figures in engines.values():
         for peer in ("ort fp32", "ort int8"):
             figures[f"vs {peer}"] = round(figures["tokens_per_s"] / engines[peer]["tokens_per_s"], 3)
@@ -373,10 +385,11 @@ def print_table(model, workload, row, report):
           f"FLOP bound {report['flop_bound_tokens_per_s']:.0f} tok/s "
           f"({report['non_embedding_params'] / 1e6:.2f}M non-embedding params); "
           f"sembase start-up {report['sembase_startup_s']:.3f}s subtracted", flush=True)
-    print(f"  {'engine':<13} {'tokens/s':>10} {'vs ort fp32':>12} {'vs ort int8':>12} {'FLOP bound':>11}")
+    print(f"  {'engine':<13} {'tokens/s':>10} {'vs ort fp32':>12} {'vs ort int8':>12} {'FLOP bound':>11}"
+          f"  cores busy per run")
     for engine, f in row["engines"].items():
         print(f"  {engine:<13} {f['tokens_per_s']:>10.0f} {f['vs ort fp32']:>11.2f}x {f['vs ort int8']:>11.2f}x "
-              f"{f['flop_bound_share']:>10.1%}")
+              f"{f['flop_bound_share']:>10.1%}  {' '.join(f'{c:.2f}' for c in f['cores'])}")
     for pair, cosine in row["min_cosine"].items():
         print(f"  min cosine, first {CHECKED_TEXTS} texts, {pair}: {cosine:.6f}", flush=True)
 

@@ -6,6 +6,7 @@ mod embed_input;
 mod embed_output;
 mod eval;
 mod head;
+mod heap;
 mod index;
 mod index_model;
 mod model;
@@ -48,6 +49,7 @@ enum Command {
 }
 
 fn main() {
+    heap::reuse_freed_buffers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
