@@ -41,8 +41,15 @@ impl CustomOp3 for CpuLinear {
             candle_core::bail!("cpu linear: shapes {:?} x {:?} + {:?} do not fit", x_layout.shape(), w_layout.shape(), b_layout.shape());
         }
         let (x, w, b) = (contiguous_f32(x, x_layout, "x")?, contiguous_f32(w, w_layout, "weight")?, contiguous_f32(b, b_layout, "bias")?);
-        let mut out = vec![0f32; rows * out_dim];
-        out.par_chunks_mut(out_dim).for_each(|row| row.copy_from_slice(b));
+        // Every row starts as the bias (written once, no zeroing first).
+        let mut out: Vec<f32> = Vec::with_capacity(rows * out_dim);
+        out.spare_capacity_mut().par_chunks_mut(out_dim).for_each(|row| {
+            row.iter_mut().zip(b).for_each(|(slot, &v)| {
+                slot.write(v);
+            });
+        });
+        // SAFETY: the loop above wrote all rows * out_dim values.
+        unsafe { out.set_len(rows * out_dim) };
         let threads = candle_core::utils::get_num_threads();
         let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: dimensions and strides describe exactly the three slices above:

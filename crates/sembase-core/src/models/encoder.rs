@@ -74,10 +74,10 @@ impl EncoderLayer {
             AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing)?,
         };
         let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
-        let x = self.attention_norm.forward(&(attended + x)?)?;
+        let x = self.attention_norm.forward_residual(&attended, x)?;
         let inner = self.intermediate.forward_then(&x, Some(self.activation))?;
         let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, train)?;
-        self.output_norm.forward(&(out + x)?)
+        self.output_norm.forward_residual(&out, &x)
     }
 
     fn scale(&self, hidden: usize) -> f64 {

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
+use super::cpu_norm::{self, ResidualLayerNorm};
 use crate::error::Result;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -128,6 +129,8 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    /// Scale and shift as host values for the CPU inference kernel, read on first use.
+    kernel_params: OnceLock<(Vec<f32>, Vec<f32>)>,
 }
 
 impl LayerNorm {
@@ -136,7 +139,26 @@ impl LayerNorm {
         let (w, b) = if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
         let weight = vb.get_with_hints(dim, w, candle_nn::Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, b, candle_nn::Init::Const(0.0))?;
-        Ok(Self { weight, bias, eps })
+        Ok(Self { weight, bias, eps, kernel_params: OnceLock::new() })
+    }
+
+    /// Normalises `x + residual` over the last dimension: one CPU kernel for f32
+    /// inference, composed ops otherwise.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let tracked = x.track_op() || residual.track_op() || self.weight.track_op() || self.bias.track_op();
+        let f32s = [x, residual, &self.weight, &self.bias].iter().all(|t| t.dtype() == DType::F32);
+        if tracked || !f32s || !x.device().is_cpu() {
+            return self.forward(&(x + residual)?);
+        }
+        let (weight, bias) = match self.kernel_params.get() {
+            Some(params) => params,
+            None => {
+                let params = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+                self.kernel_params.get_or_init(|| params)
+            }
+        };
+        let op = ResidualLayerNorm { weight, bias, eps: self.eps as f32 };
+        Ok(cpu_norm::residual_layer_norm(&x.contiguous()?, &residual.contiguous()?, op)?)
     }
 
     /// Normalises `x` over its last dimension.

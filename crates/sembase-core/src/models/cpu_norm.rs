@@ -1,0 +1,103 @@
+//! Residual add and layer norm as one CPU kernel for inference: `LN(x + residual)`
+//! in one parallel pass over rows, each row summed, normalised and scaled while it is
+//! in cache (candle would run the add and the norm as two passes, each allocating).
+//! No backward pass: training uses the composed ops of `layers.rs`.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The op: `((x + residual) - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
+pub struct ResidualLayerNorm<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub eps: f32,
+}
+
+/// Rows per parallel task: enough work to outweigh the scheduling.
+const ROWS_PER_TASK: usize = 16;
+
+fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
+    if !layout.is_contiguous() {
+        candle_core::bail!("residual layer norm: {what} must be contiguous");
+    }
+    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..][..layout.shape().elem_count()])
+}
+
+impl CustomOp2 for ResidualLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "sembase-residual-layer-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout, r: &CpuStorage, r_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if x_layout.shape() != r_layout.shape() {
+            candle_core::bail!("residual layer norm: shapes {:?} and {:?} differ", x_layout.shape(), r_layout.shape());
+        }
+        let dim = x_layout.shape().dims().last().copied().unwrap_or(0);
+        if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
+            candle_core::bail!("residual layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
+        }
+        let (x, r) = (contiguous_f32(x, x_layout, "x")?, contiguous_f32(r, r_layout, "residual")?);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(x.par_chunks(dim * ROWS_PER_TASK).zip(r.par_chunks(dim * ROWS_PER_TASK)))
+            .for_each(|(out, (x, r))| {
+                for ((out, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
+                    self.normalise_row(out, x, r);
+                }
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+impl ResidualLayerNorm<'_> {
+    fn normalise_row(&self, out: &mut [f32], x: &[f32], r: &[f32]) {
+        let mut sum = 0f32;
+        for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
+            *o = a + b;
+            sum += *o;
+        }
+        let mean = sum / out.len() as f32;
+        let variance = out.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / out.len() as f32;
+        let inverse = 1.0 / (variance + self.eps).sqrt();
+        for ((o, w), b) in out.iter_mut().zip(self.weight).zip(self.bias) {
+            *o = (*o - mean) * inverse * w + b;
+        }
+    }
+}
+
+/// Runs the kernel on two f32 tensors of the same shape on the CPU.
+pub fn residual_layer_norm(x: &Tensor, residual: &Tensor, op: ResidualLayerNorm<'_>) -> Result<Tensor> {
+    x.apply_op2_no_bwd(residual, &op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    #[test]
+    fn matches_add_then_layer_norm() {
+        let dev = Device::Cpu;
+        let (rows, dim) = (37, 48);
+        let x = Tensor::randn(0f32, 2.0, (rows, dim), &dev).unwrap();
+        let r = Tensor::randn(1f32, 1.0, (rows, dim), &dev).unwrap();
+        let weight: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 / dim as f32).collect();
+        let bias: Vec<f32> = (0..dim).map(|i| (i as f32 - 20.0) / 10.0).collect();
+        let fused = residual_layer_norm(&x, &r, ResidualLayerNorm { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        let sum = (&x + &r).unwrap();
+        let mean = sum.mean_keepdim(D::Minus1).unwrap();
+        let centred = sum.broadcast_sub(&mean).unwrap();
+        let std = (centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-12).unwrap().sqrt().unwrap();
+        let (w, b) = (Tensor::new(weight.as_slice(), &dev).unwrap(), Tensor::new(bias.as_slice(), &dev).unwrap());
+        let reference = centred.broadcast_div(&std).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
+        let diff = (fused - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "largest difference {diff}");
+    }
+
+    #[test]
+    fn a_weight_of_the_wrong_width_is_an_error() {
+        let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let op = ResidualLayerNorm { weight: &[1.0; 3], bias: &[0.0; 4], eps: 1e-5 };
+        assert!(residual_layer_norm(&x, &x, op).is_err());
+    }
+}
