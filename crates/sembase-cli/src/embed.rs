@@ -11,7 +11,7 @@ use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
 use crate::atomic_file::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, set_threads, Quantize};
 
 /// Inputs embedded per call into the model; batches are length-sorted within it.
 const CHUNK: usize = 4096;
@@ -54,12 +54,15 @@ pub struct EmbedArgs {
     /// Refuse inputs over the token limit instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
+    /// Quantise the model's weights (int8: encoders on the CPU).
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     set_threads(args.threads);
     let inputs = read_inputs(args.input.as_deref(), args.input_format.unwrap_or(InputFormat::guess(args.input.as_deref())))?;
-    let model = load_local(&args.model, args.max_seq_length, args.batch_tokens)?;
+    let model = load_local(&args.model, args.max_seq_length, args.batch_tokens, args.quantize)?;
     let options = EmbedOptions {
         prefix: prefix(&model, &args)?,
         dimensions: args.dimensions,

@@ -18,7 +18,7 @@ use sembase_eval::report::write_report;
 use sembase_eval::results::{format_value, short_task, EvalResults};
 use sembase_eval::tasks::{Task, TaskSpec};
 
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, set_threads, Quantize};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -57,6 +57,9 @@ pub struct EvalArgs {
     /// Padded tokens per forward pass of a local model.
     #[arg(long, default_value_t = 16384)]
     batch_tokens: usize,
+    /// Quantise local models' weights (int8: encoders on the CPU).
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
     /// Inputs per request to a remote endpoint.
     #[arg(long, default_value_t = 64)]
     remote_batch: usize,
@@ -156,8 +159,10 @@ fn open_model(spec: &str, args: &EvalArgs) -> Result<EvalModel> {
         return Ok(EvalModel { embedder: Box::new(embedder), cache_id: spec.to_string(), truncate_locally: false });
     }
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
-    let embedder = load_local(spec, None, args.batch_tokens)?;
-    let cache_id = format!("local:{}:{}:{}", dir.display(), fingerprint(&dir), embedder.dimension());
+    let embedder = load_local(spec, None, args.batch_tokens, args.quantize)?;
+    // Quantised weights give other vectors: they are cached apart.
+    let quantised = if args.quantize.is_some() { ":int8" } else { "" };
+    let cache_id = format!("local:{}:{}:{}{quantised}", dir.display(), fingerprint(&dir), embedder.dimension());
     Ok(EvalModel { embedder: Box::new(embedder), cache_id, truncate_locally: true })
 }
 

@@ -292,7 +292,7 @@ fn predict(args: PredictArgs) -> Result<()> {
 /// Loads a model and returns it with its directory (for the identity hash).
 fn open_model(spec: &str, batch_tokens: usize) -> Result<(LocalEmbedder, PathBuf)> {
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
-    Ok((load_local(spec, None, batch_tokens)?, dir))
+    Ok((load_local(spec, None, batch_tokens, None)?, dir))
 }
 
 /// The head's base model (or `--model`), refused when it is not the one the head was trained on.

@@ -126,7 +126,7 @@ fn build(args: BuildArgs) -> Result<()> {
         bail!("{} holds no documents", args.corpus.display());
     }
     let (_, identity) = model_identity(&args.model)?;
-    let model = load_local(&args.model, None, args.batch_tokens)?;
+    let model = load_local(&args.model, None, args.batch_tokens, None)?;
     let (query, document) = default_prefixes(&model);
     let settings = settings_for(&model, identity, args.dimensions, args.query_prefix.or(query), args.document_prefix.or(document))?;
     let params = AnnParams {

@@ -51,7 +51,7 @@ fn load_index_model(settings: &IndexSettings, spec: Option<&str>, batch_tokens: 
     let spec = spec.unwrap_or(&settings.model.name);
     let (_, identity) = model_identity(spec)?;
     settings.check_model(&identity)?;
-    load_local(spec, None, batch_tokens)
+    load_local(spec, None, batch_tokens, None)
 }
 
 /// The model's named prompt for queries (`query`) and for documents

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use sembase_core::models::int8_linear::Int8Kernel;
 use sembase_core::{BatchLimits, LoadOptions, LocalEmbedder};
 
 /// Sets the number of compute threads; must run before any model work starts.
@@ -13,8 +14,16 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
+/// Weight quantisation chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    /// int8 weights per output channel, activations quantised per row as they run
+    /// (encoder models on the CPU; VNNI where the CPU has it, AVX2 otherwise).
+    Int8,
+}
+
 /// Resolves `spec` through the store and loads it for inference.
-pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize) -> Result<LocalEmbedder> {
+pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize, quantize: Option<Quantize>) -> Result<LocalEmbedder> {
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(spec)?;
     let name = display_name(spec, &dir);
@@ -22,6 +31,10 @@ pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize
         max_seq_length,
         batch: BatchLimits { max_tokens: batch_tokens.max(1), ..BatchLimits::default() },
         device: sembase_core::device::from_env()?,
+        int8: match quantize {
+            Some(Quantize::Int8) => Some(Int8Kernel::from_env()?),
+            None => None,
+        },
         ..LoadOptions::default()
     };
     LocalEmbedder::load(&dir, name, options).with_context(|| format!("loading model {}", dir.display()))

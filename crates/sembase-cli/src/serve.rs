@@ -10,7 +10,7 @@ use sembase_index::{Access, Index};
 use sembase_server::{Attachments, HeadSpec, IndexSpec, ModelSpec, Server, ServerConfig};
 
 use crate::index_model::model_identity;
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, set_threads, Quantize};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Override the models' token limit per input.
     #[arg(long)]
     max_seq_length: Option<usize>,
+    /// Quantise the models' weights (int8: encoders on the CPU).
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -88,8 +91,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let loader = server.clone();
         let failure_slot = failure.clone();
         let specs = args.models.clone();
-        let (max_seq_length, batch_tokens) = (args.max_seq_length, args.max_batch_tokens);
-        std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens).and_then(|models| {
+        let (max_seq_length, batch_tokens, quantize) = (args.max_seq_length, args.max_batch_tokens, args.quantize);
+        std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens, quantize).and_then(|models| {
             let indexes = indexes
                 .into_iter()
                 .map(|(name, index, model)| IndexSpec { name, index, model: models[model].embedder.name().to_string() })
@@ -122,11 +125,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-fn load_models(specs: &[String], max_seq_length: Option<usize>, batch_tokens: usize) -> Result<Vec<ModelSpec>> {
+fn load_models(specs: &[String], max_seq_length: Option<usize>, batch_tokens: usize, quantize: Option<Quantize>) -> Result<Vec<ModelSpec>> {
     specs
         .iter()
         .map(|spec| {
-            let model = load_local(spec, max_seq_length, batch_tokens)?;
+            let model = load_local(spec, max_seq_length, batch_tokens, quantize)?;
             Ok(ModelSpec {
                 prompts: model.prompts().clone(),
                 default_prompt: model.default_prompt().map(str::to_string),

@@ -12,6 +12,7 @@ use crate::embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 use crate::error::{Error, Result};
 use crate::model_dir::{HeadModule, ModelDir};
 use crate::models::decoder_config::is_decoder;
+use crate::models::int8_linear::Int8Kernel;
 use crate::models::{load_decoder_dir, load_encoder, TextEncoder};
 use crate::pooling::Pooling;
 use crate::tokenize::TextTokenizer;
@@ -29,11 +30,20 @@ pub struct LoadOptions {
     /// GGUF weights: dequantise every matrix to f32 instead of multiplying
     /// the quantised blocks (more memory, exact to the file's values).
     pub gguf_dequantize: bool,
+    /// Quantise an encoder's linear layers to int8 for CPU inference, run by this kernel
+    /// (`Int8Kernel::from_env()` picks the fastest the CPU has).
+    pub int8: Option<Int8Kernel>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_seq_length: None, batch: BatchLimits::default(), device: Device::Cpu, gguf_dequantize: false }
+        Self {
+            max_seq_length: None,
+            batch: BatchLimits::default(),
+            device: Device::Cpu,
+            gguf_dequantize: false,
+            int8: None,
+        }
     }
 }
 
@@ -62,7 +72,7 @@ impl LocalEmbedder {
     /// Loads the model in `dir`, served under `name`. Weights are memory-mapped.
     pub fn load(dir: &Path, name: impl Into<String>, options: LoadOptions) -> Result<Self> {
         let model = ModelDir::open(dir)?;
-        let encoder: Box<dyn TextEncoder> = if is_decoder(&model.config.model_type) {
+        let mut encoder: Box<dyn TextEncoder> = if is_decoder(&model.config.model_type) {
             let (files, device) = (&model.weight_files, &options.device);
             Box::new(load_decoder_dir(&model.path, files, device, options.gguf_dequantize, false)?)
         } else {
@@ -70,6 +80,12 @@ impl LocalEmbedder {
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
             load_encoder(vb, &model.config)?
         };
+        if let Some(kernel) = options.int8 {
+            if !options.device.is_cpu() {
+                return Err(Error::Unsupported("int8 quantisation runs on the CPU only".into()));
+            }
+            encoder.quantise_int8(kernel)?;
+        }
         let mut head = model.head.iter();
         let Some(HeadModule::Pooling(pooling)) = head.next() else {
             return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sembase_core::vectors::cosine;
+use sembase_core::models::int8_linear::Int8Kernel;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder, Truncation};
 use sha2::{Digest, Sha256};
 
 const MIN_COSINE: f32 = 0.9999;
+/// int8 weights and activations against the f32 reference (the bound).
+const MIN_INT8_COSINE: f32 = 0.99;
 
 #[derive(Deserialize)]
 struct SentenceList {
@@ -93,13 +96,15 @@ fn sentences() -> Vec<String> {
         .collect()
 }
 
-fn check_model(name: &str) {
+/// Runs the golden sentences through `name` (int8 weights when `int8` names a kernel)
+/// and asserts every vector reaches `min_cosine` to the reference.
+fn check_model(name: &str, int8: Option<Int8Kernel>, min_cosine: f32) {
     let golden: Golden = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
     let store = sembase_hub::Store::from_env().unwrap();
     let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
     // The device under test: SEMBASE_DEVICE (the CPU unless set; bench/gpu_check.sh runs these on CUDA).
     let device = sembase_core::device::from_env().expect("SEMBASE_DEVICE names a usable device");
-    let model = LocalEmbedder::load(&dir, name, LoadOptions { device, ..LoadOptions::default() }).unwrap();
+    let model = LocalEmbedder::load(&dir, name, LoadOptions { device, int8, ..LoadOptions::default() }).unwrap();
     assert_eq!(model.max_tokens(), golden.max_seq_length, "token limit");
     let texts = sentences();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -119,21 +124,37 @@ fn check_model(name: &str) {
             worst = (c, i);
         }
     }
-    eprintln!("{name}: lowest cosine {:.7} (sentence {})", worst.0, worst.1);
-    assert!(worst.0 >= MIN_COSINE, "{name}: sentence {} has cosine {} < {MIN_COSINE}: {:?}", worst.1, worst.0, texts[worst.1]);
+    eprintln!("{name} (int8: {int8:?}): lowest cosine {:.7} (sentence {})", worst.0, worst.1);
+    assert!(worst.0 >= min_cosine, "{name}: sentence {} has cosine {} < {min_cosine}: {:?}", worst.1, worst.0, texts[worst.1]);
 }
 
 #[test]
 fn all_minilm_l6_v2_matches_sentence_transformers() {
-    check_model("all-minilm-l6-v2");
+    check_model("all-minilm-l6-v2", None, MIN_COSINE);
 }
 
 #[test]
 fn all_mpnet_base_v2_matches_sentence_transformers() {
-    check_model("all-mpnet-base-v2");
+    check_model("all-mpnet-base-v2", None, MIN_COSINE);
 }
 
 #[test]
 fn multilingual_e5_small_matches_transformers_xlm_roberta() {
-    check_model("multilingual-e5-small");
+    check_model("multilingual-e5-small", None, MIN_COSINE);
+}
+
+/// int8 weights (`--quantize int8`) with this CPU's fastest kernel: every golden
+/// sentence within cosine 0.99 of sentence-transformers' f32 vector.
+#[test]
+fn int8_quantised_models_stay_close() {
+    for name in ["all-minilm-l6-v2", "all-mpnet-base-v2", "multilingual-e5-small"] {
+        check_model(name, Some(Int8Kernel::detect()), MIN_INT8_COSINE);
+    }
+}
+
+/// The kernels a CPU without AVX-512 VNNI takes (AVX2, and the portable loop for other
+/// architectures), forced here: the same bound holds.
+#[test]
+fn int8_fallback_kernels_stay_close() {
+    check_model("all-minilm-l6-v2", Some(Int8Kernel::Avx2).filter(|k| k.supported()).or(Some(Int8Kernel::Portable)), MIN_INT8_COSINE);
 }

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
+use super::int8_linear::Int8Kernel;
 use super::layers::{Dropout, Embedding, LayerNorm};
 use super::TextEncoder;
 use crate::error::Result;
@@ -147,5 +148,9 @@ impl TextEncoder for BertModel {
 
     fn vocab_size(&self) -> usize {
         self.embeddings.vocab_size()
+    }
+
+    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        self.encoder.quantise_int8(kernel)
     }
 }

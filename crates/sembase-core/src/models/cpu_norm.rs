@@ -51,18 +51,32 @@ impl CustomOp2 for ResidualLayerNorm<'_> {
 
 impl ResidualLayerNorm<'_> {
     fn normalise_row(&self, out: &mut [f32], x: &[f32], r: &[f32]) {
-        let mut sum = 0f32;
         for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
             *o = a + b;
-            sum += *o;
         }
-        let mean = sum / out.len() as f32;
-        let variance = out.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / out.len() as f32;
+        let n = out.len() as f32;
+        let mean = lane_sum(out, |v| v) / n;
+        let variance = lane_sum(out, |v| (v - mean) * (v - mean)) / n;
         let inverse = 1.0 / (variance + self.eps).sqrt();
         for ((o, w), b) in out.iter_mut().zip(self.weight).zip(self.bias) {
             *o = (*o - mean) * inverse * w + b;
         }
     }
+}
+
+/// The sum of `f(v)` over `values`, accumulated in 16 lanes so the loop vectorises
+/// (a single running sum must keep its order and stays scalar).
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// Runs the kernel on two f32 tensors of the same shape on the CPU.

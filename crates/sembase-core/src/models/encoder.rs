@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use super::cpu_attention::{self, CpuAttention};
+use super::int8_linear::Int8Kernel;
 use super::layers::{softmax_last_dim, Activation, Dropout, LayerNorm, Linear};
 use crate::error::{Error, Result};
 
@@ -60,6 +61,20 @@ impl EncoderLayer {
             attention_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
             hidden_dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
+    }
+
+    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        for linear in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ] {
+            linear.quantise_int8(kernel)?;
+        }
+        Ok(())
     }
 
     /// `(batch, seq, hidden)` -> `(batch, heads, seq, head_dim)`.
@@ -209,6 +224,11 @@ impl Encoder {
             .map(|i| EncoderLayer::load(vb.pp(format!("layer.{i}")), cfg, names))
             .collect::<Result<_>>()?;
         Ok(Self { layers })
+    }
+
+    /// Quantises every layer's linear maps to int8 for CPU inference.
+    pub fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|layer| layer.quantise_int8(kernel))
     }
 
     /// Runs every layer over right-padded `x` with `mask` (1 real, 0 padding).

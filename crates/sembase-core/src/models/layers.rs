@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
 use super::cpu_norm::{self, ResidualLayerNorm};
+use super::int8_linear::{Int8Kernel, Int8Matrix};
 use crate::error::Result;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -24,6 +25,16 @@ pub struct Linear {
     /// The CPU inference kernel's copy of f32 weights, made on its first use
     /// (half-precision weights are converted per call instead, keeping their memory small).
     kernel_weights: OnceLock<KernelWeights>,
+    /// Int8 weights, once [`Linear::quantise_int8`] has run: CPU inference then uses them.
+    int8: Option<Int8Weights>,
+}
+
+/// A linear map's weights quantised to int8, with the bias and the kernel that runs them.
+#[derive(Debug, Clone)]
+struct Int8Weights {
+    matrix: Int8Matrix,
+    bias: Vec<f32>,
+    kernel: Int8Kernel,
 }
 
 /// The weights as the CPU inference kernel reads them.
@@ -41,12 +52,32 @@ impl Linear {
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<Self> {
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        // Inference weights on the CPU are stored transposed once, as the kernel reads
+        // them; `weight` stays a (strided) view of that storage, so nothing is kept twice.
+        let weight = if !weight.track_op() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            weight.t()?.contiguous()?.t()?
+        } else {
+            weight
+        };
         let bias = if with_bias {
             Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?)
         } else {
             None
         };
-        Ok(Self { weight, bias, kernel_weights: OnceLock::new() })
+        Ok(Self { weight, bias, kernel_weights: OnceLock::new(), int8: None })
+    }
+
+    /// Quantises the weights to int8 per output channel for CPU inference
+    /// (activations are quantised per row as each call runs).
+    pub fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let weight = self.weight.to_dtype(DType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match &self.bias {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; out_dim],
+        };
+        self.int8 = Some(Int8Weights { matrix: Int8Matrix::quantise(&weight, out_dim, in_dim), bias, kernel });
+        Ok(())
     }
 
     /// Output width.
@@ -68,6 +99,16 @@ impl Linear {
         let flat = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
+        if let Some(int8) = self.int8.as_ref().filter(|_| self.kernel_applies(x)) {
+            let gelu = activation == Some(Activation::Gelu);
+            let values = flat.flatten_all()?.to_vec1::<f32>()?;
+            let y = int8.matrix.forward(&values, rows, &int8.bias, gelu, int8.kernel);
+            let y = Tensor::from_vec(y, out_dims, x.device())?;
+            return match activation {
+                Some(a) if !gelu => a.forward(&y),
+                _ => Ok(y),
+            };
+        }
         if self.kernel_applies(x) {
             let gelu = activation == Some(Activation::Gelu);
             let fresh;

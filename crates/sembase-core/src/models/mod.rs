@@ -9,6 +9,7 @@ mod cpu_norm;
 pub mod decoder;
 pub mod decoder_config;
 pub mod encoder;
+pub mod int8_linear;
 mod fast_math;
 pub mod layers;
 pub mod llama;
@@ -40,6 +41,10 @@ pub trait TextEncoder: Send + Sync {
     fn max_tokens(&self) -> usize;
     /// Rows of the word embedding table.
     fn vocab_size(&self) -> usize;
+    /// Quantises the linear layers' weights to int8 for CPU inference.
+    fn quantise_int8(&mut self, _kernel: int8_linear::Int8Kernel) -> Result<()> {
+        Err(Error::Unsupported("int8 quantisation is for encoder models (decoders: use a quantised GGUF)".into()))
+    }
 }
 
 /// Builds the encoder named by `cfg.model_type` from `vb`. Checkpoints saved

@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use super::bert::{PositionScheme, TokenEmbeddings};
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
+use super::int8_linear::Int8Kernel;
 use super::layers::Embedding;
 use super::TextEncoder;
 use crate::error::Result;
@@ -97,6 +98,10 @@ impl TextEncoder for MpnetModel {
 
     fn vocab_size(&self) -> usize {
         self.embeddings.vocab_size()
+    }
+
+    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        self.encoder.quantise_int8(kernel)
     }
 }
 

@@ -1,0 +1,378 @@
+//! Linear layers with int8 weights for CPU inference (`--quantize int8`).
+//!
+//! Weights are quantised once per output channel; activations per row at run time
+//! (dynamic quantisation), asymmetrically, `x ~ sx (qx - zx)` with all 256 levels over
+//! the row's range (GELU outputs are far from symmetric), so
+//! `y = sx sw (sum(qx qw) - zx sum(qw)) + b`. The integer dot products run in AVX-512
+//! VNNI where the CPU has it (`vpdpbusd`, unsigned by signed bytes), in AVX2 otherwise
+//! (bytes widened to 16 bits and `vpmaddwd`, which cannot saturate), or in a portable
+//! loop; each gives exactly the portable loop's integers.
+
+use rayon::prelude::*;
+
+use super::fast_math::gelu_erf_in_place;
+use crate::error::{Error, Result};
+
+/// Output channels per packed panel: one 512-bit register of 32-bit sums.
+const PANEL: usize = 16;
+/// Inputs per group: `vpdpbusd` sums four byte products into each 32-bit lane.
+const GROUP: usize = 4;
+/// Activation rows per pass of the kernels over a panel.
+const ROWS_PER_PASS: usize = 6;
+/// Panels per parallel task (64 output channels).
+const PANELS_PER_TASK: usize = 4;
+
+/// Which integer kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    Vnni,
+    Avx2,
+    Portable,
+}
+
+impl Int8Kernel {
+    /// `SEMBASE_INT8_KERNEL` (`vnni`, `avx2` or `portable`, e.g. to check a fallback
+    /// on a CPU that has more), or the fastest kernel this CPU supports.
+    pub fn from_env() -> Result<Self> {
+        let Ok(name) = std::env::var("SEMBASE_INT8_KERNEL") else {
+            return Ok(Self::detect());
+        };
+        let wanted = match name.as_str() {
+            "vnni" => Self::Vnni,
+            "avx2" => Self::Avx2,
+            "portable" => Self::Portable,
+            other => return Err(Error::Unsupported(format!("SEMBASE_INT8_KERNEL={other}: expected vnni, avx2 or portable"))),
+        };
+        if !wanted.supported() {
+            return Err(Error::Unsupported(format!("SEMBASE_INT8_KERNEL={name}: this CPU lacks the instructions")));
+        }
+        Ok(wanted)
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Vnni => is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> Self {
+        [Self::Vnni, Self::Avx2].into_iter().find(|k| k.supported()).unwrap_or(Self::Portable)
+    }
+}
+
+/// An `(out, in)` weight matrix quantised per output channel, packed for the kernels:
+/// panel by panel of 16 channels, each panel group by group of 4 inputs, 16 x 4 bytes
+/// (channel-major within a group). Padding channels and inputs are zero.
+#[derive(Debug, Clone)]
+pub struct Int8Matrix {
+    packed: Vec<i8>,
+    /// Per output channel: the dequantisation scale.
+    scales: Vec<f32>,
+    /// Per output channel: the sum of its quantised weights (takes off the zero points).
+    sums: Vec<i32>,
+    out_dim: usize,
+    in_dim: usize,
+    /// Groups of 4 inputs per row (the input width rounded up).
+    groups: usize,
+}
+
+impl Int8Matrix {
+    /// Quantises a row-major `(out, in)` f32 matrix.
+    pub fn quantise(weight: &[f32], out_dim: usize, in_dim: usize) -> Self {
+        assert_eq!(weight.len(), out_dim * in_dim, "weight size");
+        let groups = in_dim.div_ceil(GROUP);
+        let panels = out_dim.div_ceil(PANEL);
+        let mut packed = vec![0i8; panels * groups * PANEL * GROUP];
+        let mut scales = vec![0f32; out_dim];
+        let mut sums = vec![0i32; out_dim];
+        for (o, row) in weight.chunks(in_dim).enumerate() {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales[o] = scale;
+            let (panel, lane) = (o / PANEL, o % PANEL);
+            for (k, &v) in row.iter().enumerate() {
+                let q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+                sums[o] += i32::from(q);
+                packed[((panel * groups + k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
+            }
+        }
+        Self { packed, scales, sums, out_dim, in_dim, groups }
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// `x W^T + bias`, then GELU when asked, for `x` of `rows x in` f32 values.
+    pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> Vec<f32> {
+        let stride = self.groups * GROUP;
+        let rows_q = quantise_rows(x, rows, self.in_dim, stride);
+        let panel_bytes = self.groups * PANEL * GROUP;
+        let task_width = PANEL * PANELS_PER_TASK;
+        let mut out: Vec<f32> = Vec::with_capacity(rows * self.out_dim);
+        let shared = SharedOut(out.as_mut_ptr());
+        self.packed.par_chunks(panel_bytes * PANELS_PER_TASK).enumerate().for_each(|(task, panels)| {
+            let panels: Vec<&[i8]> = panels.chunks(panel_bytes).collect();
+            let first_channel = task * task_width;
+            let width = task_width.min(self.out_dim - first_channel);
+            let channels = first_channel..first_channel + width;
+            let (scales, sums, bias) = (&self.scales[channels.clone()], &self.sums[channels.clone()], &bias[channels]);
+            for first in (0..rows).step_by(ROWS_PER_PASS) {
+                let n = ROWS_PER_PASS.min(rows - first);
+                let mut block = [[0i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
+                dot_block(kernel, &panels, &rows_q.codes[first * stride..][..n * stride], n, stride, &mut block);
+                for (i, lanes) in block.iter().take(n).enumerate() {
+                    let r = first + i;
+                    let (row_scale, zero) = (rows_q.scales[r], rows_q.zeros[r]);
+                    let out = shared;
+                    // SAFETY: this task alone writes channels first_channel..+width of each
+                    // row, inside the rows x out_dim buffer; every value is written once.
+                    let target = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * self.out_dim + first_channel), width) };
+                    for ((((slot, &sum), &w_scale), &w_sum), &b) in target.iter_mut().zip(lanes.iter()).zip(scales).zip(sums).zip(bias) {
+                        *slot = (sum - zero * w_sum) as f32 * row_scale * w_scale + b;
+                    }
+                }
+            }
+        });
+        // SAFETY: the tasks above cover every channel of every row (see the comment there).
+        unsafe { out.set_len(rows * self.out_dim) };
+        if gelu {
+            out.par_chunks_mut(self.out_dim * 16).for_each(gelu_erf_in_place);
+        }
+        out
+    }
+}
+
+/// A pointer the tasks share; each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Activation rows as bytes, with each row's scale and zero point.
+struct QuantisedRows {
+    /// Row-major, each row padded to the stride with its zero point.
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<i32>,
+}
+
+fn quantise_rows(x: &[f32], rows: usize, in_dim: usize, stride: usize) -> QuantisedRows {
+    let mut codes = vec![0u8; rows * stride];
+    let mut scales = vec![0f32; rows];
+    let mut zeros = vec![0i32; rows];
+    codes
+        .par_chunks_mut(stride)
+        .zip(scales.par_iter_mut().zip(zeros.par_iter_mut()))
+        .zip(x.par_chunks(in_dim))
+        .for_each(|((codes, (scale, zero)), row)| {
+            // The range always holds 0, so padding (the zero point) is exactly 0.
+            let (min, max) = range_with_zero(row);
+            *scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+            let inverse = 1.0 / *scale;
+            let z = round_to_byte(-min * inverse);
+            *zero = i32::from(z);
+            let shift = f32::from(z);
+            for (c, &v) in codes.iter_mut().zip(row) {
+                *c = round_to_byte(v * inverse + shift);
+            }
+            codes[row.len()..].fill(z);
+        });
+    QuantisedRows { codes, scales, zeros }
+}
+
+/// The smallest and largest of `values` and 0, in 16 lanes so the loop vectorises.
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..16 {
+            lo[i] = if chunk[i] < lo[i] { chunk[i] } else { lo[i] };
+            hi[i] = if chunk[i] > hi[i] { chunk[i] } else { hi[i] };
+        }
+    }
+    let fold = |lanes: &[f32], pick: fn(f32, f32) -> f32| lanes.iter().chain(rest).fold(0f32, |a, &b| pick(a, b));
+    (fold(&lo, f32::min), fold(&hi, f32::max))
+}
+
+/// `v` clamped to [0, 255] and rounded to the nearest integer (ties to even): adding
+/// 1.5 x 2^23 leaves the integer in the low mantissa bits, without a libm call.
+#[inline(always)]
+fn round_to_byte(v: f32) -> u8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let clamped = v.clamp(0.0, 255.0);
+    ((clamped + MAGIC).to_bits() & 0xFF) as u8
+}
+
+/// Sums of one task's block: 32-bit sums of channel lanes (16 per panel) for up to six rows.
+type Block = [[i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
+
+/// Integer sums of up to six activation rows against up to four panels of 16 channels.
+fn dot_block(kernel: Int8Kernel, panels: &[&[i8]], codes: &[u8], rows: usize, stride: usize, out: &mut Block) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Vnni` is only chosen when the CPU has AVX-512F and VNNI (`supported`);
+        // every panel holds groups x 64 bytes and `codes` rows x stride, stride = groups x 4.
+        Int8Kernel::Vnni => unsafe {
+            match panels {
+                [a, b, c, d] => dot_block_vnni([a, b, c, d], codes, rows, stride, out),
+                [a, b, c] => dot_block_vnni([a, b, c], codes, rows, stride, out),
+                [a, b] => dot_block_vnni([a, b], codes, rows, stride, out),
+                [a] => dot_block_vnni([a], codes, rows, stride, out),
+                _ => {}
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2.
+        Int8Kernel::Avx2 => unsafe {
+            for (p, panel) in panels.iter().enumerate() {
+                dot_panel_avx2(panel, codes, rows, stride, out, p * PANEL);
+            }
+        },
+        _ => {
+            for (p, panel) in panels.iter().enumerate() {
+                dot_panel_portable(panel, codes, rows, stride, out, p * PANEL);
+            }
+        }
+    }
+}
+
+/// The plain loop.
+fn dot_panel_portable(panel: &[i8], codes: &[u8], rows: usize, stride: usize, out: &mut Block, first_lane: usize) {
+    for (r, sums) in out.iter_mut().enumerate().take(rows) {
+        let row = &codes[r * stride..][..stride];
+        for (g, weights) in panel.chunks(PANEL * GROUP).enumerate() {
+            let x = &row[g * GROUP..][..GROUP];
+            for (lane, w) in weights.chunks(GROUP).enumerate() {
+                sums[first_lane + lane] += x.iter().zip(w).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// `P` panels (16 channels each) against up to six rows of codes:
+/// 6 x P accumulators, each `vpdpbusd` summing four byte products per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dot_block_vnni<const P: usize>(panels: [&&[i8]; P], codes: &[u8], rows: usize, stride: usize, out: &mut Block) {
+    use std::arch::x86_64::*;
+    let groups = stride / GROUP;
+    assert!(panels.iter().all(|p| p.len() >= groups * PANEL * GROUP) && codes.len() >= rows * stride && rows <= ROWS_PER_PASS);
+    let mut acc = [[_mm512_setzero_si512(); P]; ROWS_PER_PASS];
+    for g in 0..groups {
+        let mut w = [_mm512_setzero_si512(); P];
+        for (w, panel) in w.iter_mut().zip(panels) {
+            *w = _mm512_loadu_si512(panel.as_ptr().add(g * PANEL * GROUP) as *const _);
+        }
+        for (r, sums) in acc.iter_mut().enumerate().take(rows) {
+            // Four activation bytes, repeated across the register.
+            let x = _mm512_set1_epi32((codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned());
+            for (sum, w) in sums.iter_mut().zip(&w) {
+                *sum = _mm512_dpbusd_epi32(*sum, x, *w);
+            }
+        }
+    }
+    for (r, sums) in acc.iter().enumerate().take(rows) {
+        for (p, sum) in sums.iter().enumerate() {
+            _mm512_storeu_si512(out[r].as_mut_ptr().add(p * PANEL) as *mut _, *sum);
+        }
+    }
+}
+
+/// One panel against up to six rows of codes, in 16-bit lanes: each `vpmaddwd` gives,
+/// per channel, two sums of two products (k0+k1 and k2+k3 of a group), added up at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_panel_avx2(panel: &[i8], codes: &[u8], rows: usize, stride: usize, out: &mut Block, first_lane: usize) {
+    use std::arch::x86_64::*;
+    let groups = stride / GROUP;
+    assert!(panel.len() >= groups * PANEL * GROUP && codes.len() >= rows * stride && rows <= ROWS_PER_PASS);
+    // Four registers per row, four channels each (two partial sums per channel).
+    let mut acc = [[_mm256_setzero_si256(); 4]; ROWS_PER_PASS];
+    for g in 0..groups {
+        let base = panel.as_ptr().add(g * PANEL * GROUP);
+        let mut w = [_mm256_setzero_si256(); 4];
+        for (q, w) in w.iter_mut().enumerate() {
+            *w = _mm256_cvtepi8_epi16(_mm_loadu_si128(base.add(q * 16) as *const __m128i));
+        }
+        for (r, sums) in acc.iter_mut().enumerate().take(rows) {
+            // The group's four codes as 16-bit values, repeated for every channel.
+            let four = (codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned();
+            let x = _mm256_cvtepu8_epi16(_mm_set1_epi32(four));
+            for (sum, w) in sums.iter_mut().zip(&w) {
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(x, *w));
+            }
+        }
+    }
+    for (r, sums) in acc.iter().enumerate().take(rows) {
+        for (q, sum) in sums.iter().enumerate() {
+            let mut pairs = [0i32; 8];
+            _mm256_storeu_si256(pairs.as_mut_ptr() as *mut __m256i, *sum);
+            for c in 0..4 {
+                out[r][first_lane + q * 4 + c] = pairs[2 * c] + pairs[2 * c + 1];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(out_dim: usize, in_dim: usize, rows: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let w: Vec<f32> = (0..out_dim * in_dim).map(|i| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 0.2).collect();
+        let x: Vec<f32> = (0..rows * in_dim).map(|i| ((i * 104729 % 1009) as f32 / 1009.0 - 0.5) * 4.0).collect();
+        let b: Vec<f32> = (0..out_dim).map(|i| i as f32 * 0.01).collect();
+        (w, x, b)
+    }
+
+    fn kernels() -> Vec<Int8Kernel> {
+        [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::Vnni].into_iter().filter(|k| k.supported()).collect()
+    }
+
+    /// Odd sizes: channels not a multiple of 16, inputs not a multiple of 4, rows not of
+    /// 6. Each kernel gives exactly the portable loop's result on the same weights
+    /// (this is how the fallbacks are checked on a CPU that has VNNI), close to f32.
+    #[test]
+    fn every_kernel_equals_the_portable_loop_and_is_close_to_f32() {
+        let (out_dim, in_dim, rows) = (37, 70, 13);
+        let (w, x, b) = data(out_dim, in_dim, rows);
+        for kernel in kernels() {
+            let q = Int8Matrix::quantise(&w, out_dim, in_dim);
+            let got = q.forward(&x, rows, &b, false, kernel);
+            assert_eq!(got, q.forward(&x, rows, &b, false, Int8Kernel::Portable), "{kernel:?} differs from the portable loop");
+            for r in 0..rows {
+                for o in 0..out_dim {
+                    let exact: f32 = (0..in_dim).map(|k| x[r * in_dim + k] * w[o * in_dim + k]).sum::<f32>() + b[o];
+                    let value = got[r * out_dim + o];
+                    assert!((value - exact).abs() < 0.05, "{kernel:?} row {r} channel {o}: {value} vs {exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_and_range() {
+        assert_eq!([round_to_byte(-3.0), round_to_byte(0.49), round_to_byte(2.5), round_to_byte(3.5), round_to_byte(254.6), round_to_byte(900.0)], [0, 0, 2, 4, 255, 255]);
+        let values: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
+        assert_eq!(range_with_zero(&values), (-10.0, 26.0));
+        assert_eq!(range_with_zero(&[3.0, 5.0]), (0.0, 5.0));
+    }
+
+    #[test]
+    fn zero_rows_and_zero_weights() {
+        let q = Int8Matrix::quantise(&[0.0; 8], 2, 4);
+        assert_eq!(q.forward(&[1.0, 2.0, 3.0, 4.0], 1, &[0.5, -0.5], false, Int8Kernel::detect()), vec![0.5, -0.5]);
+        assert!(q.forward(&[], 0, &[0.0, 0.0], false, Int8Kernel::detect()).is_empty());
+    }
+}
