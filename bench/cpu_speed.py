@@ -12,6 +12,7 @@ second of each model on each workload:
 - ort fp32: the model's transformer exported to ONNX (torch.onnx.export, opset 17, dynamic batch
   and sequence axes, cached under --onnx-dir/<name>/model.onnx), onnxruntime CPU with
   intra_op_num_threads=T, inter_op_num_threads=1, all graph optimisations;
+- sembase int8: the same with `--quantize int8` (its own start-up time subtracted);
 - ort int8: quantize_dynamic of that file (QInt8 weights, per channel).
 The onnxruntime side tokenizes with the model's tokenizer.json (`tokenizers`, no padding,
 truncation at min(512, max_seq_length)), sorts by length, runs batches of 32 padded per batch and
@@ -60,7 +61,7 @@ DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 SEMBASE_HOME = Path(os.environ.get("SEMBASE_HOME", "/work/sembase-home"))
 MODELS = ("all-minilm-l6-v2", "multilingual-e5-small")
 WORKLOADS = ("stsb", "msmarco")
-ENGINES = ("sembase fp32", "ort fp32", "ort int8")
+ENGINES = ("sembase fp32", "sembase int8", "ort fp32", "ort int8")
 MSMARCO_PASSAGES = 2000
 QUICK_TEXTS = 500
 BATCH_SIZE = 32
@@ -239,11 +240,12 @@ class OrtEncoder:
 class SembaseRunner:
     """`sembase embed` on one model, as a separate process."""
 
-    def __init__(self, binary, model, threads, scratch):
+    def __init__(self, binary, model, threads, scratch, extra=()):
         self.binary = binary
         self.model = model
         self.threads = threads
         self.scratch = scratch
+        self.extra = list(extra)
         self.startup_s = statistics.median(self.run_file(self.write_texts(["start-up"], "startup"))[0]
                                            for _ in range(STARTUP_RUNS))
 
@@ -258,7 +260,7 @@ class SembaseRunner:
         target = self.scratch / "out.npy"
         target.unlink(missing_ok=True)
         command = [str(self.binary), "embed", "--model", self.model, "--input", str(source),
-                   "--output", str(target), "--threads", str(self.threads)]
+                   "--output", str(target), "--threads", str(self.threads), *self.extra]
         start = time.perf_counter()
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               timeout=SUBPROCESS_TIMEOUT_S, env={**os.environ, "SEMBASE_HOME": str(SEMBASE_HOME)})
@@ -350,6 +352,7 @@ def measure_workload(texts, tokens, timers, repeats, flop_bound):
         for peer in ("ort fp32", "ort int8"):
             figures[f"vs {peer}"] = round(figures["tokens_per_s"] / engines[peer]["tokens_per_s"], 3)
     cosines = {"sembase vs ort fp32": min_cosine(vectors["sembase fp32"], vectors["ort fp32"]),
+               "sembase int8 vs sembase fp32": min_cosine(vectors["sembase int8"], vectors["sembase fp32"]),
                "ort int8 vs ort fp32": min_cosine(vectors["ort int8"], vectors["ort fp32"])}
     return {"texts": len(texts), "tokens": tokens, "engines": engines, "min_cosine": cosines}
 
@@ -367,11 +370,14 @@ def measure_model(name, args, workloads, peak_gflops, sembase, scratch):
     encoders = {engine: OrtEncoder(ort_session(path, args.threads), tokenizer, pad_id)
                 for engine, path in (("ort fp32", fp32), ("ort int8", int8))}
     runner = SembaseRunner(sembase, name, args.threads, scratch)
+    runner_int8 = SembaseRunner(sembase, name, args.threads, scratch, ["--quantize", "int8"])
     report = {"non_embedding_params": params, "flop_bound_tokens_per_s": round(flop_bound, 1),
-              "sembase_startup_s": round(runner.startup_s, 4), "workloads": {}}
+              "sembase_startup_s": round(runner.startup_s, 4),
+              "sembase_int8_startup_s": round(runner_int8.startup_s, 4), "workloads": {}}
     for workload, texts in workloads.items():
         tokens = count_tokens(tokenizer, texts)
         timers = {"sembase fp32": runner.timer(texts, workload),
+                  "sembase int8": runner_int8.timer(texts, workload),
                   **{engine: (lambda e=e: e.timed(texts)) for engine, e in encoders.items()}}
         row = measure_workload(texts, tokens, timers, args.repeats, flop_bound)
         report["workloads"][workload] = row
@@ -384,7 +390,8 @@ def print_table(model, workload, row, report):
     print(f"\n{model} / {workload}: {row['texts']} texts, {row['tokens']} tokens; "
           f"FLOP bound {report['flop_bound_tokens_per_s']:.0f} tok/s "
           f"({report['non_embedding_params'] / 1e6:.2f}M non-embedding params); "
-          f"sembase start-up {report['sembase_startup_s']:.3f}s subtracted", flush=True)
+          f"sembase start-up {report['sembase_startup_s']:.3f}s (int8 {report['sembase_int8_startup_s']:.3f}s) subtracted",
+          flush=True)
     print(f"  {'engine':<13} {'tokens/s':>10} {'vs ort fp32':>12} {'vs ort int8':>12} {'FLOP bound':>11}"
           f"  cores busy per run")
     for engine, f in row["engines"].items():
