@@ -1,11 +1,11 @@
 //! Embedding throughput of one model directory on STS-B test sentences, for
-//! `bench/decoder_speed.sh`: `decoder_bench DIR [--dequantize] [--cuda] [--sentences N] [--data TSV]`.
+//! `bench/decoder_speed.sh`: `decoder_bench DIR [--dequantize] [--sentences N] [--data TSV]`, on the device
+//! `SEMBASE_DEVICE` names (the CPU unless set).
 //! Prints one JSON object (load seconds, tokens, embedding seconds, tokens/s).
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,8 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     texts.truncate(limit);
     let start = Instant::now();
-    // `--cuda` needs a build with `--features cuda`.
-    let device = if args.iter().any(|a| a == "--cuda") { Device::new_cuda(0)? } else { Device::Cpu };
+    let device = sembase_core::device::from_env()?;
     let options = LoadOptions { gguf_dequantize: dequantize, device, ..LoadOptions::default() };
     let model = LocalEmbedder::load(Path::new(dir), "bench", options)?;
     let load_s = start.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@
 //! (bytes widened to 16 bits and `vpmaddwd`, which cannot saturate), or in a portable
 //! loop; each gives exactly the portable loop's integers.
 
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_math::gelu_erf_in_place;
@@ -93,17 +94,22 @@ impl Int8Matrix {
         let mut packed = vec![0i8; panels * groups * PANEL * GROUP];
         let mut scales = vec![0f32; out_dim];
         let mut sums = vec![0i32; out_dim];
-        for (o, row) in weight.chunks(in_dim).enumerate() {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales[o] = scale;
-            let (panel, lane) = (o / PANEL, o % PANEL);
-            for (k, &v) in row.iter().enumerate() {
-                let q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-                sums[o] += i32::from(q);
-                packed[((panel * groups + k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
-            }
-        }
+        // One panel (16 channels) per task: each writes only its own bytes.
+        packed
+            .par_chunks_mut(groups * PANEL * GROUP)
+            .zip(scales.par_chunks_mut(PANEL).zip(sums.par_chunks_mut(PANEL)))
+            .zip(weight.par_chunks(in_dim * PANEL))
+            .for_each(|((panel, (scales, sums)), rows)| {
+                for (lane, ((row, scale), sum)) in rows.chunks(in_dim).zip(scales).zip(sums).enumerate() {
+                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                    for (k, &v) in row.iter().enumerate() {
+                        let q = (v / *scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+                        *sum += i32::from(q);
+                        panel[((k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
+                    }
+                }
+            });
         Self { packed, scales, sums, out_dim, in_dim, groups }
     }
 
@@ -150,6 +156,36 @@ impl Int8Matrix {
         }
         out
     }
+}
+
+/// The int8 map as a candle op on a contiguous `(rows, in)` f32 tensor: reads the
+/// input where it lies and hands its output over, without copies.
+struct Int8Op<'a> {
+    weights: &'a Int8Matrix,
+    bias: &'a [f32],
+    gelu: bool,
+    kernel: Int8Kernel,
+}
+
+impl CustomOp1 for Int8Op<'_> {
+    fn name(&self) -> &'static str {
+        "sembase-int8-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = layout.shape().dims2()?;
+        if !layout.is_contiguous() || in_dim != self.weights.in_dim || self.bias.len() != self.weights.out_dim {
+            candle_core::bail!("int8 linear: input {:?} does not fit a {}x{} matrix", layout.shape(), self.weights.out_dim, self.weights.in_dim);
+        }
+        let x = &storage.as_slice::<f32>()?[layout.start_offset()..][..rows * in_dim];
+        let y = self.weights.forward(x, rows, self.bias, self.gelu, self.kernel);
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.weights.out_dim))))
+    }
+}
+
+/// `x W^T + bias` (then GELU when asked) with int8 weights, for f32 `x` of shape `(rows, in)` on the CPU.
+pub fn linear(x: &Tensor, weights: &Int8Matrix, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&Int8Op { weights, bias, gelu, kernel })
 }
 
 /// A pointer the tasks share; each writes a disjoint set of elements.

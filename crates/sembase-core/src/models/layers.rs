@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
 use super::cpu_norm::{self, ResidualLayerNorm};
-use super::int8_linear::{Int8Kernel, Int8Matrix};
+use super::int8_linear::{self, Int8Kernel, Int8Matrix};
 use crate::error::Result;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -101,9 +101,7 @@ impl Linear {
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
         if let Some(int8) = self.int8.as_ref().filter(|_| self.kernel_applies(x)) {
             let gelu = activation == Some(Activation::Gelu);
-            let values = flat.flatten_all()?.to_vec1::<f32>()?;
-            let y = int8.matrix.forward(&values, rows, &int8.bias, gelu, int8.kernel);
-            let y = Tensor::from_vec(y, out_dims, x.device())?;
+            let y = int8_linear::linear(&flat.contiguous()?, &int8.matrix, &int8.bias, gelu, int8.kernel)?.reshape(out_dims)?;
             return match activation {
                 Some(a) if !gelu => a.forward(&y),
                 _ => Ok(y),
