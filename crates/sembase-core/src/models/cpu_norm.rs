@@ -1,9 +1,10 @@
-//! Residual add and layer norm as one CPU kernel for inference: `LN(x + residual)`
-//! in one parallel pass over rows, each row summed, normalised and scaled while it is
-//! in cache (candle would run the add and the norm as two passes, each allocating).
+//! Layer norm, with or without a residual add first, as one CPU kernel for inference:
+//! `LN(x + residual)` in one parallel pass over rows, each row summed, normalised and
+//! scaled while it is in cache (candle would run the add and the norm as two passes,
+//! each allocating, and sums each row in a scalar loop).
 //! No backward pass: training uses the composed ops of `layers.rs`.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The op: `((x + residual) - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
@@ -42,18 +43,36 @@ impl CustomOp2 for ResidualLayerNorm<'_> {
             .zip(x.par_chunks(dim * ROWS_PER_TASK).zip(r.par_chunks(dim * ROWS_PER_TASK)))
             .for_each(|(out, (x, r))| {
                 for ((out, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
-                    self.normalise_row(out, x, r);
+                    for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
+                        *o = a + b;
+                    }
+                    self.normalise_row(out);
                 }
             });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
 
-impl ResidualLayerNorm<'_> {
-    fn normalise_row(&self, out: &mut [f32], x: &[f32], r: &[f32]) {
-        for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
-            *o = a + b;
+/// Without a residual: `LN(x)`.
+impl CustomOp1 for ResidualLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "sembase-layer-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dim = x_layout.shape().dims().last().copied().unwrap_or(0);
+        if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
+            candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
         }
+        let mut out = contiguous_f32(x, x_layout, "x")?.to_vec();
+        out.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| rows.chunks_mut(dim).for_each(|row| self.normalise_row(row)));
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+impl ResidualLayerNorm<'_> {
+    /// Normalises one row in place.
+    fn normalise_row(&self, out: &mut [f32]) {
         let n = out.len() as f32;
         let mean = lane_sum(out, |v| v) / n;
         let variance = lane_sum(out, |v| (v - mean) * (v - mean)) / n;
@@ -77,6 +96,11 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + rest
+}
+
+/// Runs the kernel without a residual on an f32 tensor on the CPU.
+pub fn layer_norm(x: &Tensor, op: ResidualLayerNorm<'_>) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&op)
 }
 
 /// Runs the kernel on two f32 tensors of the same shape on the CPU.
@@ -104,8 +128,10 @@ mod tests {
         let std = (centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-12).unwrap().sqrt().unwrap();
         let (w, b) = (Tensor::new(weight.as_slice(), &dev).unwrap(), Tensor::new(bias.as_slice(), &dev).unwrap());
         let reference = centred.broadcast_div(&std).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
-        let diff = (fused - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "largest difference {diff}");
+        let largest = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(largest(&fused, &reference) < 1e-5, "largest difference {}", largest(&fused, &reference));
+        let plain = layer_norm(&sum, ResidualLayerNorm { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        assert!(largest(&plain, &reference) < 1e-5, "without a residual: largest difference {}", largest(&plain, &reference));
     }
 
     #[test]

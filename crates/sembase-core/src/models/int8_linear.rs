@@ -103,11 +103,14 @@ impl Int8Matrix {
                 for (lane, ((row, scale), sum)) in rows.chunks(in_dim).zip(scales).zip(sums).enumerate() {
                     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
                     *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                    let inverse = 1.0 / *scale;
+                    let mut total = 0i32;
                     for (k, &v) in row.iter().enumerate() {
-                        let q = (v / *scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-                        *sum += i32::from(q);
+                        let q = (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8;
+                        total += i32::from(q);
                         panel[((k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
                     }
+                    *sum = total;
                 }
             });
         Self { packed, scales, sums, out_dim, in_dim, groups }

@@ -184,10 +184,33 @@ impl LayerNorm {
     /// Normalises `x + residual` over the last dimension: one CPU kernel for f32
     /// inference, composed ops otherwise.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let tracked = x.track_op() || residual.track_op() || self.weight.track_op() || self.bias.track_op();
-        let f32s = [x, residual, &self.weight, &self.bias].iter().all(|t| t.dtype() == DType::F32);
-        if tracked || !f32s || !x.device().is_cpu() {
-            return self.forward(&(x + residual)?);
+        match self.kernel_params(&[x, residual])? {
+            Some((weight, bias)) => {
+                let op = ResidualLayerNorm { weight, bias, eps: self.eps as f32 };
+                Ok(cpu_norm::residual_layer_norm(&x.contiguous()?, &residual.contiguous()?, op)?)
+            }
+            None => self.forward(&(x + residual)?),
+        }
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || self.weight.track_op() {
+            return self.forward_differentiable(x);
+        }
+        match self.kernel_params(&[x])? {
+            Some((weight, bias)) => Ok(cpu_norm::layer_norm(&x.contiguous()?, ResidualLayerNorm { weight, bias, eps: self.eps as f32 })?),
+            None => Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
+        }
+    }
+
+    /// Scale and shift as host values when `inputs` can take the CPU inference kernel
+    /// (f32 on the CPU, outside any gradient graph).
+    fn kernel_params(&self, inputs: &[&Tensor]) -> Result<Option<(&[f32], &[f32])>> {
+        let tracked = inputs.iter().any(|t| t.track_op()) || self.weight.track_op() || self.bias.track_op();
+        let f32s = inputs.iter().chain([&&self.weight, &&self.bias]).all(|t| t.dtype() == DType::F32);
+        if tracked || !f32s || !inputs.iter().all(|t| t.device().is_cpu()) {
+            return Ok(None);
         }
         let (weight, bias) = match self.kernel_params.get() {
             Some(params) => params,
@@ -196,17 +219,7 @@ impl LayerNorm {
                 self.kernel_params.get_or_init(|| params)
             }
         };
-        let op = ResidualLayerNorm { weight, bias, eps: self.eps as f32 };
-        Ok(cpu_norm::residual_layer_norm(&x.contiguous()?, &residual.contiguous()?, op)?)
-    }
-
-    /// Normalises `x` over its last dimension.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() || self.weight.track_op() {
-            self.forward_differentiable(x)
-        } else {
-            Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?)
-        }
+        Ok(Some((weight, bias)))
     }
 
     fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
