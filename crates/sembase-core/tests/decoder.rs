@@ -82,18 +82,23 @@ fn inference(name: &str) {
     check(name, &model, &read_expected(&dir));
 }
 
+/// The model on the training path: fresh `Var`s filled from the checkpoint (names under
+/// `model.`; a tied lm_head shares the embedding variable), and the `VarMap` holding them.
+fn load_trainable(dir: &Path) -> (DecoderModel, VarMap) {
+    let cfg = DecoderConfig::from_dir(dir).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
+    let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
+    let mut filled = varmap.clone();
+    filled.load(dir.join("model.safetensors")).unwrap();
+    (model, varmap)
+}
+
 /// The training path: weights as `Var`s (every op differentiable), same numbers,
 /// and a gradient reaches every weight.
 fn training(name: &str) {
     let dir = fixture_dir(name);
-    let cfg = DecoderConfig::from_dir(&dir).unwrap();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
-    let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
-    // Fill the fresh variables from the checkpoint (names under `model.`; a
-    // tied lm_head shares the embedding variable).
-    let mut varmap_full = varmap.clone();
-    varmap_full.load(dir.join("model.safetensors")).unwrap();
+    let (model, varmap) = load_trainable(&dir);
     let e = read_expected(&dir);
     check(&format!("{name} (training path)"), &model, &e);
     let (ids, mask) = batch(&e);
@@ -169,12 +174,7 @@ fn bf16_weights_are_kept_in_bf16() {
 fn left_padded(name: &str, training_path: bool) {
     let dir = fixture_dir(name);
     let model = if training_path {
-        let cfg = DecoderConfig::from_dir(&dir).unwrap();
-        let mut varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
-        let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
-        varmap.load(dir.join("model.safetensors")).unwrap();
-        model
+        load_trainable(&dir).0
     } else {
         load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true).unwrap()
     };

@@ -11,6 +11,11 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kernel_io::{contiguous_f32, SharedOut};
+
+/// The op's name in errors.
+const OP: &str = "cpu attention";
+
 /// The attention op: `softmax(scale * Q K^T + bias) V` per sequence and head.
 pub struct CpuAttention<'a> {
     /// Number of heads; the hidden width is split evenly among them.
@@ -24,19 +29,6 @@ pub struct CpuAttention<'a> {
     pub bias_width: usize,
     /// Multiplies the scores before the bias is added.
     pub scale: f32,
-}
-
-/// A pointer that threads may share because each writes a disjoint region.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
-    if !layout.is_contiguous() {
-        candle_core::bail!("cpu attention: {what} must be contiguous");
-    }
-    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..])
 }
 
 impl CustomOp3 for CpuAttention<'_> {
@@ -70,7 +62,7 @@ impl CustomOp3 for CpuAttention<'_> {
                 candle_core::bail!("cpu attention: bias has {} values, not {} heads x {width} x {width} covering every sequence", bias.len(), self.heads);
             }
         }
-        let (q, k, v) = (contiguous_f32(q, q_layout, "q")?, contiguous_f32(k, k_layout, "k")?, contiguous_f32(v, v_layout, "v")?);
+        let (q, k, v) = (contiguous_f32(q, q_layout, OP, "q")?, contiguous_f32(k, k_layout, OP, "k")?, contiguous_f32(v, v_layout, OP, "v")?);
         let head_dim = hidden / self.heads;
         let mut out = vec![0f32; tokens * hidden];
         let shared = SharedOut(out.as_mut_ptr());

@@ -7,18 +7,15 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_math::gelu_erf_in_place;
+use super::kernel_io::contiguous_f32;
+
+/// The op's name in errors.
+const OP: &str = "cpu linear";
 
 /// `y = x W^T + b`, then optionally GELU, for `x` of shape `(rows, in)`.
 pub struct CpuLinear {
     /// Apply exact (erf) GELU to the result.
     pub gelu: bool,
-}
-
-fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
-    if !layout.is_contiguous() {
-        candle_core::bail!("cpu linear: {what} must be contiguous");
-    }
-    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..][..layout.shape().elem_count()])
 }
 
 impl CustomOp3 for CpuLinear {
@@ -40,7 +37,7 @@ impl CustomOp3 for CpuLinear {
         if w_in != in_dim || b_layout.shape().dims1()? != out_dim {
             candle_core::bail!("cpu linear: shapes {:?} x {:?} + {:?} do not fit", x_layout.shape(), w_layout.shape(), b_layout.shape());
         }
-        let (x, w, b) = (contiguous_f32(x, x_layout, "x")?, contiguous_f32(w, w_layout, "weight")?, contiguous_f32(b, b_layout, "bias")?);
+        let (x, w, b) = (contiguous_f32(x, x_layout, OP, "x")?, contiguous_f32(w, w_layout, OP, "weight")?, contiguous_f32(b, b_layout, OP, "bias")?);
         // Every row starts as the bias (written once, no zeroing first).
         let mut out: Vec<f32> = Vec::with_capacity(rows * out_dim);
         out.spare_capacity_mut().par_chunks_mut(out_dim).for_each(|row| {

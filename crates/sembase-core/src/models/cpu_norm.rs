@@ -7,8 +7,14 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The op: `((x + residual) - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
-pub struct ResidualLayerNorm<'a> {
+use super::kernel_io::contiguous_f32;
+
+/// The op's name in errors.
+const OP: &str = "layer norm";
+
+/// The op: `((x + residual) - mean) / sqrt(var + eps) * weight + bias` over the last
+/// dimension (as a two-input op), or the same without the residual (one input).
+pub struct LayerNormKernel<'a> {
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     pub eps: f32,
@@ -17,14 +23,7 @@ pub struct ResidualLayerNorm<'a> {
 /// Rows per parallel task: enough work to outweigh the scheduling.
 const ROWS_PER_TASK: usize = 16;
 
-fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, what: &str) -> Result<&'s [f32]> {
-    if !layout.is_contiguous() {
-        candle_core::bail!("residual layer norm: {what} must be contiguous");
-    }
-    Ok(&storage.as_slice::<f32>()?[layout.start_offset()..][..layout.shape().elem_count()])
-}
-
-impl CustomOp2 for ResidualLayerNorm<'_> {
+impl CustomOp2 for LayerNormKernel<'_> {
     fn name(&self) -> &'static str {
         "sembase-residual-layer-norm"
     }
@@ -37,7 +36,7 @@ impl CustomOp2 for ResidualLayerNorm<'_> {
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
             candle_core::bail!("residual layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
         }
-        let (x, r) = (contiguous_f32(x, x_layout, "x")?, contiguous_f32(r, r_layout, "residual")?);
+        let (x, r) = (contiguous_f32(x, x_layout, OP, "x")?, contiguous_f32(r, r_layout, OP, "residual")?);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK).zip(r.par_chunks(dim * ROWS_PER_TASK)))
@@ -54,7 +53,7 @@ impl CustomOp2 for ResidualLayerNorm<'_> {
 }
 
 /// Without a residual: `LN(x)`.
-impl CustomOp1 for ResidualLayerNorm<'_> {
+impl CustomOp1 for LayerNormKernel<'_> {
     fn name(&self) -> &'static str {
         "sembase-layer-norm"
     }
@@ -64,13 +63,13 @@ impl CustomOp1 for ResidualLayerNorm<'_> {
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
             candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
         }
-        let mut out = contiguous_f32(x, x_layout, "x")?.to_vec();
+        let mut out = contiguous_f32(x, x_layout, OP, "x")?.to_vec();
         out.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| rows.chunks_mut(dim).for_each(|row| self.normalise_row(row)));
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
 
-impl ResidualLayerNorm<'_> {
+impl LayerNormKernel<'_> {
     /// Normalises one row in place.
     fn normalise_row(&self, out: &mut [f32]) {
         let n = out.len() as f32;
@@ -99,12 +98,12 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Runs the kernel without a residual on an f32 tensor on the CPU.
-pub fn layer_norm(x: &Tensor, op: ResidualLayerNorm<'_>) -> Result<Tensor> {
+pub fn layer_norm(x: &Tensor, op: LayerNormKernel<'_>) -> Result<Tensor> {
     x.apply_op1_no_bwd(&op)
 }
 
 /// Runs the kernel on two f32 tensors of the same shape on the CPU.
-pub fn residual_layer_norm(x: &Tensor, residual: &Tensor, op: ResidualLayerNorm<'_>) -> Result<Tensor> {
+pub fn residual_layer_norm(x: &Tensor, residual: &Tensor, op: LayerNormKernel<'_>) -> Result<Tensor> {
     x.apply_op2_no_bwd(residual, &op)
 }
 
@@ -121,7 +120,7 @@ mod tests {
         let r = Tensor::randn(1f32, 1.0, (rows, dim), &dev).unwrap();
         let weight: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 / dim as f32).collect();
         let bias: Vec<f32> = (0..dim).map(|i| (i as f32 - 20.0) / 10.0).collect();
-        let fused = residual_layer_norm(&x, &r, ResidualLayerNorm { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        let fused = residual_layer_norm(&x, &r, LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
         let sum = (&x + &r).unwrap();
         let mean = sum.mean_keepdim(D::Minus1).unwrap();
         let centred = sum.broadcast_sub(&mean).unwrap();
@@ -130,14 +129,14 @@ mod tests {
         let reference = centred.broadcast_div(&std).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
         let largest = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(largest(&fused, &reference) < 1e-5, "largest difference {}", largest(&fused, &reference));
-        let plain = layer_norm(&sum, ResidualLayerNorm { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        let plain = layer_norm(&sum, LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
         assert!(largest(&plain, &reference) < 1e-5, "without a residual: largest difference {}", largest(&plain, &reference));
     }
 
     #[test]
     fn a_weight_of_the_wrong_width_is_an_error() {
         let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let op = ResidualLayerNorm { weight: &[1.0; 3], bias: &[0.0; 4], eps: 1e-5 };
+        let op = LayerNormKernel { weight: &[1.0; 3], bias: &[0.0; 4], eps: 1e-5 };
         assert!(residual_layer_norm(&x, &x, op).is_err());
     }
 }

@@ -244,22 +244,17 @@ pub enum DecoderLinear {
 impl DecoderLinear {
     /// Applies the map over the last dimension, then `activation`.
     pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
-        match self {
-            Self::Dense(linear) => linear.forward_then(x, activation),
-            Self::Quantized { .. } | Self::Q4_1 { .. } => {
-                let (mut y, bias) = match self {
-                    Self::Quantized { matmul, bias } => (matmul.forward(&x.contiguous()?)?, bias),
-                    Self::Q4_1 { weights, bias } => (q4_1_forward(weights, x)?, bias),
-                    Self::Dense(_) => unreachable!("handled above"),
-                };
-                if let Some(b) = bias {
-                    y = y.broadcast_add(b)?;
-                }
-                match activation {
-                    Some(a) => a.forward(&y),
-                    None => Ok(y),
-                }
-            }
+        let (mut y, bias) = match self {
+            Self::Dense(linear) => return linear.forward_then(x, activation),
+            Self::Quantized { matmul, bias } => (matmul.forward(&x.contiguous()?)?, bias),
+            Self::Q4_1 { weights, bias } => (q4_1_forward(weights, x)?, bias),
+        };
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        match activation {
+            Some(a) => a.forward(&y),
+            None => Ok(y),
         }
     }
 

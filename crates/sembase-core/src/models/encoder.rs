@@ -148,7 +148,7 @@ struct Packing {
 
 impl AttentionPlan {
     fn new(x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Self> {
-        if !(train || x.track_op() || !x.device().is_cpu()) {
+        if !train && !x.track_op() && x.device().is_cpu() {
             if let Some(packing) = Packing::new(mask, extra_bias)? {
                 return Ok(Self::Packed(packing));
             }

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast_math::gelu_erf_in_place;
+use super::kernel_io::{contiguous_f32, SharedOut};
 use crate::error::{Error, Result};
 
 /// Output channels per packed panel: one 512-bit register of 32-bit sums.
@@ -177,10 +178,10 @@ impl CustomOp1 for Int8Op<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, in_dim) = layout.shape().dims2()?;
-        if !layout.is_contiguous() || in_dim != self.weights.in_dim || self.bias.len() != self.weights.out_dim {
+        if in_dim != self.weights.in_dim || self.bias.len() != self.weights.out_dim {
             candle_core::bail!("int8 linear: input {:?} does not fit a {}x{} matrix", layout.shape(), self.weights.out_dim, self.weights.in_dim);
         }
-        let x = &storage.as_slice::<f32>()?[layout.start_offset()..][..rows * in_dim];
+        let x = contiguous_f32(storage, layout, "int8 linear", "x")?;
         let y = self.weights.forward(x, rows, self.bias, self.gelu, self.kernel);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.weights.out_dim))))
     }
@@ -190,12 +191,6 @@ impl CustomOp1 for Int8Op<'_> {
 pub fn linear(x: &Tensor, weights: &Int8Matrix, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> candle_core::Result<Tensor> {
     x.apply_op1_no_bwd(&Int8Op { weights, bias, gelu, kernel })
 }
-
-/// A pointer the tasks share; each writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// Activation rows as bytes, with each row's scale and zero point.
 struct QuantisedRows {

@@ -5,6 +5,7 @@
 //! and last-dim softmax have none, so when a tensor takes part in a gradient
 //! graph (`track_op`), these blocks switch to compositions of differentiable ops.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor, D};
@@ -13,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
-use super::cpu_norm::{self, ResidualLayerNorm};
+use super::cpu_norm::{self, LayerNormKernel};
 use super::int8_linear::{self, Int8Kernel, Int8Matrix};
 use crate::error::Result;
 
@@ -99,24 +100,17 @@ impl Linear {
         let flat = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
-        if let Some(int8) = self.int8.as_ref().filter(|_| self.kernel_applies(x)) {
-            let gelu = activation == Some(Activation::Gelu);
-            let y = int8_linear::linear(&flat.contiguous()?, &int8.matrix, &int8.bias, gelu, int8.kernel)?.reshape(out_dims)?;
-            return match activation {
-                Some(a) if !gelu => a.forward(&y),
-                _ => Ok(y),
-            };
-        }
         if self.kernel_applies(x) {
             let gelu = activation == Some(Activation::Gelu);
-            let fresh;
-            let kernel = if self.weight.dtype() == DType::F32 {
-                self.kernel_weights()?
-            } else {
-                fresh = self.convert_kernel_weights()?;
-                &fresh
+            let flat = flat.contiguous()?;
+            let y = match &self.int8 {
+                Some(int8) => int8_linear::linear(&flat, &int8.matrix, &int8.bias, gelu, int8.kernel)?,
+                None => {
+                    let kernel = self.kernel_weights()?;
+                    cpu_linear::linear(&flat, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?
+                }
             };
-            let y = cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?.reshape(out_dims)?;
+            let y = y.reshape(out_dims)?;
             return match activation {
                 Some(a) if !gelu => a.forward(&y),
                 _ => Ok(y),
@@ -142,13 +136,17 @@ impl Linear {
         inference && floats && x.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| !b.track_op())
     }
 
-    /// The kernel's weights for f32 weights, made once.
-    fn kernel_weights(&self) -> Result<&KernelWeights> {
+    /// The kernel's weights: made once and kept for f32 weights, converted on each call
+    /// for half-precision ones (so only one f32 matrix exists at a time).
+    fn kernel_weights(&self) -> Result<Cow<'_, KernelWeights>> {
+        if self.weight.dtype() != DType::F32 {
+            return Ok(Cow::Owned(self.convert_kernel_weights()?));
+        }
         if let Some(weights) = self.kernel_weights.get() {
-            return Ok(weights);
+            return Ok(Cow::Borrowed(weights));
         }
         let weights = self.convert_kernel_weights()?;
-        Ok(self.kernel_weights.get_or_init(|| weights))
+        Ok(Cow::Borrowed(self.kernel_weights.get_or_init(|| weights)))
     }
 
     /// `W^T` and the bias in f32, from weights of any float precision.
@@ -186,7 +184,7 @@ impl LayerNorm {
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self.kernel_params(&[x, residual])? {
             Some((weight, bias)) => {
-                let op = ResidualLayerNorm { weight, bias, eps: self.eps as f32 };
+                let op = LayerNormKernel { weight, bias, eps: self.eps as f32 };
                 Ok(cpu_norm::residual_layer_norm(&x.contiguous()?, &residual.contiguous()?, op)?)
             }
             None => self.forward(&(x + residual)?),
@@ -199,7 +197,7 @@ impl LayerNorm {
             return self.forward_differentiable(x);
         }
         match self.kernel_params(&[x])? {
-            Some((weight, bias)) => Ok(cpu_norm::layer_norm(&x.contiguous()?, ResidualLayerNorm { weight, bias, eps: self.eps as f32 })?),
+            Some((weight, bias)) => Ok(cpu_norm::layer_norm(&x.contiguous()?, LayerNormKernel { weight, bias, eps: self.eps as f32 })?),
             None => Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
         }
     }

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod decoder_config;
 pub mod encoder;
 pub mod int8_linear;
+mod kernel_io;
 mod fast_math;
 pub mod layers;
 pub mod llama;
