@@ -6,12 +6,12 @@
 //! works on packed sequences: queries, keys and values are `(tokens, hidden)`
 //! with the real tokens of every sequence one after another (no padding rows),
 //! read straight from the projections' output, so no head transposes are copied.
-//! It has no backward pass: training uses the composed ops in `encoder.rs`.
+//! It has no backward pass: training uses `train_attention.rs`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel_io::{contiguous_f32, SharedOut};
+use super::kernel_io::{contiguous_f32, matmul, SharedOut, View};
 
 /// The op's name in errors.
 const OP: &str = "cpu attention";
@@ -45,17 +45,7 @@ impl CustomOp3 for CpuAttention<'_> {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (tokens, hidden) = q_layout.shape().dims2()?;
-        if k_layout.shape() != q_layout.shape() || v_layout.shape() != q_layout.shape() {
-            candle_core::bail!("cpu attention: q, k and v shapes differ");
-        }
-        let in_order = self.sequences.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
-        if !in_order || self.sequences.iter().any(|&(start, len)| start + len > tokens) {
-            candle_core::bail!("cpu attention: sequences overlap or do not fit the {tokens} packed tokens");
-        }
-        if hidden % self.heads != 0 {
-            candle_core::bail!("cpu attention: hidden {hidden} not divisible by {} heads", self.heads);
-        }
+        let (tokens, hidden) = check_packed(q_layout, k_layout, v_layout, self.sequences, self.heads)?;
         if let Some(bias) = self.bias {
             let width = self.bias_width;
             if bias.len() != self.heads * width * width || self.sequences.iter().any(|&(_, len)| len > width) {
@@ -73,19 +63,9 @@ impl CustomOp3 for CpuAttention<'_> {
                 return;
             }
             let base = start * hidden + h * head_dim;
-            scores.resize(len * len, 0.0);
-            // SAFETY: all pointers stay inside their slices: rows start..start+len <= tokens,
-            // columns < head_dim within this head's block of `hidden`.
-            unsafe {
-                // scores (len x len) = scale * Q (len x d) . K^T (d x len)
-                gemm::gemm(
-                    len, len, head_dim,
-                    scores.as_mut_ptr(), 1, len as isize, false,
-                    q.as_ptr().add(base), 1, hidden as isize,
-                    k.as_ptr().add(base), hidden as isize, 1,
-                    0.0, self.scale, false, false, false, gemm::Parallelism::None,
-                );
-            }
+            // SAFETY: rows start..start+len <= tokens and this head's columns lie inside `hidden`
+            // (checked by `check_packed`).
+            unsafe { scaled_scores(q, k, Head { base, len, hidden, head_dim }, self.scale, scores) };
             for (i, row) in scores.chunks_mut(len).enumerate() {
                 if let Some(bias) = self.bias {
                     let bias_row = &bias[(h * self.bias_width + i) * self.bias_width..][..len];
@@ -98,20 +78,53 @@ impl CustomOp3 for CpuAttention<'_> {
             // columns, a region no other task touches (sequences do not overlap).
             unsafe {
                 // context (len x d) = P (len x len) . V (len x d), written into (tokens, hidden)
-                gemm::gemm(
-                    len, head_dim, len,
-                    out.0.add(base), 1, hidden as isize, false,
-                    scores.as_ptr(), 1, len as isize,
-                    v.as_ptr().add(base), 1, hidden as isize,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                );
+                matmul(len, head_dim, len, out.0.add(base), hidden, false, View::rows(scores, len), View::rows(&v[base..], hidden), 1.0, gemm::Parallelism::None);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
 
-fn softmax_in_place(row: &mut [f32]) {
+/// Where one (sequence, head) block lies in packed `(tokens, hidden)` rows.
+#[derive(Clone, Copy)]
+pub(super) struct Head {
+    /// Index of the block's first element: first row * hidden + head * head_dim.
+    pub base: usize,
+    /// Tokens in the sequence.
+    pub len: usize,
+    pub hidden: usize,
+    pub head_dim: usize,
+}
+
+/// Checks that q, k and v have one `(tokens, hidden)` shape that `sequences` (in
+/// order, not overlapping) fits and `heads` divides; returns `(tokens, hidden)`.
+pub(super) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usize, usize)], heads: usize) -> Result<(usize, usize)> {
+    let (tokens, hidden) = q.shape().dims2()?;
+    if k.shape() != q.shape() || v.shape() != q.shape() {
+        candle_core::bail!("{OP}: q, k and v shapes differ");
+    }
+    let in_order = sequences.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
+    if !in_order || sequences.iter().any(|&(start, len)| start + len > tokens) {
+        candle_core::bail!("{OP}: sequences overlap or do not fit the {tokens} packed tokens");
+    }
+    if heads == 0 || hidden % heads != 0 {
+        candle_core::bail!("{OP}: hidden {hidden} not divisible by {heads} heads");
+    }
+    Ok((tokens, hidden))
+}
+
+/// `scores` (len x len) = `scale` * Q K^T for one head block.
+///
+/// # Safety
+/// The block must lie inside `q` and `k` (rows `len`, stride `hidden`, from `base`).
+pub(super) unsafe fn scaled_scores(q: &[f32], k: &[f32], head: Head, scale: f32, scores: &mut Vec<f32>) {
+    let Head { base, len, hidden, head_dim } = head;
+    scores.resize(len * len, 0.0);
+    matmul(len, len, head_dim, scores.as_mut_ptr(), len, false, View::rows(&q[base..], hidden), View::columns(&k[base..], hidden), scale, gemm::Parallelism::None);
+}
+
+/// Softmax of one row of scores, in place.
+pub(super) fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in row.iter_mut() {

@@ -2,7 +2,7 @@
 //! `LN(x + residual)` in one parallel pass over rows, each row summed, normalised and
 //! scaled while it is in cache (candle would run the add and the norm as two passes,
 //! each allocating, and sums each row in a scalar loop).
-//! No backward pass: training uses the composed ops of `layers.rs`.
+//! No backward pass: training uses `train_norm.rs`, which shares the row code.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -59,17 +59,23 @@ impl CustomOp1 for LayerNormKernel<'_> {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dim = x_layout.shape().dims().last().copied().unwrap_or(0);
-        if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
-            candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
-        }
         let mut out = contiguous_f32(x, x_layout, OP, "x")?.to_vec();
-        out.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| rows.chunks_mut(dim).for_each(|row| self.normalise_row(row)));
+        self.normalise_rows(&mut out, x_layout)?;
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
 
 impl LayerNormKernel<'_> {
+    /// Normalises every row of `values`, laid out as `layout`, in place, in parallel.
+    pub(super) fn normalise_rows(&self, values: &mut [f32], layout: &Layout) -> Result<()> {
+        let dim = layout.shape().dims().last().copied().unwrap_or(0);
+        if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
+            candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
+        }
+        values.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| rows.chunks_mut(dim).for_each(|row| self.normalise_row(row)));
+        Ok(())
+    }
+
     /// Normalises one row in place.
     fn normalise_row(&self, out: &mut [f32]) {
         let n = out.len() as f32;
@@ -85,7 +91,7 @@ impl LayerNormKernel<'_> {
 /// The sum of `f(v)` over `values`, accumulated in 16 lanes so the loop vectorises
 /// (a single running sum must keep its order and stays scalar).
 #[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let chunks = values.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

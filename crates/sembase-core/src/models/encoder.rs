@@ -2,13 +2,16 @@
 //! Architectures differ in their embeddings, their weight names and whether an
 //! attention bias other than the padding mask is added; the layers are the same.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use super::cpu_attention::{self, CpuAttention};
 use super::int8_linear::Int8Kernel;
-use super::layers::{softmax_last_dim, Activation, Dropout, LayerNorm, Linear};
+use super::layers::{next_dropout_seed, softmax_last_dim, Activation, Dropout, LayerNorm, Linear};
+use super::train_attention::{self, TrainAttention};
 use crate::error::{Error, Result};
 
 /// Where each weight of one encoder layer lives, relative to `encoder.layer.N`.
@@ -86,7 +89,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, plan: &AttentionPlan, train: bool) -> Result<Tensor> {
         let context = match plan {
             AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, train)?,
-            AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing)?,
+            AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing, train)?,
         };
         let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
         let x = self.attention_norm.forward_residual(&attended, x)?;
@@ -110,24 +113,34 @@ impl EncoderLayer {
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?)
     }
 
-    /// Attention through the CPU inference kernel over packed `(tokens, hidden)` rows.
-    fn attend_with_kernel(&self, x: &Tensor, packing: &Packing) -> Result<Tensor> {
+    /// Attention through a CPU kernel over packed `(tokens, hidden)` rows: the training
+    /// kernel (dropout, backward pass) in training or inside a gradient graph, the
+    /// inference kernel otherwise.
+    fn attend_with_kernel(&self, x: &Tensor, packing: &Packing, train: bool) -> Result<Tensor> {
         let (_, h) = x.dims2()?;
+        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
+        let scale = self.scale(h) as f32;
+        if train || x.track_op() {
+            let dropout = self.attention_dropout.rate(train);
+            let seed = if dropout > 0.0 { next_dropout_seed() } else { 0 };
+            let op = TrainAttention { heads: self.heads, sequences: packing.sequences.clone(), scale, dropout, seed };
+            return Ok(train_attention::attention(&q, &k, &v, op)?);
+        }
         let op = CpuAttention {
             heads: self.heads,
             sequences: &packing.sequences,
             bias: packing.bias.as_deref(),
             bias_width: packing.width,
-            scale: self.scale(h) as f32,
+            scale,
         };
-        Ok(cpu_attention::attention(&self.query.forward(x)?, &self.key.forward(x)?, &self.value.forward(x)?, op)?)
+        Ok(cpu_attention::attention(&q, &k, &v, op)?)
     }
 }
 
 /// How the layers compute attention for one forward pass, decided once.
 enum AttentionPlan {
-    /// Composed candle ops over the padded batch (training, devices other than the
-    /// CPU, or a mask that is not right padding).
+    /// Composed candle ops over the padded batch (devices other than the CPU, training
+    /// with an extra attention bias, or a mask that is not right padding).
     Ops { bias: Tensor },
     /// The CPU kernel over packed sequences: the layers see only real tokens.
     Packed(Packing),
@@ -136,7 +149,7 @@ enum AttentionPlan {
 /// Where the real tokens of a right-padded `(batch, width, hidden)` batch sit once packed.
 struct Packing {
     /// (first packed row, tokens) per sequence.
-    sequences: Vec<(usize, usize)>,
+    sequences: Arc<[(usize, usize)]>,
     /// Padded width of the batch.
     width: usize,
     /// Row of each real token in the flattened `(batch * width)` batch; `None` when
@@ -148,7 +161,10 @@ struct Packing {
 
 impl AttentionPlan {
     fn new(x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Self> {
-        if !train && !x.track_op() && x.device().is_cpu() {
+        // The training kernel has no extra bias (MPNet's relative positions are learned,
+        // so their gradient would be needed); such models train through the ops.
+        let differentiable = train || x.track_op();
+        if x.device().is_cpu() && x.dtype() == DType::F32 && !(differentiable && extra_bias.is_some()) {
             if let Some(packing) = Packing::new(mask, extra_bias)? {
                 return Ok(Self::Packed(packing));
             }
@@ -180,7 +196,7 @@ impl Packing {
         }
         let rows = if rows.len() == batch * width { None } else { Some(Tensor::new(rows, &Device::Cpu)?) };
         let bias = extra_bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
-        Ok(Some(Self { sequences, width, rows, bias }))
+        Ok(Some(Self { sequences: sequences.into(), width, rows, bias }))
     }
 
     /// `(batch, width, hidden)` -> `(tokens, hidden)`: the real tokens only.
@@ -266,7 +282,7 @@ mod tests {
     fn packing_keeps_real_tokens_and_restores_padding_as_zeros() {
         let mask = Tensor::new(&[[1u32, 1, 0], [1, 1, 1]], &Device::Cpu).unwrap();
         let packing = Packing::new(&mask, None).unwrap().expect("right-padded");
-        assert_eq!(packing.sequences, vec![(0, 2), (2, 3)]);
+        assert_eq!(&packing.sequences[..], &[(0, 2), (2, 3)]);
         let x = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((2, 3, 2)).unwrap();
         let packed = packing.pack(&x).unwrap();
         assert_eq!(packed.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![2., 3.], vec![6., 7.], vec![8., 9.], vec![10., 11.]]);

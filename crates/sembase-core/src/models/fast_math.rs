@@ -1,4 +1,4 @@
-//! Vectorisable element-wise math for the CPU inference kernels.
+//! Vectorisable element-wise math for the CPU kernels.
 //!
 //! Written as branch-free scalar code so the compiler vectorises the loops;
 //! the loop is compiled for AVX-512 and AVX2 as well and chosen at run time.
@@ -31,40 +31,64 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// Defines `pub fn $name(args)` that runs `$body(args)` compiled for AVX-512 or
+/// AVX2+FMA when the CPU has them (chosen at run time), or as plain code otherwise.
+macro_rules! multiversioned {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the enabled features (checked above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
 #[inline(always)]
 fn gelu_loop(values: &mut [f32]) {
-    const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     for v in values.iter_mut() {
         *v = 0.5 * *v * (1.0 + erf(*v * INV_SQRT2));
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn gelu_avx512(values: &mut [f32]) {
-    gelu_loop(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gelu_avx2(values: &mut [f32]) {
-    gelu_loop(values)
-}
-
-/// Exact-form GELU, `x * Phi(x)`, applied in place.
-pub fn gelu_erf_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the enabled features (checked above).
-            return unsafe { gelu_avx512(values) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { gelu_avx2(values) };
-        }
+/// `grad *= GELU'(x)`, with `GELU'(x) = Phi(x) + x * phi(x)`.
+#[inline(always)]
+fn gelu_backward_loop(x: &[f32], grad: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &x) in grad.iter_mut().zip(x) {
+        let cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+        *g *= cdf + x * pdf;
     }
-    gelu_loop(values)
+}
+
+multiversioned! {
+    /// Exact-form GELU, `x * Phi(x)`, applied in place.
+    pub fn gelu_erf_in_place(values: &mut [f32]) = gelu_loop
+}
+
+multiversioned! {
+    /// The exact GELU's backward pass: multiplies `grad` by the derivative at `x`.
+    pub fn gelu_erf_backward(x: &[f32], grad: &mut [f32]) = gelu_backward_loop
 }
 
 #[cfg(test)]
@@ -88,6 +112,19 @@ mod tests {
         for (x, g) in xs.iter().zip(&got) {
             let want = 0.5 * *x as f64 * (1.0 + libm_erf(*x as f64 / std::f64::consts::SQRT_2));
             assert!((*g as f64 - want).abs() < 2e-6, "gelu({x}) = {g}, want {want}");
+        }
+    }
+
+    #[test]
+    fn gelu_backward_matches_finite_differences() {
+        let xs: Vec<f32> = (-600..=600).map(|i| i as f32 * 0.01).collect();
+        let mut grad = vec![1.0f32; xs.len()];
+        gelu_erf_backward(&xs, &mut grad);
+        let gelu = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
+        for (x, g) in xs.iter().zip(&grad).step_by(7) {
+            let h = 1e-4;
+            let want = (gelu(*x as f64 + h) - gelu(*x as f64 - h)) / (2.0 * h);
+            assert!((*g as f64 - want).abs() < 1e-5, "gelu'({x}) = {g}, want {want}");
         }
     }
 

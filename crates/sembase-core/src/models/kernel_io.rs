@@ -1,7 +1,8 @@
-//! Plumbing shared by the CPU inference kernels (candle custom ops): reading an f32
-//! input where it lies, and a shared output pointer for parallel tasks.
+//! Plumbing shared by the CPU kernels (candle custom ops): reading an f32 input where
+//! it lies, a shared output pointer for parallel tasks, and strided GEMMs.
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
 
 /// An op's contiguous f32 input as a slice of exactly its layout's elements; `op` and
 /// `what` name the op and the input in the error.
@@ -20,3 +21,140 @@ pub(super) struct SharedOut(pub(super) *mut f32);
 // pointer across threads cannot race.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+/// A tensor's f32 elements on the CPU in row-major order, for the backward passes of
+/// the training kernels: read where they lie when contiguous (the storage stays
+/// read-locked while this lives), copied otherwise.
+pub(super) enum HostF32<'a> {
+    Borrowed { _storage: StorageRef<'a>, data: *const f32, len: usize },
+    Owned(Vec<f32>),
+}
+
+impl<'a> HostF32<'a> {
+    /// Reads `t`, which must hold f32 on the CPU.
+    pub(super) fn of(t: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("training kernels read CPU tensors, not {:?}", t.device().location());
+        };
+        let values = cpu.as_slice::<f32>()?;
+        match layout.contiguous_offsets() {
+            Some((start, end)) => {
+                let (data, len) = (values[start..end].as_ptr(), end - start);
+                Ok(Self::Borrowed { _storage: storage, data, len })
+            }
+            None => {
+                drop(storage);
+                Ok(Self::Owned(t.flatten_all()?.to_vec1::<f32>()?))
+            }
+        }
+    }
+}
+
+// SAFETY: a `HostF32` only gives out shared reads of values that stay unchanged while
+// it lives (see `deref`), so reading it from several threads cannot race.
+unsafe impl Sync for HostF32<'_> {}
+
+impl std::ops::Deref for HostF32<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            // SAFETY: `data` and `len` were taken from the storage that `_storage` keeps
+            // read-locked (so alive and unchanged) for as long as `self` lives.
+            Self::Borrowed { data, len, .. } => unsafe { std::slice::from_raw_parts(*data, *len) },
+            Self::Owned(values) => values,
+        }
+    }
+}
+
+/// A read-only strided matrix for [`matmul`]: its start and the steps between
+/// columns and between rows.
+#[derive(Clone, Copy)]
+pub(super) struct View {
+    start: *const f32,
+    column_step: isize,
+    row_step: isize,
+}
+
+impl View {
+    /// Row-major: rows `row_step` apart, columns adjacent.
+    pub(super) fn rows(data: &[f32], row_step: usize) -> Self {
+        Self { start: data.as_ptr(), column_step: 1, row_step: row_step as isize }
+    }
+
+    /// The transpose of a row-major matrix whose rows are `row_step` apart.
+    pub(super) fn columns(data: &[f32], row_step: usize) -> Self {
+        Self { start: data.as_ptr(), column_step: row_step as isize, row_step: 1 }
+    }
+}
+
+/// `dst` (m x n, rows `dst_row_step` apart) = `scale` * a (m x k) . b (k x n), added to
+/// what `dst` holds when `accumulate`, on the threads `parallelism` says.
+///
+/// # Safety
+/// `a`, `b` and `dst` must cover the m x k, k x n and m x n elements their steps reach.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_row_step: usize, accumulate: bool, a: View, b: View, scale: f32, parallelism: gemm::Parallelism) {
+    gemm::gemm(
+        m, n, k,
+        dst, 1, dst_row_step as isize, accumulate,
+        a.start, a.column_step, a.row_step,
+        b.start, b.column_step, b.row_step,
+        1.0, scale, false, false, false, parallelism,
+    );
+}
+
+/// Every thread candle may use, for one large GEMM.
+pub(super) fn every_thread() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    }
+}
+
+/// `a` (m x k) . `b` (k x n) into a new row-major m x n vector.
+pub(super) fn product(m: usize, n: usize, k: usize, a: View, b: View, parallelism: gemm::Parallelism) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: with k > 0 and no accumulation the GEMM writes all m x n elements of
+    // `out` (without reading them) before the length is set; the caller's views
+    // cover their matrices (every caller builds them from slices of those sizes).
+    unsafe {
+        matmul(m, n, k, out.as_mut_ptr(), n, false, a, b, 1.0, parallelism);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `x` (rows x k, row-major) . `weight` (k x bias.len()) + `bias` on every row, into a new
+/// row-major vector, on every thread.
+pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32]) -> Vec<f32> {
+    let n = bias.len();
+    assert_eq!(x.len(), rows * k, "affine: x is not {rows} x {k}");
+    // Every row starts as the bias (written once, no zeroing first).
+    let mut out = repeated_rows(bias, rows);
+    // SAFETY: out (rows x n) and x (rows x k) are row-major slices of these sizes; the
+    // caller builds `weight` from a slice holding k x n elements.
+    unsafe {
+        matmul(rows, n, k, out.as_mut_ptr(), n, true, View::rows(x, k), weight, 1.0, every_thread());
+    }
+    out
+}
+
+/// `row` repeated `rows` times, written once (no zeroing first).
+fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(rows * row.len());
+    if !row.is_empty() {
+        out.spare_capacity_mut().par_chunks_mut(row.len()).for_each(|slots| {
+            slots.iter_mut().zip(row).for_each(|(slot, &v)| {
+                slot.write(v);
+            });
+        });
+    }
+    // SAFETY: the loop above wrote all rows * row.len() values.
+    unsafe { out.set_len(rows * row.len()) };
+    out
+}

@@ -3,7 +3,9 @@
 //!
 //! Training needs a backward pass through every op. candle's fused layer norm
 //! and last-dim softmax have none, so when a tensor takes part in a gradient
-//! graph (`track_op`), these blocks switch to compositions of differentiable ops.
+//! graph (`track_op`), these blocks switch to differentiable ops: our training
+//! kernels on the CPU (`train_linear.rs`, `train_norm.rs`, `train_gelu.rs`,
+//! `train_dropout.rs`), compositions of candle ops elsewhere.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -16,6 +18,7 @@ use candle_nn::VarBuilder;
 use super::cpu_linear::{self, CpuLinear};
 use super::cpu_norm::{self, LayerNormKernel};
 use super::int8_linear::{self, Int8Kernel, Int8Matrix};
+use super::{train_dropout, train_gelu, train_linear, train_norm};
 use crate::error::Result;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -92,7 +95,8 @@ impl Linear {
     }
 
     /// Applies the map, then `activation`. For inference on the CPU this is one
-    /// kernel (bias and exact GELU fused); otherwise composed differentiable ops.
+    /// kernel (bias and exact GELU fused); otherwise differentiable ops (the training
+    /// kernel on the CPU in f32).
     pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
@@ -116,10 +120,11 @@ impl Linear {
                 _ => Ok(y),
             };
         }
-        let mut y = flat.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
-        }
+        let y = match &self.bias {
+            Some(bias) if on_cpu_in_f32(&[&flat, &self.weight, bias]) => train_linear::linear(&flat, &self.weight, bias)?,
+            Some(bias) => flat.matmul(&self.weight.t()?)?.broadcast_add(bias)?,
+            None => flat.matmul(&self.weight.t()?)?,
+        };
         let y = y.reshape(out_dims)?;
         match activation {
             Some(a) => a.forward(&y),
@@ -221,12 +226,20 @@ impl LayerNorm {
     }
 
     fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
+        if on_cpu_in_f32(&[x, &self.weight, &self.bias]) {
+            return Ok(train_norm::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
         Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
     }
+}
+
+/// Whether every tensor is f32 on the CPU (what the training kernels take).
+fn on_cpu_in_f32(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// Softmax over the last dimension; differentiable when `x` is in a gradient graph.
@@ -255,16 +268,30 @@ pub fn seed_dropout(seed: u64) {
     DROPOUT_RNG.with(|rng| *rng.borrow_mut() = StdRng::seed_from_u64(seed));
 }
 
+/// The next seed from this thread's dropout generator, for kernels that make their
+/// own masks (so they replay with the rest of a step).
+pub fn next_dropout_seed() -> u64 {
+    DROPOUT_RNG.with(|rng| rng.borrow_mut().random())
+}
+
 impl Dropout {
     /// Drops each element with probability `p` (0 disables it).
     pub fn new(p: f32) -> Self {
         Self { p }
     }
 
+    /// The probability of dropping an element in this mode (0 outside training).
+    pub fn rate(&self, train: bool) -> f32 {
+        if train { self.p } else { 0.0 }
+    }
+
     /// Identity unless `train`; in training, zeroes elements and rescales the rest.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.p <= 0.0 {
             return Ok(x.clone());
+        }
+        if on_cpu_in_f32(&[x]) {
+            return Ok(train_dropout::dropout(x, self.p, next_dropout_seed())?);
         }
         let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
@@ -303,6 +330,7 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::Gelu if on_cpu_in_f32(&[x]) => train_gelu::gelu_erf(x)?,
             Self::Gelu => x.gelu_erf()?,
             Self::GeluTanh => x.gelu()?,
             Self::Relu => x.relu()?,

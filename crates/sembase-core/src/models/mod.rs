@@ -18,6 +18,13 @@ pub mod mpnet;
 mod q4_1;
 pub mod qwen2;
 pub mod qwen3;
+mod train_attention;
+#[cfg(test)]
+mod train_check;
+mod train_dropout;
+mod train_gelu;
+mod train_linear;
+mod train_norm;
 pub mod xlm_roberta;
 
 use std::path::{Path, PathBuf};
