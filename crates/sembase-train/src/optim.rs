@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::error::{Result, TrainError};
@@ -78,6 +79,67 @@ fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], c: Step
     );
 }
 
+impl Slot {
+    /// Applies one update with gradient `grad`: in place on a CPU f32 parameter (no copy
+    /// of the weights or the gradient), through host copies on other devices.
+    fn apply(&mut self, grad: &Tensor, c: StepCoefficients) -> Result<()> {
+        let tensor = self.var.as_tensor();
+        if tensor.device().is_cpu() && tensor.dtype() == DType::F32 && grad.dtype() == DType::F32 {
+            let grad = grad.contiguous()?;
+            let op = InPlaceUpdate { moments: Mutex::new((&mut self.m, &mut self.v)), c };
+            tensor.inplace_op2(&grad, &op)?;
+        } else {
+            let mut theta = tensor.flatten_all()?.to_vec1::<f32>()?;
+            let grad = grad.flatten_all()?.to_vec1::<f32>()?;
+            update(&mut theta, &grad, &mut self.m, &mut self.v, c);
+            self.var.set(&Tensor::from_vec(theta, tensor.shape(), tensor.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The sum of squares of a gradient, read in place when it lives on the CPU.
+fn squared_norm(grad: &Tensor) -> Result<f64> {
+    let sum = |g: &[f32]| g.par_iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+    if grad.device().is_cpu() && grad.dtype() == DType::F32 && grad.is_contiguous() {
+        let (storage, layout) = grad.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(data)) = &*storage {
+            return Ok(sum(&data[layout.start_offset()..][..grad.elem_count()]));
+        }
+    }
+    Ok(sum(&grad.flatten_all()?.to_vec1::<f32>()?))
+}
+
+/// [`update`] as a candle in-place op on a contiguous CPU f32 parameter, with a
+/// contiguous gradient of the same size; the moments are borrowed from the slot.
+struct InPlaceUpdate<'a> {
+    moments: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    c: StepCoefficients,
+}
+
+impl InplaceOp2 for InPlaceUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "sembase-adamw"
+    }
+
+    fn cpu_fwd(&self, theta: &mut CpuStorage, theta_layout: &Layout, grad: &CpuStorage, grad_layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (theta, grad) else {
+            candle_core::bail!("adamw: the parameter and its gradient must be f32");
+        };
+        let n = theta_layout.shape().elem_count();
+        let (Some((theta_start, _)), Some((grad_start, _))) = (theta_layout.contiguous_offsets(), grad_layout.contiguous_offsets()) else {
+            candle_core::bail!("adamw: the parameter and its gradient must be contiguous");
+        };
+        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("adamw: moments poisoned".into()))?;
+        let (m, v) = &mut *moments;
+        if grad_layout.shape().elem_count() != n || m.len() != n {
+            candle_core::bail!("adamw: parameter, gradient and moments differ in size");
+        }
+        update(&mut theta[theta_start..][..n], &grad[grad_start..][..n], m, v, self.c);
+        Ok(())
+    }
+}
+
 impl AdamW {
     /// An optimiser with zero moments for `vars`.
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
@@ -100,12 +162,12 @@ impl AdamW {
     /// applies one update with learning rate `lr`; parameters without a gradient
     /// are left alone. Returns the global norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, max_grad_norm: f64) -> Result<f64> {
-        let host: Vec<Option<Vec<f32>>> = self
-            .slots
-            .iter()
-            .map(|s| grads.get(s.var.as_tensor()).map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose())
-            .collect::<candle_core::Result<_>>()?;
-        let norm = host.iter().flatten().map(|g| g.par_iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sum::<f64>().sqrt();
+        let grads: Vec<Option<Tensor>> = self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
+        let mut squares = 0.0;
+        for grad in grads.iter().flatten() {
+            squares += squared_norm(grad)?;
+        }
+        let norm = squares.sqrt();
         let grad_scale = if norm > max_grad_norm && norm.is_finite() { max_grad_norm / (norm + 1e-6) } else { 1.0 };
         self.step += 1;
         let c = self.config;
@@ -119,13 +181,10 @@ impl AdamW {
             keep: 1.0,
             grad_scale: grad_scale as f32,
         };
-        for (slot, grad) in self.slots.iter_mut().zip(host) {
+        for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let Some(grad) = grad else { continue };
             let keep = if slot.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
-            let tensor = slot.var.as_tensor();
-            let mut theta = tensor.flatten_all()?.to_vec1::<f32>()?;
-            update(&mut theta, &grad, &mut slot.m, &mut slot.v, StepCoefficients { keep, ..base });
-            slot.var.set(&Tensor::from_vec(theta, tensor.shape(), tensor.device())?)?;
+            slot.apply(&grad, StepCoefficients { keep, ..base })?;
         }
         Ok(norm)
     }
