@@ -6,7 +6,7 @@ Parts (choose with --parts, default all):
               LCQMC test Spearman before and after, for sembase and for PyTorch, and
               ATEC dev at 384/256/128/64 dimensions (Matryoshka truncation).
   simcse      multilingual-e5-small, unsupervised SimCSE on zh/corpus/atec-questions.txt
-              (no labels); the same figures, for sembase and for PyTorch.
+              (no labels); ATEC dev and LCQMC test before and after, for sembase and PyTorch.
   matryoshka  the supervised recipe with --dims 384,256,128,64 (MatryoshkaLoss in
               PyTorch); the same figures.
   speed       all-minilm-l6-v2, SimCSE, batch 64, length 32: median seconds per
@@ -244,9 +244,9 @@ def print_table(title, header, rows):
     sys.stdout.flush()
 
 
-def compare_training(title, base_dir, config, tasks, args):
+def compare_training(title, base_dir, config, tasks, args, widths=True):
     """Trains with both trainers and prints base / sembase / PyTorch figures side by side:
-    every task at full width, and ATEC dev at each Matryoshka width."""
+    every task at full width and, with `widths`, ATEC dev at each Matryoshka width."""
     ours_dir = Path(args.workdir) / f"{title}-sembase"
     theirs_dir = Path(args.workdir) / f"{title}-torch"
     ours = sembase_train(config, ours_dir, args.workdir)
@@ -254,7 +254,7 @@ def compare_training(title, base_dir, config, tasks, args):
     models = [("base", base_dir), ("sembase", ours_dir), ("pytorch", theirs_dir)]
     scores = {name: evaluate(d, tasks, args.workdir, threads=args.threads) for name, d in models}
     widths = {name: width_spearman(d, DATA / "zh/atec/dev.tsv", args.workdir, MATRYOSHKA_DIMS, threads=args.threads)
-              for name, d in models}
+              for name, d in models} if widths else {}
     recipe_line = (f"{config['objective']}, {config['steps']} steps, batch {config['batch']}, lr {config['lr']}, "
                    f"length {config['max_length']}" + (f", --dims {config['dims']}" if config["dims"] else ""))
     rows = []
@@ -263,10 +263,11 @@ def compare_training(title, base_dir, config, tasks, args):
         rows.append([task, f"{b:.2f}", f"{o:.2f}", f"{t:.2f}", f"{o - t:+.2f}"])
     print_table(f"{title}: {recipe_line}: Spearman x100 by `sembase eval`",
                 ["task", "base", "sembase", "pytorch", "sembase - pytorch"], rows)
-    rows = [[d] + [f"{widths[n][d]:.2f}" for n, _ in models] + [f"{widths['sembase'][d] - widths['pytorch'][d]:+.2f}"]
-            for d in MATRYOSHKA_DIMS]
-    print_table(f"{title}: ATEC dev Spearman x100 at each width (first N dims, re-normalised)",
-                ["dims", "base", "sembase", "pytorch", "sembase - pytorch"], rows)
+    if widths:
+        rows = [[d] + [f"{widths[n][d]:.2f}" for n, _ in models] + [f"{widths['sembase'][d] - widths['pytorch'][d]:+.2f}"]
+                for d in MATRYOSHKA_DIMS]
+        print_table(f"{title}: ATEC dev Spearman x100 at each width (first N dims, re-normalised)",
+                    ["dims", "base", "sembase", "pytorch", "sembase - pytorch"], rows)
     print(f"step time (median): sembase {ours['step_seconds_median']:.3f}s, pytorch {theirs['step_seconds_median']:.3f}s "
           f"({ours['step_seconds_median'] / theirs['step_seconds_median']:.2f}x); peak RSS sembase "
           f"{ours['peak_rss_mib']:.0f} MiB, pytorch {theirs['peak_rss_mib']:.0f} MiB")
@@ -283,7 +284,8 @@ def part_simcse(args):
     base = model_dir(E5)
     config = recipe("simcse", base, DATA / "zh/corpus/atec-questions.txt", args.steps, args.batch, 3e-5, 32, args.threads,
                     prefix=E5_PREFIX)
-    return compare_training("simcse", base, config, [f"pairs:{DATA}/zh/atec/dev.tsv", f"pairs:{DATA}/zh/lcqmc/test.tsv"], args)
+    return compare_training("simcse", base, config, [f"pairs:{DATA}/zh/atec/dev.tsv", f"pairs:{DATA}/zh/lcqmc/test.tsv"], args,
+                            widths=False)
 
 
 def part_matryoshka(args):
