@@ -144,6 +144,11 @@ pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32
     out
 }
 
+/// Adds `from` element-wise into `into` (the merge step of parallel partial sums).
+pub(super) fn add_into(into: &mut [f32], from: &[f32]) {
+    into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
+}
+
 /// `row` repeated `rows` times, written once (no zeroing first).
 fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(rows * row.len());

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel_io::{affine, contiguous_f32, every_thread, product, HostF32, View};
+use super::kernel_io::{add_into, affine, contiguous_f32, every_thread, product, HostF32, View};
 
 /// The op's name in errors.
 const OP: &str = "training linear";
@@ -61,12 +61,12 @@ fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
         .map(|block| {
             let mut sums = vec![0f32; width];
             for row in block.chunks(width) {
-                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                add_into(&mut sums, row);
             }
             sums
         })
         .reduce(|| vec![0f32; width], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            add_into(&mut a, &b);
             a
         })
 }

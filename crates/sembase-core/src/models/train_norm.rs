@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu_norm::{lane_sum, LayerNormKernel};
-use super::kernel_io::{contiguous_f32, HostF32};
+use super::kernel_io::{add_into, contiguous_f32, HostF32};
 
 /// The op's name in errors.
 const OP: &str = "training layer norm";
@@ -56,8 +56,8 @@ impl CustomOp3 for TrainLayerNorm {
                 (dw, db)
             })
             .reduce(|| (vec![0f32; dim], vec![0f32; dim]), |(mut dw, mut db), (w2, b2)| {
-                dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
-                db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+                add_into(&mut dw, &w2);
+                add_into(&mut db, &b2);
                 (dw, db)
             });
         let vector = |data: Vec<f32>| Tensor::from_vec(data, dim, &Device::Cpu);
