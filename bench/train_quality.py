@@ -245,33 +245,55 @@ def print_table(title, header, rows):
 
 
 def compare_training(title, base_dir, config, tasks, args, widths=True):
-    """Trains with both trainers and prints base / sembase / PyTorch figures side by side:
-    every task at full width and, with `widths`, ATEC dev at each Matryoshka width."""
-    ours_dir = Path(args.workdir) / f"{title}-sembase"
-    theirs_dir = Path(args.workdir) / f"{title}-torch"
-    ours = sembase_train(config, ours_dir, args.workdir)
-    theirs = run_torch(config, theirs_dir, args.workdir)
-    models = [("base", base_dir), ("sembase", ours_dir), ("pytorch", theirs_dir)]
-    scores = {name: evaluate(d, tasks, args.workdir, threads=args.threads) for name, d in models}
-    widths = {name: width_spearman(d, DATA / "zh/atec/dev.tsv", args.workdir, MATRYOSHKA_DIMS, threads=args.threads)
-              for name, d in models} if widths else {}
+    """Trains with both trainers once per seed of `--seeds` and prints base / sembase /
+    PyTorch figures side by side: every task at full width and, with `widths`, ATEC dev at
+    each Matryoshka width; with several seeds, a row per seed and their mean, so a
+    difference between the trainers can be read against the spread between seeds."""
+    runs = []
+    for seed in args.seeds:
+        seeded = dict(config, seed=seed)
+        ours_dir = Path(args.workdir) / f"{title}-s{seed}-sembase"
+        theirs_dir = Path(args.workdir) / f"{title}-s{seed}-torch"
+        runs.append({"seed": seed, "sembase": sembase_train(seeded, ours_dir, args.workdir),
+                     "pytorch": run_torch(seeded, theirs_dir, args.workdir),
+                     "dirs": {"sembase": ours_dir, "pytorch": theirs_dir}})
+    base_scores = evaluate(base_dir, tasks, args.workdir, threads=args.threads)
+    base_widths = width_spearman(base_dir, DATA / "zh/atec/dev.tsv", args.workdir, MATRYOSHKA_DIMS,
+                                 threads=args.threads) if widths else {}
+    for run in runs:
+        run["scores"] = {n: evaluate(d, tasks, args.workdir, threads=args.threads) for n, d in run["dirs"].items()}
+        run["widths"] = {n: width_spearman(d, DATA / "zh/atec/dev.tsv", args.workdir, MATRYOSHKA_DIMS,
+                                           threads=args.threads)
+                         for n, d in run["dirs"].items()} if widths else {}
     recipe_line = (f"{config['objective']}, {config['steps']} steps, batch {config['batch']}, lr {config['lr']}, "
                    f"length {config['max_length']}" + (f", --dims {config['dims']}" if config["dims"] else ""))
-    rows = []
-    for task in scores["base"]:
-        b, o, t = (scores[n][task]["spearman"] for n, _ in models)
-        rows.append([task, f"{b:.2f}", f"{o:.2f}", f"{t:.2f}", f"{o - t:+.2f}"])
-    print_table(f"{title}: {recipe_line}: Spearman x100 by `sembase eval`",
-                ["task", "base", "sembase", "pytorch", "sembase - pytorch"], rows)
+
+    def side_by_side(label, base, figure):
+        """Rows of one figure (a task or a width): one per seed, then the mean over seeds."""
+        pairs = [(figure(run, "sembase"), figure(run, "pytorch")) for run in runs]
+        rows = [[label, run["seed"], f"{base:.2f}", f"{o:.2f}", f"{t:.2f}", f"{o - t:+.2f}"]
+                for run, (o, t) in zip(runs, pairs)]
+        if len(runs) > 1:
+            o, t = (statistics.mean(p[i] for p in pairs) for i in (0, 1))
+            spread = [f"{min(p[i] for p in pairs):.2f}..{max(p[i] for p in pairs):.2f}" for i in (0, 1)]
+            rows.append([label, "mean", f"{base:.2f}", f"{o:.2f} ({spread[0]})", f"{t:.2f} ({spread[1]})", f"{o - t:+.2f}"])
+        return rows
+
+    header = ["task", "seed", "base", "sembase", "pytorch", "sembase - pytorch"]
+    rows = [row for task in base_scores
+            for row in side_by_side(task, base_scores[task]["spearman"], lambda r, n: r["scores"][n][task]["spearman"])]
+    print_table(f"{title}: {recipe_line}: Spearman x100 by `sembase eval`", header, rows)
     if widths:
-        rows = [[d] + [f"{widths[n][d]:.2f}" for n, _ in models] + [f"{widths['sembase'][d] - widths['pytorch'][d]:+.2f}"]
-                for d in MATRYOSHKA_DIMS]
+        rows = [row for d in MATRYOSHKA_DIMS for row in side_by_side(d, base_widths[d], lambda r, n: r["widths"][n][d])]
         print_table(f"{title}: ATEC dev Spearman x100 at each width (first N dims, re-normalised)",
-                    ["dims", "base", "sembase", "pytorch", "sembase - pytorch"], rows)
-    print(f"step time (median): sembase {ours['step_seconds_median']:.3f}s, pytorch {theirs['step_seconds_median']:.3f}s "
-          f"({ours['step_seconds_median'] / theirs['step_seconds_median']:.2f}x); peak RSS sembase "
-          f"{ours['peak_rss_mib']:.0f} MiB, pytorch {theirs['peak_rss_mib']:.0f} MiB")
-    return {"sembase": ours, "pytorch": theirs, "scores": scores, "widths": widths}
+                    ["dims"] + header[1:], rows)
+    for run in runs:
+        ours, theirs = run["sembase"], run["pytorch"]
+        print(f"seed {run['seed']}: step time (median) sembase {ours['step_seconds_median']:.3f}s, pytorch "
+              f"{theirs['step_seconds_median']:.3f}s ({ours['step_seconds_median'] / theirs['step_seconds_median']:.2f}x); "
+              f"peak RSS sembase {ours['peak_rss_mib']:.0f} MiB, pytorch {theirs['peak_rss_mib']:.0f} MiB")
+    return {"base": {"scores": base_scores, "widths": base_widths},
+            "runs": [{k: v for k, v in run.items() if k != "dirs"} for run in runs]}
 
 
 def part_supervised(args):
@@ -346,9 +368,11 @@ def main():
     parser.add_argument("--batch", type=int, default=32, help="batch size of the quality runs")
     parser.add_argument("--speed-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds; the quality parts train once per seed")
     parser.add_argument("--workdir", default=None, help="where models and reports go (default: a temporary dir)")
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args()
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
     if not SEMBASE.exists():
         raise SystemExit(f"{SEMBASE} is missing: run `cargo build --release` first")
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="sembase-train-bench-")
