@@ -3,14 +3,15 @@
 //! candle's batched matmul runs its batch serially and splits each small GEMM
 //! across threads, which is slow for the many short sequences of embedding
 //! work. This kernel instead gives each (sequence, head) pair to one thread and
-//! works on packed sequences: queries, keys and values are `(tokens, hidden)`
-//! with the real tokens of every sequence one after another (no padding rows),
-//! read straight from the projections' output, so no head transposes are copied.
-//! It has no backward pass: training uses `train_attention.rs`.
+//! works on packed sequences: the input is the fused projection, `(tokens, 3 hidden)`
+//! with each row's query, key and value side by side and the real tokens of every
+//! sequence one after another (no padding rows), read where it lies, so no head
+//! transposes are copied. It has no backward pass: training uses `train_attention.rs`.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fast_math::softmax_in_place;
 use super::kernel_io::{contiguous_f32, matmul, SharedOut, View};
 
 /// The op's name in errors.
@@ -31,28 +32,26 @@ pub struct CpuAttention<'a> {
     pub scale: f32,
 }
 
-impl CustomOp3 for CpuAttention<'_> {
+impl CustomOp1 for CpuAttention<'_> {
     fn name(&self) -> &'static str {
         "sembase-cpu-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        q_layout: &Layout,
-        k: &CpuStorage,
-        k_layout: &Layout,
-        v: &CpuStorage,
-        v_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (tokens, hidden) = check_packed(q_layout, k_layout, v_layout, self.sequences, self.heads)?;
+    fn cpu_fwd(&self, qkv: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (tokens, width) = layout.shape().dims2()?;
+        if width % 3 != 0 {
+            candle_core::bail!("{OP}: fused projection width {width} is not 3 x hidden");
+        }
+        let hidden = width / 3;
+        check_sequences(tokens, hidden, self.sequences, self.heads)?;
         if let Some(bias) = self.bias {
             let width = self.bias_width;
             if bias.len() != self.heads * width * width || self.sequences.iter().any(|&(_, len)| len > width) {
                 candle_core::bail!("cpu attention: bias has {} values, not {} heads x {width} x {width} covering every sequence", bias.len(), self.heads);
             }
         }
-        let (q, k, v) = (contiguous_f32(q, q_layout, OP, "q")?, contiguous_f32(k, k_layout, OP, "k")?, contiguous_f32(v, v_layout, OP, "v")?);
+        let qkv = contiguous_f32(qkv, layout, OP, "qkv")?;
+        let (q, k, v) = (qkv, &qkv[hidden..], &qkv[2 * hidden..]);
         let head_dim = hidden / self.heads;
         let mut out = vec![0f32; tokens * hidden];
         let shared = SharedOut(out.as_mut_ptr());
@@ -62,10 +61,10 @@ impl CustomOp3 for CpuAttention<'_> {
             if len == 0 {
                 return;
             }
-            let base = start * hidden + h * head_dim;
-            // SAFETY: rows start..start+len <= tokens and this head's columns lie inside `hidden`
-            // (checked by `check_packed`).
-            unsafe { scaled_scores(q, k, Head { base, len, hidden, head_dim }, self.scale, scores) };
+            let base = start * width + h * head_dim;
+            // SAFETY: rows start..start+len <= tokens and this head's columns lie inside
+            // each of the three `hidden`-wide parts of a row (checked by `check_sequences`).
+            unsafe { scaled_scores(q, k, Head { base, len, stride: width, head_dim }, self.scale, scores) };
             for (i, row) in scores.chunks_mut(len).enumerate() {
                 if let Some(bias) = self.bias {
                     let bias_row = &bias[(h * self.bias_width + i) * self.bias_width..][..len];
@@ -78,7 +77,8 @@ impl CustomOp3 for CpuAttention<'_> {
             // columns, a region no other task touches (sequences do not overlap).
             unsafe {
                 // context (len x d) = P (len x len) . V (len x d), written into (tokens, hidden)
-                matmul(len, head_dim, len, out.0.add(base), hidden, false, View::rows(scores, len), View::rows(&v[base..], hidden), 1.0, gemm::Parallelism::None);
+                let target = out.0.add(start * hidden + h * head_dim);
+                matmul(len, head_dim, len, target, hidden, false, View::rows(scores, len), View::rows(&v[base..], width), 1.0, gemm::Parallelism::None);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
@@ -88,11 +88,12 @@ impl CustomOp3 for CpuAttention<'_> {
 /// Where one (sequence, head) block lies in packed `(tokens, hidden)` rows.
 #[derive(Clone, Copy)]
 pub(super) struct Head {
-    /// Index of the block's first element: first row * hidden + head * head_dim.
+    /// Index of the block's first element: first row * stride + head * head_dim.
     pub base: usize,
     /// Tokens in the sequence.
     pub len: usize,
-    pub hidden: usize,
+    /// Elements from one row to the next.
+    pub stride: usize,
     pub head_dim: usize,
 }
 
@@ -103,39 +104,35 @@ pub(super) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usi
     if k.shape() != q.shape() || v.shape() != q.shape() {
         candle_core::bail!("{OP}: q, k and v shapes differ");
     }
+    check_sequences(tokens, hidden, sequences, heads)?;
+    Ok((tokens, hidden))
+}
+
+/// Checks that `sequences` (in order, not overlapping) fit `tokens` packed rows and
+/// that `heads` divides `hidden`.
+fn check_sequences(tokens: usize, hidden: usize, sequences: &[(usize, usize)], heads: usize) -> Result<()> {
     let in_order = sequences.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
     if !in_order || sequences.iter().any(|&(start, len)| start + len > tokens) {
         candle_core::bail!("{OP}: sequences overlap or do not fit the {tokens} packed tokens");
     }
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         candle_core::bail!("{OP}: hidden {hidden} not divisible by {heads} heads");
     }
-    Ok((tokens, hidden))
+    Ok(())
 }
 
 /// `scores` (len x len) = `scale` * Q K^T for one head block.
 ///
 /// # Safety
-/// The block must lie inside `q` and `k` (rows `len`, stride `hidden`, from `base`).
+/// The block must lie inside `q` and `k` (rows `len`, `stride` apart, from `base`).
 pub(super) unsafe fn scaled_scores(q: &[f32], k: &[f32], head: Head, scale: f32, scores: &mut Vec<f32>) {
-    let Head { base, len, hidden, head_dim } = head;
+    let Head { base, len, stride, head_dim } = head;
     scores.resize(len * len, 0.0);
-    matmul(len, len, head_dim, scores.as_mut_ptr(), len, false, View::rows(&q[base..], hidden), View::columns(&k[base..], hidden), scale, gemm::Parallelism::None);
+    matmul(len, len, head_dim, scores.as_mut_ptr(), len, false, View::rows(&q[base..], stride), View::columns(&k[base..], stride), scale, gemm::Parallelism::None);
 }
 
-/// Softmax of one row of scores, in place.
-pub(super) fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
-}
-
-/// Runs the kernel on packed `(tokens, hidden)` f32 projections on the CPU.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: CpuAttention<'_>) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &op)
+/// Runs the kernel on the packed, fused `(tokens, 3 hidden)` f32 projection on the CPU;
+/// returns the `(tokens, hidden)` context.
+pub fn attention(qkv: &Tensor, op: CpuAttention<'_>) -> Result<Tensor> {
+    qkv.apply_op1_no_bwd(&op)
 }

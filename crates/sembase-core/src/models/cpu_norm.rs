@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fast_math::multiversioned;
 use super::kernel_io::contiguous_f32;
 
 /// The op's name in errors.
@@ -40,14 +41,7 @@ impl CustomOp2 for LayerNormKernel<'_> {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK).zip(r.par_chunks(dim * ROWS_PER_TASK)))
-            .for_each(|(out, (x, r))| {
-                for ((out, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
-                    for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
-                        *o = a + b;
-                    }
-                    self.normalise_row(out);
-                }
-            });
+            .for_each(|(out, (x, r))| add_and_normalise(out, x, r, self));
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -72,11 +66,12 @@ impl LayerNormKernel<'_> {
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
             candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
         }
-        values.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| rows.chunks_mut(dim).for_each(|row| self.normalise_row(row)));
+        values.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| normalise(rows, self));
         Ok(())
     }
 
     /// Normalises one row in place.
+    #[inline(always)]
     fn normalise_row(&self, out: &mut [f32]) {
         let n = out.len() as f32;
         let mean = lane_sum(out, |v| v) / n;
@@ -86,6 +81,32 @@ impl LayerNormKernel<'_> {
             *o = (*o - mean) * inverse * w + b;
         }
     }
+}
+
+#[inline(always)]
+fn normalise_loop(rows: &mut [f32], op: &LayerNormKernel) {
+    rows.chunks_mut(op.weight.len()).for_each(|row| op.normalise_row(row));
+}
+
+#[inline(always)]
+fn add_and_normalise_loop(out: &mut [f32], x: &[f32], r: &[f32], op: &LayerNormKernel) {
+    let dim = op.weight.len();
+    for ((out, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
+        for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
+            *o = a + b;
+        }
+        op.normalise_row(out);
+    }
+}
+
+multiversioned! {
+    /// Normalises each `weight`-wide row of `rows` in place.
+    fn normalise(rows: &mut [f32], op: &LayerNormKernel) = normalise_loop
+}
+
+multiversioned! {
+    /// `out = LN(x + r)`, row by row.
+    fn add_and_normalise(out: &mut [f32], x: &[f32], r: &[f32], op: &LayerNormKernel) = add_and_normalise_loop
 }
 
 /// The sum of `f(v)` over `values`, accumulated in 16 lanes so the loop vectorises

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
@@ -27,13 +27,60 @@ pub struct LayerWeightNames {
     pub output_norm: &'static str,
 }
 
+/// The query, key and value maps of one layer: three maps while they train, one map
+/// to their concatenation for inference, so the input is read (and, in int8,
+/// quantised) once and one wider GEMM runs.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// Query, key and value.
+    Separate(Box<[Linear; 3]>),
+    Fused(Linear),
+}
+
+impl Projections {
+    fn load(vb: &VarBuilder, names: &LayerWeightNames, hidden: usize) -> Result<Self> {
+        let load = |name: &str| Linear::load(vb.pp(name), hidden, hidden, true);
+        let (query, key, value) = (load(names.query)?, load(names.key)?, load(names.value)?);
+        if query.trains() || key.trains() || value.trains() {
+            return Ok(Self::Separate(Box::new([query, key, value])));
+        }
+        Ok(Self::Fused(Linear::concatenated(&[&query, &key, &value])?))
+    }
+
+    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
+        match self {
+            Self::Separate(maps) => maps.iter_mut().try_for_each(|l| l.quantise_int8(kernel)),
+            Self::Fused(qkv) => qkv.quantise_int8(kernel),
+        }
+    }
+
+    /// Queries, keys and values of `x` (any leading dimensions), each contiguous.
+    fn separate(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match self {
+            Self::Separate(maps) => Ok((maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?)),
+            Self::Fused(qkv) => {
+                let all = qkv.forward(x)?;
+                let h = all.dim(D::Minus1)? / 3;
+                let part = |i: usize| all.narrow(D::Minus1, i * h, h)?.contiguous();
+                Ok((part(0)?, part(1)?, part(2)?))
+            }
+        }
+    }
+
+    /// `(tokens, 3 hidden)` for packed `x`: each row's query, key and value side by side.
+    fn fused(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Separate(maps) => Ok(Tensor::cat(&[maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?], 1)?),
+            Self::Fused(qkv) => qkv.forward(x),
+        }
+    }
+}
+
 /// One encoder layer: self-attention and a feed-forward block, each followed
 /// by dropout, a residual connection and layer norm.
 #[derive(Debug, Clone)]
 struct EncoderLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    projections: Projections,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -51,9 +98,7 @@ impl EncoderLayer {
         let ff = cfg.intermediate_size;
         let eps = cfg.layer_norm_eps;
         Ok(Self {
-            query: Linear::load(vb.pp(names.query), h, h, true)?,
-            key: Linear::load(vb.pp(names.key), h, h, true)?,
-            value: Linear::load(vb.pp(names.value), h, h, true)?,
+            projections: Projections::load(&vb, names, h)?,
             attention_output: Linear::load(vb.pp(names.attention_output), h, h, true)?,
             attention_norm: LayerNorm::load(vb.pp(names.attention_norm), h, eps)?,
             intermediate: Linear::load(vb.pp(names.intermediate), h, ff, true)?,
@@ -67,14 +112,8 @@ impl EncoderLayer {
     }
 
     fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        for linear in [
-            &mut self.query,
-            &mut self.key,
-            &mut self.value,
-            &mut self.attention_output,
-            &mut self.intermediate,
-            &mut self.output,
-        ] {
+        self.projections.quantise_int8(kernel)?;
+        for linear in [&mut self.attention_output, &mut self.intermediate, &mut self.output] {
             linear.quantise_int8(kernel)?;
         }
         Ok(())
@@ -105,9 +144,9 @@ impl EncoderLayer {
     /// Attention from differentiable candle ops; `bias` broadcasts to `(batch, heads, seq, seq)`.
     fn attend_with_ops(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
-        let q = self.split_heads(&(self.query.forward(x)? * self.scale(h))?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
+        let (q, k, v) = self.projections.separate(x)?;
+        let q = self.split_heads(&(q * self.scale(h))?)?;
+        let (k, v) = (self.split_heads(&k)?, self.split_heads(&v)?);
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
         let probs = self.attention_dropout.forward(&softmax_last_dim(&scores)?, train)?;
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?)
@@ -118,9 +157,9 @@ impl EncoderLayer {
     /// inference kernel otherwise.
     fn attend_with_kernel(&self, x: &Tensor, packing: &Packing, train: bool) -> Result<Tensor> {
         let (_, h) = x.dims2()?;
-        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
         let scale = self.scale(h) as f32;
         if train || x.track_op() {
+            let (q, k, v) = self.projections.separate(x)?;
             let dropout = self.attention_dropout.rate(train);
             let seed = if dropout > 0.0 { next_dropout_seed() } else { 0 };
             let op = TrainAttention { heads: self.heads, sequences: packing.sequences.clone(), scale, dropout, seed };
@@ -133,7 +172,7 @@ impl EncoderLayer {
             bias_width: packing.width,
             scale,
         };
-        Ok(cpu_attention::attention(&q, &k, &v, op)?)
+        Ok(cpu_attention::attention(&self.projections.fused(x)?, op)?)
     }
 }
 
@@ -288,6 +327,33 @@ mod tests {
         assert_eq!(packed.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![2., 3.], vec![6., 7.], vec![8., 9.], vec![10., 11.]]);
         let restored = packing.unpack(&packed).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(restored, vec![0., 1., 2., 3., 0., 0., 6., 7., 8., 9., 10., 11.]);
+    }
+
+    /// The same weights as variables (three projections, as in training) and as plain
+    /// tensors (one fused projection, as in inference) give the same outputs, through
+    /// the packed kernel (right padding) and through the ops (left padding).
+    #[test]
+    fn fused_and_separate_projections_agree() {
+        let config: TransformerConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "bert", "vocab_size": 10, "hidden_size": 12, "num_hidden_layers": 2,
+            "num_attention_heads": 3, "intermediate_size": 20, "max_position_embeddings": 16
+        }))
+        .unwrap();
+        let vars = candle_nn::VarMap::new();
+        let names = crate::models::bert::BERT_LAYER_NAMES;
+        let separate = Encoder::load(candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu), &config, &names).unwrap();
+        let tensors = vars.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect();
+        let fused = Encoder::load(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, &names).unwrap();
+        assert!(matches!(separate.layers[0].projections, Projections::Separate(_)));
+        assert!(matches!(fused.layers[0].projections, Projections::Fused(_)));
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 12), &Device::Cpu).unwrap();
+        for mask in [[[1u32, 1, 1, 0], [1, 1, 1, 1]], [[0, 1, 1, 1], [1, 1, 1, 1]]] {
+            let mask = Tensor::new(&mask, &Device::Cpu).unwrap();
+            let a = separate.forward(&x, &mask, None, false).unwrap();
+            let b = fused.forward(&x, &mask, None, false).unwrap();
+            let gap = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(gap < 1e-5, "fused and separate projections differ by {gap}");
+        }
     }
 
     #[test]

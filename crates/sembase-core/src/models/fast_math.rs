@@ -13,10 +13,14 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    // k as an integer from the low mantissa bits of `shifted` (integer ops, so the loop
+    // stays vectorised where a float-to-int cast would not), then 2^k from its exponent.
+    let k_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits(((k_int + 127) << 23) as u32)
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7.
@@ -31,20 +35,21 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// Defines `pub fn $name(args)` that runs `$body(args)` compiled for AVX-512 or
-/// AVX2+FMA when the CPU has them (chosen at run time), or as plain code otherwise.
+/// Defines `pub fn $name(args) [-> ret]` that runs `$body(args)` compiled for AVX-512
+/// or AVX2+FMA when the CPU has them (chosen at run time), or as plain code otherwise.
+/// The other CPU kernels use it for their element-wise loops too.
 macro_rules! multiversioned {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) = $body:ident) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
@@ -60,13 +65,20 @@ macro_rules! multiversioned {
         }
     };
 }
+pub(super) use multiversioned;
 
 const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// Exact-form GELU of one value, for inlining into a caller's vectorised loop.
+#[inline(always)]
+pub(super) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * INV_SQRT2))
+}
 
 #[inline(always)]
 fn gelu_loop(values: &mut [f32]) {
     for v in values.iter_mut() {
-        *v = 0.5 * *v * (1.0 + erf(*v * INV_SQRT2));
+        *v = gelu(*v);
     }
 }
 
@@ -79,6 +91,59 @@ fn gelu_backward_loop(x: &[f32], grad: &mut [f32]) {
         let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
         *g *= cdf + x * pdf;
     }
+}
+
+/// `pick` folded over `values` from `init`, in 16 independent lanes so the loop vectorises.
+#[inline(always)]
+fn fold_lanes(values: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    let mut lanes = [init; 16];
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = pick(*lane, v);
+        }
+    }
+    lanes.iter().chain(rest).fold(init, |a, &b| pick(a, b))
+}
+
+/// The largest of `values` (negative infinity when empty).
+#[inline(always)]
+pub(super) fn max_of(values: &[f32]) -> f32 {
+    fold_lanes(values, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+/// The smallest of `values` (infinity when empty).
+#[inline(always)]
+pub(super) fn min_of(values: &[f32]) -> f32 {
+    fold_lanes(values, f32::INFINITY, |a, b| if b < a { b } else { a })
+}
+
+#[inline(always)]
+fn softmax_loop(row: &mut [f32]) {
+    let max = max_of(row);
+    let mut sums = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (sum, x) in sums.iter_mut().zip(chunk.iter_mut()) {
+            *x = exp(*x - max);
+            *sum += *x;
+        }
+    }
+    // The last partial chunk through the same 16 lanes (padding adds nothing to the sum).
+    let rest = chunks.into_remainder();
+    let mut tail = [max; 16];
+    tail[..rest.len()].copy_from_slice(rest);
+    tail.iter_mut().for_each(|x| *x = exp(*x - max));
+    rest.copy_from_slice(&tail[..rest.len()]);
+    let sum = sums.iter().sum::<f32>() + rest.iter().sum::<f32>();
+    let inverse = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inverse);
+}
+
+multiversioned! {
+    /// Softmax of one row of scores, in place.
+    pub fn softmax_in_place(row: &mut [f32]) = softmax_loop
 }
 
 multiversioned! {
@@ -102,6 +167,24 @@ mod tests {
             let (got, want) = (exp(x), x.exp());
             assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn softmax_matches_the_libm_form() {
+        for len in [1, 7, 16, 37] {
+            let row: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32 - 5.0) * 1.7).collect();
+            let mut got = row.clone();
+            softmax_in_place(&mut got);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            for (x, g) in row.iter().zip(&got) {
+                let want = ((x - max) as f64).exp() / total;
+                assert!((*g as f64 - want).abs() < 1e-6 * want.max(1e-3), "len {len}: softmax {g}, want {want}");
+            }
+        }
+        assert_eq!(max_of(&[]), f32::NEG_INFINITY);
+        let values: Vec<f32> = (0..40).map(|i| (i % 17) as f32 - 3.0).collect();
+        assert_eq!((min_of(&values), max_of(&values)), (-3.0, 13.0));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fast_math::gelu_erf_in_place;
+use super::fast_math::{gelu, max_of, min_of, multiversioned};
 use super::kernel_io::{contiguous_f32, SharedOut};
 use crate::error::{Error, Result};
 
@@ -23,6 +23,8 @@ const GROUP: usize = 4;
 const ROWS_PER_PASS: usize = 6;
 /// Panels per parallel task (64 output channels).
 const PANELS_PER_TASK: usize = 4;
+/// Activation rows per parallel task (eight passes).
+const ROWS_PER_BLOCK: usize = 8 * ROWS_PER_PASS;
 
 /// Which integer kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,17 +103,12 @@ impl Int8Matrix {
             .zip(scales.par_chunks_mut(PANEL).zip(sums.par_chunks_mut(PANEL)))
             .zip(weight.par_chunks(in_dim * PANEL))
             .for_each(|((panel, (scales, sums)), rows)| {
+                let mut codes = vec![0i8; in_dim];
                 for (lane, ((row, scale), sum)) in rows.chunks(in_dim).zip(scales).zip(sums).enumerate() {
-                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                    let inverse = 1.0 / *scale;
-                    let mut total = 0i32;
-                    for (k, &v) in row.iter().enumerate() {
-                        let q = (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8;
-                        total += i32::from(q);
+                    (*scale, *sum) = quantise_weights(row, &mut codes);
+                    for (k, &q) in codes.iter().enumerate() {
                         panel[((k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
                     }
-                    *sum = total;
                 }
             });
         Self { packed, scales, sums, out_dim, in_dim, groups }
@@ -125,41 +122,64 @@ impl Int8Matrix {
     /// `x W^T + bias`, then GELU when asked, for `x` of `rows x in` f32 values.
     pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> Vec<f32> {
         let stride = self.groups * GROUP;
-        let rows_q = quantise_rows(x, rows, self.in_dim, stride);
-        let panel_bytes = self.groups * PANEL * GROUP;
-        let task_width = PANEL * PANELS_PER_TASK;
+        let codes = quantise_rows(x, rows, self.in_dim, stride);
+        let channel_tasks = self.out_dim.div_ceil(PANEL * PANELS_PER_TASK);
         let mut out: Vec<f32> = Vec::with_capacity(rows * self.out_dim);
-        let shared = SharedOut(out.as_mut_ptr());
-        self.packed.par_chunks(panel_bytes * PANELS_PER_TASK).enumerate().for_each(|(task, panels)| {
-            let panels: Vec<&[i8]> = panels.chunks(panel_bytes).collect();
-            let first_channel = task * task_width;
-            let width = task_width.min(self.out_dim - first_channel);
-            let channels = first_channel..first_channel + width;
-            let (scales, sums, bias) = (&self.scales[channels.clone()], &self.sums[channels.clone()], &bias[channels]);
-            for first in (0..rows).step_by(ROWS_PER_PASS) {
-                let n = ROWS_PER_PASS.min(rows - first);
-                let mut block = [[0i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
-                dot_block(kernel, &panels, &rows_q.codes[first * stride..][..n * stride], n, stride, &mut block);
-                for (i, lanes) in block.iter().take(n).enumerate() {
-                    let r = first + i;
-                    let (row_scale, zero) = (rows_q.scales[r], rows_q.zeros[r]);
-                    let out = shared;
-                    // SAFETY: this task alone writes channels first_channel..+width of each
-                    // row, inside the rows x out_dim buffer; every value is written once.
-                    let target = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * self.out_dim + first_channel), width) };
-                    for ((((slot, &sum), &w_scale), &w_sum), &b) in target.iter_mut().zip(lanes.iter()).zip(scales).zip(sums).zip(bias) {
-                        *slot = (sum - zero * w_sum) as f32 * row_scale * w_scale + b;
-                    }
-                }
-            }
-        });
-        // SAFETY: the tasks above cover every channel of every row (see the comment there).
+        let inputs = TaskInputs { matrix: self, codes: &codes, rows, bias, gelu, kernel, out: SharedOut(out.as_mut_ptr()) };
+        // Tasks run block of rows by block of rows, each block through every channel task
+        // in turn: a thread fills whole output rows while they are in cache, and a small
+        // input still splits across threads by channels.
+        (0..rows.div_ceil(ROWS_PER_BLOCK) * channel_tasks)
+            .into_par_iter()
+            .for_each(|t| run_task(&inputs, t / channel_tasks, t % channel_tasks));
+        // SAFETY: the tasks above cover every channel of every row block (see `run_task_loop`).
         unsafe { out.set_len(rows * self.out_dim) };
-        if gelu {
-            out.par_chunks_mut(self.out_dim * 16).for_each(gelu_erf_in_place);
-        }
         out
     }
+}
+
+/// What every task of one [`Int8Matrix::forward`] call shares.
+struct TaskInputs<'a> {
+    matrix: &'a Int8Matrix,
+    codes: &'a QuantisedRows,
+    rows: usize,
+    bias: &'a [f32],
+    gelu: bool,
+    kernel: Int8Kernel,
+    /// The `rows x out_dim` output.
+    out: SharedOut,
+}
+
+/// One task: the rows of block `row_block` through the 64 channels of `task`.
+#[inline(always)]
+fn run_task_loop(inputs: &TaskInputs, row_block: usize, task: usize) {
+    let TaskInputs { matrix, codes, rows, bias, gelu, kernel, out } = *inputs;
+    let (stride, task_width) = (matrix.groups * GROUP, PANEL * PANELS_PER_TASK);
+    let panel_bytes = matrix.groups * PANEL * GROUP;
+    let panels: Vec<&[i8]> = matrix.packed[task * panel_bytes * PANELS_PER_TASK..].chunks(panel_bytes).take(PANELS_PER_TASK).collect();
+    let first_channel = task * task_width;
+    let width = task_width.min(matrix.out_dim - first_channel);
+    let channels = first_channel..first_channel + width;
+    let channels = Channels { scales: &matrix.scales[channels.clone()], sums: &matrix.sums[channels.clone()], bias: &bias[channels] };
+    let block_rows = row_block * ROWS_PER_BLOCK..rows.min((row_block + 1) * ROWS_PER_BLOCK);
+    // Every kernel overwrites the sums of the rows and panels it is given.
+    let mut block = [[0i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
+    for first in block_rows.clone().step_by(ROWS_PER_PASS) {
+        let n = ROWS_PER_PASS.min(block_rows.end - first);
+        dot_block(kernel, &panels, &codes.codes[first * stride..][..n * stride], n, stride, &mut block);
+        for (i, lanes) in block.iter().take(n).enumerate() {
+            let r = first + i;
+            // SAFETY: this task alone writes channels first_channel..+width of the rows of
+            // its block, inside the rows x out_dim buffer; every value is written once.
+            let target = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * matrix.out_dim + first_channel), width) };
+            let row = RowScale { scale: codes.scales[r], zero: codes.zeros[r] };
+            dequantise(target, &lanes[..width], channels, row, gelu);
+        }
+    }
+}
+
+multiversioned! {
+    fn run_task(inputs: &TaskInputs, row_block: usize, task: usize) = run_task_loop
 }
 
 /// The int8 map as a candle op on a contiguous `(rows, in)` f32 tensor: reads the
@@ -208,50 +228,103 @@ fn quantise_rows(x: &[f32], rows: usize, in_dim: usize, stride: usize) -> Quanti
         .par_chunks_mut(stride)
         .zip(scales.par_iter_mut().zip(zeros.par_iter_mut()))
         .zip(x.par_chunks(in_dim))
-        .for_each(|((codes, (scale, zero)), row)| {
-            // The range always holds 0, so padding (the zero point) is exactly 0.
-            let (min, max) = range_with_zero(row);
-            *scale = if max > min { (max - min) / 255.0 } else { 1.0 };
-            let inverse = 1.0 / *scale;
-            let z = round_to_byte(-min * inverse);
-            *zero = i32::from(z);
-            let shift = f32::from(z);
-            for (c, &v) in codes.iter_mut().zip(row) {
-                *c = round_to_byte(v * inverse + shift);
-            }
-            codes[row.len()..].fill(z);
-        });
+        .for_each(|((codes, (scale, zero)), row)| (*scale, *zero) = quantise_row(row, codes));
     QuantisedRows { codes, scales, zeros }
 }
 
-/// The smallest and largest of `values` and 0, in 16 lanes so the loop vectorises.
-fn range_with_zero(values: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
-    let chunks = values.chunks_exact(16);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for i in 0..16 {
-            lo[i] = if chunk[i] < lo[i] { chunk[i] } else { lo[i] };
-            hi[i] = if chunk[i] > hi[i] { chunk[i] } else { hi[i] };
-        }
+/// Codes one output channel's weights symmetrically into `codes`; returns the scale
+/// and the sum of the codes.
+#[inline(always)]
+fn quantise_weights_loop(row: &[f32], codes: &mut [i8]) -> (f32, i32) {
+    let max = max_of(row).max(-min_of(row));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let inverse = 1.0 / scale;
+    for (c, &v) in codes.iter_mut().zip(row) {
+        // Adding 1.5 x 2^23 rounds to the nearest integer (ties to even) into the low bits.
+        let shifted = (v * inverse).clamp(-127.0, 127.0) + ROUNDING;
+        *c = shifted.to_bits().wrapping_sub(ROUNDING.to_bits()) as i32 as i8;
     }
-    let fold = |lanes: &[f32], pick: fn(f32, f32) -> f32| lanes.iter().chain(rest).fold(0f32, |a, &b| pick(a, b));
-    (fold(&lo, f32::min), fold(&hi, f32::max))
+    (scale, codes.iter().map(|&c| i32::from(c)).sum())
 }
 
-/// `v` clamped to [0, 255] and rounded to the nearest integer (ties to even): adding
-/// 1.5 x 2^23 leaves the integer in the low mantissa bits, without a libm call.
+multiversioned! {
+    fn quantise_weights(row: &[f32], codes: &mut [i8]) -> (f32, i32) = quantise_weights_loop
+}
+
+/// Codes one activation row into `codes` (padded past the row with the zero point);
+/// returns the row's scale and zero point.
+#[inline(always)]
+fn quantise_row_loop(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
+    // The range always holds 0, so padding (the zero point) is exactly 0.
+    let (min, max) = range_with_zero(row);
+    let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+    let inverse = 1.0 / scale;
+    let z = round_to_byte(-min * inverse);
+    let shift = f32::from(z);
+    for (c, &v) in codes.iter_mut().zip(row) {
+        *c = round_to_byte(v * inverse + shift);
+    }
+    codes[row.len()..].fill(z);
+    (scale, i32::from(z))
+}
+
+multiversioned! {
+    fn quantise_row(row: &[f32], codes: &mut [u8]) -> (f32, i32) = quantise_row_loop
+}
+
+/// Per output channel of one task: weight scales, weight sums and bias.
+#[derive(Clone, Copy)]
+struct Channels<'a> {
+    scales: &'a [f32],
+    sums: &'a [i32],
+    bias: &'a [f32],
+}
+
+/// One activation row's scale and zero point.
+#[derive(Clone, Copy)]
+struct RowScale {
+    scale: f32,
+    zero: i32,
+}
+
+/// Turns one row's integer sums into outputs, `sx sw (sum - zx sum(qw)) + b`, then GELU
+/// when asked (in registers, before the store).
+#[inline(always)]
+fn dequantise(target: &mut [f32], lanes: &[i32], channels: Channels, row: RowScale, with_gelu: bool) {
+    let Channels { scales, sums, bias } = channels;
+    let values = lanes.iter().zip(scales).zip(sums).zip(bias);
+    let value = |(((&sum, &w_scale), &w_sum), &b): (((&i32, &f32), &i32), &f32)| (sum - row.zero * w_sum) as f32 * row.scale * w_scale + b;
+    if with_gelu {
+        target.iter_mut().zip(values).for_each(|(slot, v)| *slot = gelu(value(v)));
+    } else {
+        target.iter_mut().zip(values).for_each(|(slot, v)| *slot = value(v));
+    }
+}
+
+
+
+/// The smallest and largest of `values` and 0.
+#[inline(always)]
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
+    (min_of(values).min(0.0), max_of(values).max(0.0))
+}
+
+/// 1.5 x 2^23: adding it to a float of magnitude below 2^22 leaves that float rounded to
+/// an integer (ties to even) in the low mantissa bits, without a libm call.
+const ROUNDING: f32 = 12_582_912.0;
+
+/// `v` clamped to [0, 255] and rounded to the nearest integer (ties to even).
 #[inline(always)]
 fn round_to_byte(v: f32) -> u8 {
-    const MAGIC: f32 = 12_582_912.0;
     let clamped = v.clamp(0.0, 255.0);
-    ((clamped + MAGIC).to_bits() & 0xFF) as u8
+    ((clamped + ROUNDING).to_bits() & 0xFF) as u8
 }
 
 /// Sums of one task's block: 32-bit sums of channel lanes (16 per panel) for up to six rows.
 type Block = [[i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
 
-/// Integer sums of up to six activation rows against up to four panels of 16 channels.
+/// Integer sums of up to six activation rows against up to four panels of 16 channels,
+/// written over the first `rows` rows and `16 x panels` lanes of `out`.
 fn dot_block(kernel: Int8Kernel, panels: &[&[i8]], codes: &[u8], rows: usize, stride: usize, out: &mut Block) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -285,11 +358,12 @@ fn dot_block(kernel: Int8Kernel, panels: &[&[i8]], codes: &[u8], rows: usize, st
 fn dot_panel_portable(panel: &[i8], codes: &[u8], rows: usize, stride: usize, out: &mut Block, first_lane: usize) {
     for (r, sums) in out.iter_mut().enumerate().take(rows) {
         let row = &codes[r * stride..][..stride];
-        for (g, weights) in panel.chunks(PANEL * GROUP).enumerate() {
-            let x = &row[g * GROUP..][..GROUP];
-            for (lane, w) in weights.chunks(GROUP).enumerate() {
-                sums[first_lane + lane] += x.iter().zip(w).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum::<i32>();
-            }
+        for (lane, sum) in sums[first_lane..first_lane + PANEL].iter_mut().enumerate() {
+            *sum = panel
+                .chunks(PANEL * GROUP)
+                .zip(row.chunks(GROUP))
+                .map(|(weights, x)| x.iter().zip(&weights[lane * GROUP..][..GROUP]).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum::<i32>())
+                .sum();
         }
     }
 }

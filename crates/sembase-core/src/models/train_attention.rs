@@ -13,7 +13,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_attention::{check_packed, scaled_scores, softmax_in_place, Head};
+use super::cpu_attention::{check_packed, scaled_scores, Head};
+use super::fast_math::softmax_in_place;
 use super::kernel_io::{contiguous_f32, matmul, HostF32, SharedOut, View};
 use super::train_dropout::keeps;
 
@@ -41,7 +42,7 @@ impl TrainAttention {
     fn head(&self, task: usize, hidden: usize) -> Option<Head> {
         let (start, len) = self.sequences[task / self.heads];
         let head_dim = hidden / self.heads;
-        (len > 0).then_some(Head { base: start * hidden + (task % self.heads) * head_dim, len, hidden, head_dim })
+        (len > 0).then_some(Head { base: start * hidden + (task % self.heads) * head_dim, len, stride: hidden, head_dim })
     }
 
     /// The softmax probabilities of one block into `probs`, and into `kept` the same
