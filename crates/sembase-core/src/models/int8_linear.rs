@@ -448,12 +448,13 @@ mod tests {
         [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::Vnni].into_iter().filter(|k| k.supported()).collect()
     }
 
-    /// Odd sizes: channels not a multiple of 16, inputs not a multiple of 4, rows not of
-    /// 6. Each kernel gives exactly the portable loop's result on the same weights
-    /// (this is how the fallbacks are checked on a CPU that has VNNI), close to f32.
+    /// Odd sizes: channels not a multiple of 16 over two tasks of 64, inputs not a multiple
+    /// of 4, rows not a multiple of 6 over two blocks of 48. Each kernel gives exactly the
+    /// portable loop's result on the same weights (this is how the fallbacks are checked
+    /// on a CPU that has VNNI), close to f32.
     #[test]
     fn every_kernel_equals_the_portable_loop_and_is_close_to_f32() {
-        let (out_dim, in_dim, rows) = (37, 70, 13);
+        let (out_dim, in_dim, rows) = (77, 70, 53);
         let (w, x, b) = data(out_dim, in_dim, rows);
         for kernel in kernels() {
             let q = Int8Matrix::quantise(&w, out_dim, in_dim);
