@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use super::config::TransformerConfig;
 use super::cpu_attention::{self, CpuAttention};
 use super::int8_linear::Int8Kernel;
-use super::layers::{next_dropout_seed, softmax_last_dim, Activation, Dropout, LayerNorm, Linear};
+use super::layers::{next_dropout_seed, softmax_last_dim, Activation, Dropout, LayerNorm, Linear, LinearWeights};
 use super::train_attention::{self, TrainAttention};
 use crate::error::{Error, Result};
 
@@ -39,12 +39,13 @@ enum Projections {
 
 impl Projections {
     fn load(vb: &VarBuilder, names: &LayerWeightNames, hidden: usize) -> Result<Self> {
-        let load = |name: &str| Linear::load(vb.pp(name), hidden, hidden, true);
-        let (query, key, value) = (load(names.query)?, load(names.key)?, load(names.value)?);
+        let load = |name: &str| LinearWeights::load(vb.pp(name), hidden, hidden, true);
+        let [query, key, value] = [load(names.query)?, load(names.key)?, load(names.value)?];
         if query.trains() || key.trains() || value.trains() {
-            return Ok(Self::Separate(Box::new([query, key, value])));
+            return Ok(Self::Separate(Box::new([Linear::new(query)?, Linear::new(key)?, Linear::new(value)?])));
         }
-        Ok(Self::Fused(Linear::concatenated(&[&query, &key, &value])?))
+        // Stacked as stored, then laid out for the kernel once.
+        Ok(Self::Fused(Linear::new(LinearWeights::stacked(&[query, key, value])?)?))
     }
 
     fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {

@@ -301,8 +301,6 @@ fn dequantise(target: &mut [f32], lanes: &[i32], channels: Channels, row: RowSca
     }
 }
 
-
-
 /// The smallest and largest of `values` and 0.
 #[inline(always)]
 fn range_with_zero(values: &[f32]) -> (f32, f32) {

@@ -41,6 +41,47 @@ struct Int8Weights {
     kernel: Int8Kernel,
 }
 
+/// A linear map's weights as stored: `weight` (out, in) and an optional `bias` (out).
+#[derive(Debug, Clone)]
+pub struct LinearWeights {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl LinearWeights {
+    /// Reads `weight` and, when `with_bias`, `bias` from `vb`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<Self> {
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        let bias = if with_bias {
+            Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Whether these are training variables (part of a gradient graph).
+    pub fn trains(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
+    }
+
+    /// The weights of one map whose output is the outputs of `parts` side by side, for
+    /// maps of the same input that inference runs together.
+    pub fn stacked(parts: &[LinearWeights]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases = parts
+            .iter()
+            .map(|p| match &p.bias {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| Tensor::cat(&biases, 0)).transpose()?;
+        Ok(Self { weight: Tensor::cat(&weights, 0)?, bias })
+    }
+}
+
 /// The weights as the CPU inference kernel reads them.
 #[derive(Debug, Clone)]
 struct KernelWeights {
@@ -54,18 +95,12 @@ struct KernelWeights {
 impl Linear {
     /// Loads `weight` (out, in) and, when `with_bias`, `bias` (out) from `vb`.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<Self> {
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-        let bias = if with_bias {
-            Some(vb.get_with_hints(out_dim, "bias", candle_nn::Init::Const(0.0))?)
-        } else {
-            None
-        };
-        Self::new(weight, bias)
+        Self::new(LinearWeights::load(vb, in_dim, out_dim, with_bias)?)
     }
 
-    /// The map with `weight` (out, in) and an optional `bias` (out).
-    fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    /// The map with these weights, laid out for the CPU inference kernel.
+    pub fn new(weights: LinearWeights) -> Result<Self> {
+        let LinearWeights { weight, bias } = weights;
         // Inference weights on the CPU are stored transposed once, as the kernel reads
         // them; `weight` stays a (strided) view of that storage, so nothing is kept twice.
         let weight = if !weight.track_op() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
@@ -74,26 +109,6 @@ impl Linear {
             weight
         };
         Ok(Self { weight, bias, kernel_weights: OnceLock::new(), int8: None })
-    }
-
-    /// One map whose output is the outputs of `parts` side by side (their weights
-    /// stacked), for maps of the same input that inference runs together.
-    pub fn concatenated(parts: &[&Linear]) -> Result<Self> {
-        let weights: Vec<Tensor> = parts.iter().map(|p| p.weight.contiguous()).collect::<candle_core::Result<_>>()?;
-        let biases = parts
-            .iter()
-            .map(|p| match &p.bias {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(p.out_dim(), p.weight.dtype(), p.weight.device()),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| Tensor::cat(&biases, 0)).transpose()?;
-        Self::new(Tensor::cat(&weights, 0)?, bias)
-    }
-
-    /// Whether the weights are training variables (part of a gradient graph).
-    pub fn trains(&self) -> bool {
-        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
     /// Quantises the weights to int8 per output channel for CPU inference
