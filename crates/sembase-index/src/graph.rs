@@ -9,7 +9,6 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -115,10 +114,12 @@ impl Graph {
         self.len() == 0
     }
 
-    /// Inserts vectors under their keys, in parallel.
+    /// Inserts vectors under their keys, one at a time: usearch 2.x's
+    /// concurrent `add` can leave nodes that are stored but unreachable by
+    /// search (usearch issue #735), which a live document must never be.
     pub fn add_all(&self, items: &[(u64, Vec<f32>)]) -> Result<()> {
         self.reserve(items.len())?;
-        items.par_iter().try_for_each(|(key, v)| self.index.add(*key, v).map_err(|e| ann_error("adding a vector", e)))
+        items.iter().try_for_each(|(key, v)| self.index.add(*key, v).map_err(|e| ann_error("adding a vector", e)))
     }
 
     /// Saves the graph durably (temp file, fsync, rename, directory fsync).

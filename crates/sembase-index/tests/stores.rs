@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use sembase_index::graph::Graph;
 use sembase_index::manifest::Manifest;
 use sembase_index::{Access, AnnParams, Document, Filter, Index, IndexError, IndexSettings, Metadata, Metric, ModelIdentity, Precision, StoreSpec};
 use serde_json::json;
@@ -272,4 +273,25 @@ fn ann_finds_every_live_document_after_interleaved_writes() {
         assert_eq!(hits[0][0].id, d.id, "every live document is its own nearest neighbour");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression: usearch's concurrent insertion could strand nodes that search
+/// never reaches (usearch issue #735), most often among near-duplicate vectors
+/// such as embeddings of similar sentences.
+#[test]
+fn every_vector_added_to_a_graph_is_reachable() {
+    let mut rng = Rng(5);
+    let centre = rng.unit();
+    let items: Vec<(u64, Vec<f32>)> = (0..3000u64)
+        .map(|key| {
+            let mut v: Vec<f32> = centre.iter().zip(rng.unit()).map(|(c, n)| c + 0.3 * n).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            (key, v)
+        })
+        .collect();
+    let graph = Graph::new(DIM, Precision::F32, AnnParams::default()).unwrap();
+    graph.add_all(&items).unwrap();
+    let unreachable: Vec<u64> = items.iter().filter(|(key, v)| graph.search_all(v, 1).unwrap()[0].0 != *key).map(|(key, _)| *key).collect();
+    assert!(unreachable.is_empty(), "{} of {} vectors are not their own nearest neighbour: {:?}", unreachable.len(), items.len(), &unreachable[..unreachable.len().min(10)]);
 }
