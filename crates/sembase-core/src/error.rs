@@ -18,10 +18,10 @@ pub enum Error {
     /// The model's architecture or a module is not one sembase implements.
     #[error("unsupported model: {0}")]
     Unsupported(String),
-    /// The tokenizer failed.
+    /// The compute device could not be set up.
     #[error("device: {0}")]
     Device(String),
-
+    /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// Tensor computation failed (shapes, missing weights).

@@ -98,12 +98,12 @@ impl TokenEmbeddings {
 
     /// `(batch, seq)` ids -> `(batch, seq, hidden)`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let words = self.word.forward(ids)?;
-        let mut x = words.add(&self.position.forward(&self.positions.ids(mask)?)?)?;
-        if let Some(segment) = &self.segment {
-            let types = ids.zeros_like()?;
-            x = x.add(&segment.forward(&types)?)?;
-        }
+        let positions = self.positions.ids(mask)?;
+        // Single texts: segment 0 everywhere.
+        let types = ids.zeros_like()?;
+        let mut lookups = vec![(&self.word, ids), (&self.position, &positions)];
+        lookups.extend(self.segment.as_ref().map(|segment| (segment, &types)));
+        let x = Embedding::sum_of_lookups(&lookups)?;
         self.dropout.forward(&self.norm.forward(&x)?, train)
     }
 }

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
+use super::cpu_lookup;
 use super::cpu_norm::{self, LayerNormKernel};
 use super::int8_linear::{self, Int8Kernel, Int8Matrix};
 use super::{train_dropout, train_gelu, train_linear, train_norm};
@@ -403,5 +404,23 @@ impl Embedding {
         dims.push(self.table.dims()[1]);
         let rows = self.table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?;
         Ok(rows.reshape(dims)?)
+    }
+
+    /// The sum of several tables' lookups, each with its own ids of one shape (word,
+    /// position and segment embeddings): one parallel pass over the tokens for
+    /// inference on the CPU, composed ops otherwise (so training gets gradients).
+    pub fn sum_of_lookups(lookups: &[(&Embedding, &Tensor)]) -> Result<Tensor> {
+        let tables: Vec<&Tensor> = lookups.iter().map(|(e, _)| &e.table).collect();
+        let Some(&(first, first_ids)) = lookups.first() else {
+            return Err(candle_core::Error::Msg("no embedding tables to look up".into()).into());
+        };
+        if !on_cpu_in_f32(&tables) || tables.iter().any(|t| t.track_op()) {
+            return lookups[1..].iter().try_fold(first.forward(first_ids)?, |sum, (e, ids)| Ok(sum.add(&e.forward(ids)?)?));
+        }
+        let ids = lookups.iter().map(|(_, ids)| ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()).collect::<candle_core::Result<Vec<_>>>()?;
+        let pairs: Vec<(&Tensor, &[u32])> = tables.iter().zip(&ids).map(|(&t, ids)| (t, ids.as_slice())).collect();
+        let mut dims = first_ids.dims().to_vec();
+        dims.push(first.table.dims()[1]);
+        Ok(Tensor::from_vec(cpu_lookup::sum_of_rows(&pairs)?, dims, first.table.device())?)
     }
 }

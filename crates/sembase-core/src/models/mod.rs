@@ -5,6 +5,7 @@ pub mod bert;
 pub mod config;
 mod cpu_attention;
 mod cpu_linear;
+mod cpu_lookup;
 mod cpu_norm;
 pub mod decoder;
 pub mod decoder_config;
