@@ -13,14 +13,28 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = fused(x, LOG2E, ROUND);
     let k = shifted - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = fused(-k, LN2_LO, fused(-k, LN2_HI, x));
+    let p = horner(r, &[1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0]);
     // k as an integer from the low mantissa bits of `shifted` (integer ops, so the loop
     // stays vectorised where a float-to-int cast would not), then 2^k from its exponent.
     let k_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     p * f32::from_bits(((k_int + 127) << 23) as u32)
+}
+
+/// `a * b + c` rounded once: one instruction in the kernel variants that
+/// `multiversioned!` compiles (all have FMA), a libm call in the plain fallback.
+#[inline(always)]
+fn fused(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+
+/// `coefficients[0] + x coefficients[1] + x^2 coefficients[2] + ...` by Horner's rule.
+#[inline(always)]
+fn horner(x: f32, coefficients: &[f32]) -> f32 {
+    let (&last, lower) = coefficients.split_last().expect("at least one coefficient");
+    lower.iter().rev().fold(last, |acc, &c| fused(acc, x, c))
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7.
@@ -30,8 +44,8 @@ fn erf(x: f32) -> f32 {
     const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
     let ax = x.abs();
     let t = 1.0 / (1.0 + P * ax);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let y = 1.0 - poly * exp(-ax * ax);
+    let poly = t * horner(t, &A);
+    let y = fused(-poly, exp(-ax * ax), 1.0);
     y.copysign(x)
 }
 
@@ -44,7 +58,7 @@ macro_rules! multiversioned {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,fma")]
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
