@@ -42,9 +42,9 @@ pub struct EmbedArgs {
     /// A prompt named in the model's config_sentence_transformers.json, e.g. "query".
     #[arg(long)]
     prompt: Option<String>,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,

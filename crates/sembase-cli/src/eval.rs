@@ -54,9 +54,9 @@ pub struct EvalArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Padded tokens per forward pass of a local model.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Padded tokens per forward pass of a local model (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Quantise local models' weights (int8: encoders on the CPU).
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,

@@ -41,9 +41,9 @@ enum WeightArg {
 /// Model loading settings shared by the subcommands.
 #[derive(Args)]
 struct Engine {
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -290,13 +290,13 @@ fn predict(args: PredictArgs) -> Result<()> {
 }
 
 /// Loads a model and returns it with its directory (for the identity hash).
-fn open_model(spec: &str, batch_tokens: usize) -> Result<(LocalEmbedder, PathBuf)> {
+fn open_model(spec: &str, batch_tokens: Option<usize>) -> Result<(LocalEmbedder, PathBuf)> {
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
     Ok((load_local(spec, None, batch_tokens, None)?, dir))
 }
 
 /// The head's base model (or `--model`), refused when it is not the one the head was trained on.
-fn open_head_model(head: &Head, spec: Option<&str>, batch_tokens: usize) -> Result<(LocalEmbedder, PathBuf)> {
+fn open_head_model(head: &Head, spec: Option<&str>, batch_tokens: Option<usize>) -> Result<(LocalEmbedder, PathBuf)> {
     let base = head.base_model();
     let (model, dir) = open_model(spec.unwrap_or(&base.name), batch_tokens)?;
     let hash = config_hash(&dir);

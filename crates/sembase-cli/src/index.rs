@@ -74,9 +74,9 @@ pub struct BuildArgs {
     /// Write {"documents", "seconds", "bytes"} as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,

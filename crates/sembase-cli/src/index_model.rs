@@ -16,9 +16,9 @@ pub struct IndexModelArgs {
     /// The model, when it has moved since the build (its fingerprint must match).
     #[arg(long)]
     model: Option<String>,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -47,7 +47,7 @@ pub fn model_identity(spec: &str) -> Result<(PathBuf, ModelIdentity)> {
 
 /// Loads the index's model (or `spec` instead) and refuses one whose
 /// fingerprint differs from the recorded one.
-fn load_index_model(settings: &IndexSettings, spec: Option<&str>, batch_tokens: usize) -> Result<LocalEmbedder> {
+fn load_index_model(settings: &IndexSettings, spec: Option<&str>, batch_tokens: Option<usize>) -> Result<LocalEmbedder> {
     let spec = spec.unwrap_or(&settings.model.name);
     let (_, identity) = model_identity(spec)?;
     settings.check_model(&identity)?;

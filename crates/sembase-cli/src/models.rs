@@ -23,14 +23,21 @@ pub enum Quantize {
 }
 
 /// Resolves `spec` through the store and loads it for inference.
-pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: usize, quantize: Option<Quantize>) -> Result<LocalEmbedder> {
+/// `batch_tokens` caps the padded tokens per forward pass (default: the device's, see
+/// [`BatchLimits::for_device`]).
+pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: Option<usize>, quantize: Option<Quantize>) -> Result<LocalEmbedder> {
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(spec)?;
     let name = display_name(spec, &dir);
+    let device = sembase_core::device::from_env()?;
+    let mut batch = BatchLimits::for_device(&device);
+    if let Some(tokens) = batch_tokens {
+        batch.max_tokens = tokens.max(1);
+    }
     let options = LoadOptions {
         max_seq_length,
-        batch: BatchLimits { max_tokens: batch_tokens.max(1), ..BatchLimits::default() },
-        device: sembase_core::device::from_env()?,
+        batch,
+        device,
         int8: match quantize {
             Some(Quantize::Int8) => Some(Int8Kernel::from_env()?),
             None => None,

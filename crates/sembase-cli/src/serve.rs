@@ -36,7 +36,8 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* and /tokenize.
     #[arg(long, env = "SEMBASE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Tokens per merged batch: requests from many clients share forward passes up to this.
+    /// Tokens per merged batch: requests from many clients are merged up to this, then
+    /// run in forward passes of the device's size (1024 padded tokens on the CPU, 16384 on a GPU).
     #[arg(long, default_value_t = 16384)]
     max_batch_tokens: usize,
     /// Milliseconds a batch below --max-batch-tokens may wait for more requests to join
@@ -91,8 +92,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let loader = server.clone();
         let failure_slot = failure.clone();
         let specs = args.models.clone();
-        let (max_seq_length, batch_tokens, quantize) = (args.max_seq_length, args.max_batch_tokens, args.quantize);
-        std::thread::spawn(move || match load_models(&specs, max_seq_length, batch_tokens, quantize).and_then(|models| {
+        let (max_seq_length, quantize) = (args.max_seq_length, args.quantize);
+        std::thread::spawn(move || match load_models(&specs, max_seq_length, quantize).and_then(|models| {
             let indexes = indexes
                 .into_iter()
                 .map(|(name, index, model)| IndexSpec { name, index, model: models[model].embedder.name().to_string() })
@@ -125,11 +126,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-fn load_models(specs: &[String], max_seq_length: Option<usize>, batch_tokens: usize, quantize: Option<Quantize>) -> Result<Vec<ModelSpec>> {
+fn load_models(specs: &[String], max_seq_length: Option<usize>, quantize: Option<Quantize>) -> Result<Vec<ModelSpec>> {
     specs
         .iter()
         .map(|spec| {
-            let model = load_local(spec, max_seq_length, batch_tokens, quantize)?;
+            let model = load_local(spec, max_seq_length, None, quantize)?;
             Ok(ModelSpec {
                 prompts: model.prompts().clone(),
                 default_prompt: model.default_prompt().map(str::to_string),
