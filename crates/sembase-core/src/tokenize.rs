@@ -3,6 +3,7 @@
 //! at the model's `max_seq_length`.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -13,7 +14,9 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct TextTokenizer {
     truncating: Tokenizer,
-    full: Tokenizer,
+    /// The same tokenizer without truncation, made on first use: cloning a large
+    /// vocabulary (XLM-R's 250k-piece Unigram) costs about as much as loading it.
+    full: OnceLock<Tokenizer>,
     max_tokens: usize,
 }
 
@@ -26,14 +29,22 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`; inputs are cut at `max_tokens` (special tokens included).
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut full = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        full.with_padding(None);
-        full.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut truncating = full.clone();
+        let mut truncating = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        truncating.with_padding(None);
         truncating
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Self { truncating, full, max_tokens })
+        Ok(Self { truncating, full: OnceLock::new(), max_tokens })
+    }
+
+    /// The tokenizer without truncation.
+    fn full(&self) -> &Tokenizer {
+        self.full.get_or_init(|| {
+            let mut full = self.truncating.clone();
+            // Switching truncation off cannot fail (only a stride check can).
+            let _ = full.with_truncation(None);
+            full
+        })
     }
 
     /// The token limit.
@@ -43,12 +54,13 @@ impl TextTokenizer {
 
     /// Number of entries in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.full.get_vocab_size(true)
+        self.truncating.get_vocab_size(true)
     }
 
-    /// Ids of one text without truncation.
+    /// Ids of one text without truncation (the first call clones the tokenizer to
+    /// switch truncation off, which takes a moment for a large vocabulary).
     pub fn encode_full(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.full.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self.full().encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
