@@ -28,16 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_speed import (REPO_ROOT, SEMBASE_HOME, THREAD_VARS, OrtEncoder, load_encoder,  # noqa: E402
                        load_tokenizer, onnx_files, ort_session)
+from load import rss_kib, start_server  # noqa: E402
 
 SENTENCE = "How do I reset the password of my account?"
 TIME = "/usr/bin/time"
 WARM_UP = 5
 
 PEER_PROCESS = """
-import json, sys
+import sys
 import numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
-onnx, tokenizer_file, pad, threads, text = sys.argv[1:]
+onnx, tokenizer_file, threads, text = sys.argv[1:]
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(threads)
 options.inter_op_num_threads = 1
@@ -48,8 +49,7 @@ mask = np.ones_like(ids)
 feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 names = [i.name for i in session.get_inputs()]
 states = session.run(None, {n: feeds[n] for n in names})[0]
-vector = states.mean(axis=1)[0]
-print(json.dumps(float(np.linalg.norm(vector))))
+vector = states.mean(axis=1)[0] / np.linalg.norm(states.mean(axis=1)[0])
 """
 
 
@@ -59,7 +59,7 @@ def timed_process(command):
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         start = time.perf_counter()
         done = subprocess.run([TIME, "-f", "%M", "-o", rss.name, *command], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "SEMBASE_HOME": str(SEMBASE_HOME)})
+                              stderr=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             sys.exit(f"latency: {' '.join(map(str, command))} failed: {done.stderr[-2000:]}")
@@ -73,35 +73,15 @@ def one_shot(command, runs):
     return statistics.median(r[0] for r in results), max(r[1] for r in results)
 
 
-def peak_rss_kib(pid):
-    """VmHWM (peak resident set) of a running process in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    sys.exit(f"latency: no VmHWM for process {pid}")
-
-
 def summary(seconds):
     """Median and p90 of a list of seconds, in milliseconds."""
     ordered = sorted(seconds)
     return statistics.median(ordered) * 1000, ordered[int(0.9 * (len(ordered) - 1))] * 1000
 
 
-def start_serve(args, extra):
-    """`sembase serve` with `extra` flags on a free port: (process, address)."""
-    command = [str(args.sembase), "serve", "--model", args.model, "--port", "0", "--threads", str(args.threads), *extra]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
-                            env={**os.environ, "SEMBASE_HOME": str(SEMBASE_HOME)})
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        proc.kill()
-        sys.exit(f"latency: server did not start: {line!r}")
-    return proc, line.split("listening on ", 1)[1].strip()
-
-
 def server_latency(args, extra):
     """(median ms, p90 ms, peak RSS KiB) of `sembase serve` answering the sentence."""
-    proc, address = start_serve(args, extra)
+    proc, address = start_server(args, extra)
     try:
         host, port = address.replace("http://", "").rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -120,7 +100,10 @@ def server_latency(args, extra):
         for _ in range(WARM_UP):
             request()
         median, p90 = summary([request() for _ in range(args.runs)])
-        return median, p90, peak_rss_kib(proc.pid)
+        peak = rss_kib(proc.pid, "VmHWM")
+        if peak is None:
+            sys.exit(f"latency: no VmHWM for server process {proc.pid}")
+        return median, p90, peak
     finally:
         proc.kill()
         proc.wait()
@@ -161,6 +144,7 @@ def main():
     args = parser.parse_args()
     for var in THREAD_VARS:
         os.environ[var] = str(args.threads)
+    os.environ["SEMBASE_HOME"] = str(SEMBASE_HOME)  # for every sembase process started below
     model_dir = SEMBASE_HOME / "models" / args.model
     fp32_onnx, int8_onnx = onnx_files(args.model, load_encoder(model_dir), args.onnx_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -178,7 +162,7 @@ def main():
             ours = one_shot([str(args.sembase), "embed", "--model", args.model, "--input", str(source),
                              "--output", str(target), "--threads", str(args.threads), *extra], runs)
             peer = one_shot([sys.executable, "-c", PEER_PROCESS, str(onnx), str(model_dir / "tokenizer.json"),
-                             str(pad_id), str(args.threads), SENTENCE], runs)
+                             str(args.threads), SENTENCE], runs)
             for name, (seconds, rss) in ((f"sembase embed {label}", ours), (f"python + onnxruntime {label}", peer)):
                 print(f"  {name:34} {seconds:8.3f} {rss / 1024:13.0f}", end="")
                 print(f" {ours[0] / peer[0]:10.2f}x {ours[1] / peer[1]:9.2f}x" if name.startswith("python") else "")

@@ -46,13 +46,13 @@ def stsb_sentences(path):
     return [" ".join(t.split()) for t in texts]
 
 
-def rss_kib(pid):
-    """VmRSS of a process in KiB, or None."""
+def rss_kib(pid, field="VmRSS"):
+    """A memory figure of a process from /proc/PID/status (VmRSS, or VmHWM for the peak) in KiB, or None."""
     if pid is None:
         return None
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return None
@@ -178,10 +178,12 @@ async def run_level(url, api_key, model, texts, clients, batch, duration, max_re
     }
 
 
-def start_server(args):
+def start_server(args, extra=()):
+    """`sembase serve --model M --port 0` with `extra` flags: (process, address)."""
     cmd = [str(args.sembase), "serve", "--model", args.model, "--port", "0"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += list(extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     deadline = time.time() + 300
     line = proc.stdout.readline()
