@@ -99,10 +99,10 @@ impl TokenEmbeddings {
     /// `(batch, seq)` ids -> `(batch, seq, hidden)`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let positions = self.positions.ids(mask)?;
-        // Single texts: segment 0 everywhere.
-        let types = ids.zeros_like()?;
+        // Single texts: segment 0 everywhere (for models that have segments).
+        let types = self.segment.as_ref().map(|_| ids.zeros_like()).transpose()?;
         let mut lookups = vec![(&self.word, ids), (&self.position, &positions)];
-        lookups.extend(self.segment.as_ref().map(|segment| (segment, &types)));
+        lookups.extend(self.segment.as_ref().zip(types.as_ref()));
         let x = Embedding::sum_of_lookups(&lookups)?;
         self.dropout.forward(&self.norm.forward(&x)?, train)
     }
