@@ -131,8 +131,6 @@ fn load_models(specs: &[String], max_seq_length: Option<usize>, quantize: Option
         .iter()
         .map(|spec| {
             let model = load_local(spec, max_seq_length, None, quantize)?;
-            // Requests are counted with the untruncated tokenizer: set it up now, not on the first request.
-            model.tokenizer().encode_full("")?;
             Ok(ModelSpec {
                 prompts: model.prompts().clone(),
                 default_prompt: model.default_prompt().map(str::to_string),

@@ -158,3 +158,42 @@ fn int8_quantised_models_stay_close() {
 fn int8_fallback_kernels_stay_close() {
     check_model("all-minilm-l6-v2", Some(Int8Kernel::Avx2).filter(|k| k.supported()).or(Some(Int8Kernel::Portable)), MIN_INT8_COSINE);
 }
+
+/// Texts are cut the way the tokenizers library cuts them (the text's own tokens, leaving
+/// room for the special tokens): every golden sentence, at a 16-token limit where many
+/// are cut, gives the ids of the library's own truncation, and a refused text reports
+/// its untruncated length.
+#[test]
+fn truncation_matches_the_tokenizers_library() {
+    const LIMIT: usize = 16;
+    let texts = sentences();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let store = sembase_hub::Store::from_env().unwrap();
+    for name in ["all-minilm-l6-v2", "all-mpnet-base-v2", "multilingual-e5-small"] {
+        let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+        let path = dir.join("tokenizer.json");
+        let ours = sembase_core::tokenize::TextTokenizer::load(&path, LIMIT).unwrap();
+        let mut reference = tokenizers::Tokenizer::from_file(&path).unwrap();
+        reference.with_padding(None);
+        reference.with_truncation(None).unwrap();
+        let whole: Vec<usize> = refs.iter().map(|t| reference.encode(*t, true).unwrap().len()).collect();
+        reference.with_truncation(Some(tokenizers::TruncationParams { max_length: LIMIT, ..Default::default() })).unwrap();
+        let cut = ours.encode_batch(&refs, Truncation::Truncate).unwrap();
+        let mut was_cut = 0;
+        for (i, (ours, text)) in cut.iter().zip(&refs).enumerate() {
+            let expected = reference.encode(*text, true).unwrap();
+            assert_eq!(ours.as_slice(), expected.get_ids(), "{name}: truncated ids of sentence {i}");
+            was_cut += usize::from(whole[i] > LIMIT);
+        }
+        assert!(was_cut > refs.len() / 3, "{name}: only {was_cut} sentences were long enough to cut");
+        for (i, text) in refs.iter().enumerate().filter(|(i, _)| whole[*i] > LIMIT).take(20) {
+            let refused = ours.encode_batch(&[text], Truncation::Refuse);
+            assert!(
+                matches!(refused, Err(sembase_core::Error::InputTooLong { index: 0, tokens, limit: LIMIT }) if tokens == whole[i]),
+                "{name}: sentence {i} ({} tokens): {refused:?}",
+                whole[i]
+            );
+            assert_eq!(ours.encode_full(text).unwrap().len(), whole[i], "{name}: untruncated length of sentence {i}");
+        }
+    }
+}
