@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model_dir::{HeadModule, ModelDir};
 use crate::models::decoder_config::is_decoder;
 use crate::models::int8_linear::Int8Kernel;
-use crate::models::{load_decoder_dir, load_encoder, TextEncoder};
+use crate::models::{load_decoder_dir, load_encoder, CpuInference, MappedWeights, TextEncoder};
 use crate::pooling::Pooling;
 use crate::tokenize::TextTokenizer;
 use crate::vectors::truncate_dimensions;
@@ -72,20 +72,26 @@ impl LocalEmbedder {
     /// Loads the model in `dir`, served under `name`. Weights are memory-mapped.
     pub fn load(dir: &Path, name: impl Into<String>, options: LoadOptions) -> Result<Self> {
         let model = ModelDir::open(dir)?;
-        let mut encoder: Box<dyn TextEncoder> = if is_decoder(&model.config.model_type) {
+        let decoder = is_decoder(&model.config.model_type);
+        match options.int8 {
+            Some(_) if !options.device.is_cpu() => return Err(Error::Unsupported("int8 quantisation runs on the CPU only".into())),
+            Some(_) if decoder => {
+                return Err(Error::Unsupported("int8 quantisation is for encoder models (decoders: use a quantised GGUF)".into()))
+            }
+            _ => {}
+        }
+        let encoder: Box<dyn TextEncoder> = if decoder {
             let (files, device) = (&model.weight_files, &options.device);
             Box::new(load_decoder_dir(&model.path, files, device, options.gguf_dequantize, false)?)
         } else {
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
-            load_encoder(vb, &model.config)?
+            // Embedding tables are read in place on the CPU (the other weights are copied
+            // into the layouts their kernels read).
+            // SAFETY: as above.
+            let mapped = options.device.is_cpu().then(|| unsafe { MappedWeights::open(&model.weight_files) }).transpose()?;
+            load_encoder(vb, &model.config, &CpuInference { mapped, int8: options.int8 })?
         };
-        if let Some(kernel) = options.int8 {
-            if !options.device.is_cpu() {
-                return Err(Error::Unsupported("int8 quantisation runs on the CPU only".into()));
-            }
-            encoder.quantise_int8(kernel)?;
-        }
         let mut head = model.head.iter();
         let Some(HeadModule::Pooling(pooling)) = head.next() else {
             return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sembase_core::models::{load_encoder, TransformerConfig};
+use sembase_core::models::{load_encoder, CpuInference, TransformerConfig};
 use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, Error, LoadOptions, LocalEmbedder, Truncation};
 
@@ -46,7 +46,7 @@ fn write_json(path: &Path, value: &serde_json::Value) {
 fn random_weights() -> HashMap<String, Tensor> {
     let varmap = VarMap::new();
     let cfg: TransformerConfig = serde_json::from_value(config_json()).unwrap();
-    load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+    load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
     let data = varmap.data().lock().unwrap();
     data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
 }

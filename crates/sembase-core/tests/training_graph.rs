@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sembase_core::models::{load_encoder, TransformerConfig};
+use sembase_core::models::{load_encoder, CpuInference, TransformerConfig};
 use sembase_core::pooling::{Pooling, PoolingMode};
 
 fn tiny_config(model_type: &str) -> TransformerConfig {
@@ -35,7 +35,7 @@ fn batch() -> (Tensor, Tensor) {
 fn check_every_parameter_gets_a_gradient(model_type: &str) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let encoder = load_encoder(vb, &tiny_config(model_type)).unwrap();
+    let encoder = load_encoder(vb, &tiny_config(model_type), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
     let states = encoder.forward(&ids, &mask, true).unwrap();
     let pooled = Pooling::new(PoolingMode::Mean).forward(&states, &mask).unwrap();
@@ -73,7 +73,7 @@ fn mpnet_parameters_all_receive_gradients() {
 fn dropout_is_active_only_in_training() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let encoder = load_encoder(vb, &tiny_config("bert")).unwrap();
+    let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
     let run = |train| -> Vec<f32> { encoder.forward(&ids, &mask, train).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
     let (a, b) = (run(true), run(true));
@@ -86,7 +86,7 @@ fn padding_does_not_change_the_real_tokens() {
     // The same row alone and padded inside a wider batch gives the same pooled vector.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let encoder = load_encoder(vb, &tiny_config("mpnet")).unwrap();
+    let encoder = load_encoder(vb, &tiny_config("mpnet"), &CpuInference::default()).unwrap();
     let pool = Pooling::new(PoolingMode::Mean);
     let (ids, mask) = batch();
     let padded: Vec<Vec<f32>> = pool.forward(&encoder.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
@@ -106,10 +106,10 @@ fn inference_kernel_matches_the_differentiable_path() {
     for model_type in ["bert", "mpnet"] {
         let varmap = VarMap::new();
         let cfg = tiny_config(model_type);
-        let trainable = load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let trainable = load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
         let frozen: std::collections::HashMap<String, Tensor> =
             varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-        let inference = load_encoder(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let inference = load_encoder(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
         let (ids, mask) = batch();
         let pool = Pooling::new(PoolingMode::Mean);
         let a: Vec<Vec<f32>> = pool.forward(&trainable.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
@@ -124,7 +124,7 @@ fn inference_kernel_matches_the_differentiable_path() {
 fn seeded_dropout_replays_exactly() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let encoder = load_encoder(vb, &tiny_config("bert")).unwrap();
+    let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
     let run = || -> Vec<f32> { encoder.forward(&ids, &mask, true).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
     sembase_core::models::layers::seed_dropout(7);

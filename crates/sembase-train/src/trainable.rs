@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use sembase_core::dense::{Dense, DenseConfig};
 use sembase_core::model_dir::{HeadModule, ModelDir};
-use sembase_core::models::{load_encoder, TextEncoder};
+use sembase_core::models::{load_encoder, CpuInference, TextEncoder};
 use sembase_core::pooling::Pooling;
 use sembase_core::tokenize::TextTokenizer;
 use sembase_core::local::PostModule;
@@ -45,7 +45,7 @@ impl TrainableModel {
     pub fn load(dir: &Path, max_length: usize, project: Option<usize>) -> Result<Self> {
         let source = ModelDir::open(dir)?;
         let encoder_vars = VarMap::new();
-        let encoder = load_encoder(VarBuilder::from_varmap(&encoder_vars, DType::F32, &Device::Cpu), &source.config)?;
+        let encoder = load_encoder(VarBuilder::from_varmap(&encoder_vars, DType::F32, &Device::Cpu), &source.config, &CpuInference::default())?;
         fill_vars(&encoder_vars, &source.weight_files, &ENCODER_PREFIXES)?;
         let limit = encoder.max_tokens().min(source.max_seq_length.unwrap_or(usize::MAX));
         if max_length == 0 || max_length > limit {
@@ -161,7 +161,7 @@ impl TrainableModel {
         let frozen = |map: &VarMap| -> std::collections::HashMap<String, Tensor> {
             map.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
         };
-        let encoder = load_encoder(VarBuilder::from_tensors(frozen(&self.encoder_vars), DType::F32, &Device::Cpu), &self.source.config)?;
+        let encoder = load_encoder(VarBuilder::from_tensors(frozen(&self.encoder_vars), DType::F32, &Device::Cpu), &self.source.config, &CpuInference::default())?;
         let mut modules = self
             .dense
             .iter()

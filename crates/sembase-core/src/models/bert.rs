@@ -6,9 +6,9 @@ use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
-use super::int8_linear::Int8Kernel;
 use super::layers::{Dropout, Embedding, LayerNorm};
-use super::TextEncoder;
+use super::mapped_weights::MappedWeights;
+use super::{CpuInference, TextEncoder};
 use crate::error::Result;
 
 /// BERT's weight names inside `encoder.layer.N`.
@@ -68,17 +68,18 @@ pub struct TokenEmbeddings {
 
 impl TokenEmbeddings {
     /// Loads from `vb` (pointing at `embeddings`); `with_segments` adds the
-    /// token-type table, always used with type 0 for single texts.
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, with_segments: bool) -> Result<Self> {
+    /// token-type table, always used with type 0 for single texts. Tables are read in
+    /// place from `mapped` when given.
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, with_segments: bool, mapped: Option<&MappedWeights>) -> Result<Self> {
         let h = cfg.hidden_size;
         let segment = if with_segments {
-            Some(Embedding::load(vb.pp("token_type_embeddings"), cfg.type_vocab_size, h)?)
+            Some(Embedding::load_mapped(vb.pp("token_type_embeddings"), cfg.type_vocab_size, h, mapped)?)
         } else {
             None
         };
         Ok(Self {
-            word: Embedding::load(vb.pp("word_embeddings"), cfg.vocab_size, h)?,
-            position: Embedding::load(vb.pp("position_embeddings"), cfg.max_position_embeddings, h)?,
+            word: Embedding::load_mapped(vb.pp("word_embeddings"), cfg.vocab_size, h, mapped)?,
+            position: Embedding::load_mapped(vb.pp("position_embeddings"), cfg.max_position_embeddings, h, mapped)?,
             segment,
             norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
@@ -117,16 +118,17 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    /// Loads a BERT whose weights sit under `vb` (the prefix already resolved).
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Self> {
-        Self::load_with_positions(vb, cfg, PositionScheme::FromZero)
+    /// Loads a BERT whose weights sit under `vb` (the prefix already resolved),
+    /// prepared for CPU inference as `cpu` says.
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference) -> Result<Self> {
+        Self::load_with_positions(vb, cfg, PositionScheme::FromZero, cpu)
     }
 
     /// Loads a BERT-shaped model with the given position numbering (XLM-R reuses this).
-    pub fn load_with_positions(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme) -> Result<Self> {
+    pub fn load_with_positions(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, cpu: &CpuInference) -> Result<Self> {
         Ok(Self {
-            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, positions, true)?,
-            encoder: Encoder::load(vb.pp("encoder"), cfg, &BERT_LAYER_NAMES)?,
+            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, positions, true, cpu.mapped.as_ref())?,
+            encoder: Encoder::load(vb.pp("encoder"), cfg, &BERT_LAYER_NAMES, cpu.int8)?,
             hidden_size: cfg.hidden_size,
         })
     }
@@ -148,9 +150,5 @@ impl TextEncoder for BertModel {
 
     fn vocab_size(&self) -> usize {
         self.embeddings.vocab_size()
-    }
-
-    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        self.encoder.quantise_int8(kernel)
     }
 }

@@ -2,40 +2,50 @@
 //! t[ids_t[i]]`, token rows in parallel, in one pass and one output buffer (candle's
 //! `index_select` then `add` copies on one thread and allocates per table).
 
-use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::kernel_io::HostF32;
 use crate::error::{Error, Result};
 
 /// Tokens per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-/// The sum of each table's rows at its ids; every table is `(rows, width)` f32 on the
-/// CPU, every id list equally long. An id past its table's end is an error.
-pub(super) fn sum_of_rows(lookups: &[(&Tensor, &[u32])]) -> Result<Vec<f32>> {
-    let tables = lookups.iter().map(|(table, _)| HostF32::of(table)).collect::<candle_core::Result<Vec<_>>>()?;
-    let width = lookups.first().map_or(0, |(table, _)| table.dims().last().copied().unwrap_or(0));
-    let tokens = lookups.first().map_or(0, |(_, ids)| ids.len());
-    for ((table, ids), values) in lookups.iter().zip(&tables) {
-        let rows = values.len() / width.max(1);
-        if table.dims() != [rows, width] || ids.len() != tokens {
-            return Err(mismatch(format!("embedding lookup: table {:?} or {} ids do not fit", table.dims(), ids.len())));
+/// The sum of each table's rows at its ids. Every table is a row-major `(rows, width)`
+/// f32 matrix given as its values, every id list equally long. An id past its table's
+/// end is an error.
+pub(super) fn sum_of_rows(width: usize, lookups: &[(&[f32], &[u32])]) -> Result<Vec<f32>> {
+    let Some(((first_values, first_ids), rest)) = lookups.split_first() else {
+        return Ok(Vec::new());
+    };
+    let tokens = first_ids.len();
+    if width == 0 {
+        return Err(mismatch("embedding lookup: tables have no columns".into()));
+    }
+    for (values, ids) in lookups {
+        let rows = values.len() / width;
+        if values.len() % width != 0 || ids.len() != tokens {
+            return Err(mismatch(format!("embedding lookup: a table of {} values or {} ids do not fit width {width}", values.len(), ids.len())));
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= rows) {
             return Err(mismatch(format!("token id {id} is outside the embedding table's {rows} rows")));
         }
     }
-    let mut out = vec![0f32; tokens * width];
-    out.par_chunks_mut(ROWS_PER_TASK * width.max(1)).enumerate().for_each(|(task, chunk)| {
-        for (r, row) in chunk.chunks_mut(width.max(1)).enumerate() {
+    let mut out = Vec::with_capacity(tokens * width);
+    out.spare_capacity_mut().par_chunks_mut(ROWS_PER_TASK * width).enumerate().for_each(|(task, chunk)| {
+        for (r, row) in chunk.chunks_mut(width).enumerate() {
             let token = task * ROWS_PER_TASK + r;
-            for ((_, ids), values) in lookups.iter().zip(&tables) {
+            let source = &first_values[first_ids[token] as usize * width..][..width];
+            row.iter_mut().zip(source).for_each(|(o, &v)| {
+                o.write(v);
+            });
+            for (values, ids) in rest {
                 let source = &values[ids[token] as usize * width..][..width];
-                row.iter_mut().zip(source).for_each(|(o, &v)| *o += v);
+                // SAFETY: every element of `row` was written by the first table's pass.
+                row.iter_mut().zip(source).for_each(|(o, &v)| unsafe { *o.assume_init_mut() += v });
             }
         }
     });
+    // SAFETY: the tasks above wrote all `tokens * width` elements.
+    unsafe { out.set_len(tokens * width) };
     Ok(out)
 }
 
@@ -46,16 +56,15 @@ fn mismatch(message: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn sums_rows_of_every_table_and_refuses_ids_past_the_end() {
-        let words = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &Device::Cpu).unwrap();
-        let positions = Tensor::new(&[[10f32, 20.0], [30.0, 40.0]], &Device::Cpu).unwrap();
+        let words = [1f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let positions = [10f32, 20.0, 30.0, 40.0];
         let ids = [2u32, 0, 1];
-        let sum = sum_of_rows(&[(&words, &ids), (&positions, &[0, 1, 0])]).unwrap();
+        let sum = sum_of_rows(2, &[(&words, &ids), (&positions, &[0, 1, 0])]).unwrap();
         assert_eq!(sum, vec![15.0, 26.0, 31.0, 42.0, 13.0, 24.0]);
-        let err = sum_of_rows(&[(&words, &[3])]).unwrap_err();
+        let err = sum_of_rows(2, &[(&words, &[3])]).unwrap_err();
         assert!(err.to_string().contains("token id 3 is outside"), "{err}");
     }
 }

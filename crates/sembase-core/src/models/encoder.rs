@@ -38,21 +38,14 @@ enum Projections {
 }
 
 impl Projections {
-    fn load(vb: &VarBuilder, names: &LayerWeightNames, hidden: usize) -> Result<Self> {
+    fn load(vb: &VarBuilder, names: &LayerWeightNames, hidden: usize, int8: Option<Int8Kernel>) -> Result<Self> {
         let load = |name: &str| LinearWeights::load(vb.pp(name), hidden, hidden, true);
         let [query, key, value] = [load(names.query)?, load(names.key)?, load(names.value)?];
         if query.trains() || key.trains() || value.trains() {
             return Ok(Self::Separate(Box::new([Linear::new(query)?, Linear::new(key)?, Linear::new(value)?])));
         }
         // Stacked as stored, then laid out for the kernel once.
-        Ok(Self::Fused(Linear::new(LinearWeights::stacked(&[query, key, value])?)?))
-    }
-
-    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        match self {
-            Self::Separate(maps) => maps.iter_mut().try_for_each(|l| l.quantise_int8(kernel)),
-            Self::Fused(qkv) => qkv.quantise_int8(kernel),
-        }
+        Ok(Self::Fused(Linear::new_maybe_int8(LinearWeights::stacked(&[query, key, value])?, int8)?))
     }
 
     /// Queries, keys and values of `x` (any leading dimensions), each contiguous.
@@ -94,30 +87,25 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames, int8: Option<Int8Kernel>) -> Result<Self> {
         let h = cfg.hidden_size;
         let ff = cfg.intermediate_size;
         let eps = cfg.layer_norm_eps;
+        let linear = |name: &str, in_dim: usize, out_dim: usize| {
+            Linear::new_maybe_int8(LinearWeights::load(vb.pp(name), in_dim, out_dim, true)?, int8)
+        };
         Ok(Self {
-            projections: Projections::load(&vb, names, h)?,
-            attention_output: Linear::load(vb.pp(names.attention_output), h, h, true)?,
+            projections: Projections::load(&vb, names, h, int8)?,
+            attention_output: linear(names.attention_output, h, h)?,
             attention_norm: LayerNorm::load(vb.pp(names.attention_norm), h, eps)?,
-            intermediate: Linear::load(vb.pp(names.intermediate), h, ff, true)?,
-            output: Linear::load(vb.pp(names.output), ff, h, true)?,
+            intermediate: linear(names.intermediate, h, ff)?,
+            output: linear(names.output, ff, h)?,
             output_norm: LayerNorm::load(vb.pp(names.output_norm), h, eps)?,
             heads: cfg.num_attention_heads,
             activation: cfg.activation()?,
             attention_dropout: Dropout::new(cfg.attention_probs_dropout_prob),
             hidden_dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
-    }
-
-    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        self.projections.quantise_int8(kernel)?;
-        for linear in [&mut self.attention_output, &mut self.intermediate, &mut self.output] {
-            linear.quantise_int8(kernel)?;
-        }
-        Ok(())
     }
 
     /// `(batch, seq, hidden)` -> `(batch, heads, seq, head_dim)`.
@@ -268,8 +256,10 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads `cfg.num_hidden_layers` layers from `vb` (which points at `encoder`).
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames) -> Result<Self> {
+    /// Loads `cfg.num_hidden_layers` layers from `vb` (which points at `encoder`). With
+    /// `int8`, each layer's linear maps are quantised as it loads (CPU inference only), so
+    /// the float weights of at most one layer are ever held.
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames, int8: Option<Int8Kernel>) -> Result<Self> {
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -277,14 +267,9 @@ impl Encoder {
             )));
         }
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(vb.pp(format!("layer.{i}")), cfg, names))
+            .map(|i| EncoderLayer::load(vb.pp(format!("layer.{i}")), cfg, names, int8))
             .collect::<Result<_>>()?;
         Ok(Self { layers })
-    }
-
-    /// Quantises every layer's linear maps to int8 for CPU inference.
-    pub fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|layer| layer.quantise_int8(kernel))
     }
 
     /// Runs every layer over right-padded `x` with `mask` (1 real, 0 padding).
@@ -342,9 +327,9 @@ mod tests {
         .unwrap();
         let vars = candle_nn::VarMap::new();
         let names = crate::models::bert::BERT_LAYER_NAMES;
-        let separate = Encoder::load(candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu), &config, &names).unwrap();
+        let separate = Encoder::load(candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu), &config, &names, None).unwrap();
         let tensors = vars.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect();
-        let fused = Encoder::load(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, &names).unwrap();
+        let fused = Encoder::load(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, &names, None).unwrap();
         assert!(matches!(separate.layers[0].projections, Projections::Separate(_)));
         assert!(matches!(fused.layers[0].projections, Projections::Fused(_)));
         let x = Tensor::randn(0f32, 1.0, (2, 4, 12), &Device::Cpu).unwrap();

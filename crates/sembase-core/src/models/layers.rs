@@ -17,21 +17,32 @@ use candle_nn::VarBuilder;
 
 use super::cpu_linear::{self, CpuLinear};
 use super::cpu_lookup;
+use super::kernel_io::HostF32;
+use super::mapped_weights::{MappedMatrix, MappedWeights};
 use super::cpu_norm::{self, LayerNormKernel};
 use super::int8_linear::{self, Int8Kernel, Int8Matrix};
 use super::{train_dropout, train_gelu, train_linear, train_norm};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    /// The CPU inference kernel's copy of f32 weights, made on its first use
-    /// (half-precision weights are converted per call instead, keeping their memory small).
-    kernel_weights: OnceLock<KernelWeights>,
-    /// Int8 weights, once [`Linear::quantise_int8`] has run: CPU inference then uses them.
-    int8: Option<Int8Weights>,
+    weights: LinearStore,
+}
+
+/// A linear map's weights in the form its forward pass reads.
+#[derive(Debug, Clone)]
+enum LinearStore {
+    /// Float weights (f32, bf16 or f16), as loaded or as training variables.
+    Float {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        /// The CPU inference kernel's copy of f32 weights, made on its first use
+        /// (half-precision weights are converted per call instead, keeping their memory small).
+        kernel_weights: OnceLock<KernelWeights>,
+    },
+    /// Int8 weights (see [`Linear::new_int8`]): the map runs only for inference on the CPU.
+    Int8(Int8Weights),
 }
 
 /// A linear map's weights quantised to int8, with the bias and the kernel that runs them.
@@ -109,25 +120,38 @@ impl Linear {
         } else {
             weight
         };
-        Ok(Self { weight, bias, kernel_weights: OnceLock::new(), int8: None })
+        Ok(Self { weights: LinearStore::Float { weight, bias, kernel_weights: OnceLock::new() } })
     }
 
-    /// Quantises the weights to int8 per output channel for CPU inference
-    /// (activations are quantised per row as each call runs).
-    pub fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        let (out_dim, in_dim) = self.weight.dims2()?;
-        let weight = self.weight.to_dtype(DType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let bias = match &self.bias {
+    /// The map with these weights quantised to int8 per output channel, for CPU
+    /// inference by `kernel` (activations are quantised per row as each call runs); no
+    /// float copy of the weights is kept.
+    pub fn new_int8(weights: LinearWeights, kernel: Int8Kernel) -> Result<Self> {
+        let LinearWeights { weight, bias } = weights;
+        let (out_dim, in_dim) = weight.dims2()?;
+        let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match bias {
             Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; out_dim],
         };
-        self.int8 = Some(Int8Weights { matrix: Int8Matrix::quantise(&weight, out_dim, in_dim), bias, kernel });
-        Ok(())
+        let matrix = Int8Matrix::quantise(&values, out_dim, in_dim);
+        Ok(Self { weights: LinearStore::Int8(Int8Weights { matrix, bias, kernel }) })
+    }
+
+    /// The map with these weights, quantised to int8 when `int8` names a kernel.
+    pub fn new_maybe_int8(weights: LinearWeights, int8: Option<Int8Kernel>) -> Result<Self> {
+        match int8 {
+            Some(kernel) => Self::new_int8(weights, kernel),
+            None => Self::new(weights),
+        }
     }
 
     /// Output width.
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.weights {
+            LinearStore::Float { weight, .. } => weight.dims()[0],
+            LinearStore::Int8(int8) => int8.matrix.out_dim(),
+        }
     }
 
     /// Applies the map; leading dimensions are flattened into one GEMM.
@@ -145,64 +169,66 @@ impl Linear {
         let flat = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
-        if self.kernel_applies(x) {
-            let gelu = activation == Some(Activation::Gelu);
-            let flat = flat.contiguous()?;
-            let y = match &self.int8 {
-                Some(int8) => int8_linear::linear(&flat, &int8.matrix, &int8.bias, gelu, int8.kernel)?,
-                None => {
-                    let kernel = self.kernel_weights()?;
-                    cpu_linear::linear(&flat, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?
+        let gelu = activation == Some(Activation::Gelu);
+        let (y, activated) = match &self.weights {
+            LinearStore::Int8(int8) => {
+                if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+                    return Err(Error::Unsupported("int8 weights run only for inference on f32 CPU inputs".into()));
                 }
-            };
-            let y = y.reshape(out_dims)?;
-            return match activation {
-                Some(a) if !gelu => a.forward(&y),
-                _ => Ok(y),
-            };
-        }
-        let y = match &self.bias {
-            Some(bias) if on_cpu_in_f32(&[&flat, &self.weight, bias]) => train_linear::linear(&flat, &self.weight, bias)?,
-            Some(bias) => flat.matmul(&self.weight.t()?)?.broadcast_add(bias)?,
-            None => flat.matmul(&self.weight.t()?)?,
+                (int8_linear::linear(&flat.contiguous()?, &int8.matrix, &int8.bias, gelu, int8.kernel)?, gelu)
+            }
+            LinearStore::Float { weight, bias, kernel_weights } if kernel_applies(x, weight, bias.as_ref()) => {
+                let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
+                (cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?, gelu)
+            }
+            LinearStore::Float { weight, bias, .. } => {
+                let y = match bias {
+                    Some(bias) if on_cpu_in_f32(&[&flat, weight, bias]) => train_linear::linear(&flat, weight, bias)?,
+                    Some(bias) => flat.matmul(&weight.t()?)?.broadcast_add(bias)?,
+                    None => flat.matmul(&weight.t()?)?,
+                };
+                (y, false)
+            }
         };
         let y = y.reshape(out_dims)?;
         match activation {
-            Some(a) => a.forward(&y),
-            None => Ok(y),
+            Some(a) if !activated => a.forward(&y),
+            _ => Ok(y),
         }
     }
+}
 
-    /// Whether this call can take the CPU inference kernel: f32 input on the CPU (f32,
-    /// bf16 or f16 weights), outside any gradient graph (trained weights are variables,
-    /// so the kernel's cached copy never goes stale).
-    fn kernel_applies(&self, x: &Tensor) -> bool {
-        let inference = !x.track_op() && !self.weight.track_op() && x.device().is_cpu();
-        let floats = matches!(self.weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
-        inference && floats && x.dtype() == DType::F32 && self.bias.as_ref().is_none_or(|b| !b.track_op())
+/// Whether a call can take the CPU inference kernel: f32 input on the CPU (f32, bf16 or
+/// f16 weights), outside any gradient graph (trained weights are variables, so the
+/// kernel's cached copy never goes stale).
+fn kernel_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let inference = !x.track_op() && !weight.track_op() && x.device().is_cpu();
+    let floats = matches!(weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    inference && floats && x.dtype() == DType::F32 && bias.is_none_or(|b| !b.track_op())
+}
+
+/// The kernel's weights: made once and kept in `cache` for f32 weights, converted on each
+/// call for half-precision ones (so only one f32 matrix exists at a time).
+fn kernel_weights_of<'a>(weight: &Tensor, bias: Option<&Tensor>, cache: &'a OnceLock<KernelWeights>) -> Result<Cow<'a, KernelWeights>> {
+    if weight.dtype() != DType::F32 {
+        return Ok(Cow::Owned(KernelWeights::convert(weight, bias)?));
     }
-
-    /// The kernel's weights: made once and kept for f32 weights, converted on each call
-    /// for half-precision ones (so only one f32 matrix exists at a time).
-    fn kernel_weights(&self) -> Result<Cow<'_, KernelWeights>> {
-        if self.weight.dtype() != DType::F32 {
-            return Ok(Cow::Owned(self.convert_kernel_weights()?));
-        }
-        if let Some(weights) = self.kernel_weights.get() {
-            return Ok(Cow::Borrowed(weights));
-        }
-        let weights = self.convert_kernel_weights()?;
-        Ok(Cow::Borrowed(self.kernel_weights.get_or_init(|| weights)))
+    if let Some(weights) = cache.get() {
+        return Ok(Cow::Borrowed(weights));
     }
+    let weights = KernelWeights::convert(weight, bias)?;
+    Ok(Cow::Borrowed(cache.get_or_init(|| weights)))
+}
 
+impl KernelWeights {
     /// `W^T` and the bias in f32, from weights of any float precision.
-    fn convert_kernel_weights(&self) -> Result<KernelWeights> {
-        let weight_t = self.weight.t()?.to_dtype(DType::F32)?.contiguous()?;
-        let bias = match &self.bias {
+    fn convert(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let weight_t = weight.t()?.to_dtype(DType::F32)?.contiguous()?;
+        let bias = match bias {
             Some(bias) => bias.to_dtype(DType::F32)?.contiguous()?,
-            None => Tensor::zeros(self.out_dim(), DType::F32, self.weight.device())?,
+            None => Tensor::zeros(weight.dim(0)?, DType::F32, weight.device())?,
         };
-        Ok(KernelWeights { weight_t, bias })
+        Ok(Self { weight_t, bias })
     }
 }
 
@@ -383,44 +409,109 @@ impl Activation {
 /// A lookup table of row vectors.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    table: Tensor,
+    table: Table,
+}
+
+/// Where a table's values live.
+#[derive(Debug, Clone)]
+enum Table {
+    /// A tensor (copied from the weights file, or a training variable).
+    Tensor(Tensor),
+    /// In place in the memory-mapped weights file (CPU inference).
+    Mapped(MappedMatrix),
 }
 
 impl Embedding {
     /// Loads a `(rows, dim)` table named `weight`.
     pub fn load(vb: VarBuilder, rows: usize, dim: usize) -> Result<Self> {
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-        Ok(Self { table: vb.get_with_hints((rows, dim), "weight", init)? })
+        Ok(Self { table: Table::Tensor(vb.get_with_hints((rows, dim), "weight", init)?) })
+    }
+
+    /// Like [`Embedding::load`], but reads the table in place from `mapped` when it is
+    /// stored there as f32 (copying it otherwise).
+    pub fn load_mapped(vb: VarBuilder, rows: usize, dim: usize, mapped: Option<&MappedWeights>) -> Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        match mapped.and_then(|m| m.f32_matrix(&name, rows, dim)) {
+            Some(matrix) => Ok(Self { table: Table::Mapped(matrix) }),
+            None => Self::load(vb, rows, dim),
+        }
     }
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.table.dims()[0]
+        match &self.table {
+            Table::Tensor(t) => t.dims()[0],
+            Table::Mapped(m) => m.rows(),
+        }
+    }
+
+    /// Width of a row.
+    fn dim(&self) -> usize {
+        match &self.table {
+            Table::Tensor(t) => t.dims()[1],
+            Table::Mapped(m) => m.cols(),
+        }
     }
 
     /// Looks up `ids` (any shape, u32) and appends the vector dimension.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let mut dims = ids.dims().to_vec();
-        dims.push(self.table.dims()[1]);
-        let rows = self.table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?;
-        Ok(rows.reshape(dims)?)
+        match &self.table {
+            Table::Tensor(table) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(self.dim());
+                let rows = table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?;
+                Ok(rows.reshape(dims)?)
+            }
+            Table::Mapped(_) => Self::sum_of_lookups(&[(self, ids)]),
+        }
     }
 
     /// The sum of several tables' lookups, each with its own ids of one shape (word,
     /// position and segment embeddings): one parallel pass over the tokens for
     /// inference on the CPU, composed ops otherwise (so training gets gradients).
     pub fn sum_of_lookups(lookups: &[(&Embedding, &Tensor)]) -> Result<Tensor> {
-        let tables: Vec<&Tensor> = lookups.iter().map(|(e, _)| &e.table).collect();
         let Some(&(first, first_ids)) = lookups.first() else {
             return Err(candle_core::Error::Msg("no embedding tables to look up".into()).into());
         };
-        if !on_cpu_in_f32(&tables) || tables.iter().any(|t| t.track_op()) {
+        let host_tables = lookups.iter().map(|(e, _)| e.host_values()).collect::<candle_core::Result<Option<Vec<_>>>>()?;
+        let Some(host_tables) = host_tables else {
             return lookups[1..].iter().try_fold(first.forward(first_ids)?, |sum, (e, ids)| Ok(sum.add(&e.forward(ids)?)?));
-        }
+        };
         let ids = lookups.iter().map(|(_, ids)| ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()).collect::<candle_core::Result<Vec<_>>>()?;
-        let pairs: Vec<(&Tensor, &[u32])> = tables.iter().zip(&ids).map(|(&t, ids)| (t, ids.as_slice())).collect();
+        let pairs: Vec<(&[f32], &[u32])> = host_tables.iter().zip(&ids).map(|(values, ids)| (&**values, ids.as_slice())).collect();
         let mut dims = first_ids.dims().to_vec();
-        dims.push(first.table.dims()[1]);
-        Ok(Tensor::from_vec(cpu_lookup::sum_of_rows(&pairs)?, dims, first.table.device())?)
+        dims.push(first.dim());
+        if lookups.iter().any(|(e, _)| e.dim() != first.dim()) {
+            return Err(candle_core::Error::Msg("embedding tables to sum differ in width".into()).into());
+        }
+        Ok(Tensor::from_vec(cpu_lookup::sum_of_rows(first.dim(), &pairs)?, dims, first_ids.device())?)
+    }
+
+    /// The table's values as host f32, when inference on the CPU can read them (mapped,
+    /// or an f32 CPU tensor outside any gradient graph); `None` otherwise.
+    fn host_values(&self) -> candle_core::Result<Option<TableValues<'_>>> {
+        Ok(match &self.table {
+            Table::Mapped(m) => Some(TableValues::Mapped(m.values())),
+            Table::Tensor(t) if on_cpu_in_f32(&[t]) && !t.track_op() => Some(TableValues::Host(HostF32::of(t)?)),
+            Table::Tensor(_) => None,
+        })
+    }
+}
+
+/// A table's f32 values as the CPU lookup reads them.
+enum TableValues<'a> {
+    Mapped(&'a [f32]),
+    Host(HostF32<'a>),
+}
+
+impl std::ops::Deref for TableValues<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Self::Mapped(values) => values,
+            Self::Host(values) => values,
+        }
     }
 }

@@ -15,6 +15,7 @@ mod kernel_io;
 mod fast_math;
 pub mod layers;
 pub mod llama;
+pub mod mapped_weights;
 pub mod mpnet;
 mod q4_1;
 pub mod qwen2;
@@ -36,6 +37,7 @@ use candle_nn::VarBuilder;
 pub use config::TransformerConfig;
 pub use decoder::{DecoderModel, DecoderWeights};
 pub use decoder_config::DecoderConfig;
+pub use mapped_weights::MappedWeights;
 
 use crate::error::{Error, Result};
 
@@ -50,16 +52,23 @@ pub trait TextEncoder: Send + Sync {
     fn max_tokens(&self) -> usize;
     /// Rows of the word embedding table.
     fn vocab_size(&self) -> usize;
-    /// Quantises the linear layers' weights to int8 for CPU inference.
-    fn quantise_int8(&mut self, _kernel: int8_linear::Int8Kernel) -> Result<()> {
-        Err(Error::Unsupported("int8 quantisation is for encoder models (decoders: use a quantised GGUF)".into()))
-    }
+}
+
+/// How an encoder's weights are prepared for inference on the CPU; the default loads
+/// plain tensors (what training and other devices need).
+#[derive(Debug, Clone, Default)]
+pub struct CpuInference {
+    /// Read the embedding tables in place from these mapped weights files.
+    pub mapped: Option<MappedWeights>,
+    /// Quantise the linear layers to int8 for this kernel as each layer loads.
+    pub int8: Option<int8_linear::Int8Kernel>,
 }
 
 /// Builds the encoder named by `cfg.model_type` from `vb`. Checkpoints saved
 /// with a task head keep the encoder under a prefix (`bert.`, `roberta.`, ...);
-/// it is found by looking for the word embeddings.
-pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Box<dyn TextEncoder>> {
+/// it is found by looking for the word embeddings. `cpu` says what to prepare for CPU
+/// inference.
+pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference) -> Result<Box<dyn TextEncoder>> {
     let prefixes = ["", "bert", "roberta", "xlm_roberta", "mpnet", "model"];
     let vb = prefixes
         .iter()
@@ -67,9 +76,9 @@ pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Box<dyn T
         .find(|v| v.contains_tensor("embeddings.word_embeddings.weight"))
         .unwrap_or(vb);
     Ok(match cfg.model_type.as_str() {
-        "bert" => Box::new(bert::BertModel::load(vb, cfg)?),
-        "xlm-roberta" | "roberta" | "camembert" => Box::new(xlm_roberta::load(vb, cfg)?),
-        "mpnet" => Box::new(mpnet::MpnetModel::load(vb, cfg)?),
+        "bert" => Box::new(bert::BertModel::load(vb, cfg, cpu)?),
+        "xlm-roberta" | "roberta" | "camembert" => Box::new(xlm_roberta::load(vb, cfg, cpu)?),
+        "mpnet" => Box::new(mpnet::MpnetModel::load(vb, cfg, cpu)?),
         other => return Err(Error::Unsupported(format!("model_type {other:?} (supported: bert, xlm-roberta, roberta, mpnet)"))),
     })
 }

@@ -7,9 +7,8 @@ use candle_nn::VarBuilder;
 use super::bert::{PositionScheme, TokenEmbeddings};
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
-use super::int8_linear::Int8Kernel;
 use super::layers::Embedding;
-use super::TextEncoder;
+use super::{CpuInference, TextEncoder};
 use crate::error::Result;
 
 /// MPNet's weight names inside `encoder.layer.N`.
@@ -39,12 +38,13 @@ pub struct MpnetModel {
 
 impl MpnetModel {
     /// Loads an MPNet whose weights sit under `vb`.
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Self> {
+    /// Prepared for CPU inference as `cpu` says.
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference) -> Result<Self> {
         let pad = cfg.pad_token_id.unwrap_or(1);
         let buckets = cfg.relative_attention_num_buckets;
         Ok(Self {
-            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, PositionScheme::AfterPadding { pad }, false)?,
-            encoder: Encoder::load(vb.pp("encoder"), cfg, &MPNET_LAYER_NAMES)?,
+            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, PositionScheme::AfterPadding { pad }, false, cpu.mapped.as_ref())?,
+            encoder: Encoder::load(vb.pp("encoder"), cfg, &MPNET_LAYER_NAMES, cpu.int8)?,
             relative_bias: Embedding::load(vb.pp("encoder.relative_attention_bias"), buckets, cfg.num_attention_heads)?,
             buckets,
             hidden_size: cfg.hidden_size,
@@ -98,10 +98,6 @@ impl TextEncoder for MpnetModel {
 
     fn vocab_size(&self) -> usize {
         self.embeddings.vocab_size()
-    }
-
-    fn quantise_int8(&mut self, kernel: Int8Kernel) -> Result<()> {
-        self.encoder.quantise_int8(kernel)
     }
 }
 
