@@ -197,7 +197,11 @@ impl LocalEmbedder {
         let mut vectors = vec![Vec::new(); sequences.len()];
         for batch in plan_batches(&lengths, self.options.batch) {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| sequences[i].as_slice()).collect();
-            for (&i, vector) in batch.iter().zip(self.forward_batch(&rows)?) {
+            // Run on a thread of the compute pool: the CPU kernels' parallel loops then
+            // start there, instead of each op being handed into the pool and back from
+            // outside it (two thread switches per op, much of a short text's time).
+            let batch_vectors = rayon::scope(|_| self.forward_batch(&rows))?;
+            for (&i, vector) in batch.iter().zip(batch_vectors) {
                 vectors[i] = vector;
             }
         }

@@ -77,10 +77,20 @@ pub(super) struct View {
     row_step: isize,
 }
 
+// SAFETY: a `View` only reads, and its users promise the matrix outlives it and does
+// not change meanwhile (see `matmul`), so threads may share it.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
 impl View {
     /// Row-major: rows `row_step` apart, columns adjacent.
     pub(super) fn rows(data: &[f32], row_step: usize) -> Self {
         Self { start: data.as_ptr(), column_step: 1, row_step: row_step as isize }
+    }
+
+    /// The columns from `first` on.
+    pub(super) fn columns_from(self, first: usize) -> Self {
+        Self { start: self.start.wrapping_offset(first as isize * self.column_step), ..self }
     }
 
     /// The transpose of a row-major matrix whose rows are `row_step` apart.
@@ -129,6 +139,13 @@ pub(super) fn product(m: usize, n: usize, k: usize, a: View, b: View, parallelis
     out
 }
 
+/// Below this many multiply-adds, [`affine`] splits its output columns between the
+/// threads itself: gemm's own threading hands work off too often for a few rows.
+const SPLIT_COLUMNS_BELOW_MACS: usize = 1 << 25;
+
+/// Column blocks of a split [`affine`] start at multiples of this (whole SIMD registers).
+const COLUMN_ALIGN: usize = 16;
+
 /// `x` (rows x k, row-major) . `weight` (k x bias.len()) + `bias` on every row, into a new
 /// row-major vector, on every thread.
 pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32]) -> Vec<f32> {
@@ -136,6 +153,24 @@ pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32
     assert_eq!(x.len(), rows * k, "affine: x is not {rows} x {k}");
     // Every row starts as the bias (written once, no zeroing first).
     let mut out = repeated_rows(bias, rows);
+    let threads = candle_core::utils::get_num_threads();
+    if rows * n * k < SPLIT_COLUMNS_BELOW_MACS && threads > 1 && n >= threads * COLUMN_ALIGN {
+        // A few rows (one short text): one single-threaded GEMM per thread over its own
+        // block of columns; gemm's own split hands off far more often than that.
+        let block = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
+        let shared = SharedOut(out.as_mut_ptr());
+        (0..n.div_ceil(block)).into_par_iter().for_each(|task| {
+            let out = shared;
+            let first = task * block;
+            let width = block.min(n - first);
+            // SAFETY: as below; each task writes only columns first..first + width of
+            // every row, which no other task touches.
+            unsafe {
+                matmul(rows, width, k, out.0.add(first), n, true, View::rows(x, k), weight.columns_from(first), 1.0, gemm::Parallelism::None);
+            }
+        });
+        return out;
+    }
     // SAFETY: out (rows x n) and x (rows x k) are row-major slices of these sizes; the
     // caller builds `weight` from a slice holding k x n elements.
     unsafe {
@@ -162,4 +197,35 @@ fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
     // SAFETY: the loop above wrote all rows * row.len() values.
     unsafe { out.set_len(rows * row.len()) };
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x W + b` by plain loops, in f64.
+    fn plain_affine(x: &[f32], rows: usize, k: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let n = bias.len();
+        (0..rows * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                (0..k).fold(f64::from(bias[c]), |sum, j| sum + f64::from(x[r * k + j]) * f64::from(w[j * n + c])) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn affine_matches_plain_loops_with_and_without_splitting_columns() {
+        // Below the split size (one ragged column block) and above it (gemm's own threads).
+        for (rows, k, n) in [(3, 5, 40), (12, 384, 1152), (300, 64, 2048)] {
+            let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 16.0).collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 / 100.0).collect();
+            let ours = affine(&x, rows, k, View::rows(&w, n), &bias);
+            let expected = plain_affine(&x, rows, k, &w, &bias);
+            let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{rows}x{k}x{n}: largest difference {worst}");
+        }
+        const { assert!(3 * 5 * 40 < SPLIT_COLUMNS_BELOW_MACS && 300 * 64 * 2048 > SPLIT_COLUMNS_BELOW_MACS) };
+    }
 }
