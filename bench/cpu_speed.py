@@ -24,7 +24,7 @@ runs after one warm-up run; the engines take turns within each repeat.
 Also printed: the cores each timed run kept busy (CPU over wall seconds; well below the thread
 count means other work competed, and the figure is not to be trusted); the minimum cosine, over
 the first 64 texts of each workload, of sembase and of ort int8 against ort fp32; the fp32 GEMM
-peak (best of numpy and torch on 2048^3, T threads); and each engine's share of the FLOP bound,
+peak (best of numpy, torch and an onnxruntime MatMul on 2048^3, T threads); and each engine's share of the FLOP bound,
 peak / (2 x the transformer's parameters excluding embeddings; attention's own FLOPs left out).
 
 Workloads: stsb = the 2758 STS-B test sentences (sentence1 column, then sentence2); msmarco = the
@@ -293,12 +293,31 @@ def gemm_gflops(matmul, a, b):
     return 2 * GEMM_SIZE ** 3 / best / 1e9
 
 
-def gemm_peak():
-    """fp32 GEMM GFLOP/s of numpy and torch (thread limits set by the caller), and the best."""
+def ort_matmul(threads):
+    """`a @ b` for two GEMM_SIZE^2 float32 matrices as a one-node onnxruntime graph (MLAS kernels,
+    which use AVX-512 where the CPU has it; numpy's and torch's BLAS may not)."""
+    from onnx import TensorProto, helper
+    shape = [GEMM_SIZE, GEMM_SIZE]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with tempfile.TemporaryDirectory(prefix="ort-matmul-") as tmp:
+        path = Path(tmp) / "matmul.onnx"
+        path.write_bytes(model.SerializeToString())
+        session = ort_session(path, threads)
+    return lambda a, b: session.run(None, {"a": a, "b": b})[0]
+
+
+def gemm_peak(threads):
+    """fp32 GEMM GFLOP/s of numpy, torch and onnxruntime on `threads` threads (numpy's and torch's
+    limits set by the caller), and the best."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for _ in range(2))
     figures = {"numpy": gemm_gflops(np.matmul, a, b),
-               "torch": gemm_gflops(torch.matmul, torch.from_numpy(a), torch.from_numpy(b))}
+               "torch": gemm_gflops(torch.matmul, torch.from_numpy(a), torch.from_numpy(b)),
+               "onnxruntime": gemm_gflops(ort_matmul(threads), a, b)}
     return {**{k: round(v, 1) for k, v in figures.items()}, "peak": round(max(figures.values()), 1)}
 
 
@@ -473,10 +492,10 @@ def main():
         shutil.copy2(args.sembase, sembase)
         report = {"environment": environment(args, sembase)}
         with threadpool_limits(limits=args.threads):
-            report["gemm_gflops"] = gemm_peak()
+            report["gemm_gflops"] = gemm_peak(args.threads)
         gemm = report["gemm_gflops"]
         print(f"fp32 GEMM peak, {args.threads} threads, {GEMM_SIZE}^3: {gemm['peak']:.1f} GFLOP/s "
-              f"(numpy {gemm['numpy']:.1f}, torch {gemm['torch']:.1f})", flush=True)
+              f"(numpy {gemm['numpy']:.1f}, torch {gemm['torch']:.1f}, onnxruntime {gemm['onnxruntime']:.1f})", flush=True)
         report["models"] = {name: measure_model(name, args, workloads, gemm["peak"], sembase, scratch)
                             for name in args.models}
     report["environment"]["load_average_at_end"] = os.getloadavg()[0]
