@@ -32,7 +32,7 @@ first 2000 passages of MS MARCO-5k (title + " " + text when there is a title); w
 become one space. `--quick`: 1 repeat, the first 500 texts of each workload.
 
 Needs, besides the reference venv's torch, transformers, tokenizers, onnxruntime, numpy and
-threadpoolctl: `onnx` (for quantize_dynamic): /work/refenv/bin/pip install onnx.
+threadpoolctl: `onnx` (for quantize_dynamic and the MatMul peak): /work/refenv/bin/pip install onnx.
 """
 import argparse
 import hashlib
