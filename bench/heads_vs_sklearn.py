@@ -24,7 +24,6 @@ Usage (models in $SEMBASE_HOME/models; run from the repository root):
   nice /work/refenv/bin/python bench/heads_vs_sklearn.py --st-only   # precompute reference embeddings
 """
 import argparse
-import csv
 import json
 import os
 import subprocess
