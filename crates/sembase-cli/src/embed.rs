@@ -11,7 +11,7 @@ use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
 use crate::atomic_file::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
-use crate::models::{load_local, set_threads, Quantize};
+use crate::models::{load_local, ComputeArgs, Quantize};
 
 /// Inputs embedded per call into the model; batches are length-sorted within it.
 const CHUNK: usize = 4096;
@@ -42,12 +42,8 @@ pub struct EmbedArgs {
     /// A prompt named in the model's config_sentence_transformers.json, e.g. "query".
     #[arg(long)]
     prompt: Option<String>,
-    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
-    #[arg(long)]
-    batch_tokens: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Override the model's token limit per input.
     #[arg(long)]
     max_seq_length: Option<usize>,
@@ -60,9 +56,9 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    set_threads(args.threads);
+    args.compute.apply_threads();
     let inputs = read_inputs(args.input.as_deref(), args.input_format.unwrap_or(InputFormat::guess(args.input.as_deref())))?;
-    let model = load_local(&args.model, args.max_seq_length, args.batch_tokens, args.quantize)?;
+    let model = load_local(&args.model, args.max_seq_length, args.compute.batch_tokens, args.quantize)?;
     let options = EmbedOptions {
         prefix: prefix(&model, &args)?,
         dimensions: args.dimensions,

@@ -18,7 +18,7 @@ use sembase_eval::report::write_report;
 use sembase_eval::results::{format_value, short_task, EvalResults};
 use sembase_eval::tasks::{Task, TaskSpec};
 
-use crate::models::{load_local, set_threads, Quantize};
+use crate::models::{load_local, ComputeArgs, Quantize};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -51,12 +51,8 @@ pub struct EvalArgs {
     /// table, --json, --report and --markdown. Repeatable.
     #[arg(long = "from-json", value_name = "FILE")]
     from_json: Vec<PathBuf>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Padded tokens per forward pass of a local model (default: 1024 on the CPU, 16384 on a GPU).
-    #[arg(long)]
-    batch_tokens: Option<usize>,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Quantise local models' weights (int8: encoders on the CPU).
     #[arg(long, value_enum)]
     quantize: Option<Quantize>,
@@ -76,7 +72,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    set_threads(args.threads);
+    args.compute.apply_threads();
     if args.models.is_empty() && args.from_json.is_empty() {
         bail!("give at least one --model (or --from-json with earlier results)");
     }
@@ -159,7 +155,7 @@ fn open_model(spec: &str, args: &EvalArgs) -> Result<EvalModel> {
         return Ok(EvalModel { embedder: Box::new(embedder), cache_id: spec.to_string(), truncate_locally: false });
     }
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
-    let embedder = load_local(spec, None, args.batch_tokens, args.quantize)?;
+    let embedder = load_local(spec, None, args.compute.batch_tokens, args.quantize)?;
     // Quantised weights give other vectors: they are cached apart.
     let quantised = if args.quantize.is_some() { ":int8" } else { "" };
     let cache_id = format!("local:{}:{}:{}{quantised}", dir.display(), fingerprint(&dir), embedder.dimension());

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::atomic_file::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, ComputeArgs};
 
 #[derive(Subcommand)]
 pub enum HeadCommand {
@@ -41,12 +41,8 @@ enum WeightArg {
 /// Model loading settings shared by the subcommands.
 #[derive(Args)]
 struct Engine {
-    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
-    #[arg(long)]
-    batch_tokens: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Do not read or write the embedding cache ($SEMBASE_HOME/cache/heads).
     #[arg(long)]
     no_cache: bool,
@@ -134,7 +130,7 @@ pub fn run(cmd: HeadCommand) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    set_threads(args.engine.threads);
+    args.engine.compute.apply_threads();
     let start = Instant::now();
     let data = load_tsv(&args.data)?;
     if args.folds < 2 {
@@ -158,7 +154,7 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(grid) = args.c_grid.clone() {
         config.grid = grid;
     }
-    let (model, dir) = open_model(&args.model, args.engine.batch_tokens)?;
+    let (model, dir) = open_model(&args.model, args.engine.compute.batch_tokens)?;
     let prefix = args.prefix.clone().or_else(|| model.default_prompt().map(str::to_string));
     let options = EmbedOptions { prefix: prefix.clone(), dimensions: args.dimensions, ..EmbedOptions::default() };
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
@@ -215,7 +211,7 @@ fn train(args: TrainArgs) -> Result<()> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    set_threads(args.engine.threads);
+    args.engine.compute.apply_threads();
     let head = Head::load(&args.head)?;
     let data = load_tsv(&args.data)?;
     // Map the file's labels onto the head's; an unknown label is an error naming its line.
@@ -232,7 +228,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             ),
         }
     }
-    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.batch_tokens)?;
+    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let (x, dim) = embed(&model, &dir, &texts, &head.embed_options(), args.engine.no_cache)?;
     let vectors: Vec<Vec<f32>> = x.chunks_exact(dim).map(<[f32]>::to_vec).collect();
@@ -256,10 +252,10 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    set_threads(args.engine.threads);
+    args.engine.compute.apply_threads();
     let head = Head::load(&args.head)?;
     let inputs = read_inputs(args.input.as_deref(), InputFormat::guess(args.input.as_deref()))?;
-    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.batch_tokens)?;
+    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
     let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
     let (x, dim) = embed(&model, &dir, &texts, &head.embed_options(), args.engine.no_cache)?;
     let vectors: Vec<Vec<f32>> = x.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect();

@@ -14,7 +14,7 @@ use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, I
 use crate::atomic_file::AtomicFile;
 use crate::embed::progress_bar;
 use crate::index_model::{default_prefixes, model_identity, IndexModelArgs};
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, ComputeArgs};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -74,12 +74,8 @@ pub struct BuildArgs {
     /// Write {"documents", "seconds", "bytes"} as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
-    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
-    #[arg(long)]
-    batch_tokens: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 #[derive(Args)]
@@ -119,14 +115,14 @@ pub fn run(cmd: IndexCommand) -> Result<()> {
 }
 
 fn build(args: BuildArgs) -> Result<()> {
-    set_threads(args.threads);
+    args.compute.apply_threads();
     let started = Instant::now();
     let docs = read_corpus(&args.corpus)?;
     if docs.is_empty() {
         bail!("{} holds no documents", args.corpus.display());
     }
     let (_, identity) = model_identity(&args.model)?;
-    let model = load_local(&args.model, None, args.batch_tokens, None)?;
+    let model = load_local(&args.model, None, args.compute.batch_tokens, None)?;
     let (query, document) = default_prefixes(&model);
     let settings = settings_for(&model, identity, args.dimensions, args.query_prefix.or(query), args.document_prefix.or(document))?;
     let params = AnnParams {

@@ -8,7 +8,7 @@ use clap::Args;
 use sembase_core::LocalEmbedder;
 use sembase_index::{IndexSettings, ModelIdentity};
 
-use crate::models::{load_local, set_threads};
+use crate::models::{load_local, ComputeArgs};
 
 /// How to run an index's model for `index add` and `search`.
 #[derive(Args)]
@@ -16,23 +16,19 @@ pub struct IndexModelArgs {
     /// The model, when it has moved since the build (its fingerprint must match).
     #[arg(long)]
     model: Option<String>,
-    /// Padded tokens per forward pass (default: 1024 on the CPU, 16384 on a GPU).
-    #[arg(long)]
-    batch_tokens: Option<usize>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 impl IndexModelArgs {
     /// Sets the thread count; call before any model work.
     pub fn apply_threads(&self) {
-        set_threads(self.threads);
+        self.compute.apply_threads();
     }
 
     /// Loads the index's model (see [`load_index_model`]).
     pub fn load(&self, settings: &IndexSettings) -> Result<LocalEmbedder> {
-        load_index_model(settings, self.model.as_deref(), self.batch_tokens)
+        load_index_model(settings, self.model.as_deref(), self.compute.batch_tokens)
     }
 }
 

@@ -14,6 +14,24 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
+/// The compute settings of every command that runs a local model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// Padded tokens per forward pass of a local model (default: 1024 on the CPU, 16384 on a GPU).
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    /// Sets the number of compute threads; must run before any model work starts.
+    pub fn apply_threads(&self) {
+        set_threads(self.threads);
+    }
+}
+
 /// Weight quantisation chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Quantize {
