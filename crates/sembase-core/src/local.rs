@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::batching::{plan_batches, BatchLimits};
 use crate::dense::Dense;
@@ -85,11 +84,11 @@ impl LocalEmbedder {
             Box::new(load_decoder_dir(&model.path, files, device, options.gguf_dequantize, false)?)
         } else {
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&model.weight_files, DType::F32, &options.device)? };
+            let weights = unsafe { MappedWeights::open(&model.weight_files)? };
+            let vb = weights.var_builder(DType::F32, &options.device);
             // Embedding tables are read in place on the CPU (the other weights are copied
             // into the layouts their kernels read).
-            // SAFETY: as above.
-            let mapped = options.device.is_cpu().then(|| unsafe { MappedWeights::open(&model.weight_files) }).transpose()?;
+            let mapped = options.device.is_cpu().then_some(weights);
             load_encoder(vb, &model.config, &CpuInference { mapped, int8: options.int8 })?
         };
         let mut head = model.head.iter();

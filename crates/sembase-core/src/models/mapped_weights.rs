@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
 use safetensors::Dtype;
 
 use crate::error::Result;
@@ -31,6 +34,12 @@ impl MappedWeights {
         Ok(Self(Arc::new(unsafe { MmapedSafetensors::multi(files)? })))
     }
 
+    /// A `VarBuilder` that copies tensors out of this same mapping (for the weights that
+    /// are not read in place), converted to `dtype` on `device`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
     /// The `(rows, cols)` matrix `name`, when it is stored as little-endian f32 at an
     /// address this CPU can read f32 from; `None` otherwise (the caller then copies it).
     pub fn f32_matrix(&self, name: &str, rows: usize, cols: usize) -> Option<MappedMatrix> {
@@ -45,6 +54,20 @@ impl MappedWeights {
             return None;
         }
         Some(MappedMatrix { _files: self.clone(), values: values.as_ptr(), rows, cols })
+    }
+}
+
+impl SimpleBackend for MappedWeights {
+    fn get(&self, shape: Shape, name: &str, init: candle_nn::Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get(&*self.0, shape, name, init, dtype, device)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get_unchecked(&*self.0, name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SimpleBackend::contains_tensor(&*self.0, name)
     }
 }
 
