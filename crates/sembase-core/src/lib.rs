@@ -15,6 +15,7 @@ pub mod model_dir;
 pub mod models;
 pub mod pooling;
 pub mod tokenize;
+mod unigram;
 pub mod vectors;
 
 pub use batching::BatchLimits;

@@ -1,24 +1,32 @@
 //! Tokenization with the model's `tokenizer.json`, overriding whatever padding
 //! and truncation the file carries: sembase pads per batch itself and truncates
-//! at the model's `max_seq_length`.
+//! at the model's `max_seq_length`. Unigram vocabularies use sembase's compact model
+//! (the `unigram` module); every other kind the tokenizers library's own.
 
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
 
 use rayon::prelude::*;
-use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
+use serde::Deserialize;
+use tokenizers::{
+    Decoder, DecoderWrapper, Encoding, Model, ModelWrapper, Normalizer, NormalizerWrapper, PostProcessor, PostProcessorWrapper, PreTokenizer,
+    PreTokenizerWrapper, TokenizerImpl, TruncationDirection,
+};
 
 use crate::embedder::Truncation;
 use crate::error::{Error, Result};
+use crate::unigram::CompactUnigram;
 
 /// A tokenizer that yields token ids, special tokens included.
 ///
 /// One tokenizer serves both cut and whole texts: truncation is applied here the way
 /// the tokenizers library applies its own (the text's tokens cut to leave room for the
 /// special tokens, which are added after), so no second copy of a large vocabulary
-/// (XLM-R's 250k-piece Unigram takes about 200 MB) is ever made.
+/// is ever made; clones share the one loaded.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    tokenizer: Tokenizer,
+    pipeline: Arc<dyn Pipeline>,
     /// Special tokens the post-processor adds to a single text.
     added: usize,
     max_tokens: usize,
@@ -33,11 +41,16 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`; inputs are cut at `max_tokens` (special tokens included).
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
-        Ok(Self { tokenizer, added, max_tokens })
+        let failed = |e: &dyn std::fmt::Display| Error::Tokenizer(format!("{}: {e}", path.display()));
+        let json = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+        let head: FileHead = serde_json::from_str(&json).map_err(|e| failed(&e))?;
+        let pipeline: Arc<dyn Pipeline> = match head.model.kind.as_deref() {
+            Some("Unigram") => prepared::<CompactUnigram>(&json),
+            _ => prepared::<ModelWrapper>(&json),
+        }
+        .map_err(|e| failed(&*e))?;
+        let added = pipeline.added_tokens();
+        Ok(Self { pipeline, added, max_tokens })
     }
 
     /// The token limit.
@@ -47,7 +60,7 @@ impl TextTokenizer {
 
     /// Number of entries in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
+        self.pipeline.vocab_size()
     }
 
     /// Ids of one text without truncation.
@@ -77,12 +90,73 @@ impl TextTokenizer {
 
     /// The text's own tokens, before special tokens are added.
     fn text_tokens(&self, text: &str) -> Result<Encoding> {
-        self.tokenizer.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.pipeline.text_tokens(text).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Ids of `text_tokens` with the model's special tokens added.
     fn with_special_tokens(&self, text_tokens: Encoding) -> Result<Vec<u32>> {
-        let encoding = self.tokenizer.post_process(text_tokens, None, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self.pipeline.with_special_tokens(text_tokens).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+}
+
+/// Just enough of a `tokenizer.json` to tell its model's kind (the rest is skipped).
+#[derive(Deserialize)]
+struct FileHead {
+    model: ModelHead,
+}
+
+#[derive(Deserialize)]
+struct ModelHead {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// The library's tokenizer pipeline around the model `M`, read from `json`, with its
+/// padding and truncation turned off.
+fn prepared<M>(json: &str) -> tokenizers::Result<Arc<dyn Pipeline>>
+where
+    M: Model + for<'de> Deserialize<'de> + Send + Sync + 'static,
+{
+    let mut tokenizer = TokenizerImpl::<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::from_str(json)?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None)?;
+    Ok(Arc::new(tokenizer))
+}
+
+/// What [`TextTokenizer`] asks of a loaded pipeline, whatever its model.
+trait Pipeline: Send + Sync {
+    /// The text's own tokens, without special tokens.
+    fn text_tokens(&self, text: &str) -> tokenizers::Result<Encoding>;
+    /// `text_tokens` with the special tokens of a single text added.
+    fn with_special_tokens(&self, text_tokens: Encoding) -> tokenizers::Result<Encoding>;
+    /// Number of special tokens added to a single text.
+    fn added_tokens(&self) -> usize;
+    /// Vocabulary entries, added tokens included.
+    fn vocab_size(&self) -> usize;
+}
+
+impl<M, N, PT, PP, D> Pipeline for TokenizerImpl<M, N, PT, PP, D>
+where
+    M: Model + Send + Sync,
+    N: Normalizer + Send + Sync,
+    PT: PreTokenizer + Send + Sync,
+    PP: PostProcessor + Send + Sync,
+    D: Decoder + Send + Sync,
+{
+    fn text_tokens(&self, text: &str) -> tokenizers::Result<Encoding> {
+        self.encode_fast(text, false)
+    }
+
+    fn with_special_tokens(&self, text_tokens: Encoding) -> tokenizers::Result<Encoding> {
+        self.post_process(text_tokens, None, true)
+    }
+
+    fn added_tokens(&self) -> usize {
+        self.get_post_processor().map_or(0, |p| p.added_tokens(false))
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.get_vocab_size(true)
     }
 }

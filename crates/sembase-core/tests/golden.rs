@@ -197,3 +197,37 @@ fn truncation_matches_the_tokenizers_library() {
         }
     }
 }
+
+/// Lines of a text file in the shared data, `every`-th line from the first.
+fn data_lines(file: &str, every: usize) -> Vec<String> {
+    let path = data_root().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()));
+    text.lines().step_by(every).map(str::to_string).collect()
+}
+
+/// XLM-R's Unigram vocabulary runs on sembase's compact model: on English and Chinese
+/// text, MS MARCO passages and odd inputs (unknown characters, control characters,
+/// long runs, mixed scripts) it gives exactly the tokenizers library's ids.
+#[test]
+fn compact_unigram_gives_the_library_ids() {
+    let name = "multilingual-e5-small";
+    let store = sembase_hub::Store::from_env().unwrap();
+    let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+    let path = dir.join("tokenizer.json");
+    let ours = sembase_core::tokenize::TextTokenizer::load(&path, usize::MAX).unwrap();
+    let mut reference = tokenizers::Tokenizer::from_file(&path).unwrap();
+    reference.with_padding(None);
+    reference.with_truncation(None).unwrap();
+    let mut texts = data_lines("en/corpus/sentences.txt", 8);
+    texts.extend(data_lines("zh/corpus/news-1998.txt", 2));
+    texts.extend(data_lines("zh/corpus/atec-questions.txt", 8));
+    texts.extend(load_rows(&data_root().join("en/retrieval/msmarco-5k/corpus.jsonl")).into_iter().step_by(5).map(|row| row["text"].clone()));
+    let odd = ["", " ", "\t\n", "😀🙈 emoji", "𠀀𠀁𪚥 rare CJK", "a\u{0}b\u{7}c", "ｆｕｌｌｗｉｄｔｈ １２３", "ééééééééééééééééééééééééé", "Привет, мир", "مرحبا بالعالم", "<unk> <s> </s>", "x\u{200b}y"];
+    texts.extend(odd.map(String::from));
+    texts.push("ab".repeat(3000));
+    for (i, text) in texts.iter().enumerate() {
+        let expected = reference.encode(text.as_str(), true).unwrap();
+        assert_eq!(ours.encode_full(text).unwrap(), expected.get_ids(), "text {i}: {text:?}");
+    }
+    assert!(texts.len() > 20_000, "only {} texts", texts.len());
+}
