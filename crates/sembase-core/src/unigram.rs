@@ -92,9 +92,9 @@ impl CompactUnigram {
         &self.text[start..end]
     }
 
-    /// The byte ranges of `sentence`'s tokens on its best path, each marked when it is
-    /// unknown: a run of characters no piece covers (or the unknown piece itself).
-    fn best_path(&self, sentence: &str) -> tokenizers::Result<Vec<(usize, usize, bool)>> {
+    /// The byte ranges of `sentence`'s tokens on its best path. Unknown tokens (characters
+    /// no piece covers, or the unknown piece itself) next to each other make one range.
+    fn best_path(&self, sentence: &str) -> tokenizers::Result<Vec<(usize, usize)>> {
         let unknown_score = self.min_score - UNKNOWN_PENALTY;
         let mut ends = vec![PathEnd { score: 0.0, start: usize::MAX, unknown: false }; sentence.len() + 1];
         for (start, ch) in sentence.char_indices() {
@@ -113,16 +113,16 @@ impl CompactUnigram {
                 offer(&mut ends[start + char_len], PathEnd { score: so_far + unknown_score, start, unknown: true });
             }
         }
-        let mut tokens = Vec::new();
-        let mut end = sentence.len();
+        let mut tokens: Vec<(usize, usize)> = Vec::new();
+        let (mut end, mut after_unknown) = (sentence.len(), false);
         while end > 0 {
             let PathEnd { start, unknown, .. } = ends[end];
             match tokens.last_mut() {
                 // Walking backwards: an unknown run grows to the left.
-                Some((run_start, _, true)) if unknown => *run_start = start,
-                _ => tokens.push((start, end, unknown)),
+                Some((run_start, _)) if unknown && after_unknown => *run_start = start,
+                _ => tokens.push((start, end)),
             }
-            end = start;
+            (end, after_unknown) = (start, unknown);
         }
         tokens.reverse();
         Ok(tokens)
@@ -133,6 +133,7 @@ impl CompactUnigram {
         text.bytes().map(|b| self.token_to_id(&format!("<0x{b:02X}>"))).collect()
     }
 
+    /// The error for an unknown character when the model has no unknown piece.
     fn missing_unk() -> tokenizers::Error {
         "the text has characters outside the Unigram vocabulary and the model has no unk_id".into()
     }
@@ -143,7 +144,7 @@ impl Model for CompactUnigram {
 
     fn tokenize(&self, sentence: &str) -> tokenizers::Result<Vec<Token>> {
         let mut tokens = Vec::new();
-        for (start, end, _) in self.best_path(sentence)? {
+        for (start, end) in self.best_path(sentence)? {
             let value = &sentence[start..end];
             let offsets = (start, end);
             if let Some(id) = self.token_to_id(value) {
