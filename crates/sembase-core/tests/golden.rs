@@ -56,10 +56,20 @@ fn data_root() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
 }
 
+/// The text of a file in the shared data.
+fn read_shared(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()))
+}
+
+/// The directory of `name` in the model store, which the test suite fills.
+fn pulled_model(name: &str) -> PathBuf {
+    let store = sembase_hub::Store::from_env().unwrap();
+    store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"))
+}
+
 /// Rows of a data file as field maps: TSV with a header line, or JSONL.
 fn load_rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()));
+    let text = read_shared(path);
     if path.extension().is_some_and(|e| e == "jsonl") {
         return text
             .lines()
@@ -100,8 +110,7 @@ fn sentences() -> Vec<String> {
 /// and asserts every vector reaches `min_cosine` to the reference.
 fn check_model(name: &str, int8: Option<Int8Kernel>, min_cosine: f32) {
     let golden: Golden = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
-    let store = sembase_hub::Store::from_env().unwrap();
-    let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+    let dir = pulled_model(name);
     // The device under test: SEMBASE_DEVICE (the CPU unless set; bench/gpu_check.sh runs these on CUDA).
     let device = sembase_core::device::from_env().expect("SEMBASE_DEVICE names a usable device");
     let model = LocalEmbedder::load(&dir, name, LoadOptions { device, int8, ..LoadOptions::default() }).unwrap();
@@ -168,9 +177,8 @@ fn truncation_matches_the_tokenizers_library() {
     const LIMIT: usize = 16;
     let texts = sentences();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let store = sembase_hub::Store::from_env().unwrap();
     for name in ["all-minilm-l6-v2", "all-mpnet-base-v2", "multilingual-e5-small"] {
-        let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+        let dir = pulled_model(name);
         let path = dir.join("tokenizer.json");
         let ours = sembase_core::tokenize::TextTokenizer::load(&path, LIMIT).unwrap();
         let mut reference = tokenizers::Tokenizer::from_file(&path).unwrap();
@@ -200,9 +208,7 @@ fn truncation_matches_the_tokenizers_library() {
 
 /// Lines of a text file in the shared data, `every`-th line from the first.
 fn data_lines(file: &str, every: usize) -> Vec<String> {
-    let path = data_root().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()));
-    text.lines().step_by(every).map(str::to_string).collect()
+    read_shared(&data_root().join(file)).lines().step_by(every).map(str::to_string).collect()
 }
 
 /// XLM-R's Unigram vocabulary runs on sembase's compact model: on English and Chinese
@@ -211,8 +217,7 @@ fn data_lines(file: &str, every: usize) -> Vec<String> {
 #[test]
 fn compact_unigram_gives_the_library_ids() {
     let name = "multilingual-e5-small";
-    let store = sembase_hub::Store::from_env().unwrap();
-    let dir = store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"));
+    let dir = pulled_model(name);
     let path = dir.join("tokenizer.json");
     let ours = sembase_core::tokenize::TextTokenizer::load(&path, usize::MAX).unwrap();
     let mut reference = tokenizers::Tokenizer::from_file(&path).unwrap();
