@@ -4,22 +4,25 @@
 //! per-head q/k norm); their files under `models/` choose the options.
 //!
 //! Weights come from a [`DecoderWeights`]: a `VarBuilder` (safetensors,
-//! memory-mapped, or a `VarMap` for training) or a GGUF file whose quantised
-//! matrices are multiplied as they are (`QMatMul`), or dequantised to f32 on
-//! request. Names are the Hugging Face ones; the GGUF source maps them.
+//! memory-mapped, or a `VarMap` for training) or a memory-mapped GGUF file whose
+//! quantised matrices are multiplied as they are (Q4_1 in place through sembase's
+//! kernel, other types through candle's `QMatMul`), or dequantised to f32 on request;
+//! its word table stays in the file either way. Names are the Hugging Face ones; the
+//! GGUF source maps them.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::decoder_config::DecoderConfig;
 use super::layers::{softmax_last_dim, Activation, Linear};
+use super::mapped_gguf::{GgufTensor, MappedGguf};
 use super::q4_1::Q4_1Matrix;
+use super::token_table::TokenTable;
 use super::TextEncoder;
 use crate::error::{Error, Result};
 
@@ -45,9 +48,9 @@ pub struct DecoderOptions {
     pub qk_norm: bool,
 }
 
-/// A GGUF file's tensors, held as read (quantised).
+/// A mapped GGUF file and how its matrices are to be used.
 struct GgufTensors {
-    tensors: HashMap<String, Arc<QTensor>>,
+    file: MappedGguf,
     dequantize: bool,
     device: Device,
 }
@@ -109,22 +112,16 @@ impl<'a> DecoderWeights<'a> {
         Self { source: Source::Vars(vb), path: body.to_string() }
     }
 
-    /// Reads every tensor of a GGUF file (kept quantised unless `dequantize`)
-    /// and the file's `general.architecture`.
-    pub fn from_gguf(path: &Path, device: &Device, dequantize: bool) -> Result<(Self, String)> {
-        let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
-        let mut file = File::open(path).map_err(io)?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| e.with_path(path))?;
-        let arch = match content.metadata.get("general.architecture") {
-            Some(v) => v.to_string()?.clone(),
-            None => return Err(Error::Unsupported(format!("{}: no general.architecture", path.display()))),
-        };
-        let mut tensors = HashMap::new();
-        for name in content.tensor_infos.keys() {
-            let t = content.tensor(&mut file, name, device)?;
-            tensors.insert(name.clone(), Arc::new(t));
-        }
-        let source = Source::Gguf(Arc::new(GgufTensors { tensors, dequantize, device: device.clone() }));
+    /// Maps a GGUF file (matrices kept quantised unless `dequantize`) and reads its
+    /// `general.architecture`.
+    ///
+    /// # Safety
+    /// The file must not change while a model loaded from it is alive.
+    pub unsafe fn from_gguf(path: &Path, device: &Device, dequantize: bool) -> Result<(Self, String)> {
+        // SAFETY: passed on to the caller.
+        let file = unsafe { MappedGguf::open(path) }?;
+        let arch = file.architecture()?;
+        let source = Source::Gguf(Arc::new(GgufTensors { file, dequantize, device: device.clone() }));
         Ok((Self { source, path: String::new() }, arch))
     }
 
@@ -148,10 +145,10 @@ impl<'a> DecoderWeights<'a> {
         self.pp(leaf).path
     }
 
-    fn qtensor(&self, leaf: &str) -> Option<(&GgufTensors, Arc<QTensor>)> {
-        let Source::Gguf(g) = &self.source else { return None };
-        let name = gguf_name(&self.full(leaf))?;
-        g.tensors.get(&name).map(|t| (g.as_ref(), t.clone()))
+    /// The GGUF tensor `leaf`, read in place; a missing tensor is an error.
+    fn gguf_tensor(&self, g: &GgufTensors, leaf: &str) -> Result<GgufTensor> {
+        let name = gguf_name(&self.full(leaf)).ok_or_else(|| self.missing(leaf))?;
+        g.file.tensor(&name)?.ok_or_else(|| self.missing(leaf))
     }
 
     fn missing(&self, leaf: &str) -> Error {
@@ -167,7 +164,7 @@ impl<'a> DecoderWeights<'a> {
     pub fn contains(&self, leaf: &str) -> bool {
         match &self.source {
             Source::Vars(vb) => vb.contains_tensor(&self.full(leaf)),
-            Source::Gguf(_) => self.qtensor(leaf).is_some(),
+            Source::Gguf(g) => gguf_name(&self.full(leaf)).is_some_and(|name| g.file.contains(&name)),
         }
     }
 
@@ -175,9 +172,8 @@ impl<'a> DecoderWeights<'a> {
     fn dense(&self, leaf: &str, shape: &[usize], init: candle_nn::Init) -> Result<Tensor> {
         match &self.source {
             Source::Vars(vb) => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
-            Source::Gguf(_) => {
-                let (g, q) = self.qtensor(leaf).ok_or_else(|| self.missing(leaf))?;
-                let t = q.dequantize(&g.device)?.to_dtype(DType::F32)?;
+            Source::Gguf(g) => {
+                let t = self.gguf_tensor(g, leaf)?.to_qtensor(&g.device)?.dequantize(&g.device)?.to_dtype(DType::F32)?;
                 if t.dims() != shape {
                     return Err(Error::Unsupported(format!("weight {}: shape {:?}, expected {shape:?}", self.full(leaf), t.dims())));
                 }
@@ -186,9 +182,12 @@ impl<'a> DecoderWeights<'a> {
         }
     }
 
-    /// A `(rows, dim)` table named `weight` (embeddings).
-    fn table(&self, rows: usize, dim: usize) -> Result<Tensor> {
-        self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })
+    /// A `(rows, dim)` table named `weight` (embeddings); a GGUF table stays in the file.
+    fn table(&self, rows: usize, dim: usize) -> Result<TokenTable> {
+        match &self.source {
+            Source::Gguf(g) => TokenTable::gguf(self.gguf_tensor(g, "weight")?, rows, dim),
+            Source::Vars(_) => Ok(TokenTable::Dense(self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?)),
+        }
     }
 
     /// A norm's scale vector named `weight`, in f32 whatever the checkpoint's precision.
@@ -202,21 +201,22 @@ impl<'a> DecoderWeights<'a> {
         let bias = || self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0));
         match &self.source {
             Source::Vars(vb) => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
-            Source::Gguf(_) => {
-                let (g, q) = self.qtensor("weight").ok_or_else(|| self.missing("weight"))?;
-                if q.shape().dims() != [out_dim, in_dim] {
+            Source::Gguf(g) => {
+                let t = self.gguf_tensor(g, "weight")?;
+                if t.dims != [out_dim, in_dim] {
                     return Err(Error::Unsupported(format!(
                         "weight {}: shape {:?}, expected {:?}",
                         self.full("weight"),
-                        q.shape().dims(),
+                        t.dims,
                         [out_dim, in_dim]
                     )));
                 }
                 let bias = if with_bias { Some(bias()?) } else { None };
-                if q.dtype() == GgmlDType::Q4_1 && g.device.is_cpu() && !g.dequantize {
-                    let weights = Q4_1Matrix::new(q.data()?.into_owned(), out_dim, in_dim)?;
+                if t.dtype == GgmlDType::Q4_1 && g.device.is_cpu() && !g.dequantize {
+                    let weights = Q4_1Matrix::new(t.bytes, out_dim, in_dim)?;
                     return Ok(DecoderLinear::Q4_1 { weights, bias });
                 }
+                let q = t.to_qtensor(&g.device)?;
                 if g.dequantize {
                     let mut tensors = HashMap::from([("weight".to_string(), q.dequantize(&g.device)?)]);
                     if let Some(b) = bias {
@@ -225,7 +225,7 @@ impl<'a> DecoderWeights<'a> {
                     let vb = VarBuilder::from_tensors(tensors, DType::F32, &g.device);
                     Ok(DecoderLinear::Dense(Linear::load(vb, in_dim, out_dim, with_bias)?))
                 } else {
-                    Ok(DecoderLinear::Quantized { matmul: QMatMul::from_arc(q)?, bias })
+                    Ok(DecoderLinear::Quantized { matmul: QMatMul::from_arc(Arc::new(q))?, bias })
                 }
             }
         }
@@ -482,7 +482,7 @@ impl DecoderLayer {
 /// optionally the language-model head (tied to the embeddings when configured).
 #[derive(Debug, Clone)]
 pub struct DecoderModel {
-    embed: Tensor,
+    embed: TokenTable,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Option<DecoderLinear>,
@@ -554,12 +554,11 @@ impl DecoderModel {
     }
 
     fn forward_states(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
+        let (_, s) = ids.dims2()?;
         if s > self.max_tokens {
             return Err(Error::InputTooLong { index: 0, tokens: s, limit: self.max_tokens });
         }
-        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-        let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((b, s, self.hidden_size))?;
+        let mut x = self.embed.lookup(ids)?;
         let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
         let bias = causal_padding_bias(mask)?;
         for layer in &self.layers {
@@ -587,6 +586,10 @@ impl TextEncoder for DecoderModel {
         self.vocab_size
     }
 }
+
+#[cfg(test)]
+#[path = "decoder_gguf_tests.rs"]
+mod gguf_tests;
 
 #[cfg(test)]
 mod tests {

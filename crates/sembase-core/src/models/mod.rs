@@ -15,9 +15,11 @@ mod kernel_io;
 mod fast_math;
 pub mod layers;
 pub mod llama;
+pub mod mapped_gguf;
 pub mod mapped_weights;
 pub mod mpnet;
 mod q4_1;
+mod token_table;
 pub mod qwen2;
 pub mod qwen3;
 mod train_attention;
@@ -102,7 +104,8 @@ pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, d
     let cfg = DecoderConfig::from_dir(dir)?;
     match weight_files {
         [gguf] if gguf.extension().is_some_and(|e| e == "gguf") => {
-            let (w, _arch) = DecoderWeights::from_gguf(gguf, device, dequantize)?;
+            // SAFETY: the GGUF file is memory-mapped read-only; it must not change while loaded.
+            let (w, _arch) = unsafe { DecoderWeights::from_gguf(gguf, device, dequantize) }?;
             load_decoder(&w, &cfg, with_lm_head)
         }
         files => {

@@ -10,6 +10,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::mapped_gguf::SharedBytes;
 use crate::error::{Error, Result};
 
 /// Weights per block.
@@ -17,10 +18,11 @@ const BLOCK: usize = 32;
 /// Bytes per Q4_1 block: f16 scale, f16 offset, 16 bytes of nibbles.
 const BLOCK_BYTES: usize = 20;
 
-/// A `(out, in)` weight matrix in GGUF Q4_1 blocks, row after row.
+/// A `(out, in)` weight matrix in GGUF Q4_1 blocks, row after row (usually read in
+/// place from a mapped file).
 #[derive(Debug, Clone)]
 pub struct Q4_1Matrix {
-    bytes: Vec<u8>,
+    bytes: SharedBytes,
     out_dim: usize,
     in_dim: usize,
 }
@@ -34,7 +36,7 @@ struct QuantisedRow {
 
 impl Q4_1Matrix {
     /// Wraps the raw blocks of an `(out, in)` matrix; `in` must be a multiple of 32.
-    pub fn new(bytes: Vec<u8>, out_dim: usize, in_dim: usize) -> Result<Self> {
+    pub fn new(bytes: SharedBytes, out_dim: usize, in_dim: usize) -> Result<Self> {
         if !in_dim.is_multiple_of(BLOCK) || bytes.len() != out_dim * in_dim / BLOCK * BLOCK_BYTES {
             return Err(Error::Unsupported(format!(
                 "Q4_1 matrix {out_dim}x{in_dim}: {} bytes do not form whole blocks of 32",
@@ -236,7 +238,7 @@ mod tests {
                 dense.extend(q.iter().map(|&v| d.to_f32() * v as f32 + m.to_f32()));
             }
         }
-        (Q4_1Matrix::new(bytes, out_dim, in_dim).unwrap(), dense)
+        (Q4_1Matrix::new(bytes.into(), out_dim, in_dim).unwrap(), dense)
     }
 
     #[test]
@@ -272,6 +274,6 @@ mod tests {
 
     #[test]
     fn a_width_not_made_of_blocks_is_refused() {
-        assert!(Q4_1Matrix::new(vec![0; 20], 1, 30).is_err());
+        assert!(Q4_1Matrix::new(vec![0; 20].into(), 1, 30).is_err());
     }
 }

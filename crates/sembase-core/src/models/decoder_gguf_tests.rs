@@ -1,0 +1,128 @@
+//! GGUF block types through the decoder. A random Qwen3-shaped model (widths that
+//! hold whole Q4_K super-blocks of 256) is written to GGUF with its matrices in each
+//! type, loaded back from the mapped file, and run two ways: with quantised matmuls,
+//! and with every matrix dequantised to f32. The two must agree (the matmul kernels
+//! are right), and the dequantised model must stay close to the f32 original (the
+//! names, layouts and word table are read right).
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::*;
+use crate::models::load_decoder;
+use crate::vectors::cosine;
+
+fn config() -> DecoderConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "qwen3", "vocab_size": 96, "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true
+    }))
+    .unwrap()
+}
+
+/// A random model: every variable filled with fixed pseudo-random values (norm scales
+/// around 1), so the test is the same on every run and mixed-up norms would show.
+fn random_model(cfg: &DecoderConfig) -> (DecoderModel, VarMap) {
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), cfg, false).unwrap();
+    for (name, var) in vars.data().lock().unwrap().iter() {
+        let salt = name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let unit = |i: usize| ((i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let values: Vec<f32> = match var.dims() {
+            [_] => (0..var.elem_count()).map(|i| 1.0 + 0.4 * unit(i)).collect(),
+            [_, fan_in] => (0..var.elem_count()).map(|i| unit(i) * 2.0 / (*fan_in as f32).sqrt()).collect(),
+            other => panic!("{name}: unexpected shape {other:?}"),
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+    (model, vars)
+}
+
+/// Writes the model in `vars` to `path`: matrices in `matrices`, the word table in
+/// `table`, norms in f32.
+fn write_gguf(vars: &VarMap, matrices: GgmlDType, table: GgmlDType, path: &Path) {
+    let vars = vars.data().lock().unwrap();
+    let tensors: Vec<(String, QTensor)> = vars
+        .iter()
+        .map(|(name, var)| {
+            let hf = name.strip_prefix("model.").unwrap_or(name);
+            let dtype = match (hf, var.rank()) {
+                ("embed_tokens.weight", _) => table,
+                (_, 2) => matrices,
+                _ => GgmlDType::F32,
+            };
+            (gguf_name(hf).unwrap_or_else(|| panic!("no GGUF name for {hf}")), QTensor::quantize(var.as_tensor(), dtype).unwrap())
+        })
+        .collect();
+    let named: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let arch = gguf_file::Value::String("qwen3".into());
+    gguf_file::write(&mut std::fs::File::create(path).unwrap(), &[("general.architecture", &arch)], &named).unwrap();
+}
+
+fn load_gguf(path: &Path, cfg: &DecoderConfig, dequantize: bool) -> DecoderModel {
+    // SAFETY: the test's file is not changed while the model lives.
+    let (weights, arch) = unsafe { DecoderWeights::from_gguf(path, &Device::Cpu, dequantize) }.unwrap();
+    assert_eq!(arch, "qwen3");
+    load_decoder(&weights, cfg, false).unwrap()
+}
+
+/// Hidden states at every real position of a right-padded batch of two.
+fn states(model: &DecoderModel) -> Vec<Vec<f32>> {
+    let ids: Vec<u32> = (0..14).map(|i| (i * 37 + 5) % 96).collect();
+    let ids = Tensor::from_vec(ids, (2, 7), &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1u32; 7], [1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let out: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
+    out[0].iter().chain(&out[1][..4]).cloned().collect()
+}
+
+fn worst_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| cosine(x, y)).fold(1.0, f32::min)
+}
+
+#[test]
+fn every_block_type_runs_quantised_and_matches_its_dequantised_model() {
+    let cfg = config();
+    let (original, vars) = random_model(&cfg);
+    let reference = states(&original);
+    let dir = tempfile::tempdir().unwrap();
+    // (matrices, word table, least cosine of the dequantised model to the f32 original)
+    let cases = [
+        (GgmlDType::Q8_0, GgmlDType::F16, 0.999),
+        (GgmlDType::Q4_0, GgmlDType::Q8_0, 0.93),
+        (GgmlDType::Q4_1, GgmlDType::Q4_0, 0.93),
+        (GgmlDType::Q4K, GgmlDType::Q4_1, 0.93),
+    ];
+    for (matrices, table, least) in cases {
+        let path = dir.path().join(format!("{matrices:?}.gguf"));
+        write_gguf(&vars, matrices, table, &path);
+        let quantised = load_gguf(&path, &cfg, false);
+        let gate = &quantised.layers[0].gate;
+        let kind_ok = match matrices {
+            GgmlDType::Q4_1 => matches!(gate, DecoderLinear::Q4_1 { .. }),
+            _ => matches!(gate, DecoderLinear::Quantized { .. }),
+        };
+        assert!(kind_ok, "{matrices:?}: the matrices were not kept quantised: {gate:?}");
+        assert!(matches!(quantised.embed, TokenTable::Blocks(_)), "{table:?}: the word table was copied out");
+        let dequantised = states(&load_gguf(&path, &cfg, true));
+        let from_file = worst_cosine(&dequantised, &reference);
+        let kernels = worst_cosine(&states(&quantised), &dequantised);
+        eprintln!("{matrices:?} matrices, {table:?} word table: dequantised/f32 {from_file:.6}, quantised/dequantised {kernels:.6}");
+        assert!(from_file >= least, "{matrices:?}/{table:?} dequantised against the f32 model: {from_file} < {least}");
+        assert!(kernels >= 0.999, "{matrices:?} quantised matmuls against the same weights in f32: {kernels}");
+    }
+}
+
+#[test]
+fn a_token_id_outside_a_gguf_word_table_is_an_error() {
+    let cfg = config();
+    let (_, vars) = random_model(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    write_gguf(&vars, GgmlDType::Q8_0, GgmlDType::Q8_0, &path);
+    let model = load_gguf(&path, &cfg, false);
+    let ids = Tensor::new(&[[3u32, 96]], &Device::Cpu).unwrap();
+    let err = model.forward(&ids, &Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap(), false).unwrap_err();
+    assert!(matches!(err, Error::InvalidTokenId { id: 96, vocab: 96, .. }), "{err}");
+}
