@@ -1,7 +1,8 @@
 //! Embedding throughput of one model directory on STS-B test sentences, for
 //! `bench/decoder_speed.sh`: `decoder_bench DIR [--dequantize] [--sentences N] [--data TSV]`, on the device
 //! `SEMBASE_DEVICE` names (the CPU unless set).
-//! Prints one JSON object (load seconds, tokens, embedding seconds, tokens/s).
+//! Prints one JSON object (mode: `f32` when dequantised, else `as stored`; load seconds,
+//! tokens, embedding seconds, tokens/s).
 
 use std::path::Path;
 use std::time::Instant;
@@ -32,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: usize = out.token_counts.iter().sum();
     println!(
         "{{\"mode\": \"{}\", \"sentences\": {}, \"tokens\": {tokens}, \"load_seconds\": {load_s:.2}, \"seconds\": {seconds:.2}, \"tokens_per_s\": {:.1}}}",
-        if dequantize { "f32" } else { "q4_1" },
+        if dequantize { "f32" } else { "as stored" },
         texts.len(),
         tokens as f64 / seconds
     );

@@ -3,8 +3,9 @@
 //! The architectures differ only in [`DecoderOptions`] (q/k/v bias, Qwen3's
 //! per-head q/k norm); their files under `models/` choose the options.
 //!
-//! Weights come from a [`DecoderWeights`]: a `VarBuilder` (safetensors,
-//! memory-mapped, or a `VarMap` for training) or a memory-mapped GGUF file whose
+//! Weights come from a [`DecoderWeights`]: a `VarBuilder` (memory-mapped safetensors,
+//! whose bf16/f16 matrices and word table are read in place on the CPU, or a `VarMap`
+//! for training) or a memory-mapped GGUF file whose
 //! quantised matrices are multiplied as they are (Q4_1 in place through sembase's
 //! kernel, other types through candle's `QMatMul`), or dequantised to f32 on request;
 //! its word table stays in the file either way. Names are the Hugging Face ones; the
@@ -21,6 +22,7 @@ use candle_nn::VarBuilder;
 use super::decoder_config::DecoderConfig;
 use super::layers::{softmax_last_dim, Activation, Linear};
 use super::mapped_gguf::{GgufTensor, MappedGguf};
+use super::mapped_weights::MappedWeights;
 use super::q4_1::Q4_1Matrix;
 use super::token_table::TokenTable;
 use super::TextEncoder;
@@ -57,7 +59,9 @@ struct GgufTensors {
 
 #[derive(Clone)]
 enum Source<'a> {
-    Vars(VarBuilder<'a>),
+    /// Tensors from a `VarBuilder`; with `mapped`, half-precision matrices and tables
+    /// are read in place from those files instead.
+    Vars { vb: VarBuilder<'a>, mapped: Option<MappedWeights> },
     Gguf(Arc<GgufTensors>),
 }
 
@@ -103,13 +107,22 @@ impl<'a> DecoderWeights<'a> {
     /// `model.` prefix that `*ForCausalLM` checkpoints add.
     pub fn from_var_builder(vb: VarBuilder<'a>) -> Self {
         let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
-        Self { source: Source::Vars(vb), path: body.to_string() }
+        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string() }
+    }
+
+    /// Weights from mapped safetensors files, kept in `dtype` on `device`; on the CPU,
+    /// half-precision matrices and the word table are read in place (no copy at all).
+    pub fn from_mapped(mapped: MappedWeights, dtype: DType, device: &Device) -> Self {
+        let vb = mapped.var_builder(dtype, device);
+        let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
+        let mapped = device.is_cpu().then_some(mapped);
+        Self { source: Source::Vars { vb, mapped }, path: body.to_string() }
     }
 
     /// Weights from a `VarBuilder` with the model body under `body` (`""` or
     /// `"model"`); a fresh `VarMap` has no tensors to look for, so training says where.
     pub fn from_var_builder_at(vb: VarBuilder<'a>, body: &str) -> Self {
-        Self { source: Source::Vars(vb), path: body.to_string() }
+        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string() }
     }
 
     /// Maps a GGUF file (matrices kept quantised unless `dequantize`) and reads its
@@ -155,7 +168,7 @@ impl<'a> DecoderWeights<'a> {
         let name = self.full(leaf);
         let shown = match &self.source {
             Source::Gguf(_) => format!("{name} (GGUF {})", gguf_name(&name).unwrap_or_default()),
-            Source::Vars(_) => name,
+            Source::Vars { .. } => name,
         };
         Error::Unsupported(format!("weight {shown} is missing"))
     }
@@ -163,7 +176,7 @@ impl<'a> DecoderWeights<'a> {
     /// Whether `leaf` (e.g. `weight`) exists under this prefix.
     pub fn contains(&self, leaf: &str) -> bool {
         match &self.source {
-            Source::Vars(vb) => vb.contains_tensor(&self.full(leaf)),
+            Source::Vars { vb, .. } => vb.contains_tensor(&self.full(leaf)),
             Source::Gguf(g) => gguf_name(&self.full(leaf)).is_some_and(|name| g.file.contains(&name)),
         }
     }
@@ -171,7 +184,7 @@ impl<'a> DecoderWeights<'a> {
     /// A dense f32 tensor of `shape` named `leaf`; `init` is used when training from scratch.
     fn dense(&self, leaf: &str, shape: &[usize], init: candle_nn::Init) -> Result<Tensor> {
         match &self.source {
-            Source::Vars(vb) => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
+            Source::Vars { vb, .. } => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
             Source::Gguf(g) => {
                 let t = self.gguf_tensor(g, leaf)?.to_qtensor(&g.device)?.dequantize(&g.device)?.to_dtype(DType::F32)?;
                 if t.dims() != shape {
@@ -186,7 +199,10 @@ impl<'a> DecoderWeights<'a> {
     fn table(&self, rows: usize, dim: usize) -> Result<TokenTable> {
         match &self.source {
             Source::Gguf(g) => TokenTable::gguf(self.gguf_tensor(g, "weight")?, rows, dim),
-            Source::Vars(_) => Ok(TokenTable::Dense(self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?)),
+            Source::Vars { mapped, .. } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), rows, dim)) {
+                Some(table) => Ok(TokenTable::Mapped(table)),
+                None => Ok(TokenTable::Dense(self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?)),
+            },
         }
     }
 
@@ -200,7 +216,10 @@ impl<'a> DecoderWeights<'a> {
     fn linear(&self, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<DecoderLinear> {
         let bias = || self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0));
         match &self.source {
-            Source::Vars(vb) => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
+            Source::Vars { vb, mapped } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), out_dim, in_dim)) {
+                Some(weight) => Ok(DecoderLinear::Dense(Linear::new_mapped(weight, if with_bias { Some(bias()?) } else { None }))),
+                None => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
+            },
             Source::Gguf(g) => {
                 let t = self.gguf_tensor(g, "weight")?;
                 if t.dims != [out_dim, in_dim] {
@@ -588,8 +607,8 @@ impl TextEncoder for DecoderModel {
 }
 
 #[cfg(test)]
-#[path = "decoder_gguf_tests.rs"]
-mod gguf_tests;
+#[path = "decoder_in_place_tests.rs"]
+mod in_place_tests;
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 use super::cpu_linear::{self, CpuLinear};
 use super::cpu_lookup;
 use super::kernel_io::HostF32;
-use super::mapped_weights::{MappedMatrix, MappedWeights};
+use super::mapped_weights::{MappedHalf, MappedMatrix, MappedWeights};
 use super::cpu_norm::{self, LayerNormKernel};
 use super::int8_linear::{self, Int8Kernel, Int8Matrix};
 use super::{train_dropout, train_gelu, train_linear, train_norm};
@@ -43,6 +43,9 @@ enum LinearStore {
     },
     /// Int8 weights (see [`Linear::new_int8`]): the map runs only for inference on the CPU.
     Int8(Int8Weights),
+    /// Half-precision weights read in place from mapped files (see [`Linear::new_mapped`]):
+    /// inference on the CPU only.
+    Mapped { weight: MappedHalf, bias: Option<Tensor> },
 }
 
 /// A linear map's weights quantised to int8, with the bias and the kernel that runs them.
@@ -138,6 +141,19 @@ impl Linear {
         Ok(Self { weights: LinearStore::Int8(Int8Weights { matrix, bias, kernel }) })
     }
 
+    /// The map with a bf16/f16 `weight` `(out, in)` read in place from mapped files and
+    /// converted to f32 as each call runs, for CPU inference: the weights cost no memory
+    /// beyond the file's pages.
+    pub fn new_mapped(weight: MappedHalf, bias: Option<Tensor>) -> Self {
+        Self { weights: LinearStore::Mapped { weight, bias } }
+    }
+
+    /// Whether the weights are read in place from mapped files.
+    #[cfg(test)]
+    pub(crate) fn is_mapped(&self) -> bool {
+        matches!(self.weights, LinearStore::Mapped { .. })
+    }
+
     /// The map with these weights, quantised to int8 when `int8` names a kernel.
     pub fn new_maybe_int8(weights: LinearWeights, int8: Option<Int8Kernel>) -> Result<Self> {
         match int8 {
@@ -151,6 +167,7 @@ impl Linear {
         match &self.weights {
             LinearStore::Float { weight, .. } => weight.dims()[0],
             LinearStore::Int8(int8) => int8.matrix.out_dim(),
+            LinearStore::Mapped { weight, .. } => weight.dims().0,
         }
     }
 
@@ -176,6 +193,13 @@ impl Linear {
                     return Err(Error::Unsupported("int8 weights run only for inference on f32 CPU inputs".into()));
                 }
                 (int8_linear::linear(&flat.contiguous()?, &int8.matrix, &int8.bias, gelu, int8.kernel)?, gelu)
+            }
+            LinearStore::Mapped { weight, bias } => {
+                if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+                    return Err(Error::Unsupported("mapped half-precision weights run only for inference on f32 CPU inputs".into()));
+                }
+                let kernel = KernelWeights::convert(&weight.to_tensor()?, bias.as_ref())?;
+                (cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?, gelu)
             }
             LinearStore::Float { weight, bias, kernel_weights } if kernel_applies(x, weight, bias.as_ref()) => {
                 let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
@@ -432,7 +456,7 @@ impl Embedding {
     /// stored there as f32 (copying it otherwise).
     pub fn load_mapped(vb: VarBuilder, rows: usize, dim: usize, mapped: Option<&MappedWeights>) -> Result<Self> {
         let name = format!("{}.weight", vb.prefix());
-        match mapped.and_then(|m| m.f32_matrix(&name, rows, dim)) {
+        match mapped.and_then(|m| m.matrix::<f32>(&name, rows, dim)) {
             Some(matrix) => Ok(Self { table: Table::Mapped(matrix) }),
             None => Self::load(vb, rows, dim),
         }

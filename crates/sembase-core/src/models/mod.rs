@@ -111,8 +111,8 @@ pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, d
         files => {
             let dtype = stored_float_dtype(files)?;
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
-            load_decoder(&DecoderWeights::from_var_builder(vb), &cfg, with_lm_head)
+            let mapped = unsafe { MappedWeights::open(files)? };
+            load_decoder(&DecoderWeights::from_mapped(mapped, dtype, device), &cfg, with_lm_head)
         }
     }
 }

@@ -1,12 +1,13 @@
-//! A decoder's word table: a dense tensor (safetensors, training), or a GGUF file's
-//! blocks read in place, of which only the rows a batch looks up are dequantised. An
-//! 8B model's 128k-150k rows would cost 2-2.5 GB as f32; in place they cost the pages
-//! of the rows used.
+//! A decoder's word table: a dense tensor (f32 safetensors, training), or read in place
+//! from a mapped file (GGUF blocks, or bf16/f16 safetensors), where only the rows a
+//! batch looks up are converted to f32. An 8B model's 128k-150k rows would cost 2-2.5 GB
+//! as f32; in place they cost the pages of the rows used.
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::{DType, Device, Tensor};
 
 use super::mapped_gguf::GgufTensor;
+use super::mapped_weights::MappedHalf;
 use crate::error::{Error, Result};
 
 /// Token ids to vectors.
@@ -16,6 +17,8 @@ pub enum TokenTable {
     Dense(Tensor),
     /// GGUF rows, dequantised to f32 as they are looked up.
     Blocks(BlockRows),
+    /// bf16/f16 rows in mapped safetensors, converted to f32 as they are looked up.
+    Mapped(MappedHalf),
 }
 
 /// A `(rows, width)` GGUF table whose rows each start on a block boundary.
@@ -46,38 +49,53 @@ impl TokenTable {
         match self {
             Self::Dense(table) => table.dtype(),
             Self::Blocks(_) => DType::F32,
+            Self::Mapped(table) => table.dtype(),
         }
     }
 
     /// The f32 rows `(batch, seq, width)` of the ids `(batch, seq)`, on the ids' device.
     pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
         match self {
             Self::Dense(table) => {
+                let (batch, seq) = ids.dims2()?;
                 let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
                 let width = table.dim(1)?;
                 Ok(table.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((batch, seq, width))?)
             }
-            Self::Blocks(blocks) => {
-                let device = ids.device().clone();
-                let ids = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-                let mut values = Vec::with_capacity(ids.len() * blocks.width);
-                for (position, &id) in ids.iter().enumerate() {
-                    values.extend(blocks.row(id, position / seq.max(1))?);
-                }
-                Ok(Tensor::from_vec(values, (batch, seq, blocks.width), &Device::Cpu)?.to_device(&device)?)
+            Self::Blocks(blocks) => rows_of(ids, blocks.rows, blocks.width, |id, out| {
+                out.extend(blocks.row(id)?);
+                Ok(())
+            }),
+            Self::Mapped(table) => {
+                let (rows, width) = table.dims();
+                rows_of(ids, rows, width, |id, out| {
+                    table.extend_row(id, out);
+                    Ok(())
+                })
             }
         }
     }
 }
 
-impl BlockRows {
-    /// Row `id` in f32; `input` names the text it belongs to in an error.
-    fn row(&self, id: u32, input: usize) -> Result<Vec<f32>> {
-        let index = id as usize;
-        if index >= self.rows {
-            return Err(Error::InvalidTokenId { index: input, id, vocab: self.rows });
+/// The rows `(batch, seq, width)` of the ids `(batch, seq)` in a table of `rows`, each
+/// appended by `row`; an id outside the table is an error naming its text.
+fn rows_of(ids: &Tensor, rows: usize, width: usize, mut row: impl FnMut(usize, &mut Vec<f32>) -> Result<()>) -> Result<Tensor> {
+    let (batch, seq) = ids.dims2()?;
+    let device = ids.device().clone();
+    let ids = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+    let mut values = Vec::with_capacity(ids.len() * width);
+    for (position, &id) in ids.iter().enumerate() {
+        if id as usize >= rows {
+            return Err(Error::InvalidTokenId { index: position / seq.max(1), id, vocab: rows });
         }
+        row(id as usize, &mut values)?;
+    }
+    Ok(Tensor::from_vec(values, (batch, seq, width), &Device::Cpu)?.to_device(&device)?)
+}
+
+impl BlockRows {
+    /// Row `index` (within the table) in f32.
+    fn row(&self, index: usize) -> Result<Vec<f32>> {
         let bytes = &self.tensor.bytes[index * self.row_bytes..][..self.row_bytes];
         let row = qtensor_from_ggml(self.tensor.dtype, bytes, vec![self.width], &Device::Cpu)?;
         Ok(row.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)

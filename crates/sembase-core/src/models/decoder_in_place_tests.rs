@@ -1,14 +1,21 @@
-//! GGUF block types through the decoder. A random Qwen3-shaped model (widths that
-//! hold whole Q4_K super-blocks of 256) is written to GGUF with its matrices in each
-//! type, loaded back from the mapped file, and run two ways: with quantised matmuls,
-//! and with every matrix dequantised to f32. The two must agree (the matmul kernels
-//! are right), and the dequantised model must stay close to the f32 original (the
-//! names, layouts and word table are read right).
+//! Weights read in place from mapped files.
+//!
+//! GGUF block types: a random Qwen3-shaped model (widths that hold whole Q4_K
+//! super-blocks of 256) is written to GGUF with its matrices in each type, loaded back
+//! from the mapped file, and run two ways: with quantised matmuls, and with every matrix
+//! dequantised to f32. The two must agree (the matmul kernels are right), and the
+//! dequantised model must stay close to the f32 original (the names, layouts and word
+//! table are read right).
+//!
+//! Half-precision safetensors: the same model saved in bf16 and in f16 runs with every
+//! matrix and the word table read in place, and must give what the same weights copied
+//! into tensors give.
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::*;
+use crate::models::mapped_weights::MappedWeights;
 use crate::models::load_decoder;
 use crate::vectors::cosine;
 
@@ -125,4 +132,35 @@ fn a_token_id_outside_a_gguf_word_table_is_an_error() {
     let ids = Tensor::new(&[[3u32, 96]], &Device::Cpu).unwrap();
     let err = model.forward(&ids, &Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap(), false).unwrap_err();
     assert!(matches!(err, Error::InvalidTokenId { id: 96, vocab: 96, .. }), "{err}");
+}
+
+#[test]
+fn half_precision_safetensors_are_read_in_place_and_match_copied_tensors() {
+    let cfg = config();
+    let (_, vars) = random_model(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let path = dir.path().join(format!("{dtype:?}.safetensors"));
+        let tensors: HashMap<String, Tensor> =
+            vars.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().to_dtype(dtype).unwrap())).collect();
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        // SAFETY: the test's file is not changed while the models live.
+        let mapped = unsafe { MappedWeights::open(std::slice::from_ref(&path)) }.unwrap();
+        let in_place = load_decoder(&DecoderWeights::from_mapped(mapped.clone(), dtype, &Device::Cpu), &cfg, true).unwrap();
+        assert!(matches!(in_place.embed, TokenTable::Mapped(_)), "{dtype:?}: the word table was copied");
+        for layer in &in_place.layers {
+            for linear in [&layer.attention.q, &layer.attention.o, &layer.gate, &layer.down] {
+                assert!(matches!(linear, DecoderLinear::Dense(l) if l.is_mapped()), "{dtype:?}: a matrix was copied: {linear:?}");
+            }
+        }
+        let copied = load_decoder(&DecoderWeights::from_var_builder(mapped.var_builder(dtype, &Device::Cpu)), &cfg, true).unwrap();
+        assert!(matches!(copied.embed, TokenTable::Dense(_)));
+        let agreement = worst_cosine(&states(&in_place), &states(&copied));
+        assert!(agreement >= 0.99999, "{dtype:?}: in place against copied: {agreement}");
+        let ids = Tensor::new(&[[5u32, 17, 3]], &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, 3), DType::U32, &Device::Cpu).unwrap();
+        let logits = |m: &DecoderModel| m.next_token_logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+        let tied_head = worst_cosine(&logits(&in_place), &logits(&copied));
+        assert!(tied_head >= 0.99999, "{dtype:?}: logits through the tied head: {tied_head}");
+    }
 }
