@@ -14,7 +14,8 @@
 # (pinned) from source into .venv-llama-cpp, about 6 minutes on 2 cores
 # (SKIP_PEER=1 leaves it out; PEER_PYTHON points at another interpreter that has it).
 # Q4_1 matmuls run through sembase's own kernel (models/q4_1.rs: activations quantised
-# to 8 bits per block of 32, integer dot products in AVX2), not candle's scalar one.
+# to 8 bits per block of 32, integer dot products in AVX2), not candle's scalar one;
+# from 128 token rows on, each matrix is dequantised for its call and runs the f32 GEMM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}

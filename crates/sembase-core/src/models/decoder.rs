@@ -20,10 +20,10 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::decoder_config::DecoderConfig;
-use super::layers::{softmax_last_dim, Activation, Linear};
+use super::layers::{softmax_last_dim, Activation, Linear, LinearWeights};
 use super::mapped_gguf::{GgufTensor, MappedGguf};
 use super::mapped_weights::MappedWeights;
-use super::q4_1::Q4_1Matrix;
+use super::q4_1::{self, Q4_1Matrix};
 use super::token_table::TokenTable;
 use super::TextEncoder;
 use crate::error::{Error, Result};
@@ -283,11 +283,16 @@ impl DecoderLinear {
     }
 }
 
-/// `x W^T` over the last dimension of `x` with Q4_1 weights.
+/// `x W^T` over the last dimension of `x` with Q4_1 weights: the integer kernel, or for
+/// large batches the f32 GEMM on the matrix dequantised for this call.
 fn q4_1_forward(weights: &Q4_1Matrix, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = *dims.last().ok_or_else(|| Error::Unsupported("Q4_1 matmul of a scalar".into()))?;
     let rows = x.elem_count() / in_dim.max(1);
+    if rows >= q4_1::GEMM_FROM_ROWS {
+        let weight_t = Tensor::from_vec(weights.dequantise_transposed(), (in_dim, weights.out_dim()), x.device())?;
+        return Linear::new(LinearWeights { weight: weight_t.t()?, bias: None })?.forward(x);
+    }
     let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank >= 1") = weights.out_dim();

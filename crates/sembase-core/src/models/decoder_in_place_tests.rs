@@ -77,11 +77,17 @@ fn load_gguf(path: &Path, cfg: &DecoderConfig, dequantize: bool) -> DecoderModel
 
 /// Hidden states at every real position of a right-padded batch of two.
 fn states(model: &DecoderModel) -> Vec<Vec<f32>> {
-    let ids: Vec<u32> = (0..14).map(|i| (i * 37 + 5) % 96).collect();
-    let ids = Tensor::from_vec(ids, (2, 7), &Device::Cpu).unwrap();
-    let mask = Tensor::new(&[[1u32; 7], [1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    states_of_copies(model, 1)
+}
+
+/// [`states`] of a batch holding its two rows `copies` times (14 token rows each).
+fn states_of_copies(model: &DecoderModel, copies: usize) -> Vec<Vec<f32>> {
+    let ids: Vec<u32> = (0..14 * copies).map(|i| (i % 14 * 37 + 5) as u32 % 96).collect();
+    let ids = Tensor::from_vec(ids, (2 * copies, 7), &Device::Cpu).unwrap();
+    let mask: Vec<u32> = (0..copies).flat_map(|_| [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).collect();
+    let mask = Tensor::from_vec(mask, (2 * copies, 7), &Device::Cpu).unwrap();
     let out: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
-    out[0].iter().chain(&out[1][..4]).cloned().collect()
+    out.chunks(2).flat_map(|pair| pair[0].iter().chain(&pair[1][..4]).cloned().collect::<Vec<_>>()).collect()
 }
 
 fn worst_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
@@ -112,12 +118,16 @@ fn every_block_type_runs_quantised_and_matches_its_dequantised_model() {
         };
         assert!(kind_ok, "{matrices:?}: the matrices were not kept quantised: {gate:?}");
         assert!(matches!(quantised.embed, TokenTable::Blocks(_)), "{table:?}: the word table was copied out");
-        let dequantised = states(&load_gguf(&path, &cfg, true));
+        let dequantised_model = load_gguf(&path, &cfg, true);
+        let dequantised = states(&dequantised_model);
         let from_file = worst_cosine(&dequantised, &reference);
         let kernels = worst_cosine(&states(&quantised), &dequantised);
-        eprintln!("{matrices:?} matrices, {table:?} word table: dequantised/f32 {from_file:.6}, quantised/dequantised {kernels:.6}");
+        // 140 token rows: Q4_1 takes the dequantise-and-GEMM path from 128 rows on.
+        let large_batch = worst_cosine(&states_of_copies(&quantised, 10), &states_of_copies(&dequantised_model, 10));
+        eprintln!("{matrices:?} matrices, {table:?} word table: dequantised/f32 {from_file:.6}, quantised/dequantised {kernels:.6}, large batch {large_batch:.6}");
         assert!(from_file >= least, "{matrices:?}/{table:?} dequantised against the f32 model: {from_file} < {least}");
         assert!(kernels >= 0.999, "{matrices:?} quantised matmuls against the same weights in f32: {kernels}");
+        assert!(large_batch >= 0.999, "{matrices:?} quantised matmuls, 140 rows, against the same weights in f32: {large_batch}");
     }
 }
 
