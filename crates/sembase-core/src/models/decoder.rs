@@ -5,25 +5,23 @@
 //!
 //! Weights come from a [`DecoderWeights`]: a `VarBuilder` (memory-mapped safetensors,
 //! whose bf16/f16 matrices and word table are read in place on the CPU, or a `VarMap`
-//! for training) or a memory-mapped GGUF file whose
-//! quantised matrices are multiplied as they are (Q4_1 in place through sembase's
-//! kernel, other types through candle's `QMatMul`), or dequantised to f32 on request;
-//! its word table stays in the file either way. Names are the Hugging Face ones; the
-//! GGUF source maps them.
+//! for training) or a memory-mapped GGUF file whose quantised matrices are multiplied
+//! as they are (see `gguf_linear`), or dequantised to f32 on request; its word table
+//! stays in the file either way. Names are the Hugging Face ones; the GGUF source maps
+//! them.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::decoder_config::DecoderConfig;
-use super::layers::{softmax_last_dim, Activation, Linear, LinearWeights};
+use super::gguf_linear::GgufMatrix;
+use super::layers::{softmax_last_dim, Activation, Linear};
 use super::mapped_gguf::{GgufTensor, MappedGguf};
 use super::mapped_weights::MappedWeights;
-use super::q4_1::{self, Q4_1Matrix};
 use super::token_table::TokenTable;
 use super::TextEncoder;
 use crate::error::{Error, Result};
@@ -231,33 +229,26 @@ impl<'a> DecoderWeights<'a> {
                     )));
                 }
                 let bias = if with_bias { Some(bias()?) } else { None };
-                if t.dtype == GgmlDType::Q4_1 && g.device.is_cpu() && !g.dequantize {
-                    let weights = Q4_1Matrix::new(t.bytes, out_dim, in_dim)?;
-                    return Ok(DecoderLinear::Q4_1 { weights, bias });
-                }
-                let q = t.to_qtensor(&g.device)?;
                 if g.dequantize {
-                    let mut tensors = HashMap::from([("weight".to_string(), q.dequantize(&g.device)?)]);
+                    let mut tensors = HashMap::from([("weight".to_string(), t.to_qtensor(&g.device)?.dequantize(&g.device)?)]);
                     if let Some(b) = bias {
                         tensors.insert("bias".to_string(), b);
                     }
                     let vb = VarBuilder::from_tensors(tensors, DType::F32, &g.device);
                     Ok(DecoderLinear::Dense(Linear::load(vb, in_dim, out_dim, with_bias)?))
                 } else {
-                    Ok(DecoderLinear::Quantized { matmul: QMatMul::from_arc(Arc::new(q))?, bias })
+                    Ok(DecoderLinear::Quantized { matrix: GgufMatrix::new(t, &g.device)?, bias })
                 }
             }
         }
     }
 }
 
-/// A linear map with dense weights or a quantised matrix.
+/// A linear map with dense weights or a GGUF file's quantised matrix.
 #[derive(Debug, Clone)]
 pub enum DecoderLinear {
     Dense(Linear),
-    Quantized { matmul: QMatMul, bias: Option<Tensor> },
-    /// GGUF Q4_1 on the CPU, through sembase's own kernel (candle's is scalar).
-    Q4_1 { weights: Q4_1Matrix, bias: Option<Tensor> },
+    Quantized { matrix: GgufMatrix, bias: Option<Tensor> },
 }
 
 impl DecoderLinear {
@@ -265,8 +256,7 @@ impl DecoderLinear {
     pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
         let (mut y, bias) = match self {
             Self::Dense(linear) => return linear.forward_then(x, activation),
-            Self::Quantized { matmul, bias } => (matmul.forward(&x.contiguous()?)?, bias),
-            Self::Q4_1 { weights, bias } => (q4_1_forward(weights, x)?, bias),
+            Self::Quantized { matrix, bias } => (matrix.forward(x)?, bias),
         };
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
@@ -281,22 +271,6 @@ impl DecoderLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_then(x, None)
     }
-}
-
-/// `x W^T` over the last dimension of `x` with Q4_1 weights: the integer kernel, or for
-/// large batches the f32 GEMM on the matrix dequantised for this call.
-fn q4_1_forward(weights: &Q4_1Matrix, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let in_dim = *dims.last().ok_or_else(|| Error::Unsupported("Q4_1 matmul of a scalar".into()))?;
-    let rows = x.elem_count() / in_dim.max(1);
-    if rows >= q4_1::GEMM_FROM_ROWS {
-        let weight_t = Tensor::from_vec(weights.dequantise_transposed(), (in_dim, weights.out_dim()), x.device())?;
-        return Linear::new(LinearWeights { weight: weight_t.t()?, bias: None })?.forward(x);
-    }
-    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("rank >= 1") = weights.out_dim();
-    Ok(Tensor::from_vec(weights.matmul(&values, rows), out_dims, x.device())?)
 }
 
 /// Root-mean-square normalisation over the last dimension with a learned scale.

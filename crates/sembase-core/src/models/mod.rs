@@ -10,6 +10,7 @@ mod cpu_norm;
 pub mod decoder;
 pub mod decoder_config;
 pub mod encoder;
+mod gguf_linear;
 pub mod int8_linear;
 mod kernel_io;
 mod fast_math;

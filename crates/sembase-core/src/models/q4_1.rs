@@ -6,19 +6,13 @@
 //! the block's quantised values), so one block's dot product is
 //! `d * dx * sum(q * qx) + m * dx * sum(qx)`, with the integer part in AVX2 where the
 //! CPU has it (a portable loop otherwise; both give the same integers). Large batches
-//! instead dequantise the matrix, one matrix at a time, for the f32 GEMM.
+//! dequantise the matrix instead (see `gguf_linear`).
 
 use half::f16;
 use rayon::prelude::*;
 
 use super::mapped_gguf::SharedBytes;
 use crate::error::{Error, Result};
-
-/// From this many activation rows on, dequantising the matrix to f32 and running the
-/// f32 GEMM beats the integer kernel: both costs grow with the matrix's size, so the
-/// crossover is a row count (measured at 64-128 rows on 576x1536 and 1536x576
-/// matrices; at 1024 rows the GEMM takes 0.4x the kernel's time).
-pub const GEMM_FROM_ROWS: usize = 128;
 
 /// Weights per block.
 const BLOCK: usize = 32;
@@ -56,6 +50,11 @@ impl Q4_1Matrix {
     /// Output width.
     pub fn out_dim(&self) -> usize {
         self.out_dim
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
     }
 
     /// The weights as f32 and transposed, `(in, out)` row-major: `W^T`, the layout the
