@@ -6,7 +6,9 @@
 # llama-cpp-python's embedding mode (last-token pooling) on the same GGUF file,
 # with the same thread count, and the cosine between the two engines' vectors.
 # Projects memory for 0.6B/4B/8B: the measured peak minus the weights' bytes is
-# the fixed part; the weights' bytes per parameter scale with the model.
+# the fixed part; the weights' bytes per parameter scale with the model. With the
+# peer at hand it also requantises the file to Q8_0, Q4_0 and Q4_K_M (llama.cpp's
+# quantiser) and measures sembase on each.
 #
 #   SEMBASE_HOME=/work/sembase-home bench/decoder_speed.sh [SENTENCES]   (default 100)
 # Needs `sembase model pull smollm2-135m`. Writes bench/out/decoder_speed.json.
@@ -37,14 +39,14 @@ if [ -z "${SKIP_PEER:-}" ] && ! "$PEER_PYTHON" -c "import llama_cpp" 2>/dev/null
   PEER_PYTHON=.venv-llama-cpp/bin/python
 fi
 
-run() { # mode-flag -> "json<TAB>peak_kib"
+run() { # model-dir mode-flag -> "json<TAB>peak_kib"
   local log; log=$(mktemp)
-  /usr/bin/time -v "$BIN" "$DIR" $1 --sentences "$N" --data "$DATA" >"$log.out" 2>"$log"
+  /usr/bin/time -v "$BIN" "$1" $2 --sentences "$N" --data "$DATA" >"$log.out" 2>"$log"
   printf '%s\t%s\n' "$(cat "$log.out")" "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")"
   rm -f "$log" "$log.out"
 }
-Q=$(run "")
-F=$(run "--dequantize")
+Q=$(run "$DIR" "")
+F=$(run "$DIR" "--dequantize")
 
 PEER=null
 if [ -z "${SKIP_PEER:-}" ]; then
@@ -76,6 +78,26 @@ for line in open(sys.argv[1], encoding="utf-8").read().splitlines()[1:]:
 open(sys.argv[3], "w", encoding="utf-8").write("\n".join(texts[:int(sys.argv[2])]) + "\n")
 PY
   target/release/sembase embed --model smollm2-135m --input "$OUT/sentences.txt" --output "$OUT/sembase_vectors.npy" >&2
+
+  # The other block types: the pulled file requantised by llama.cpp, each a model
+  # directory of its own beside the pulled one's files. (At this width Q4_K_M is
+  # mostly Q5_0: llama.cpp falls back where a row is not whole 256-blocks.)
+  for type in Q8_0 Q4_0 Q4_K_M; do
+    dir=$OUT/requantised/$type
+    mkdir -p "$dir"
+    for f in config.json tokenizer.json modules.json sentence_bert_config.json 1_Pooling 2_Normalize; do
+      ln -sfn "$(cd "$DIR" && pwd)/$f" "$dir/$f"
+    done
+    [ -f "$dir/model.gguf" ] || "$PEER_PYTHON" - "$GGUF" "$dir/model.gguf" "$type" >&2 <<'PY'
+import ctypes, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
+params.allow_requantize = True
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+PY
+    run "$dir" "" >"$dir/result.tsv"
+  done
 fi
 
 "$PYTHON" - "$Q" "$F" "$PEER" "$GGUF" "$OUT" <<'PY'
@@ -113,6 +135,13 @@ if peer:
     a, b = np.load(f"{out_dir}/sembase_vectors.npy"), np.load(f"{out_dir}/peer_vectors.npy")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     out["cosine_sembase_vs_peer"] = {"min": round(float(cos.min()), 6), "mean": round(float(cos.mean()), 6)}
+others = {}
+for block_type in ("Q8_0", "Q4_0", "Q4_K_M"):
+    path = f"{out_dir}/requantised/{block_type}/result.tsv"
+    if peer and os.path.exists(path):
+        others[block_type] = parse(open(path).read().strip())
+if others:
+    out["sembase_requantised"] = others
 json.dump(out, open(f"{out_dir}/decoder_speed.json", "w"), indent=2)
 print(json.dumps(out, indent=2))
 PY
