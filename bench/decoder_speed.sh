@@ -50,15 +50,20 @@ F=$(run "$DIR" "--dequantize")
 
 PEER=null
 if [ -z "${SKIP_PEER:-}" ]; then
-  PEER=$("$PEER_PYTHON" - "$GGUF" "$DATA" "$N" "$OUT/peer_vectors.npy" <<'PY'
+  # The same sentences decoder_bench embeds, one per line, for both engines' vectors.
+  "$PYTHON" - "$DATA" "$N" "$OUT/sentences.txt" <<'PY'
+import sys
+texts = []
+for line in open(sys.argv[1], encoding="utf-8").read().splitlines()[1:]:
+    texts.extend(line.split("\t")[:2])
+open(sys.argv[3], "w", encoding="utf-8").write("\n".join(texts[:int(sys.argv[2])]) + "\n")
+PY
+  PEER=$("$PEER_PYTHON" - "$GGUF" "$OUT/sentences.txt" "$OUT/peer_vectors.npy" <<'PY'
 import json, os, resource, sys, time
 import llama_cpp
 import numpy as np
-gguf, data, n, vectors = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-texts = []
-for line in open(data, encoding="utf-8").read().splitlines()[1:]:
-    texts.extend(line.split("\t")[:2])
-texts = texts[:n]
+gguf, sentences, vectors = sys.argv[1], sys.argv[2], sys.argv[3]
+texts = open(sentences, encoding="utf-8").read().splitlines()
 threads = os.cpu_count()
 m = llama_cpp.Llama(model_path=gguf, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST,
                     n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -70,13 +75,6 @@ print(json.dumps({"mode": "llama-cpp-python q4_1", "tokens": tokens, "seconds": 
 PY
 )
   # sembase's vectors for the same sentences (Q4_1 matmuls), to compare with the peer's.
-  "$PYTHON" - "$DATA" "$N" "$OUT/sentences.txt" <<'PY'
-import sys
-texts = []
-for line in open(sys.argv[1], encoding="utf-8").read().splitlines()[1:]:
-    texts.extend(line.split("\t")[:2])
-open(sys.argv[3], "w", encoding="utf-8").write("\n".join(texts[:int(sys.argv[2])]) + "\n")
-PY
   target/release/sembase embed --model smollm2-135m --input "$OUT/sentences.txt" --output "$OUT/sembase_vectors.npy" >&2
 
   # The other block types: the pulled file requantised by llama.cpp, each a model

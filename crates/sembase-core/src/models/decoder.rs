@@ -104,16 +104,19 @@ impl<'a> DecoderWeights<'a> {
     /// Weights from a `VarBuilder`. The model body is found with or without the
     /// `model.` prefix that `*ForCausalLM` checkpoints add.
     pub fn from_var_builder(vb: VarBuilder<'a>) -> Self {
-        let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
-        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string() }
+        Self::vars_with_body_found(vb, None)
     }
 
     /// Weights from mapped safetensors files, kept in `dtype` on `device`; on the CPU,
     /// half-precision matrices and the word table are read in place (no copy at all).
     pub fn from_mapped(mapped: MappedWeights, dtype: DType, device: &Device) -> Self {
         let vb = mapped.var_builder(dtype, device);
+        Self::vars_with_body_found(vb, device.is_cpu().then_some(mapped))
+    }
+
+    /// `vb` (and `mapped`) positioned at the model body, with or without `model.`.
+    fn vars_with_body_found(vb: VarBuilder<'a>, mapped: Option<MappedWeights>) -> Self {
         let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
-        let mapped = device.is_cpu().then_some(mapped);
         Self { source: Source::Vars { vb, mapped }, path: body.to_string() }
     }
 
@@ -212,10 +215,11 @@ impl<'a> DecoderWeights<'a> {
 
     /// A linear map `in_dim -> out_dim` (`weight` `(out, in)`, optional `bias`).
     fn linear(&self, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<DecoderLinear> {
-        let bias = || self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0));
+        // Read only where needed: `Linear::load` reads its own bias.
+        let bias = || with_bias.then(|| self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0))).transpose();
         match &self.source {
             Source::Vars { vb, mapped } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), out_dim, in_dim)) {
-                Some(weight) => Ok(DecoderLinear::Dense(Linear::new_mapped(weight, if with_bias { Some(bias()?) } else { None }))),
+                Some(weight) => Ok(DecoderLinear::Dense(Linear::new_mapped(weight, bias()?))),
                 None => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
             },
             Source::Gguf(g) => {
@@ -228,7 +232,7 @@ impl<'a> DecoderWeights<'a> {
                         [out_dim, in_dim]
                     )));
                 }
-                let bias = if with_bias { Some(bias()?) } else { None };
+                let bias = bias()?;
                 if g.dequantize {
                     let mut tensors = HashMap::from([("weight".to_string(), t.to_qtensor(&g.device)?.dequantize(&g.device)?)]);
                     if let Some(b) = bias {

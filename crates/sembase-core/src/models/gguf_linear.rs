@@ -3,8 +3,8 @@
 //! On the CPU a matrix stays in the mapped file. A large enough batch dequantises the
 //! matrix for its call and runs the f32 GEMM (one f32 matrix exists at a time); smaller
 //! batches multiply the blocks as they are: Q4_1 through sembase's kernel, the other
-//! types through candle's quantised matmul on a copy of the blocks made for the call. On other devices the blocks are
-//! copied to the device once, for candle's matmul.
+//! types through candle's quantised matmul on a copy of the blocks made for the call.
+//! On other devices the blocks are copied to the device once, for candle's matmul.
 
 use std::sync::Arc;
 
