@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
 
-use crate::atomic_file::AtomicFile;
+use sembase_embed::durable::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
 use crate::models::{load_local, ComputeArgs, Quantize};

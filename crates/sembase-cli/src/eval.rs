@@ -187,7 +187,7 @@ fn fingerprint(dir: &Path) -> String {
 
 /// Writes the markdown tables atomically (through the results writer's helper).
 fn write_markdown(path: &Path, text: &str) -> Result<()> {
-    sembase_eval::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
+    sembase_embed::durable::write_bytes(path, text.as_bytes())?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use sembase_heads::head::{config_hash, TrainingInfo};
 use sembase_heads::{embed_cached, load_tsv, train_head, BaseModel, ClassWeight, EmbeddingCache, Head, Kind, Metrics, TrainConfig};
 use serde_json::{json, Map, Value};
 
-use crate::atomic_file::AtomicFile;
+use sembase_embed::durable::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::models::{load_local, ComputeArgs};
 
@@ -345,7 +345,7 @@ fn embed(model: &LocalEmbedder, dir: &Path, texts: &[&str], options: &EmbedOptio
 fn write_json(mut f: AtomicFile, value: &Value) -> Result<()> {
     serde_json::to_writer(&mut f, value)?;
     f.write_all(b"\n")?;
-    f.commit()
+    Ok(f.commit()?)
 }
 
 fn log(line: &str) {

@@ -11,7 +11,7 @@ use sembase_index::index::settings_for;
 use sembase_index::npy::read_npy_f32;
 use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, Precision, StoreSpec};
 
-use crate::atomic_file::AtomicFile;
+use sembase_embed::durable::AtomicFile;
 use crate::embed::progress_bar;
 use crate::index_model::{default_prefixes, model_identity, IndexModelArgs};
 use crate::models::{load_local, ComputeArgs};

@@ -1,6 +1,5 @@
 //! `sembase`: the command line. Each subcommand is a thin layer over a library crate.
 
-mod atomic_file;
 mod embed;
 mod embed_input;
 mod embed_output;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sembase_core::models::int8_linear::Int8Kernel;
+use sembase_core::kernels::int8_linear::Int8Kernel;
 use sembase_core::{BatchLimits, LoadOptions, LocalEmbedder};
 
 /// Sets the number of compute threads; must run before any model work starts.

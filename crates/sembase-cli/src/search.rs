@@ -11,7 +11,7 @@ use sembase_index::index::embed_queries;
 use sembase_index::npy::read_npy_f32;
 use sembase_index::{Access, Filter, Hit, Index, Metadata};
 
-use crate::atomic_file::AtomicFile;
+use sembase_embed::durable::AtomicFile;
 use crate::index_model::IndexModelArgs;
 
 #[derive(Args)]
@@ -141,7 +141,7 @@ fn write_json(path: &std::path::Path, labels: &[String], results: &[Vec<Hit>], s
     let mut file = AtomicFile::create(path)?;
     serde_json::to_writer(&mut file, &serde_json::json!({"results": results, "search_seconds": seconds}))?;
     writeln!(file)?;
-    file.commit()
+    Ok(file.commit()?)
 }
 
 fn print_results(labels: &[String], results: &[Vec<Hit>]) -> Result<()> {

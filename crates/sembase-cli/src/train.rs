@@ -54,30 +54,35 @@ pub struct TrainArgs {
     /// Add a learned linear projection to N dimensions (a Dense module).
     #[arg(long)]
     project: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Texts per batch (default 64).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Texts per forward pass with cached in-batch negatives (GradCache), for large batches in bounded memory.
     #[arg(long)]
     mini_batch: Option<usize>,
     /// Peak learning rate (default 3e-5 for simcse, 2e-5 otherwise).
     #[arg(long)]
     lr: Option<f64>,
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
+    /// Passes over the data (default 1).
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long)]
     max_steps: Option<usize>,
     /// Token limit per input (default 32 for simcse, the model's limit otherwise).
     #[arg(long)]
     max_length: Option<usize>,
-    #[arg(long, default_value_t = 0.1)]
-    warmup_ratio: f64,
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Temperature of the contrastive losses (logit scale = 1 / temperature).
-    #[arg(long, default_value_t = 0.05)]
-    temperature: f64,
+    /// Share of the steps spent warming the learning rate up (default 0.1).
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Gradient norm clipping (default 1.0).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Seed of the batch order and the dropout masks (default 42).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Temperature of the contrastive losses, logit scale = 1 / temperature (default 0.05).
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Pairs: also train each positive to pick its anchor.
     #[arg(long)]
     symmetric: bool,
@@ -168,39 +173,41 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let objective = args.objective.objective();
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(&args.model)?;
-    let max_length = args.max_length.unwrap_or(if objective == Objective::SimCse { 32 } else { usize::MAX });
-    let max_length = if max_length == usize::MAX { model_limit(&dir)? } else { max_length };
+    let max_length = match args.max_length.or(objective.default_max_length()) {
+        Some(limit) => limit,
+        None => model_limit(&dir)?,
+    };
     let model = TrainableModel::load(&dir, max_length, args.project).with_context(|| format!("loading {}", dir.display()))?;
     let mut examples = load_examples(objective, &args.data)?;
     if let Some(prefix) = &args.prefix {
         examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
     }
-    if args.temperature.is_nan() || args.temperature <= 0.0 {
+    if args.temperature.is_some_and(|t| t.is_nan() || t <= 0.0) {
         bail!("--temperature must be positive");
     }
-    let lr = args.lr.unwrap_or(if objective == Objective::SimCse { 3e-5 } else { 2e-5 });
+    let defaults = TrainConfig::for_objective(objective);
     let config = TrainConfig {
-        objective,
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
         mini_batch: args.mini_batch,
-        lr,
-        epochs: args.epochs,
+        lr: args.lr.unwrap_or(defaults.lr),
+        epochs: args.epochs.unwrap_or(defaults.epochs),
         max_steps: args.max_steps,
-        warmup_ratio: args.warmup_ratio,
-        max_grad_norm: args.max_grad_norm,
-        seed: args.seed,
-        scale: 1.0 / args.temperature,
+        warmup_ratio: args.warmup_ratio.unwrap_or(defaults.warmup_ratio),
+        max_grad_norm: args.max_grad_norm.unwrap_or(defaults.max_grad_norm),
+        seed: args.seed.unwrap_or(defaults.seed),
+        scale: args.temperature.map_or(defaults.scale, |t| 1.0 / t),
         symmetric: args.symmetric,
         dims: args.dims.clone(),
         eval: args.eval.as_deref().map(str::parse).transpose()?,
         eval_steps: args.eval_steps,
         checkpoint_steps: args.checkpoint_steps,
+        ..defaults
     };
     let hyperparameters = serde_json::json!({
-        "batch_size": args.batch_size, "mini_batch": args.mini_batch, "lr": lr, "epochs": args.epochs,
-        "max_steps": args.max_steps, "max_length": max_length, "warmup_ratio": args.warmup_ratio,
-        "max_grad_norm": args.max_grad_norm, "seed": args.seed, "temperature": args.temperature,
-        "symmetric": args.symmetric, "dims": args.dims, "project": args.project, "prefix": args.prefix,
+        "batch_size": config.batch_size, "mini_batch": config.mini_batch, "lr": config.lr, "epochs": config.epochs,
+        "max_steps": config.max_steps, "max_length": max_length, "warmup_ratio": config.warmup_ratio,
+        "max_grad_norm": config.max_grad_norm, "seed": config.seed, "temperature": 1.0 / config.scale,
+        "symmetric": config.symmetric, "dims": config.dims, "project": args.project, "prefix": args.prefix,
     });
     let title = format!("{} on {} from {}", objective.name(), args.data.display(), args.model);
     let card = ModelCard {
@@ -234,7 +241,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "step_seconds_median": console.median_step_seconds(),
             "peak_rss_mib": peak_rss_mib(),
         });
-        sembase_eval::atomic::write_atomic(path, |w| serde_json::to_writer_pretty(w, &report).map_err(std::io::Error::other))?;
+        sembase_embed::durable::write_json(path, &report)?;
     }
     if let Some(path) = &args.report {
         let state = &trainer.state;

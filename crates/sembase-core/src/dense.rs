@@ -1,7 +1,7 @@
 //! sentence-transformers' `Dense` module: a linear map with an activation,
 //! applied to the pooled vector (e.g. a learned projection to fewer dimensions).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::files::read_json;
-use crate::models::layers::Linear;
+use crate::layers::Linear;
 
 /// `N_Dense/config.json`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,6 +37,21 @@ enum DenseActivation {
     Tanh,
 }
 
+impl DenseConfig {
+    /// The config of the Dense module directory `dir` and its weights file.
+    pub fn from_dir(dir: &Path) -> Result<(Self, PathBuf)> {
+        let cfg: DenseConfig = read_json(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(Error::Unsupported(format!(
+                "{}: Dense module weights must be in model.safetensors (pytorch_model.bin is not read)",
+                dir.display()
+            )));
+        }
+        Ok((cfg, weights))
+    }
+}
+
 /// A loaded Dense module.
 #[derive(Debug, Clone)]
 pub struct Dense {
@@ -48,14 +63,7 @@ impl Dense {
     /// Loads `config.json` and `model.safetensors` (weights `linear.weight`,
     /// `linear.bias`) from a module directory.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg: DenseConfig = read_json(&dir.join("config.json"))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(Error::Unsupported(format!(
-                "{}: Dense module weights must be in model.safetensors (pytorch_model.bin is not read)",
-                dir.display()
-            )));
-        }
+        let (cfg, weights) = DenseConfig::from_dir(dir)?;
         // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Self::load(vb.pp("linear"), &cfg)

@@ -3,17 +3,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 use crate::batching::{plan_batches, BatchLimits};
 use crate::dense::Dense;
 use crate::embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 use crate::error::{Error, Result};
+use crate::mode::Mode;
 use crate::model_dir::{HeadModule, ModelDir};
 use crate::models::decoder_config::is_decoder;
-use crate::models::int8_linear::Int8Kernel;
+use crate::kernels::int8_linear::Int8Kernel;
 use crate::models::{load_decoder_dir, load_encoder, CpuInference, MappedWeights, TextEncoder};
-use crate::pooling::Pooling;
+use crate::pipeline::{PostModule, SentencePipeline};
 use crate::tokenize::TextTokenizer;
 use crate::vectors::truncate_dimensions;
 
@@ -46,22 +47,11 @@ impl Default for LoadOptions {
     }
 }
 
-/// A module after pooling, ready to run.
-#[derive(Debug, Clone)]
-pub enum PostModule {
-    Dense(Dense),
-    Normalize,
-}
-
-/// A sentence-transformers model: tokenizer, encoder, pooling and the modules after it.
+/// A sentence-transformers model: its pipeline, prompts and batching settings.
 pub struct LocalEmbedder {
     name: String,
-    tokenizer: TextTokenizer,
-    encoder: Box<dyn TextEncoder>,
-    pooling: Pooling,
-    modules: Vec<PostModule>,
+    pipeline: SentencePipeline,
     dimension: usize,
-    pad_id: u32,
     prompts: HashMap<String, String>,
     default_prompt_name: Option<String>,
     options: LoadOptions,
@@ -91,51 +81,28 @@ impl LocalEmbedder {
             let mapped = options.device.is_cpu().then_some(weights);
             load_encoder(vb, &model.config, &CpuInference { mapped, int8: options.int8 })?
         };
-        let mut head = model.head.iter();
-        let Some(HeadModule::Pooling(pooling)) = head.next() else {
-            return Err(Error::Unsupported("the first module after the transformer must be Pooling".into()));
-        };
-        let modules = head
+        let modules = model
+            .head
+            .iter()
             .map(|module| match module {
                 HeadModule::Dense(path) => Ok(PostModule::Dense(Dense::load_dir(path, &options.device)?)),
                 HeadModule::Normalize => Ok(PostModule::Normalize),
-                HeadModule::Pooling(_) => Err(Error::Unsupported("a second Pooling module".into())),
             })
             .collect::<Result<Vec<_>>>()?;
-        let pooling = pooling.clone();
-        Self::assemble(model, encoder, pooling, modules, name.into(), options)
+        Self::assemble(model, encoder, modules, name.into(), options)
     }
 
-    /// Builds an embedder from loaded parts: `model` supplies the tokenizer,
+    /// Builds an embedder from loaded parts: `model` supplies the tokenizer, pooling,
     /// token limit and prompts (training uses this for in-memory weights).
-    pub fn assemble(
-        model: ModelDir,
-        encoder: Box<dyn TextEncoder>,
-        pooling: Pooling,
-        modules: Vec<PostModule>,
-        name: String,
-        options: LoadOptions,
-    ) -> Result<Self> {
-        let limit = encoder.max_tokens();
-        let max_tokens = options.max_seq_length.or(model.max_seq_length).unwrap_or(limit);
-        if max_tokens == 0 || max_tokens > limit {
-            return Err(Error::Unsupported(format!(
-                "max_seq_length {max_tokens} is outside 1..={limit}, the model's position limit"
-            )));
-        }
-        let tokenizer = TextTokenizer::load(&model.tokenizer_file, max_tokens)?;
-        let dimension = modules.iter().fold(pooling.output_dim(encoder.hidden_size()), |width, m| match m {
-            PostModule::Dense(dense) => dense.out_dim(),
-            PostModule::Normalize => width,
-        });
+    pub fn assemble(model: ModelDir, encoder: Box<dyn TextEncoder>, modules: Vec<PostModule>, name: String, options: LoadOptions) -> Result<Self> {
+        let max_tokens = options.max_seq_length.or(model.max_seq_length).unwrap_or(encoder.max_tokens());
+        let pad_id = model.config.pad_token_id.unwrap_or(0);
+        let pipeline =
+            SentencePipeline::new(&model.tokenizer_file, max_tokens, encoder, model.pooling, modules, pad_id, options.device.clone())?;
         Ok(Self {
             name,
-            tokenizer,
-            pooling,
-            encoder,
-            modules,
-            dimension,
-            pad_id: model.config.pad_token_id.unwrap_or(0),
+            dimension: pipeline.dimension(),
+            pipeline,
             prompts: model.prompts,
             default_prompt_name: model.default_prompt_name,
             options,
@@ -144,7 +111,7 @@ impl LocalEmbedder {
 
     /// The tokenizer, set to this model's token limit.
     pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+        self.pipeline.tokenizer()
     }
 
     /// Named prompts from `config_sentence_transformers.json`.
@@ -155,34 +122,6 @@ impl LocalEmbedder {
     /// The prompt used when a caller names none, if the model sets one.
     pub fn default_prompt(&self) -> Option<&str> {
         self.default_prompt_name.as_deref().and_then(|n| self.prompts.get(n)).map(String::as_str)
-    }
-
-    /// Pooled (and post-processed) vectors of one padded batch.
-    fn forward_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(sequences.len() * width);
-        let mut mask = Vec::with_capacity(sequences.len() * width);
-        for seq in sequences {
-            ids.extend_from_slice(seq);
-            ids.extend(std::iter::repeat_n(self.pad_id, width - seq.len()));
-            mask.extend(std::iter::repeat_n(1u32, seq.len()));
-            mask.extend(std::iter::repeat_n(0u32, width - seq.len()));
-        }
-        let device = &self.options.device;
-        let ids = Tensor::from_vec(ids, (sequences.len(), width), device)?;
-        let mask = Tensor::from_vec(mask, (sequences.len(), width), device)?;
-        let states = self.encoder.forward(&ids, &mask, false)?;
-        let mut pooled = self.pooling.forward(&states, &mask)?;
-        for module in &self.modules {
-            pooled = match module {
-                PostModule::Dense(dense) => dense.forward(&pooled)?,
-                PostModule::Normalize => {
-                    let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-                    pooled.broadcast_div(&norms)?
-                }
-            };
-        }
-        Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
     }
 
     /// Embeds token sequences in length-sorted batches; results in input order.
@@ -199,8 +138,8 @@ impl LocalEmbedder {
             // Run on a thread of the compute pool: the CPU kernels' parallel loops then
             // start there, instead of each op being handed into the pool and back from
             // outside it (two thread switches per op, much of a short text's time).
-            let batch_vectors = rayon::scope(|_| self.forward_batch(&rows))?;
-            for (&i, vector) in batch.iter().zip(batch_vectors) {
+            let pooled = rayon::scope(|_| self.pipeline.forward(&self.pipeline.pack(&rows)?, &Mode::Inference))?;
+            for (&i, vector) in batch.iter().zip(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
                 vectors[i] = vector;
             }
         }
@@ -221,7 +160,7 @@ impl Embedder for LocalEmbedder {
     }
 
     fn max_tokens(&self) -> usize {
-        self.tokenizer.max_tokens()
+        self.pipeline.tokenizer().max_tokens()
     }
 
     fn embed(&self, texts: &[&str], options: &EmbedOptions) -> Result<Embeddings> {
@@ -233,12 +172,12 @@ impl Embedder for LocalEmbedder {
             }
             None => texts.to_vec(),
         };
-        let sequences = self.tokenizer.encode_batch(&inputs, options.truncate)?;
+        let sequences = self.pipeline.tokenizer().encode_batch(&inputs, options.truncate)?;
         self.embed_sequences(&sequences, options)
     }
 
     fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
-        let vocab = self.encoder.vocab_size();
+        let vocab = self.pipeline.encoder().vocab_size();
         let limit = self.max_tokens();
         let mut sequences = Vec::with_capacity(inputs.len());
         for (index, ids) in inputs.iter().enumerate() {
@@ -254,6 +193,6 @@ impl Embedder for LocalEmbedder {
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenizer.encode_full(text)
+        self.pipeline.tokenizer().encode_full(text)
     }
 }

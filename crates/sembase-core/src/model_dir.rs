@@ -40,10 +40,9 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
-/// A module that runs on the pooled (or token) output of the transformer.
+/// A module that runs on the pooled output of the transformer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeadModule {
-    Pooling(Pooling),
     /// A Dense module stored in this sub-directory.
     Dense(PathBuf),
     Normalize,
@@ -62,7 +61,9 @@ pub struct ModelDir {
     pub tokenizer_file: PathBuf,
     /// Token limit from `sentence_bert_config.json`, if given.
     pub max_seq_length: Option<usize>,
-    /// Modules after the transformer, in order.
+    /// How token states become one vector (the first module after the transformer).
+    pub pooling: Pooling,
+    /// The modules after pooling, in order.
     pub head: Vec<HeadModule>,
     /// Named prompts (e.g. `query` -> `query: `).
     pub prompts: HashMap<String, String>,
@@ -87,9 +88,11 @@ impl ModelDir {
         let sbert: SentenceBertConfig = read_json_if_present(&path.join("sentence_bert_config.json"))?.unwrap_or_default();
         let st: SentenceTransformersConfig =
             read_json_if_present(&path.join("config_sentence_transformers.json"))?.unwrap_or_default();
+        let (pooling, head) = head_modules(path)?;
         Ok(Self {
             weight_files: weight_files(path)?,
-            head: head_modules(path)?,
+            pooling,
+            head,
             path: path.to_path_buf(),
             config,
             tokenizer_file,
@@ -124,21 +127,24 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     )))
 }
 
-/// The modules after the transformer. Without `modules.json` the directory is a
+/// The pooling and the modules after it. Without `modules.json` the directory is a
 /// plain Hugging Face model, pooled by mean as sentence-transformers does.
-fn head_modules(dir: &Path) -> Result<Vec<HeadModule>> {
+fn head_modules(dir: &Path) -> Result<(Pooling, Vec<HeadModule>)> {
     let modules_path = dir.join("modules.json");
     let Some(entries) = read_json_if_present::<Vec<ModuleEntry>>(&modules_path)? else {
-        return Ok(vec![HeadModule::Pooling(Pooling::new(PoolingMode::Mean))]);
+        return Ok((Pooling::new(PoolingMode::Mean), Vec::new()));
     };
-    let mut head = Vec::new();
+    let config_error = |message: &str| Error::Config { path: modules_path.clone(), message: message.into() };
+    let (mut pooling, mut head) = (None, Vec::new());
     for entry in entries {
         let kind = entry.kind.rsplit('.').next().unwrap_or_default();
         match kind {
             "Transformer" => {}
+            "Pooling" if pooling.is_some() => return Err(config_error("a second Pooling module is not supported")),
+            "Pooling" if !head.is_empty() => return Err(config_error("the first module after the Transformer must be Pooling")),
             "Pooling" => {
                 let cfg: PoolingConfig = read_json(&dir.join(&entry.path).join("config.json"))?;
-                head.push(HeadModule::Pooling(Pooling::from_config(&cfg)?));
+                pooling = Some(Pooling::from_config(&cfg)?);
             }
             "Dense" => head.push(HeadModule::Dense(dir.join(&entry.path))),
             "Normalize" => head.push(HeadModule::Normalize),
@@ -150,8 +156,6 @@ fn head_modules(dir: &Path) -> Result<Vec<HeadModule>> {
             }
         }
     }
-    if !matches!(head.first(), Some(HeadModule::Pooling(_))) {
-        return Err(Error::Config { path: modules_path, message: "the first module after the Transformer must be Pooling".into() });
-    }
-    Ok(head)
+    let pooling = pooling.ok_or_else(|| config_error("the first module after the Transformer must be Pooling"))?;
+    Ok((pooling, head))
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sembase_core::models::{load_decoder, load_decoder_dir, DecoderConfig, DecoderModel, DecoderWeights, TextEncoder};
 use sembase_core::pooling::{Pooling, PoolingMode};
 use sembase_core::vectors::cosine;
+use sembase_core::{Mode, PackedBatch};
 
 const MIN_COSINE: f32 = 0.9999;
 
@@ -59,7 +60,7 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], min: f32) {
 /// Compares states (every position, padding included), pooled vectors and logits.
 fn check(name: &str, model: &DecoderModel, e: &Expected) {
     let (ids, mask) = batch(e);
-    let states = model.forward(&ids, &mask, false).unwrap();
+    let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
     let ours: Vec<Vec<Vec<f32>>> = states.to_vec3().unwrap();
     for (r, (row, want)) in ours.iter().zip(&e.states).enumerate() {
         for (t, (v, w)) in row.iter().zip(want).enumerate() {
@@ -156,7 +157,7 @@ fn bf16_weights_are_kept_in_bf16() {
         assert_eq!(model.weight_dtype(), DType::BF16, "{name}");
         let e = read_expected(&dir);
         let (ids, mask) = batch(&e);
-        let states = model.forward(&ids, &mask, false).unwrap();
+        let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
         let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
         for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
             assert_close(&format!("{name} bf16 pooled row {r}"), v, w, 0.999);
@@ -188,13 +189,13 @@ fn left_padded(name: &str, training_path: bool) {
     let ids: Vec<Vec<u32>> = e.ids.iter().zip(&lengths).map(|(row, &n)| shift(row, n, row[n.min(width - 1)])).collect();
     let mask: Vec<Vec<u32>> = lengths.iter().map(|&n| shift(&vec![1; width], n, 0)).collect();
     let (ids, mask) = (Tensor::new(ids, &test_device()).unwrap(), Tensor::new(mask, &test_device()).unwrap());
-    let states: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
+    let states: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
     for (r, &n) in lengths.iter().enumerate() {
         for t in 0..n {
             assert_close(&format!("{name} left-padded row {r} position {t}"), &states[r][width - n + t], &e.states[r][t], MIN_COSINE);
         }
     }
-    let states = model.forward(&ids, &mask, false).unwrap();
+    let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
     let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
     for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
         assert_close(&format!("{name} left-padded pooled row {r}"), v, w, MIN_COSINE);
@@ -215,12 +216,12 @@ fn padding_mask_is_honoured() {
     let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, false).unwrap();
     let e = read_expected(&dir);
     let (ids, mask) = batch(&e);
-    let states: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
+    let states: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
     // Row 1 alone (no padding) gives the same states for its real positions.
     let n = e.mask[1].iter().filter(|&&m| m == 1).count();
     let alone_ids = Tensor::new(vec![e.ids[1][..n].to_vec()], &test_device()).unwrap();
     let alone_mask = Tensor::new(vec![vec![1u32; n]], &test_device()).unwrap();
-    let alone: Vec<Vec<Vec<f32>>> = model.forward(&alone_ids, &alone_mask, false).unwrap().to_vec3().unwrap();
+    let alone: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
     for t in 0..n {
         assert_close(&format!("row 1 alone, position {t}"), &alone[0][t], &states[1][t], MIN_COSINE);
     }

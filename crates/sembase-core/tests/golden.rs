@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sembase_core::vectors::cosine;
-use sembase_core::models::int8_linear::Int8Kernel;
+use sembase_core::kernels::int8_linear::Int8Kernel;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder, Truncation};
 use sha2::{Digest, Sha256};
 

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sembase_core::models::{load_encoder, CpuInference, TransformerConfig};
 use sembase_core::pooling::{Pooling, PoolingMode};
+use sembase_core::{Mode, PackedBatch};
 
 fn tiny_config(model_type: &str) -> TransformerConfig {
     serde_json::from_value(serde_json::json!({
@@ -37,7 +38,7 @@ fn check_every_parameter_gets_a_gradient(model_type: &str) {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let encoder = load_encoder(vb, &tiny_config(model_type), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
-    let states = encoder.forward(&ids, &mask, true).unwrap();
+    let states = encoder.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::training(0)).unwrap();
     let pooled = Pooling::new(PoolingMode::Mean).forward(&states, &mask).unwrap();
     // A loss that depends on every output coordinate non-trivially.
     let target = Tensor::randn(0f32, 1.0, pooled.shape(), &Device::Cpu).unwrap();
@@ -75,10 +76,12 @@ fn dropout_is_active_only_in_training() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
-    let run = |train| -> Vec<f32> { encoder.forward(&ids, &mask, train).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-    let (a, b) = (run(true), run(true));
+    let batch = PackedBatch::from_mask(ids, mask).unwrap();
+    let run = |mode: &Mode| -> Vec<f32> { encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    let training = Mode::training(0);
+    let (a, b) = (run(&training), run(&training));
     assert_ne!(a, b, "two training passes gave identical outputs: dropout is off");
-    assert_eq!(run(false), run(false), "inference is not deterministic");
+    assert_eq!(run(&Mode::Inference), run(&Mode::Inference), "inference is not deterministic");
 }
 
 #[test]
@@ -89,11 +92,11 @@ fn padding_does_not_change_the_real_tokens() {
     let encoder = load_encoder(vb, &tiny_config("mpnet"), &CpuInference::default()).unwrap();
     let pool = Pooling::new(PoolingMode::Mean);
     let (ids, mask) = batch();
-    let padded: Vec<Vec<f32>> = pool.forward(&encoder.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
+    let padded: Vec<Vec<f32>> = pool.forward(&encoder.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
     let alone_ids = Tensor::new(&[[0u32, 7, 2]], &Device::Cpu).unwrap();
     let alone_mask = Tensor::new(&[[1u32, 1, 1]], &Device::Cpu).unwrap();
     let alone: Vec<Vec<f32>> =
-        pool.forward(&encoder.forward(&alone_ids, &alone_mask, false).unwrap(), &alone_mask).unwrap().to_vec2().unwrap();
+        pool.forward(&encoder.forward(&PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(), &Mode::Inference).unwrap(), &alone_mask).unwrap().to_vec2().unwrap();
     for (x, y) in padded[1].iter().zip(&alone[0]) {
         assert!((x - y).abs() < 1e-5, "padded {x} vs alone {y}");
     }
@@ -112,8 +115,8 @@ fn inference_kernel_matches_the_differentiable_path() {
         let inference = load_encoder(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
         let (ids, mask) = batch();
         let pool = Pooling::new(PoolingMode::Mean);
-        let a: Vec<Vec<f32>> = pool.forward(&trainable.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
-        let b: Vec<Vec<f32>> = pool.forward(&inference.forward(&ids, &mask, false).unwrap(), &mask).unwrap().to_vec2().unwrap();
+        let a: Vec<Vec<f32>> = pool.forward(&trainable.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = pool.forward(&inference.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
         for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((x - y).abs() < 1e-5, "{model_type}: ops path {x} vs kernel {y}");
         }
@@ -126,11 +129,11 @@ fn seeded_dropout_replays_exactly() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
-    let run = || -> Vec<f32> { encoder.forward(&ids, &mask, true).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
-    sembase_core::models::layers::seed_dropout(7);
-    let first = run();
-    let next = run();
-    sembase_core::models::layers::seed_dropout(7);
-    assert_eq!(run(), first, "the same seed must give the same masks");
+    let batch = PackedBatch::from_mask(ids, mask).unwrap();
+    let run = |mode: &Mode| -> Vec<f32> { encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    let seeded = Mode::training(7);
+    let first = run(&seeded);
+    let next = run(&seeded);
+    assert_eq!(run(&Mode::training(7)), first, "the same seed must give the same masks");
     assert_ne!(first, next, "consecutive passes must draw new masks");
 }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic::write_atomic;
+use sembase_embed::durable;
 use crate::error::{EvalError, Result};
 
 /// A text's key in a namespace.
@@ -77,7 +77,7 @@ impl EmbeddingCache {
         std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
         let meta_path = dir.join("meta.json");
         if !meta_path.exists() {
-            write_atomic(&meta_path, |w| w.write_all(meta.as_bytes()))?;
+            durable::write_bytes(&meta_path, meta.as_bytes())?;
         }
         Namespace::open(dir)
     }
@@ -223,7 +223,7 @@ impl Namespace {
 
 /// Writes one segment atomically.
 fn write_segment<'a>(path: &Path, width: usize, entries: impl Iterator<Item = (&'a Key, &'a [f32])>, count: usize) -> Result<()> {
-    write_atomic(path, |w| {
+    Ok(durable::write_with(path, |w| {
         w.write_all(MAGIC)?;
         w.write_all(&(width as u32).to_le_bytes())?;
         w.write_all(&(count as u64).to_le_bytes())?;
@@ -234,7 +234,7 @@ fn write_segment<'a>(path: &Path, width: usize, entries: impl Iterator<Item = (&
             }
         }
         Ok(())
-    })
+    })?)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sembase_core::vectors::truncate_dimensions;
-use sembase_core::{EmbedOptions, Embedder, Truncation};
+use sembase_embed::vectors::truncate_dimensions;
+use sembase_embed::{EmbedOptions, Embedder, Truncation};
 
 use crate::cache::{text_key, EmbeddingCache};
 use crate::error::{EvalError, Result};

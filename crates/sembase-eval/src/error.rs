@@ -40,7 +40,7 @@ pub enum EvalError {
     Task { spec: String, message: String },
     /// The model failed.
     #[error(transparent)]
-    Embed(#[from] sembase_core::Error),
+    Embed(#[from] sembase_embed::Error),
     /// A remote endpoint failed or answered something unusable.
     #[error("{url}: {message}")]
     Remote { url: String, message: String },
@@ -54,6 +54,12 @@ pub enum EvalError {
 
 /// Result with [`EvalError`].
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+impl From<sembase_embed::durable::FileError> for EvalError {
+    fn from(e: sembase_embed::durable::FileError) -> Self {
+        EvalError::Io { path: e.path, source: e.source }
+    }
+}
 
 impl EvalError {
     /// An I/O error on `path`.

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use sembase_core::vectors::cosine;
+use sembase_embed::vectors::cosine;
 
 use crate::beir::RetrievalSet;
 use crate::encode::Encoder;
@@ -184,7 +184,7 @@ fn ann_metrics(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Set
 }
 
 fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    sembase_core::vectors::normalize(&mut v);
+    sembase_embed::vectors::normalize(&mut v);
     v
 }
 

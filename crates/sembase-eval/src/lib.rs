@@ -8,11 +8,10 @@
 //! - [`search`] is exact top-k retrieval over a corpus fed in blocks.
 //! - [`cache`] keeps embeddings on disk per (model, text, prefix, dimensions);
 //!   [`encode`] puts a model and the cache together.
-//! - [`remote`] is an [`sembase_core::Embedder`] for OpenAI-compatible endpoints.
+//! - [`remote`] is an [`sembase_embed::Embedder`] for OpenAI-compatible endpoints.
 //! - [`evaluate`] runs one task with one model; [`results`] and [`report`] turn
 //!   the figures into JSON, terminal/markdown tables and a self-contained HTML page.
 
-pub mod atomic;
 pub mod beir;
 pub mod cache;
 pub mod encode;

@@ -11,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sembase_core::{EmbedOptions, Embedder, Embeddings};
+use sembase_embed::{EmbedOptions, Embedder, Embeddings};
 use serde::{Deserialize, Serialize};
 use ureq::tls::{RootCerts, TlsConfig};
 
@@ -249,12 +249,12 @@ impl RemoteEmbedder {
     }
 
     /// A core error for a failure of this endpoint.
-    fn failure(&self, message: String) -> sembase_core::Error {
-        sembase_core::Error::Io { path: PathBuf::from(&self.url), source: io::Error::other(message) }
+    fn failure(&self, message: String) -> sembase_embed::Error {
+        sembase_embed::Error::Io { path: PathBuf::from(&self.url), source: io::Error::other(message) }
     }
 
     /// Checks every vector is `dimensions` wide when a width was asked for.
-    fn check_width(&self, vectors: &[Vec<f32>], dimensions: Option<usize>) -> sembase_core::Result<()> {
+    fn check_width(&self, vectors: &[Vec<f32>], dimensions: Option<usize>) -> sembase_embed::Result<()> {
         match (dimensions, vectors.iter().find(|v| Some(v.len()) != dimensions)) {
             (Some(d), Some(v)) => Err(self.failure(format!("asked for {d} dimensions, got {}", v.len()))),
             _ => Ok(()),
@@ -296,7 +296,7 @@ impl Embedder for RemoteEmbedder {
     }
 
     /// Token counts are not known per input (the API reports a total): they are 0.
-    fn embed(&self, texts: &[&str], options: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+    fn embed(&self, texts: &[&str], options: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
         let prefix = options.prefix.as_deref().unwrap_or("");
         let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
         let vectors = self.embed_texts(&inputs, options.dimensions).map_err(|m| self.failure(m))?;
@@ -304,7 +304,7 @@ impl Embedder for RemoteEmbedder {
         Ok(Embeddings { token_counts: vec![0; vectors.len()], vectors })
     }
 
-    fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+    fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
         let mut vectors = Vec::with_capacity(inputs.len());
         for batch in inputs.chunks(self.options.batch_size.max(1)) {
             vectors.extend(self.request(&Input::Tokens(batch), batch.len(), options.dimensions).map_err(|m| self.failure(m))?);
@@ -313,8 +313,8 @@ impl Embedder for RemoteEmbedder {
         Ok(Embeddings { token_counts: inputs.iter().map(Vec::len).collect(), vectors })
     }
 
-    fn tokenize(&self, _text: &str) -> sembase_core::Result<Vec<u32>> {
-        Err(sembase_core::Error::Unsupported(format!("{}: a remote endpoint does not expose its tokenizer", self.name)))
+    fn tokenize(&self, _text: &str) -> sembase_embed::Result<Vec<u32>> {
+        Err(sembase_embed::Error::Unsupported(format!("{}: a remote endpoint does not expose its tokenizer", self.name)))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::atomic::write_atomic;
+use sembase_embed::durable;
 use crate::error::Result;
 use crate::metrics::RECALL_AT;
 use crate::results::{format_value, short_task, EvalResult, EvalResults, Row};
@@ -44,7 +44,7 @@ dl dt{font-weight:600;margin-top:.5em}dl dd{margin-left:1.2em;color:#333}
 /// Writes the report for `results` (with `notes` about the data) to `path`, atomically.
 pub fn write_report(path: &Path, results: &EvalResults, notes: &[String]) -> Result<()> {
     let html = render(results, notes);
-    write_atomic(path, |w| w.write_all(html.as_bytes()))
+    Ok(durable::write_bytes(path, html.as_bytes())?)
 }
 
 /// A row label: the short task, with the width when it is a truncated one.

@@ -13,7 +13,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::atomic::write_atomic;
+use sembase_embed::durable;
 use crate::error::{EvalError, Result};
 use crate::tasks::TaskKind;
 
@@ -106,11 +106,7 @@ impl EvalResults {
 
     /// Writes the document atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).expect("results serialise");
-        write_atomic(path, |w| {
-            w.write_all(text.as_bytes())?;
-            w.write_all(b"\n")
-        })
+        Ok(durable::write_json(path, self)?)
     }
 
     /// Models in first-seen order.

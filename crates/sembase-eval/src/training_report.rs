@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::atomic::write_atomic;
+use sembase_embed::durable;
 use crate::report::{utc_now, STYLE};
 use crate::svg::{escape, line_chart, Line};
 use crate::Result;
@@ -25,7 +25,7 @@ pub struct TrainingRun<'a> {
 /// Writes the page for `run` to `path`, atomically.
 pub fn write_training_report(path: &Path, run: &TrainingRun) -> Result<()> {
     let html = render_training(run);
-    write_atomic(path, |w| w.write_all(html.as_bytes()))
+    Ok(durable::write_bytes(path, html.as_bytes())?)
 }
 
 /// The metric names seen in the evaluations, in first-seen order.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use sembase_core::{EmbedOptions, Embedder};
+use sembase_embed::{EmbedOptions, Embedder};
 
 use crate::error::{io, Error, Result};
 
@@ -172,7 +172,7 @@ pub fn embed_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sembase_core::Embeddings;
+    use sembase_embed::Embeddings;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Hashes text into a small vector and counts how many texts it embedded.
@@ -188,15 +188,15 @@ mod tests {
         fn max_tokens(&self) -> usize {
             512
         }
-        fn embed(&self, texts: &[&str], _: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+        fn embed(&self, texts: &[&str], _: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
             self.0.fetch_add(texts.len(), Ordering::SeqCst);
             let vectors = texts.iter().map(|t| vec![t.len() as f32, t.bytes().map(f32::from).sum(), 1.0]).collect();
             Ok(Embeddings { vectors, token_counts: vec![1; texts.len()] })
         }
-        fn embed_tokens(&self, _: &[Vec<u32>], _: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+        fn embed_tokens(&self, _: &[Vec<u32>], _: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
             unimplemented!()
         }
-        fn tokenize(&self, _: &str) -> sembase_core::Result<Vec<u32>> {
+        fn tokenize(&self, _: &str) -> sembase_embed::Result<Vec<u32>> {
             unimplemented!()
         }
     }

@@ -14,10 +14,16 @@ pub enum Error {
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error("embedding failed: {0}")]
-    Embed(#[from] sembase_core::Error),
+    Embed(#[from] sembase_embed::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<sembase_embed::durable::FileError> for Error {
+    fn from(e: sembase_embed::durable::FileError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();

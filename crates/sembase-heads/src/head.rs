@@ -2,13 +2,13 @@
 //! `head.json` (kind, sizes, the base model's identity and embedding settings,
 //! training figures). Written whole or not at all.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use sembase_core::{EmbedOptions, Embedder};
+use sembase_embed::{durable, EmbedOptions, Embedder};
 
 use crate::classifier::{ClassWeight, Classifier, Kind};
 use crate::error::{io, Error, Result};
@@ -193,8 +193,9 @@ impl Head {
     /// then renamed into place. An existing head at `dir` is replaced; any other
     /// non-empty directory is refused.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = dir.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a directory name", dir.display())))?.to_string_lossy();
+        if dir.file_name().is_none() {
+            return Err(Error::Invalid(format!("{}: not a directory name", dir.display())));
+        }
         if dir.exists() {
             let is_head = dir.join(META_FILE).is_file();
             let is_empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();
@@ -202,25 +203,7 @@ impl Head {
                 return Err(Error::Invalid(format!("{} exists and is not a head directory; refusing to replace it", dir.display())));
             }
         }
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let temp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&temp);
-        let guard = TempDir(temp.clone());
-        std::fs::create_dir(&temp).map_err(io(&temp))?;
-        self.write_files(&temp)?;
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-            if let Err(e) = std::fs::rename(&temp, dir) {
-                let _ = std::fs::rename(&old, dir);
-                return Err(io(dir)(e));
-            }
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&temp, dir).map_err(io(dir))?;
-        }
-        std::mem::forget(guard);
-        Ok(())
+        durable::replace_dir(dir, |temp| self.write_files(temp))
     }
 
     fn write_files(&self, dir: &Path) -> Result<()> {
@@ -236,9 +219,9 @@ impl Head {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Format { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
         let weights = safetensors::serialize(views, None).map_err(|e| Error::Format { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
-        write_synced(&dir.join(WEIGHTS_FILE), &weights)?;
-        write_synced(&dir.join(LABELS_FILE), &serde_json::to_vec_pretty(&self.labels).expect("labels serialise"))?;
-        write_synced(&dir.join(META_FILE), &serde_json::to_vec_pretty(&self.meta).expect("meta serialises"))?;
+        durable::write_bytes(&dir.join(WEIGHTS_FILE), &weights)?;
+        durable::write_json(&dir.join(LABELS_FILE), &self.labels)?;
+        durable::write_json(&dir.join(META_FILE), &self.meta)?;
         Ok(())
     }
 
@@ -273,22 +256,6 @@ impl Head {
         let classifier = Classifier { kind: meta.kind, dim, classes: meta.classes, tensors };
         classifier.validate().map_err(|m| format_err(WEIGHTS_FILE, m))?;
         Ok(Head { meta, labels, classifier })
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
-}
-
-/// Removes a temporary directory unless forgotten.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::Path;
 use safetensors::{Dtype, View};
 use serde_json::{json, Value};
 
+use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 
@@ -466,8 +467,8 @@ pub(crate) fn convert(
         "initializer_range": 0.02,
         "torch_dtype": "float32"
     });
-    fsutil::write_json(&out.join("config.json"), &config)?;
-    fsutil::write_atomic(&out.join("tokenizer.json"), &tokenizer)?;
+    durable::write_json(&out.join("config.json"), &config)?;
+    durable::write_bytes(&out.join("tokenizer.json"), &tokenizer)?;
     let special = |id: i32| model.pieces.get(id as usize).cloned().unwrap_or_default();
     let tokenizer_config = json!({
         "tokenizer_class": "XLMRobertaTokenizer",
@@ -480,13 +481,13 @@ pub(crate) fn convert(
         "unk_token": "<unk>",
         "mask_token": "<mask>"
     });
-    fsutil::write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
+    durable::write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
     let modules = json!([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
     ]);
-    fsutil::write_json(&out.join("modules.json"), &modules)?;
+    durable::write_json(&out.join("modules.json"), &modules)?;
     fsutil::create_dir_all(&out.join("1_Pooling"))?;
     let pooling = json!({
         "word_embedding_dimension": d.hidden,
@@ -495,12 +496,12 @@ pub(crate) fn convert(
         "pooling_mode_max_tokens": false,
         "pooling_mode_mean_sqrt_len_tokens": false
     });
-    fsutil::write_json(&out.join("1_Pooling/config.json"), &pooling)?;
-    fsutil::write_json(
+    durable::write_json(&out.join("1_Pooling/config.json"), &pooling)?;
+    durable::write_json(
         &out.join("sentence_bert_config.json"),
         &json!({"max_seq_length": max_seq_length, "do_lower_case": false}),
     )?;
-    fsutil::write_json(
+    durable::write_json(
         &out.join("config_sentence_transformers.json"),
         &json!({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}),
     )?;

@@ -138,6 +138,12 @@ pub enum HubError {
     },
 }
 
+impl From<sembase_embed::durable::FileError> for HubError {
+    fn from(e: sembase_embed::durable::FileError) -> Self {
+        HubError::io("write", e.path, e.source)
+    }
+}
+
 impl HubError {
     /// Builds an [`HubError::Io`].
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, err: io::Error) -> HubError {

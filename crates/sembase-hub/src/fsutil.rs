@@ -1,10 +1,13 @@
-//! File-system helpers: atomic writes, tree copies, sizes, unique names, timestamps.
+//! File-system helpers: tree copies, sizes, unique names, timestamps (atomic writes
+//! are `sembase_embed::durable`'s).
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use sembase_embed::durable;
 
 use crate::error::{HubError, Result};
 
@@ -18,15 +21,6 @@ pub(crate) fn unique_name(stem: &str) -> String {
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{stem}.{}.{nanos}.{n}", std::process::id())
-}
-
-/// A sibling path of `path` to write to before renaming onto `path`.
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(unique_name(&format!(".{name}.tmp")))
 }
 
 /// `name` with every character a store name cannot hold (anything but ASCII
@@ -62,45 +56,6 @@ pub(crate) fn remove_quietly(path: &Path) {
     }
 }
 
-/// Renames `from` onto `to`.
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| HubError::io("rename into place", to, e))
-}
-
-/// Writes `path` atomically from whatever `fill` writes: a temporary sibling is
-/// filled, flushed to disk and renamed onto `path`; on failure nothing is left.
-pub(crate) fn write_atomic_with(
-    path: &Path,
-    fill: impl FnOnce(&mut io::BufWriter<&fs::File>) -> io::Result<()>,
-) -> Result<()> {
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let file = fs::File::create(&tmp)?;
-        let mut w = io::BufWriter::with_capacity(1 << 20, &file);
-        fill(&mut w)?;
-        w.flush()?;
-        drop(w);
-        file.sync_all()
-    })();
-    if let Err(e) = result {
-        remove_quietly(&tmp);
-        return Err(HubError::io("write", path, e));
-    }
-    rename(&tmp, path).inspect_err(|_| remove_quietly(&tmp))
-}
-
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |w| w.write_all(bytes))
-}
-
-/// Writes `value` as pretty JSON (with a final newline) to `path` atomically.
-pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| HubError::invalid("JSON", e))?;
-    text.push('\n');
-    write_atomic(path, text.as_bytes())
-}
-
 /// Reads `path` as JSON.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = fs::read(path).map_err(|e| HubError::io("read", path, e))?;
@@ -110,7 +65,7 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Copies one file atomically, following symlinks at the source.
 pub(crate) fn copy_file(from: &Path, to: &Path) -> Result<()> {
     let mut src = fs::File::open(from).map_err(|e| HubError::io("open", from, e))?;
-    write_atomic_with(to, |w| io::copy(&mut src, w).map(|_| ()))
+    Ok(durable::write_with(to, |w| io::copy(&mut src, w).map(|_| ()))?)
 }
 
 /// Every regular file below `dir` (symlinks followed), as paths relative to `dir`

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 
@@ -341,9 +342,9 @@ pub(crate) fn write_companions(gguf: &Path, dir: &Path) -> Result<()> {
     let what = gguf.display().to_string();
     let header = read_header(gguf)?;
     let cfg = config(&header, &what)?;
-    fsutil::write_json(&dir.join("config.json"), &cfg)?;
-    fsutil::write_json(&dir.join("tokenizer.json"), &tokenizer(&header, &what)?)?;
-    fsutil::write_json(
+    durable::write_json(&dir.join("config.json"), &cfg)?;
+    durable::write_json(&dir.join("tokenizer.json"), &tokenizer(&header, &what)?)?;
+    durable::write_json(
         &dir.join("modules.json"),
         &json!([
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -352,7 +353,7 @@ pub(crate) fn write_companions(gguf: &Path, dir: &Path) -> Result<()> {
         ]),
     )?;
     fsutil::create_dir_all(&dir.join("1_Pooling"))?;
-    fsutil::write_json(
+    durable::write_json(
         &dir.join("1_Pooling/config.json"),
         &json!({"word_embedding_dimension": cfg["hidden_size"], "pooling_mode_cls_token": false,
                 "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": false,

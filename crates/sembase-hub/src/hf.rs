@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 use crate::http::{encode_path, encode_segment, Expect, Http};
@@ -319,7 +320,7 @@ pub(crate) fn download_repo(
             if let Some(parent) = dest.parent() {
                 fsutil::create_dir_all(parent)?;
             }
-            fsutil::rename(&keep.join(file), &dest)?;
+            durable::rename(&keep.join(file), &dest)?;
         }
         Ok(())
     })();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use ureq::tls::{RootCerts, TlsConfig};
 
+use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 use crate::ProgressEvent;
@@ -183,7 +184,7 @@ impl Http {
             }
             match self.attempt(url, &part, &label, expect, progress) {
                 Ok(()) => {
-                    fsutil::rename(&part, dest)?;
+                    durable::rename(&part, dest)?;
                     return Ok(());
                 }
                 Err(Attempt::Retry(e)) => last_err = Some(e),

@@ -48,6 +48,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use sembase_embed::durable;
 use serde_json::Value;
 
 pub use error::HubError;
@@ -439,7 +440,7 @@ impl Store {
                 obj.insert("name".into(), name.into());
                 obj.insert("installed_at".into(), fsutil::now_rfc3339().into());
             }
-            fsutil::write_json(&staging.join(SOURCE_FILE), &source)?;
+            durable::write_json(&staging.join(SOURCE_FILE), &source)?;
             let models = self.models_dir();
             fsutil::create_dir_all(&models)?;
             let dest = models.join(name);

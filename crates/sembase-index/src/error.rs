@@ -33,11 +33,17 @@ pub enum IndexError {
     Database(String),
     /// The model failed while embedding.
     #[error(transparent)]
-    Embed(#[from] sembase_core::Error),
+    Embed(#[from] sembase_embed::Error),
 }
 
 /// Result with [`IndexError`].
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+impl From<sembase_embed::durable::FileError> for IndexError {
+    fn from(e: sembase_embed::durable::FileError) -> Self {
+        IndexError::Io { path: e.path, source: e.source }
+    }
+}
 
 impl IndexError {
     /// An I/O error on `path`.

@@ -247,7 +247,7 @@ pub fn id_ranks<S: AsRef<str>>(ids: &[S]) -> Vec<u32> {
 /// A unit-length copy of `v` (a zero vector stays zero).
 fn normalized(v: &[f32]) -> Vec<f32> {
     let mut v = v.to_vec();
-    sembase_core::vectors::normalize(&mut v);
+    sembase_embed::vectors::normalize(&mut v);
     v
 }
 

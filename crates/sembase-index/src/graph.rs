@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{IndexError, Result};
-use crate::fsutil::{rename_durable, sync_file, temp_path};
+use sembase_embed::durable;
 use crate::vectors::Precision;
 
 /// HNSW settings, recorded in `index.json`.
@@ -124,10 +124,10 @@ impl Graph {
 
     /// Saves the graph durably (temp file, fsync, rename, directory fsync).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = temp_path(path);
+        let tmp = durable::temp_path(path);
         self.index.save(&path_str(&tmp)?).map_err(|e| ann_error(&format!("saving {}", tmp.display()), e))?;
-        sync_file(&tmp)?;
-        rename_durable(&tmp, path)
+        durable::sync_file(&tmp)?;
+        Ok(durable::rename(&tmp, path)?)
     }
 
     /// The `k` nearest keys that `keep` accepts, with their inner products, best first.

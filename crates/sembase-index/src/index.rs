@@ -3,18 +3,17 @@
 //! own files, and the embedding of documents and queries with the recorded
 //! settings.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use sembase_core::{EmbedOptions, Embedder};
+use sembase_embed::{EmbedOptions, Embedder};
 
 use crate::ann::AnnStore;
 use crate::corpus::CorpusDoc;
 use crate::error::{IndexError, Result};
 use crate::flat::FlatStore;
-use crate::fsutil::{rename_durable, write_durable};
+use sembase_embed::durable;
 use crate::graph::AnnParams;
 use crate::postgres::PostgresStore;
 use crate::segments::{Access, Segments};
@@ -101,7 +100,7 @@ impl Index {
         }
         let file = IndexFile { format: FORMAT, settings, store: spec };
         let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
-        write_durable(&dir.join(INDEX_FILE), |w| w.write_all(&json))?;
+        durable::write_bytes(&dir.join(INDEX_FILE), &json)?;
         Index::open(dir, Access::Write)
     }
 
@@ -207,7 +206,7 @@ pub(crate) fn embed(embedder: &dyn Embedder, settings: &IndexSettings, texts: &[
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut vectors = embedder.embed(&refs, &options)?.vectors;
     for v in &mut vectors {
-        sembase_core::vectors::normalize(v);
+        sembase_embed::vectors::normalize(v);
     }
     Ok(vectors)
 }
@@ -218,5 +217,5 @@ pub fn publish(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
         std::fs::remove_dir(to).map_err(|_| IndexError::Invalid(format!("{} already exists and is not empty", to.display())))?;
     }
-    rename_durable(from, to)
+    Ok(durable::rename(from, to)?)
 }

@@ -20,7 +20,6 @@ pub mod corpus;
 pub mod error;
 pub mod exact;
 pub mod flat;
-mod fsutil;
 pub mod graph;
 pub mod identity;
 pub mod index;

@@ -2,13 +2,12 @@
 //! file-backed index. It is replaced as a whole (temp file, fsync, rename), so
 //! the index is always at exactly one committed generation.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
-use crate::fsutil::write_durable;
+use sembase_embed::durable;
 
 /// The manifest's name inside an index directory.
 pub const MANIFEST_FILE: &str = "MANIFEST.json";
@@ -46,7 +45,7 @@ impl Manifest {
     /// Makes this the committed state of `dir`.
     pub fn commit(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
-        write_durable(&dir.join(MANIFEST_FILE), |w| w.write_all(&json))
+        Ok(durable::write_bytes(&dir.join(MANIFEST_FILE), &json)?)
     }
 
     /// Every file the manifest refers to.

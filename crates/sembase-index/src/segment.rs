@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{IndexError, Result};
-use crate::fsutil::write_durable;
+use sembase_embed::durable;
 use crate::store::Metadata;
 use crate::vectors::{Precision, Rows};
 
@@ -135,7 +135,7 @@ pub fn write_segment(path: &Path, precision: Precision, dim: usize, rows: &[RowI
         return Err(IndexError::Invalid(format!("document {:?}: {} vector bytes, expected {row_bytes}", bad.id, bad.values.len())));
     }
     let layout = Layout::plan(precision, dim, rows, deletes);
-    write_durable(path, |w| {
+    Ok(durable::write_with(path, |w| {
         let mut at = 0u64;
         let pad_to = |w: &mut dyn Write, at: &mut u64, to: u64| -> std::io::Result<()> {
             w.write_all(&vec![0u8; (to - *at) as usize])?;
@@ -182,7 +182,7 @@ pub fn write_segment(path: &Path, precision: Precision, dim: usize, rows: &[RowI
             w.write_all(d.as_bytes())?;
         }
         Ok(())
-    })
+    })?)
 }
 
 /// A segment file opened for reading.

@@ -3,21 +3,22 @@
 
 use std::path::Path;
 
+use sembase_embed::durable;
+
 use crate::error::{Result, TrainError};
-use crate::fsutil::{write_dir_atomically, write_json};
 use crate::optim::AdamW;
 use crate::trainable::TrainableModel;
 use crate::trainer::TrainState;
 
 /// Writes a checkpoint directory at `dir` (replacing an older one).
 pub fn save(dir: &Path, model: &TrainableModel, optimizer: &AdamW, state: &TrainState) -> Result<()> {
-    write_dir_atomically(dir, |tmp| {
+    durable::replace_dir(dir, |tmp| {
         model.encoder_vars().save(tmp.join("encoder.safetensors"))?;
         for (i, dense) in model.dense_modules().iter().enumerate() {
             dense.vars.save(tmp.join(format!("dense{i}.safetensors")))?;
         }
         optimizer.save(&tmp.join("optimizer.safetensors"))?;
-        write_json(&tmp.join("state.json"), &serde_json::to_value(state).expect("state serialises"))
+        Ok(durable::write_json(&tmp.join("state.json"), state)?)
     })
 }
 

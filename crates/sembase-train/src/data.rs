@@ -23,6 +23,12 @@ pub enum Objective {
 }
 
 impl Objective {
+    /// The token limit a run uses unless told otherwise: 32 for SimCSE (its paper's
+    /// setting; short inputs make its many steps cheap), else `None` for the model's own.
+    pub fn default_max_length(self) -> Option<usize> {
+        (self == Self::SimCse).then_some(32)
+    }
+
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {

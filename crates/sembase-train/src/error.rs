@@ -31,6 +31,12 @@ pub enum TrainError {
     MissingWeight { path: PathBuf, name: String },
 }
 
+impl From<sembase_embed::durable::FileError> for TrainError {
+    fn from(e: sembase_embed::durable::FileError) -> Self {
+        Self::Io { path: e.path, source: e.source }
+    }
+}
+
 impl TrainError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

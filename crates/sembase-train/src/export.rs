@@ -5,8 +5,8 @@ use std::path::Path;
 
 use sembase_core::pooling::PoolingMode;
 
-use crate::error::Result;
-use crate::fsutil::{copy_if_present, write_dir_atomically, write_json};
+use crate::error::{Result, TrainError};
+use sembase_embed::durable::{self, write_json};
 use crate::trainable::TrainableModel;
 use crate::trainer::TrainState;
 
@@ -61,10 +61,19 @@ impl ModelCard {
     }
 }
 
+/// Copies `name` from `from` to `to` when it exists.
+fn copy_if_present(from: &Path, to: &Path, name: &str) -> Result<()> {
+    let source = from.join(name);
+    if source.exists() {
+        std::fs::copy(&source, to.join(name)).map_err(|e| TrainError::io(&source, e))?;
+    }
+    Ok(())
+}
+
 /// Writes the model to `out` atomically (a previous export there is replaced).
 pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Result<()> {
     let source = &model.source.path;
-    write_dir_atomically(out, |dir| {
+    durable::replace_dir(out, |dir| {
         for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "sentencepiece.bpe.model"] {
             copy_if_present(source, dir, name)?;
         }
@@ -73,11 +82,12 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
             module(0, "", "sentence_transformers.models.Transformer"),
             module(1, "1_Pooling", "sentence_transformers.models.Pooling"),
         ];
+        std::fs::create_dir(dir.join("1_Pooling")).map_err(|e| TrainError::io(dir.join("1_Pooling"), e))?;
         write_json(&dir.join("1_Pooling/config.json"), &pooling_config(model))?;
         for (i, dense) in model.dense_modules().iter().enumerate() {
             let path = format!("{}_Dense", i + 2);
-            std::fs::create_dir_all(dir.join(&path)).map_err(|e| crate::error::TrainError::io(dir.join(&path), e))?;
-            write_json(&dir.join(&path).join("config.json"), &serde_json::to_value(&dense.config).expect("config serialises"))?;
+            std::fs::create_dir(dir.join(&path)).map_err(|e| TrainError::io(dir.join(&path), e))?;
+            write_json(&dir.join(&path).join("config.json"), &dense.config)?;
             dense.vars.save(dir.join(&path).join("model.safetensors"))?;
             modules.push(module(i + 2, &path, "sentence_transformers.models.Dense"));
         }
@@ -85,7 +95,7 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
             let idx = modules.len();
             modules.push(module(idx, &format!("{idx}_Normalize"), "sentence_transformers.models.Normalize"));
         }
-        write_json(&dir.join("modules.json"), &serde_json::Value::Array(modules))?;
+        write_json(&dir.join("modules.json"), &modules)?;
         let max_seq_length = model.source.max_seq_length.unwrap_or(512);
         write_json(&dir.join("sentence_bert_config.json"), &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}))?;
         write_json(
@@ -97,7 +107,7 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
                 "sembase": {"matryoshka_dims": card.dims},
             }),
         )?;
-        std::fs::write(dir.join("README.md"), card.markdown()).map_err(|e| crate::error::TrainError::io(dir.join("README.md"), e))
+        Ok(durable::write_bytes(&dir.join("README.md"), card.markdown().as_bytes())?)
     })
 }
 

@@ -8,7 +8,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod export;
-mod fsutil;
 pub mod losses;
 pub mod optim;
 pub mod trainable;

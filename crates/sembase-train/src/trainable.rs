@@ -8,35 +8,29 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use sembase_core::dense::{Dense, DenseConfig};
 use sembase_core::model_dir::{HeadModule, ModelDir};
-use sembase_core::models::{load_encoder, CpuInference, TextEncoder};
+use sembase_core::models::{encoder_prefix, load_encoder, CpuInference};
 use sembase_core::pooling::Pooling;
-use sembase_core::tokenize::TextTokenizer;
-use sembase_core::local::PostModule;
-use sembase_core::{LoadOptions, LocalEmbedder, Truncation};
+use sembase_core::{LoadOptions, LocalEmbedder, Mode, PackedBatch, PostModule, SentencePipeline};
 
 use crate::error::{Result, TrainError};
-
-/// Where checkpoints keep the prefix-free encoder names (`embeddings.…`).
-const ENCODER_PREFIXES: [&str; 6] = ["", "bert.", "roberta.", "xlm_roberta.", "mpnet.", "model."];
 
 /// A Dense module whose weights are variables.
 pub struct TrainableDense {
     pub config: DenseConfig,
     pub vars: VarMap,
-    pub module: Dense,
+    module: Dense,
 }
 
-/// The model being trained.
+/// The model being trained: core's sentence pipeline over variables.
 pub struct TrainableModel {
     /// The directory it was loaded from (config, tokenizer, prompts).
     pub source: ModelDir,
     encoder_vars: VarMap,
-    encoder: Box<dyn TextEncoder>,
-    pooling: Pooling,
+    /// Tokenizer, encoder, pooling and the Dense modules; the final Normalize, if any, is
+    /// left to the losses (they compare directions) and to the exported model.
+    pipeline: SentencePipeline,
     dense: Vec<TrainableDense>,
     normalize: bool,
-    tokenizer: TextTokenizer,
-    pad_id: u32,
 }
 
 impl TrainableModel {
@@ -46,19 +40,14 @@ impl TrainableModel {
         let source = ModelDir::open(dir)?;
         let encoder_vars = VarMap::new();
         let encoder = load_encoder(VarBuilder::from_varmap(&encoder_vars, DType::F32, &Device::Cpu), &source.config, &CpuInference::default())?;
-        fill_vars(&encoder_vars, &source.weight_files, &ENCODER_PREFIXES)?;
+        fill_vars(&encoder_vars, &source.weight_files)?;
         let limit = encoder.max_tokens().min(source.max_seq_length.unwrap_or(usize::MAX));
         if max_length == 0 || max_length > limit {
             return Err(TrainError::Config(format!("--max-length {max_length} is outside 1..={limit}")));
         }
-        let tokenizer = TextTokenizer::load(&source.tokenizer_file, max_length)?;
-        let mut head = source.head.iter();
-        let Some(HeadModule::Pooling(pooling)) = head.next() else {
-            return Err(TrainError::Config("the first module after the transformer must be Pooling".into()));
-        };
-        let mut width = pooling.output_dim(encoder.hidden_size());
+        let mut width = source.pooling.output_dim(encoder.hidden_size());
         let (mut dense, mut normalize) = (Vec::new(), false);
-        for module in head {
+        for module in &source.head {
             match module {
                 HeadModule::Dense(path) => {
                     let d = load_dense(path)?;
@@ -66,27 +55,20 @@ impl TrainableModel {
                     dense.push(d);
                 }
                 HeadModule::Normalize => normalize = true,
-                HeadModule::Pooling(_) => return Err(TrainError::Config("a second Pooling module".into())),
             }
         }
         if let Some(out) = project {
             dense.push(new_projection(width, out)?);
         }
-        Ok(Self {
-            pad_id: source.config.pad_token_id.unwrap_or(0),
-            pooling: pooling.clone(),
-            source,
-            encoder_vars,
-            encoder,
-            dense,
-            normalize,
-            tokenizer,
-        })
+        let modules = dense.iter().map(|d| PostModule::Dense(d.module.clone())).collect();
+        let pad_id = source.config.pad_token_id.unwrap_or(0);
+        let pipeline = SentencePipeline::new(&source.tokenizer_file, max_length, encoder, source.pooling.clone(), modules, pad_id, Device::Cpu)?;
+        Ok(Self { source, encoder_vars, pipeline, dense, normalize })
     }
 
     /// Width of the embeddings.
     pub fn dimension(&self) -> usize {
-        self.dense.last().map(|d| d.config.out_features).unwrap_or_else(|| self.pooling.output_dim(self.encoder.hidden_size()))
+        self.pipeline.dimension()
     }
 
     /// The encoder's variables, named as in `model.safetensors`.
@@ -101,12 +83,12 @@ impl TrainableModel {
 
     /// The pooling applied to the token states.
     pub fn pooling(&self) -> &Pooling {
-        &self.pooling
+        self.pipeline.pooling()
     }
 
     /// Width of the encoder's token states.
     pub fn hidden_size(&self) -> usize {
-        self.encoder.hidden_size()
+        self.pipeline.encoder().hidden_size()
     }
 
     /// Whether the model ends with a Normalize module.
@@ -128,32 +110,15 @@ impl TrainableModel {
         out
     }
 
-    /// Sentence vectors `(batch, dimension)` (not normalised) for right-padded ids.
-    pub fn forward_ids(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let states = self.encoder.forward(ids, mask, train)?;
-        let mut pooled = self.pooling.forward(&states, mask)?;
-        for d in &self.dense {
-            pooled = d.module.forward(&pooled)?;
-        }
-        Ok(pooled)
+    /// Sentence vectors `(batch, dimension)` (not normalised) of a packed batch.
+    pub fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
+        Ok(self.pipeline.forward(batch, mode)?)
     }
 
-    /// Tokenizes `texts` (cut at the training length) into padded ids and a mask.
-    pub fn batch(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
-        let sequences = self.tokenizer.encode_batch(texts, Truncation::Truncate)?;
-        let width = sequences.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let (mut ids, mut mask) = (Vec::with_capacity(texts.len() * width), Vec::with_capacity(texts.len() * width));
-        for seq in &sequences {
-            ids.extend(seq.iter().copied().chain(std::iter::repeat_n(self.pad_id, width - seq.len())));
-            mask.extend(std::iter::repeat_n(1u32, seq.len()).chain(std::iter::repeat_n(0, width - seq.len())));
-        }
-        Ok((Tensor::from_vec(ids, (texts.len(), width), &Device::Cpu)?, Tensor::from_vec(mask, (texts.len(), width), &Device::Cpu)?))
-    }
-
-    /// Sentence vectors of `texts` in training mode (dropout on), with gradients.
-    pub fn embed_train(&self, texts: &[&str]) -> Result<Tensor> {
-        let (ids, mask) = self.batch(texts)?;
-        self.forward_ids(&ids, &mask, true)
+    /// Sentence vectors of `texts`, cut at the training length, with gradients; dropout
+    /// is on in [`Mode::Training`].
+    pub fn embed(&self, texts: &[&str], mode: &Mode) -> Result<Tensor> {
+        Ok(self.pipeline.embed_texts(texts, mode)?)
     }
 
     /// An inference copy of the current weights (the fast CPU kernels, no gradients).
@@ -170,21 +135,15 @@ impl TrainableModel {
         if self.normalize {
             modules.push(PostModule::Normalize);
         }
-        Ok(LocalEmbedder::assemble(self.source.clone(), encoder, self.pooling.clone(), modules, name.to_string(), LoadOptions::default())?)
+        Ok(LocalEmbedder::assemble(self.source.clone(), encoder, modules, name.to_string(), LoadOptions::default())?)
     }
 }
 
 /// Loads a Dense module directory into fresh variables.
 fn load_dense(dir: &Path) -> Result<TrainableDense> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
-    let config: DenseConfig = serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", config_path.display())))?;
+    let (config, weights) = DenseConfig::from_dir(dir)?;
     let vars = VarMap::new();
     let module = Dense::load(VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu).pp("linear"), &config)?;
-    let weights = dir.join("model.safetensors");
-    if !weights.exists() {
-        return Err(TrainError::Config(format!("{}: Dense weights must be in model.safetensors", dir.display())));
-    }
     // SAFETY: a read-only memory map of a file not modified while training starts.
     let st = unsafe { MmapedSafetensors::multi(std::slice::from_ref(&weights))? };
     fill_from(&vars, &st, &[weights], "")?;
@@ -206,13 +165,12 @@ fn new_projection(in_features: usize, out_features: usize) -> Result<TrainableDe
     Ok(TrainableDense { config, vars, module })
 }
 
-/// Sets every variable of `vars` from the weight files, finding the prefix
-/// (among `prefixes`) under which the checkpoint stores them.
-fn fill_vars(vars: &VarMap, files: &[PathBuf], prefixes: &[&str]) -> Result<()> {
+/// Sets every variable of `vars` from the weight files, under the prefix where the
+/// checkpoint keeps its encoder.
+fn fill_vars(vars: &VarMap, files: &[PathBuf]) -> Result<()> {
     // SAFETY: read-only memory maps of files that are not modified while training starts.
     let st = unsafe { MmapedSafetensors::multi(files)? };
-    let probe = "embeddings.word_embeddings.weight";
-    let prefix = prefixes.iter().find(|p| st.get(&format!("{p}{probe}")).is_ok()).copied().unwrap_or("");
+    let prefix = encoder_prefix(|name| st.get(name).is_ok());
     fill_from(vars, &st, files, prefix)
 }
 

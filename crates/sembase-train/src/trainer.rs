@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use sembase_core::models::layers::seed_dropout;
+use sembase_core::Mode;
 use sembase_eval::encode::{EvalModel, Encoder, Silent};
 use sembase_eval::evaluate::{evaluate, Settings};
 use sembase_eval::results::Metrics;
@@ -46,6 +46,32 @@ pub struct TrainConfig {
     pub eval_steps: usize,
     /// Steps between checkpoints (0: only on interruption).
     pub checkpoint_steps: usize,
+}
+
+impl TrainConfig {
+    /// The settings a caller gets without choosing: the SimCSE paper's for `simcse`
+    /// (learning rate 3e-5), sentence-transformers' for the supervised objectives (2e-5);
+    /// batches of 64, one epoch, 10% warm-up, gradients clipped at norm 1, temperature
+    /// 0.05 (logit scale 20), seed 42.
+    pub fn for_objective(objective: Objective) -> Self {
+        Self {
+            objective,
+            batch_size: 64,
+            mini_batch: None,
+            lr: if objective == Objective::SimCse { 3e-5 } else { 2e-5 },
+            epochs: 1,
+            max_steps: None,
+            warmup_ratio: 0.1,
+            max_grad_norm: 1.0,
+            seed: 42,
+            scale: 20.0,
+            symmetric: false,
+            dims: Vec::new(),
+            eval: None,
+            eval_steps: 0,
+            checkpoint_steps: 0,
+        }
+    }
 }
 
 /// What a run has done so far; saved in checkpoints and returned at the end.
@@ -215,8 +241,7 @@ impl<'a> Trainer<'a> {
     /// Vectors of one column chunk, with dropout masks fixed by (seed, step, column, chunk).
     fn embed(&self, texts: &[&str], column: usize, chunk: usize) -> Result<Tensor> {
         let mix = (self.config.seed << 20) ^ ((self.state.step as u64) << 8) ^ ((column as u64) << 4) ^ chunk as u64;
-        seed_dropout(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        self.model.embed_train(texts)
+        self.model.embed(texts, &Mode::training(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
     /// GradCache: vectors without a graph first, the loss's gradient with respect

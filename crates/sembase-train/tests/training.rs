@@ -36,24 +36,9 @@ the sun was green\tthe tree is slow\t0\n\
 a dog was fast\tthe fast dog ran\t1\n\
 the bird is small\ta small bird\t1\n";
 
+/// The objective's defaults, with small batches and a high rate for the tiny model.
 fn config(objective: Objective) -> TrainConfig {
-    TrainConfig {
-        objective,
-        batch_size: 4,
-        mini_batch: None,
-        lr: 1e-3,
-        epochs: 3,
-        max_steps: None,
-        warmup_ratio: 0.1,
-        max_grad_norm: 1.0,
-        seed: 42,
-        scale: 20.0,
-        symmetric: false,
-        dims: Vec::new(),
-        eval: None,
-        eval_steps: 0,
-        checkpoint_steps: 0,
-    }
+    TrainConfig { batch_size: 4, lr: 1e-3, epochs: 3, ..TrainConfig::for_objective(objective) }
 }
 
 fn pairs_file(tmp: &Path) -> PathBuf {

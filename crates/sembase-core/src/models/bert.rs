@@ -6,10 +6,12 @@ use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
-use super::layers::{Dropout, Embedding, LayerNorm};
-use super::mapped_weights::MappedWeights;
 use super::{CpuInference, TextEncoder};
 use crate::error::Result;
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
+use crate::layers::{Dropout, Embedding, LayerNorm};
+use crate::weights::MappedWeights;
 
 /// BERT's weight names inside `encoder.layer.N`.
 pub const BERT_LAYER_NAMES: LayerWeightNames = LayerWeightNames {
@@ -98,14 +100,14 @@ impl TokenEmbeddings {
     }
 
     /// `(batch, seq)` ids -> `(batch, seq, hidden)`.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: &Mode) -> Result<Tensor> {
         let positions = self.positions.ids(mask)?;
         // Single texts: segment 0 everywhere (for models that have segments).
         let types = self.segment.as_ref().map(|_| ids.zeros_like()).transpose()?;
         let mut lookups = vec![(&self.word, ids), (&self.position, &positions)];
         lookups.extend(self.segment.as_ref().zip(types.as_ref()));
         let x = Embedding::sum_of_lookups(&lookups)?;
-        self.dropout.forward(&self.norm.forward(&x)?, train)
+        self.dropout.forward(&self.norm.forward(&x)?, mode)
     }
 }
 
@@ -135,9 +137,9 @@ impl BertModel {
 }
 
 impl TextEncoder for BertModel {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.embeddings.forward(ids, mask, train)?;
-        self.encoder.forward(&x, mask, None, train)
+    fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
+        let x = self.embeddings.forward(batch.ids(), batch.mask(), mode)?;
+        self.encoder.forward(&x, batch, None, mode)
     }
 
     fn hidden_size(&self) -> usize {

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::layers::Activation;
 use crate::error::{Error, Result};
 use crate::files::read_json;
+use crate::layers::Activation;
 
 /// The fields of `config.json` that the encoders read.
 #[derive(Debug, Clone, Deserialize)]

@@ -10,21 +10,17 @@
 //! stays in the file either way. Names are the Hugging Face ones; the GGUF source maps
 //! them.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::VarBuilder;
 
 use super::decoder_config::DecoderConfig;
-use super::gguf_linear::GgufMatrix;
-use super::layers::{softmax_last_dim, Activation, Linear};
-use super::mapped_gguf::{GgufTensor, MappedGguf};
-use super::mapped_weights::MappedWeights;
-use super::token_table::TokenTable;
 use super::TextEncoder;
 use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
+use crate::layers::{softmax_last_dim, Activation, DecoderLinear, RmsNorm};
+use crate::weights::token_table::TokenTable;
+use crate::weights::DecoderWeights;
 
 /// How the two halves of a rotary pair are laid out in a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,258 +42,6 @@ pub struct DecoderOptions {
     pub output_bias: bool,
     /// RMSNorm over each head of q and k before RoPE (Qwen3).
     pub qk_norm: bool,
-}
-
-/// A mapped GGUF file and how its matrices are to be used.
-struct GgufTensors {
-    file: MappedGguf,
-    dequantize: bool,
-    device: Device,
-}
-
-#[derive(Clone)]
-enum Source<'a> {
-    /// Tensors from a `VarBuilder`; with `mapped`, half-precision matrices and tables
-    /// are read in place from those files instead.
-    Vars { vb: VarBuilder<'a>, mapped: Option<MappedWeights> },
-    Gguf(Arc<GgufTensors>),
-}
-
-/// Where a decoder's weights come from, positioned at a name prefix.
-#[derive(Clone)]
-pub struct DecoderWeights<'a> {
-    source: Source<'a>,
-    path: String,
-}
-
-/// The GGUF tensor name for a Hugging Face name relative to the model root.
-fn gguf_name(hf: &str) -> Option<String> {
-    let (stem, kind) = hf.rsplit_once('.')?;
-    let mapped = match stem {
-        "embed_tokens" => "token_embd".to_string(),
-        "norm" => "output_norm".to_string(),
-        "lm_head" => "output".to_string(),
-        _ => {
-            let rest = stem.strip_prefix("layers.")?;
-            let (index, inner) = rest.split_once('.')?;
-            let short = match inner {
-                "input_layernorm" => "attn_norm",
-                "post_attention_layernorm" => "ffn_norm",
-                "self_attn.q_proj" => "attn_q",
-                "self_attn.k_proj" => "attn_k",
-                "self_attn.v_proj" => "attn_v",
-                "self_attn.o_proj" => "attn_output",
-                "self_attn.q_norm" => "attn_q_norm",
-                "self_attn.k_norm" => "attn_k_norm",
-                "mlp.gate_proj" => "ffn_gate",
-                "mlp.up_proj" => "ffn_up",
-                "mlp.down_proj" => "ffn_down",
-                _ => return None,
-            };
-            format!("blk.{index}.{short}")
-        }
-    };
-    Some(format!("{mapped}.{kind}"))
-}
-
-impl<'a> DecoderWeights<'a> {
-    /// Weights from a `VarBuilder`. The model body is found with or without the
-    /// `model.` prefix that `*ForCausalLM` checkpoints add.
-    pub fn from_var_builder(vb: VarBuilder<'a>) -> Self {
-        Self::vars_with_body_found(vb, None)
-    }
-
-    /// Weights from mapped safetensors files, kept in `dtype` on `device`; on the CPU,
-    /// half-precision matrices and the word table are read in place (no copy at all).
-    pub fn from_mapped(mapped: MappedWeights, dtype: DType, device: &Device) -> Self {
-        let vb = mapped.var_builder(dtype, device);
-        Self::vars_with_body_found(vb, device.is_cpu().then_some(mapped))
-    }
-
-    /// `vb` (and `mapped`) positioned at the model body, with or without `model.`.
-    fn vars_with_body_found(vb: VarBuilder<'a>, mapped: Option<MappedWeights>) -> Self {
-        let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
-        Self { source: Source::Vars { vb, mapped }, path: body.to_string() }
-    }
-
-    /// Weights from a `VarBuilder` with the model body under `body` (`""` or
-    /// `"model"`); a fresh `VarMap` has no tensors to look for, so training says where.
-    pub fn from_var_builder_at(vb: VarBuilder<'a>, body: &str) -> Self {
-        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string() }
-    }
-
-    /// Maps a GGUF file (matrices kept quantised unless `dequantize`) and reads its
-    /// `general.architecture`.
-    ///
-    /// # Safety
-    /// The file must not change while a model loaded from it is alive.
-    pub unsafe fn from_gguf(path: &Path, device: &Device, dequantize: bool) -> Result<(Self, String)> {
-        // SAFETY: passed on to the caller.
-        let file = unsafe { MappedGguf::open(path) }?;
-        let arch = file.architecture()?;
-        let source = Source::Gguf(Arc::new(GgufTensors { file, dequantize, device: device.clone() }));
-        Ok((Self { source, path: String::new() }, arch))
-    }
-
-    /// Whether the weights came from a GGUF file.
-    pub fn is_gguf(&self) -> bool {
-        matches!(self.source, Source::Gguf(_))
-    }
-
-    /// The weights under `name`.
-    pub fn pp(&self, name: &str) -> Self {
-        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
-        Self { source: self.source.clone(), path }
-    }
-
-    /// The same source at the checkpoint root (where `lm_head` lives).
-    fn root(&self) -> Self {
-        Self { source: self.source.clone(), path: String::new() }
-    }
-
-    fn full(&self, leaf: &str) -> String {
-        self.pp(leaf).path
-    }
-
-    /// The GGUF tensor `leaf`, read in place; a missing tensor is an error.
-    fn gguf_tensor(&self, g: &GgufTensors, leaf: &str) -> Result<GgufTensor> {
-        let name = gguf_name(&self.full(leaf)).ok_or_else(|| self.missing(leaf))?;
-        g.file.tensor(&name)?.ok_or_else(|| self.missing(leaf))
-    }
-
-    fn missing(&self, leaf: &str) -> Error {
-        let name = self.full(leaf);
-        let shown = match &self.source {
-            Source::Gguf(_) => format!("{name} (GGUF {})", gguf_name(&name).unwrap_or_default()),
-            Source::Vars { .. } => name,
-        };
-        Error::Unsupported(format!("weight {shown} is missing"))
-    }
-
-    /// Whether `leaf` (e.g. `weight`) exists under this prefix.
-    pub fn contains(&self, leaf: &str) -> bool {
-        match &self.source {
-            Source::Vars { vb, .. } => vb.contains_tensor(&self.full(leaf)),
-            Source::Gguf(g) => gguf_name(&self.full(leaf)).is_some_and(|name| g.file.contains(&name)),
-        }
-    }
-
-    /// A dense f32 tensor of `shape` named `leaf`; `init` is used when training from scratch.
-    fn dense(&self, leaf: &str, shape: &[usize], init: candle_nn::Init) -> Result<Tensor> {
-        match &self.source {
-            Source::Vars { vb, .. } => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
-            Source::Gguf(g) => {
-                let t = self.gguf_tensor(g, leaf)?.to_qtensor(&g.device)?.dequantize(&g.device)?.to_dtype(DType::F32)?;
-                if t.dims() != shape {
-                    return Err(Error::Unsupported(format!("weight {}: shape {:?}, expected {shape:?}", self.full(leaf), t.dims())));
-                }
-                Ok(t)
-            }
-        }
-    }
-
-    /// A `(rows, dim)` table named `weight` (embeddings); a GGUF table stays in the file.
-    fn table(&self, rows: usize, dim: usize) -> Result<TokenTable> {
-        match &self.source {
-            Source::Gguf(g) => TokenTable::gguf(self.gguf_tensor(g, "weight")?, rows, dim),
-            Source::Vars { mapped, .. } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), rows, dim)) {
-                Some(table) => Ok(TokenTable::Mapped(table)),
-                None => Ok(TokenTable::Dense(self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?)),
-            },
-        }
-    }
-
-    /// A norm's scale vector named `weight`, in f32 whatever the checkpoint's precision.
-    fn scale(&self, dim: usize) -> Result<Tensor> {
-        let scale = self.dense("weight", &[dim], candle_nn::Init::Const(1.0))?;
-        Ok(if scale.dtype() == DType::F32 { scale } else { scale.to_dtype(DType::F32)? })
-    }
-
-    /// A linear map `in_dim -> out_dim` (`weight` `(out, in)`, optional `bias`).
-    fn linear(&self, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<DecoderLinear> {
-        // Read only where needed: `Linear::load` reads its own bias.
-        let bias = || with_bias.then(|| self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0))).transpose();
-        match &self.source {
-            Source::Vars { vb, mapped } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), out_dim, in_dim)) {
-                Some(weight) => Ok(DecoderLinear::Dense(Linear::new_mapped(weight, bias()?))),
-                None => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
-            },
-            Source::Gguf(g) => {
-                let t = self.gguf_tensor(g, "weight")?;
-                if t.dims != [out_dim, in_dim] {
-                    return Err(Error::Unsupported(format!(
-                        "weight {}: shape {:?}, expected {:?}",
-                        self.full("weight"),
-                        t.dims,
-                        [out_dim, in_dim]
-                    )));
-                }
-                let bias = bias()?;
-                if g.dequantize {
-                    let mut tensors = HashMap::from([("weight".to_string(), t.to_qtensor(&g.device)?.dequantize(&g.device)?)]);
-                    if let Some(b) = bias {
-                        tensors.insert("bias".to_string(), b);
-                    }
-                    let vb = VarBuilder::from_tensors(tensors, DType::F32, &g.device);
-                    Ok(DecoderLinear::Dense(Linear::load(vb, in_dim, out_dim, with_bias)?))
-                } else {
-                    Ok(DecoderLinear::Quantized { matrix: GgufMatrix::new(t, &g.device)?, bias })
-                }
-            }
-        }
-    }
-}
-
-/// A linear map with dense weights or a GGUF file's quantised matrix.
-#[derive(Debug, Clone)]
-pub enum DecoderLinear {
-    Dense(Linear),
-    Quantized { matrix: GgufMatrix, bias: Option<Tensor> },
-}
-
-impl DecoderLinear {
-    /// Applies the map over the last dimension, then `activation`.
-    pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
-        let (mut y, bias) = match self {
-            Self::Dense(linear) => return linear.forward_then(x, activation),
-            Self::Quantized { matrix, bias } => (matrix.forward(x)?, bias),
-        };
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
-        }
-        match activation {
-            Some(a) => a.forward(&y),
-            None => Ok(y),
-        }
-    }
-
-    /// Applies the map over the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_then(x, None)
-    }
-}
-
-/// Root-mean-square normalisation over the last dimension with a learned scale.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn load(w: &DecoderWeights, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.scale(dim)?, eps })
-    }
-
-    /// Normalises `x`; composed of differentiable ops when `x` or the scale is tracked.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() || self.weight.track_op() {
-            let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-            Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?)
-        } else {
-            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
-        }
-    }
 }
 
 /// The rotary cos/sin tables of one forward pass, `(seq, head_width / 2)`.
@@ -405,7 +149,7 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_width());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let norm = |name: &str| -> Result<Option<RmsNorm>> {
-            opts.qk_norm.then(|| RmsNorm::load(&w.pp(name), d, cfg.rms_norm_eps)).transpose()
+            opts.qk_norm.then(|| w.pp(name).rms_norm(d, cfg.rms_norm_eps)).transpose()
         };
         Ok(Self {
             q: w.pp("q_proj").linear(h, heads * d, opts.qkv_bias)?,
@@ -463,9 +207,9 @@ impl DecoderLayer {
     fn load(w: &DecoderWeights, cfg: &DecoderConfig, opts: DecoderOptions) -> Result<Self> {
         let (h, ff, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
         Ok(Self {
-            input_norm: RmsNorm::load(&w.pp("input_layernorm"), h, eps)?,
+            input_norm: w.pp("input_layernorm").rms_norm(h, eps)?,
             attention: Attention::load(&w.pp("self_attn"), cfg, opts)?,
-            post_attention_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), h, eps)?,
+            post_attention_norm: w.pp("post_attention_layernorm").rms_norm(h, eps)?,
             gate: w.pp("mlp.gate_proj").linear(h, ff, false)?,
             up: w.pp("mlp.up_proj").linear(h, ff, false)?,
             down: w.pp("mlp.down_proj").linear(ff, h, false)?,
@@ -532,7 +276,7 @@ impl DecoderModel {
         Ok(Self {
             embed,
             layers,
-            norm: RmsNorm::load(&w.pp("norm"), h, cfg.rms_norm_eps)?,
+            norm: w.pp("norm").rms_norm(h, cfg.rms_norm_eps)?,
             lm_head,
             inv_freq: cfg.rope_inv_freq()?,
             layout,
@@ -571,7 +315,8 @@ impl DecoderModel {
 }
 
 impl TextEncoder for DecoderModel {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, _train: bool) -> Result<Tensor> {
+    fn forward(&self, batch: &PackedBatch, _mode: &Mode) -> Result<Tensor> {
+        let (ids, mask) = (batch.ids(), batch.mask());
         // Decoder configs set attention/hidden dropout to 0; nothing to switch.
         self.forward_states(ids, mask)
     }
@@ -596,16 +341,6 @@ mod in_place_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gguf_names() {
-        assert_eq!(gguf_name("embed_tokens.weight").as_deref(), Some("token_embd.weight"));
-        assert_eq!(gguf_name("layers.12.self_attn.k_norm.weight").as_deref(), Some("blk.12.attn_k_norm.weight"));
-        assert_eq!(gguf_name("layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(gguf_name("layers.0.self_attn.q_proj.bias").as_deref(), Some("blk.0.attn_q.bias"));
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
-        assert_eq!(gguf_name("layers.0.unknown.weight"), None);
-    }
 
     /// Both RoPE layouts: the composed (differentiable) ops equal candle's kernels.
     #[test]

@@ -15,7 +15,13 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::*;
-use crate::models::mapped_weights::MappedWeights;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::layers::gguf_linear::GgufMatrix;
+use crate::weights::gguf_names::gguf_name;
+use crate::weights::MappedWeights;
+use crate::{Mode, PackedBatch};
 use crate::models::load_decoder;
 use crate::vectors::cosine;
 
@@ -86,7 +92,7 @@ fn states_of_copies(model: &DecoderModel, copies: usize) -> Vec<Vec<f32>> {
     let ids = Tensor::from_vec(ids, (2 * copies, 7), &Device::Cpu).unwrap();
     let mask: Vec<u32> = (0..copies).flat_map(|_| [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).collect();
     let mask = Tensor::from_vec(mask, (2 * copies, 7), &Device::Cpu).unwrap();
-    let out: Vec<Vec<Vec<f32>>> = model.forward(&ids, &mask, false).unwrap().to_vec3().unwrap();
+    let out: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
     out.chunks(2).flat_map(|pair| pair[0].iter().chain(&pair[1][..4]).cloned().collect::<Vec<_>>()).collect()
 }
 
@@ -141,7 +147,7 @@ fn a_token_id_outside_a_gguf_word_table_is_an_error() {
     write_gguf(&vars, GgmlDType::Q8_0, GgmlDType::Q8_0, &path);
     let model = load_gguf(&path, &cfg, false);
     let ids = Tensor::new(&[[3u32, 96]], &Device::Cpu).unwrap();
-    let err = model.forward(&ids, &Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap(), false).unwrap_err();
+    let err = model.forward(&PackedBatch::from_mask(ids.clone(), Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap()).unwrap(), &Mode::Inference).unwrap_err();
     assert!(matches!(err, Error::InvalidTokenId { id: 96, vocab: 96, .. }), "{err}");
 }
 

@@ -8,11 +8,13 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
-use super::cpu_attention::{self, CpuAttention};
-use super::int8_linear::Int8Kernel;
-use super::layers::{next_dropout_seed, softmax_last_dim, Activation, Dropout, LayerNorm, Linear, LinearWeights};
-use super::train_attention::{self, TrainAttention};
 use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
+use crate::kernels::cpu_attention::{self, CpuAttention};
+use crate::kernels::int8_linear::Int8Kernel;
+use crate::kernels::train_attention::{self, TrainAttention};
+use crate::layers::{softmax_last_dim, Activation, Dropout, LayerNorm, Linear, LinearWeights};
 
 /// Where each weight of one encoder layer lives, relative to `encoder.layer.N`.
 #[derive(Debug, Clone, Copy)]
@@ -114,15 +116,15 @@ impl EncoderLayer {
         Ok(x.reshape((b, s, self.heads, h / self.heads))?.transpose(1, 2)?.contiguous()?)
     }
 
-    fn forward(&self, x: &Tensor, plan: &AttentionPlan, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, plan: &AttentionPlan, mode: &Mode) -> Result<Tensor> {
         let context = match plan {
-            AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, train)?,
-            AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing, train)?,
+            AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, mode)?,
+            AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing, mode)?,
         };
-        let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, train)?;
+        let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, mode)?;
         let x = self.attention_norm.forward_residual(&attended, x)?;
         let inner = self.intermediate.forward_then(&x, Some(self.activation))?;
-        let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, train)?;
+        let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, mode)?;
         self.output_norm.forward_residual(&out, &x)
     }
 
@@ -131,26 +133,26 @@ impl EncoderLayer {
     }
 
     /// Attention from differentiable candle ops; `bias` broadcasts to `(batch, heads, seq, seq)`.
-    fn attend_with_ops(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+    fn attend_with_ops(&self, x: &Tensor, bias: &Tensor, mode: &Mode) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let (q, k, v) = self.projections.separate(x)?;
         let q = self.split_heads(&(q * self.scale(h))?)?;
         let (k, v) = (self.split_heads(&k)?, self.split_heads(&v)?);
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = self.attention_dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        let probs = self.attention_dropout.forward(&softmax_last_dim(&scores)?, mode)?;
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?)
     }
 
     /// Attention through a CPU kernel over packed `(tokens, hidden)` rows: the training
     /// kernel (dropout, backward pass) in training or inside a gradient graph, the
     /// inference kernel otherwise.
-    fn attend_with_kernel(&self, x: &Tensor, packing: &Packing, train: bool) -> Result<Tensor> {
+    fn attend_with_kernel(&self, x: &Tensor, packing: &Packing, mode: &Mode) -> Result<Tensor> {
         let (_, h) = x.dims2()?;
         let scale = self.scale(h) as f32;
-        if train || x.track_op() {
+        if mode.is_training() || x.track_op() {
             let (q, k, v) = self.projections.separate(x)?;
-            let dropout = self.attention_dropout.rate(train);
-            let seed = if dropout > 0.0 { next_dropout_seed() } else { 0 };
+            let dropout = self.attention_dropout.rate(mode);
+            let seed = if dropout > 0.0 { mode.next_dropout_seed() } else { 0 };
             let op = TrainAttention { heads: self.heads, sequences: packing.sequences.clone(), scale, dropout, seed };
             return Ok(train_attention::attention(&q, &k, &v, op)?);
         }
@@ -188,16 +190,15 @@ struct Packing {
 }
 
 impl AttentionPlan {
-    fn new(x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Self> {
+    fn new(x: &Tensor, batch: &PackedBatch, extra_bias: Option<&Tensor>, mode: &Mode) -> Result<Self> {
         // The training kernel has no extra bias (MPNet's relative positions are learned,
         // so their gradient would be needed); such models train through the ops.
-        let differentiable = train || x.track_op();
-        if x.device().is_cpu() && x.dtype() == DType::F32 && !(differentiable && extra_bias.is_some()) {
-            if let Some(packing) = Packing::new(mask, extra_bias)? {
-                return Ok(Self::Packed(packing));
-            }
+        let differentiable = mode.is_training() || x.track_op();
+        let kernel_fits = x.device().is_cpu() && x.dtype() == DType::F32 && batch.is_right_padded();
+        if kernel_fits && !(differentiable && extra_bias.is_some()) {
+            return Ok(Self::Packed(Packing::new(batch, extra_bias)?));
         }
-        let bias = padding_bias(mask)?;
+        let bias = padding_bias(batch.mask())?;
         let bias = match extra_bias {
             Some(extra) => bias.broadcast_add(extra)?,
             None => bias,
@@ -207,24 +208,15 @@ impl AttentionPlan {
 }
 
 impl Packing {
-    /// The packing of a batch with `mask` (1 real, 0 padding), or `None` when some row
-    /// is not right-padded (a real token after padding).
-    fn new(mask: &Tensor, extra_bias: Option<&Tensor>) -> Result<Option<Self>> {
-        let (batch, width) = mask.dims2()?;
-        let mask = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut sequences = Vec::with_capacity(batch);
-        let mut rows = Vec::new();
-        for (b, row) in mask.iter().enumerate() {
-            let len = row.iter().take_while(|&&m| m != 0.0).count();
-            if row[len..].iter().any(|&m| m != 0.0) {
-                return Ok(None);
-            }
-            sequences.push((rows.len(), len));
-            rows.extend((0..len).map(|t| (b * width + t) as u32));
-        }
-        let rows = if rows.len() == batch * width { None } else { Some(Tensor::new(rows, &Device::Cpu)?) };
+    /// The packing of a right-padded batch, from the lengths it carries.
+    fn new(batch: &PackedBatch, extra_bias: Option<&Tensor>) -> Result<Self> {
+        let width = batch.width();
+        let starts = batch.cu_seq_lengths();
+        let sequences: Vec<(usize, usize)> = starts.iter().zip(batch.lengths()).map(|(&start, &len)| (start, len)).collect();
+        let rows: Vec<u32> = batch.lengths().iter().enumerate().flat_map(|(b, &len)| (0..len).map(move |t| (b * width + t) as u32)).collect();
+        let rows = if rows.len() == batch.lengths().len() * width { None } else { Some(Tensor::new(rows, &Device::Cpu)?) };
         let bias = extra_bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
-        Ok(Some(Self { sequences: sequences.into(), width, rows, bias }))
+        Ok(Self { sequences: sequences.into(), width, rows, bias })
     }
 
     /// `(batch, width, hidden)` -> `(tokens, hidden)`: the real tokens only.
@@ -272,17 +264,16 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    /// Runs every layer over right-padded `x` with `mask` (1 real, 0 padding).
-    /// `extra_bias`, of shape `(1, heads, seq, seq)`, is added to the attention
-    /// scores (MPNet's relative positions).
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, extra_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let plan = AttentionPlan::new(x, mask, extra_bias, train)?;
+    /// Runs every layer over `x`, the embedded tokens of `batch`. `extra_bias`, of shape
+    /// `(1, heads, seq, seq)`, is added to the attention scores (MPNet's relative positions).
+    pub fn forward(&self, x: &Tensor, batch: &PackedBatch, extra_bias: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+        let plan = AttentionPlan::new(x, batch, extra_bias, mode)?;
         let mut hidden = match &plan {
             AttentionPlan::Packed(packing) => packing.pack(x)?,
             AttentionPlan::Ops { .. } => x.clone(),
         };
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &plan, train)?;
+            hidden = layer.forward(&hidden, &plan, mode)?;
         }
         match &plan {
             AttentionPlan::Packed(packing) => packing.unpack(&hidden),
@@ -305,8 +296,8 @@ mod tests {
 
     #[test]
     fn packing_keeps_real_tokens_and_restores_padding_as_zeros() {
-        let mask = Tensor::new(&[[1u32, 1, 0], [1, 1, 1]], &Device::Cpu).unwrap();
-        let packing = Packing::new(&mask, None).unwrap().expect("right-padded");
+        let batch = PackedBatch::right_padded(&[&[4, 5], &[6, 7, 8]], 0, &Device::Cpu).unwrap();
+        let packing = Packing::new(&batch, None).unwrap();
         assert_eq!(&packing.sequences[..], &[(0, 2), (2, 3)]);
         let x = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((2, 3, 2)).unwrap();
         let packed = packing.pack(&x).unwrap();
@@ -335,8 +326,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 4, 12), &Device::Cpu).unwrap();
         for mask in [[[1u32, 1, 1, 0], [1, 1, 1, 1]], [[0, 1, 1, 1], [1, 1, 1, 1]]] {
             let mask = Tensor::new(&mask, &Device::Cpu).unwrap();
-            let a = separate.forward(&x, &mask, None, false).unwrap();
-            let b = fused.forward(&x, &mask, None, false).unwrap();
+            let batch = PackedBatch::from_mask(mask.zeros_like().unwrap(), mask).unwrap();
+            let a = separate.forward(&x, &batch, None, &Mode::Inference).unwrap();
+            let b = fused.forward(&x, &batch, None, &Mode::Inference).unwrap();
             let gap = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(gap < 1e-5, "fused and separate projections differ by {gap}");
         }
@@ -345,6 +337,8 @@ mod tests {
     #[test]
     fn a_mask_that_is_not_right_padding_is_not_packed() {
         let mask = Tensor::new(&[[0u32, 1, 1]], &Device::Cpu).unwrap();
-        assert!(Packing::new(&mask, None).unwrap().is_none());
+        let batch = PackedBatch::from_mask(mask.zeros_like().unwrap(), mask).unwrap();
+        let x = Tensor::zeros((1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(AttentionPlan::new(&x, &batch, None, &Mode::Inference).unwrap(), AttentionPlan::Ops { .. }));
     }
 }

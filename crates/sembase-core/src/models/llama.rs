@@ -1,9 +1,10 @@
 //! LLaMA (and Mistral, SmolLM2: the same layer with grouped-query attention):
 //! the shared decoder stack with no q/k norm and LLaMA's optional `attention_bias`.
 
-use super::decoder::{DecoderModel, DecoderOptions, DecoderWeights};
+use super::decoder::{DecoderModel, DecoderOptions};
 use super::decoder_config::DecoderConfig;
 use crate::error::Result;
+use crate::weights::DecoderWeights;
 
 /// LLaMA's options: `attention_bias` puts a bias on q, k, v and o.
 pub fn options(cfg: &DecoderConfig) -> DecoderOptions {

@@ -1,35 +1,16 @@
-//! Encoder architectures, one file each, written on candle. The same code
-//! serves inference (memory-mapped weights) and training (a `VarMap`).
+//! The architectures, one file each, with their configs, written on candle from the
+//! blocks in [`crate::layers`]. The same code serves inference (memory-mapped
+//! weights) and training (a `VarMap`).
 
 pub mod bert;
 pub mod config;
-mod cpu_attention;
-mod cpu_linear;
-mod cpu_lookup;
-mod cpu_norm;
 pub mod decoder;
 pub mod decoder_config;
 pub mod encoder;
-mod gguf_linear;
-pub mod int8_linear;
-mod kernel_io;
-mod fast_math;
-pub mod layers;
 pub mod llama;
-pub mod mapped_gguf;
-pub mod mapped_weights;
 pub mod mpnet;
-mod q4_1;
-mod token_table;
 pub mod qwen2;
 pub mod qwen3;
-mod train_attention;
-#[cfg(test)]
-mod train_check;
-mod train_dropout;
-mod train_gelu;
-mod train_linear;
-mod train_norm;
 pub mod xlm_roberta;
 
 use std::path::{Path, PathBuf};
@@ -38,17 +19,20 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::TransformerConfig;
-pub use decoder::{DecoderModel, DecoderWeights};
+pub use decoder::DecoderModel;
 pub use decoder_config::DecoderConfig;
-pub use mapped_weights::MappedWeights;
 
 use crate::error::{Error, Result};
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
+use crate::kernels::int8_linear;
+pub use crate::weights::{DecoderWeights, MappedWeights};
 
 /// A model that maps token ids to contextual token states.
 pub trait TextEncoder: Send + Sync {
-    /// `(batch, seq)` right-padded ids and their mask (1 real, 0 padding) ->
-    /// `(batch, seq, hidden)` token states. `train` turns dropout on.
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor>;
+    /// The batch's `(batch, seq)` ids -> `(batch, seq, hidden)` token states; dropout
+    /// is on in [`Mode::Training`].
+    fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor>;
     /// Width of the token states.
     fn hidden_size(&self) -> usize;
     /// Longest input (special tokens included) the position table allows.
@@ -72,18 +56,21 @@ pub struct CpuInference {
 /// it is found by looking for the word embeddings. `cpu` says what to prepare for CPU
 /// inference.
 pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference) -> Result<Box<dyn TextEncoder>> {
-    let prefixes = ["", "bert", "roberta", "xlm_roberta", "mpnet", "model"];
-    let vb = prefixes
-        .iter()
-        .map(|p| if p.is_empty() { vb.clone() } else { vb.pp(*p) })
-        .find(|v| v.contains_tensor("embeddings.word_embeddings.weight"))
-        .unwrap_or(vb);
+    let prefix = encoder_prefix(|name| vb.contains_tensor(name));
+    let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
     Ok(match cfg.model_type.as_str() {
         "bert" => Box::new(bert::BertModel::load(vb, cfg, cpu)?),
         "xlm-roberta" | "roberta" | "camembert" => Box::new(xlm_roberta::load(vb, cfg, cpu)?),
         "mpnet" => Box::new(mpnet::MpnetModel::load(vb, cfg, cpu)?),
         other => return Err(Error::Unsupported(format!("model_type {other:?} (supported: bert, xlm-roberta, roberta, mpnet)"))),
     })
+}
+
+/// The prefix (`""`, `"bert."`, `"roberta."`, ...) under which a checkpoint keeps its
+/// encoder, found by asking `has` for the word embeddings under each; `""` when none has.
+pub fn encoder_prefix(has: impl Fn(&str) -> bool) -> &'static str {
+    const PREFIXES: [&str; 6] = ["", "bert.", "roberta.", "xlm_roberta.", "mpnet.", "model."];
+    PREFIXES.into_iter().find(|p| has(&format!("{p}embeddings.word_embeddings.weight"))).unwrap_or("")
 }
 
 /// Builds the decoder named by `cfg.model_type` (`llama`, `mistral`, `qwen2`,

@@ -7,9 +7,11 @@ use candle_nn::VarBuilder;
 use super::bert::{PositionScheme, TokenEmbeddings};
 use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
-use super::layers::Embedding;
 use super::{CpuInference, TextEncoder};
 use crate::error::Result;
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
+use crate::layers::Embedding;
 
 /// MPNet's weight names inside `encoder.layer.N`.
 const MPNET_LAYER_NAMES: LayerWeightNames = LayerWeightNames {
@@ -81,11 +83,11 @@ fn relative_position_bucket(relative: i64, buckets: usize, max_distance: usize) 
 }
 
 impl TextEncoder for MpnetModel {
-    fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, seq) = ids.dims2()?;
-        let x = self.embeddings.forward(ids, mask, train)?;
-        let bias = self.position_bias(seq, ids.device())?;
-        self.encoder.forward(&x, mask, Some(&bias), train)
+    fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
+        let ids = batch.ids();
+        let x = self.embeddings.forward(ids, batch.mask(), mode)?;
+        let bias = self.position_bias(batch.width(), ids.device())?;
+        self.encoder.forward(&x, batch, Some(&bias), mode)
     }
 
     fn hidden_size(&self) -> usize {

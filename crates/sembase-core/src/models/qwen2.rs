@@ -1,9 +1,10 @@
 //! Qwen2 (gte-Qwen2 embedders): the shared decoder stack with a bias on the
 //! q, k and v projections (none on the output projection).
 
-use super::decoder::{DecoderModel, DecoderOptions, DecoderWeights};
+use super::decoder::{DecoderModel, DecoderOptions};
 use super::decoder_config::DecoderConfig;
 use crate::error::Result;
+use crate::weights::DecoderWeights;
 
 /// Qwen2's options.
 pub fn options(_cfg: &DecoderConfig) -> DecoderOptions {

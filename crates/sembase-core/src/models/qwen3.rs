@@ -1,9 +1,10 @@
 //! Qwen3 (Qwen3-Embedding 0.6B/4B/8B): the shared decoder stack with a per-head
 //! RMSNorm on q and k before RoPE, and no q/k/v bias unless `attention_bias`.
 
-use super::decoder::{DecoderModel, DecoderOptions, DecoderWeights};
+use super::decoder::{DecoderModel, DecoderOptions};
 use super::decoder_config::DecoderConfig;
 use crate::error::Result;
+use crate::weights::DecoderWeights;
 
 /// Qwen3's options.
 pub fn options(cfg: &DecoderConfig) -> DecoderOptions {

@@ -40,7 +40,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::train_check::assert_same_forward_and_gradients;
+    use crate::kernels::train_check::assert_same_forward_and_gradients;
     use candle_core::Var;
 
     #[test]

@@ -11,7 +11,7 @@ use super::kernel_io::{contiguous_f32, HostF32};
 const CHUNK: usize = 1 << 14;
 
 /// Whether element `key` survives dropout under `seed`, with probability `keep`.
-pub(super) fn keeps(seed: u64, key: u64, keep: f32) -> bool {
+pub(crate) fn keeps(seed: u64, key: u64, keep: f32) -> bool {
     let hash = mix(seed ^ mix(key));
     ((hash >> 40) as f32) < keep * (1u64 << 24) as f32
 }

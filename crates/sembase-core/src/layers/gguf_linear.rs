@@ -11,9 +11,9 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::layers::{Linear, LinearWeights};
-use super::mapped_gguf::GgufTensor;
-use super::q4_1::Q4_1Matrix;
+use super::{Activation, Linear, LinearWeights};
+use crate::kernels::q4_1::Q4_1Matrix;
+use crate::weights::mapped_gguf::GgufTensor;
 use crate::error::{Error, Result};
 
 /// From this many activation rows on, dequantising a Q4_1 matrix to f32 for the call
@@ -88,5 +88,34 @@ impl GgufMatrix {
             Self::Mapped(tensor) => Ok(tensor.to_qtensor(&Device::Cpu)?.dequantize(&Device::Cpu)?),
             Self::Device(_) => Err(Error::Unsupported("dequantising a matrix held on a device".into())),
         }
+    }
+}
+
+/// A linear map with dense weights or a GGUF file's quantised matrix.
+#[derive(Debug, Clone)]
+pub enum DecoderLinear {
+    Dense(Linear),
+    Quantized { matrix: GgufMatrix, bias: Option<Tensor> },
+}
+
+impl DecoderLinear {
+    /// Applies the map over the last dimension, then `activation`.
+    pub fn forward_then(&self, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
+        let (mut y, bias) = match self {
+            Self::Dense(linear) => return linear.forward_then(x, activation),
+            Self::Quantized { matrix, bias } => (matrix.forward(x)?, bias),
+        };
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        match activation {
+            Some(a) => a.forward(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// Applies the map over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
     }
 }

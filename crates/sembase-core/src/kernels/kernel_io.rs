@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 /// An op's contiguous f32 input as a slice of exactly its layout's elements; `op` and
 /// `what` name the op and the input in the error.
-pub(super) fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'s [f32]> {
+pub(crate) fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'s [f32]> {
     if !layout.is_contiguous() {
         candle_core::bail!("{op}: {what} must be contiguous");
     }
@@ -16,7 +16,7 @@ pub(super) fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &
 /// A pointer into an output buffer that parallel tasks share; each task writes a region
 /// no other task touches.
 #[derive(Clone, Copy)]
-pub(super) struct SharedOut(pub(super) *mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: tasks only write disjoint regions (each user states which), so sharing the
 // pointer across threads cannot race.
 unsafe impl Send for SharedOut {}
@@ -25,14 +25,14 @@ unsafe impl Sync for SharedOut {}
 /// A tensor's f32 elements on the CPU in row-major order, for the backward passes of
 /// the training kernels: read where they lie when contiguous (the storage stays
 /// read-locked while this lives), copied otherwise.
-pub(super) enum HostF32<'a> {
+pub(crate) enum HostF32<'a> {
     Borrowed { _storage: StorageRef<'a>, data: *const f32, len: usize },
     Owned(Vec<f32>),
 }
 
 impl<'a> HostF32<'a> {
     /// Reads `t`, which must hold f32 on the CPU.
-    pub(super) fn of(t: &'a Tensor) -> Result<Self> {
+    pub(crate) fn of(t: &'a Tensor) -> Result<Self> {
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("training kernels read CPU tensors, not {:?}", t.device().location());
@@ -71,7 +71,7 @@ impl std::ops::Deref for HostF32<'_> {
 /// A read-only strided matrix for [`matmul`]: its start and the steps between
 /// columns and between rows.
 #[derive(Clone, Copy)]
-pub(super) struct View {
+pub(crate) struct View {
     start: *const f32,
     column_step: isize,
     row_step: isize,
@@ -84,17 +84,17 @@ unsafe impl Sync for View {}
 
 impl View {
     /// Row-major: rows `row_step` apart, columns adjacent.
-    pub(super) fn rows(data: &[f32], row_step: usize) -> Self {
+    pub(crate) fn rows(data: &[f32], row_step: usize) -> Self {
         Self { start: data.as_ptr(), column_step: 1, row_step: row_step as isize }
     }
 
     /// The columns from `first` on.
-    pub(super) fn columns_from(self, first: usize) -> Self {
+    pub(crate) fn columns_from(self, first: usize) -> Self {
         Self { start: self.start.wrapping_offset(first as isize * self.column_step), ..self }
     }
 
     /// The transpose of a row-major matrix whose rows are `row_step` apart.
-    pub(super) fn columns(data: &[f32], row_step: usize) -> Self {
+    pub(crate) fn columns(data: &[f32], row_step: usize) -> Self {
         Self { start: data.as_ptr(), column_step: row_step as isize, row_step: 1 }
     }
 }
@@ -105,7 +105,7 @@ impl View {
 /// # Safety
 /// `a`, `b` and `dst` must cover the m x k, k x n and m x n elements their steps reach.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_row_step: usize, accumulate: bool, a: View, b: View, scale: f32, parallelism: gemm::Parallelism) {
+pub(crate) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_row_step: usize, accumulate: bool, a: View, b: View, scale: f32, parallelism: gemm::Parallelism) {
     gemm::gemm(
         m, n, k,
         dst, 1, dst_row_step as isize, accumulate,
@@ -116,7 +116,7 @@ pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_row
 }
 
 /// Every thread candle may use, for one large GEMM.
-pub(super) fn every_thread() -> gemm::Parallelism {
+pub(crate) fn every_thread() -> gemm::Parallelism {
     match candle_core::utils::get_num_threads() {
         0 | 1 => gemm::Parallelism::None,
         threads => gemm::Parallelism::Rayon(threads),
@@ -124,7 +124,7 @@ pub(super) fn every_thread() -> gemm::Parallelism {
 }
 
 /// `a` (m x k) . `b` (k x n) into a new row-major m x n vector.
-pub(super) fn product(m: usize, n: usize, k: usize, a: View, b: View, parallelism: gemm::Parallelism) -> Vec<f32> {
+pub(crate) fn product(m: usize, n: usize, k: usize, a: View, b: View, parallelism: gemm::Parallelism) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; m * n];
     }
@@ -148,7 +148,7 @@ const COLUMN_ALIGN: usize = 16;
 
 /// `x` (rows x k, row-major) . `weight` (k x bias.len()) + `bias` on every row, into a new
 /// row-major vector, on every thread.
-pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32]) -> Vec<f32> {
+pub(crate) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32]) -> Vec<f32> {
     let n = bias.len();
     assert_eq!(x.len(), rows * k, "affine: x is not {rows} x {k}");
     // Every row starts as the bias (written once, no zeroing first).
@@ -180,7 +180,7 @@ pub(super) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32
 }
 
 /// Adds `from` element-wise into `into` (the merge step of parallel partial sums).
-pub(super) fn add_into(into: &mut [f32], from: &[f32]) {
+pub(crate) fn add_into(into: &mut [f32], from: &[f32]) {
     into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
 }
 

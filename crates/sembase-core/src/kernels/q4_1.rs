@@ -11,7 +11,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::mapped_gguf::SharedBytes;
+use crate::weights::mapped_gguf::SharedBytes;
 use crate::error::{Error, Result};
 
 /// Weights per block.

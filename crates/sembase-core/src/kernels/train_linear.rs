@@ -79,7 +79,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::train_check::{assert_same_forward_and_gradients, largest};
+    use crate::kernels::train_check::{assert_same_forward_and_gradients, largest};
     use candle_core::Var;
 
     #[test]

@@ -95,7 +95,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::train_check::assert_same_forward_and_gradients;
+    use crate::kernels::train_check::assert_same_forward_and_gradients;
     use candle_core::{Var, D};
 
     #[test]

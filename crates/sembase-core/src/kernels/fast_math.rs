@@ -79,13 +79,13 @@ macro_rules! multiversioned {
         }
     };
 }
-pub(super) use multiversioned;
+pub(crate) use multiversioned;
 
 const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// Exact-form GELU of one value, for inlining into a caller's vectorised loop.
 #[inline(always)]
-pub(super) fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * INV_SQRT2))
 }
 
@@ -123,13 +123,13 @@ fn fold_lanes(values: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32 + Copy) 
 
 /// The largest of `values` (negative infinity when empty).
 #[inline(always)]
-pub(super) fn max_of(values: &[f32]) -> f32 {
+pub(crate) fn max_of(values: &[f32]) -> f32 {
     fold_lanes(values, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
 }
 
 /// The smallest of `values` (infinity when empty).
 #[inline(always)]
-pub(super) fn min_of(values: &[f32]) -> f32 {
+pub(crate) fn min_of(values: &[f32]) -> f32 {
     fold_lanes(values, f32::INFINITY, |a, b| if b < a { b } else { a })
 }
 

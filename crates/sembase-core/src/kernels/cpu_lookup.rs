@@ -12,7 +12,7 @@ const ROWS_PER_TASK: usize = 64;
 /// The sum of each table's rows at its ids. Every table is a row-major `(rows, width)`
 /// f32 matrix given as its values, every id list equally long. An id past its table's
 /// end is an error.
-pub(super) fn sum_of_rows(width: usize, lookups: &[(&[f32], &[u32])]) -> Result<Vec<f32>> {
+pub(crate) fn sum_of_rows(width: usize, lookups: &[(&[f32], &[u32])]) -> Result<Vec<f32>> {
     let Some(((first_values, first_ids), rest)) = lookups.split_first() else {
         return Ok(Vec::new());
     };
@@ -50,7 +50,7 @@ pub(super) fn sum_of_rows(width: usize, lookups: &[(&[f32], &[u32])]) -> Result<
 }
 
 fn mismatch(message: String) -> Error {
-    Error::Tensor(candle_core::Error::Msg(message))
+    Error::tensor(message)
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ impl CustomOp1 for LayerNormKernel<'_> {
 
 impl LayerNormKernel<'_> {
     /// Normalises every row of `values`, laid out as `layout`, in place, in parallel.
-    pub(super) fn normalise_rows(&self, values: &mut [f32], layout: &Layout) -> Result<()> {
+    pub(crate) fn normalise_rows(&self, values: &mut [f32], layout: &Layout) -> Result<()> {
         let dim = layout.shape().dims().last().copied().unwrap_or(0);
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
             candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
@@ -112,7 +112,7 @@ multiversioned! {
 /// The sum of `f(v)` over `values`, accumulated in 16 lanes so the loop vectorises
 /// (a single running sum must keep its order and stays scalar).
 #[inline(always)]
-pub(super) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let chunks = values.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

@@ -147,7 +147,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, op: TrainAttention) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::train_check::{assert_same_forward_and_gradients, largest};
+    use crate::kernels::train_check::{assert_same_forward_and_gradients, largest};
     use candle_core::{Var, D};
 
     /// The same attention from composed candle ops over each sequence separately.

@@ -1,4 +1,4 @@
-//! Typed errors of the core crate.
+//! The error type of embedding: what loading a model or embedding text can fail with.
 
 use std::path::PathBuf;
 
@@ -24,9 +24,10 @@ pub enum Error {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// Tensor computation failed (shapes, missing weights).
+    /// Tensor computation failed (shapes, missing weights); the engine's own error
+    /// is kept as the source.
     #[error("model computation: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// An input is longer than the model's limit and truncation is off.
     #[error("input {index} has {tokens} tokens, more than the model's limit of {limit}")]
     InputTooLong { index: usize, tokens: usize, limit: usize },
@@ -40,3 +41,17 @@ pub enum Error {
 
 /// Result with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A computation failure described only by a message.
+    pub fn tensor(message: impl Into<String>) -> Self {
+        Error::Tensor(message.into().into())
+    }
+}
+
+#[cfg(feature = "candle")]
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Tensor(Box::new(e))
+    }
+}

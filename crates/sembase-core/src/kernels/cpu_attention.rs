@@ -87,7 +87,7 @@ impl CustomOp1 for CpuAttention<'_> {
 
 /// Where one (sequence, head) block lies in packed `(tokens, hidden)` rows.
 #[derive(Clone, Copy)]
-pub(super) struct Head {
+pub(crate) struct Head {
     /// Index of the block's first element: first row * stride + head * head_dim.
     pub base: usize,
     /// Tokens in the sequence.
@@ -99,7 +99,7 @@ pub(super) struct Head {
 
 /// Checks that q, k and v have one `(tokens, hidden)` shape that `sequences` (in
 /// order, not overlapping) fits and `heads` divides; returns `(tokens, hidden)`.
-pub(super) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usize, usize)], heads: usize) -> Result<(usize, usize)> {
+pub(crate) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usize, usize)], heads: usize) -> Result<(usize, usize)> {
     let (tokens, hidden) = q.shape().dims2()?;
     if k.shape() != q.shape() || v.shape() != q.shape() {
         candle_core::bail!("{OP}: q, k and v shapes differ");
@@ -125,7 +125,7 @@ fn check_sequences(tokens: usize, hidden: usize, sequences: &[(usize, usize)], h
 ///
 /// # Safety
 /// The block must lie inside `q` and `k` (rows `len`, `stride` apart, from `base`).
-pub(super) unsafe fn scaled_scores(q: &[f32], k: &[f32], head: Head, scale: f32, scores: &mut Vec<f32>) {
+pub(crate) unsafe fn scaled_scores(q: &[f32], k: &[f32], head: Head, scale: f32, scores: &mut Vec<f32>) {
     let Head { base, len, stride, head_dim } = head;
     scores.resize(len * len, 0.0);
     matmul(len, len, head_dim, scores.as_mut_ptr(), len, false, View::rows(&q[base..], stride), View::columns(&k[base..], stride), scale, gemm::Parallelism::None);
