@@ -1,5 +1,9 @@
-# The two commands of the README.
-.PHONY: serve test
+# The two commands of the README, and the Python environment of the benchmarks.
+.PHONY: serve test bench-env
+
+BENCH_VENV ?= .venv-bench
+BENCH_REQUIREMENTS ?= bench/requirements.txt
+PYTHON3 ?= python3
 
 ## Build, pull the default model (all-minilm-l6-v2) and serve it on port 8080.
 serve:
@@ -8,3 +12,14 @@ serve:
 ## Build, pull the test models and run every test.
 test:
 	scripts/test.sh
+
+## Create .venv-bench (Python 3.11+) with the packages of bench/ and tools/ (bench/requirements.txt);
+## a no-op until that file changes. Then: .venv-bench/bin/python bench/SCRIPT.py ...
+bench-env: $(BENCH_VENV)/.requirements.txt
+
+$(BENCH_VENV)/.requirements.txt: $(BENCH_REQUIREMENTS)
+	@$(PYTHON3) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "bench-env: $(PYTHON3) is older than Python 3.11 (set PYTHON3=python3.11 or newer)" >&2; exit 1; }
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON3) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
+	cp $(BENCH_REQUIREMENTS) $@

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPU encoder speed: `sembase embed` against onnxruntime fp32 and int8, and the GEMM peak.
 
-    /work/refenv/bin/python bench/cpu_speed.py [--models all-minilm-l6-v2,multilingual-e5-small]
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/cpu_speed.py [--models all-minilm-l6-v2,multilingual-e5-small]
         [--workloads stsb,msmarco] [--repeats 3] [--threads 2] [--quick] [--json OUT]
 
 Measures, on this machine and with the same thread count for every engine, real tokens per
@@ -31,8 +32,10 @@ Workloads: stsb = the 2758 STS-B test sentences (sentence1 column, then sentence
 first 2000 passages of MS MARCO-5k (title + " " + text when there is a title); whitespace runs
 become one space. `--quick`: 1 repeat, the first 500 texts of each workload.
 
-Needs, besides the reference venv's torch, transformers, tokenizers, onnxruntime, numpy and
-threadpoolctl: `onnx` (for quantize_dynamic and the MatMul peak): /work/refenv/bin/pip install onnx.
+Needs the packages of bench/requirements.txt (torch, transformers, tokenizers, onnxruntime, onnx,
+numpy, threadpoolctl: `make bench-env`), the release binary (`cargo build --release`) and the models
+in the store, $SEMBASE_HOME (default ~/.cache/sembase): `target/release/sembase model pull NAME`.
+The data is read from ../shared/data beside the repository.
 """
 import argparse
 import hashlib
@@ -59,7 +62,8 @@ from transformers import AutoModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-SEMBASE_HOME = Path(os.environ.get("SEMBASE_HOME", "/work/sembase-home"))
+# The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
+SEMBASE_HOME = Path(os.environ.get("SEMBASE_HOME") or Path.home() / ".cache" / "sembase")
 MODELS = ("all-minilm-l6-v2", "multilingual-e5-small")
 WORKLOADS = ("stsb", "msmarco")
 ENGINES = ("sembase fp32", "sembase int8", "ort fp32", "ort int8")
@@ -465,7 +469,8 @@ def parse_args():
         args.repeats = 1
     for name in args.models:
         if not (SEMBASE_HOME / "models" / name / "model.safetensors").exists():
-            parser.error(f"no model.safetensors for {name} under {SEMBASE_HOME}/models")
+            parser.error(f"no model.safetensors for {name} under {SEMBASE_HOME}/models: "
+                         f"run `target/release/sembase model pull {name}`")
     if set(args.workloads) - set(WORKLOADS):
         parser.error(f"unknown workload(s) in {args.workloads}; known: {','.join(WORKLOADS)}")
     if not args.sembase.exists():

@@ -10,8 +10,12 @@
 # peer at hand it also requantises the file to Q8_0, Q4_0 and Q4_K_M (llama.cpp's
 # quantiser) and measures sembase on each.
 #
-#   SEMBASE_HOME=/work/sembase-home bench/decoder_speed.sh [SENTENCES]   (default 100)
-# Needs `sembase model pull smollm2-135m`. Writes bench/out/decoder_speed.json.
+#   make bench-env                         # once: .venv-bench with bench/requirements.txt
+#   bench/decoder_speed.sh [SENTENCES]     # default 100
+# Needs `target/release/sembase model pull smollm2-135m` (the store is $SEMBASE_HOME,
+# default ~/.cache/sembase), the STS-B sentences under ../shared/data beside the
+# repository (SEMBASE_DATA names another data root) and GNU time at /usr/bin/time.
+# PYTHON (default .venv-bench/bin/python) runs the report. Writes bench/out/decoder_speed.json.
 # The peer has no binary wheel on PyPI: the first run builds llama-cpp-python
 # (pinned) from source into .venv-llama-cpp, about 6 minutes on 2 cores
 # (SKIP_PEER=1 leaves it out; PEER_PYTHON points at another interpreter that has it).
@@ -19,12 +23,13 @@
 # to 8 bits per block of 32, integer dot products in AVX2), not candle's scalar one;
 # from 128 token rows on, each matrix is dequantised for its call and runs the f32 GEMM.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."   # the repository root: every path below is relative to it
 N=${1:-100}
-PYTHON=${PYTHON:-/work/refenv/bin/python}
+PYTHON=${PYTHON:-.venv-bench/bin/python}
+"$PYTHON" -c "import numpy" 2>/dev/null || { echo "$PYTHON with numpy not found: run \`make bench-env\` (or set PYTHON)" >&2; exit 1; }
 DIR=${SEMBASE_HOME:-$HOME/.cache/sembase}/models/smollm2-135m
 GGUF=$DIR/SmolLM2-135M-Instruct.Q4_1.gguf
-[ -f "$GGUF" ] || { echo "no $GGUF: run \`sembase model pull smollm2-135m\`" >&2; exit 1; }
+[ -f "$GGUF" ] || { echo "no $GGUF: run \`target/release/sembase model pull smollm2-135m\`" >&2; exit 1; }
 DATA=${SEMBASE_DATA:-../shared/data}/en/stsb/test.tsv
 OUT=bench/out
 mkdir -p "$OUT"

@@ -2,7 +2,12 @@
 """Side-by-side embedding speed: `sembase embed` against sentence-transformers and
 onnxruntime, on all-minilm-l6-v2, 2 threads each, in one run on one machine.
 
-    bench/embed_speed.py [--model-dir DIR] [--sembase BIN] [--json OUT] [--quick]
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/embed_speed.py [--model-dir DIR] [--sembase BIN] [--json OUT] [--quick]
+
+The model comes from the store, $SEMBASE_HOME (default ~/.cache/sembase:
+`target/release/sembase model pull all-minilm-l6-v2`), the data from ../shared/data beside the
+repository, the binary from target/release (`cargo build --release`).
 
 Engines:
 - sembase: `sembase embed --model DIR --input IN.jsonl --output OUT.jsonl --threads 2`,
@@ -362,7 +367,7 @@ def parse_args():
     if unknown:
         parser.error(f"unknown engine(s): {', '.join(sorted(unknown))}")
     if not (args.model_dir / "model.safetensors").exists():
-        parser.error(f"no model.safetensors in {args.model_dir} (pull it: sembase model pull {MODEL_NAME})")
+        parser.error(f"no model.safetensors in {args.model_dir}: run `target/release/sembase model pull {MODEL_NAME}`")
     if "sembase" in args.engines and not args.sembase.exists():
         parser.error(f"{args.sembase} not found (build it: cargo build --release; or --engines without sembase)")
     return args

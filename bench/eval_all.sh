@@ -12,9 +12,16 @@
 # section). Wall times are per (model, task) and measured with the embedding
 # cache off, so they are the encoder's real cost on this machine; set
 # EVAL_CACHE=1 to use the cache instead. Models come from the store
-# ($SEMBASE_HOME); pull them first with `sembase model pull NAME`.
+# ($SEMBASE_HOME, default ~/.cache/sembase); pull them first with
+# `target/release/sembase model pull NAME`. The data comes from ../shared/data
+# beside the repository (DATA names another data root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+STORE=${SEMBASE_HOME:-$HOME/.cache/sembase}/models
+for model in all-minilm-l6-v2 all-mpnet-base-v2 multilingual-e5-small; do
+  [ -d "$STORE/$model" ] || { echo "$model is not in $STORE: run \`target/release/sembase model pull $model\`" >&2; exit 1; }
+done
 
 DATA="${DATA:-../shared/data}"
 OUT_DIR="${OUT_DIR:-target/eval-all}"

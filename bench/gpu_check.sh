@@ -2,7 +2,11 @@
 # The GPU check of issue 9, for a machine with an NVIDIA GPU and the CUDA toolkit
 # (CI never runs it; the CPU build needs neither).
 #
-#   SEMBASE_HOME=... bench/gpu_check.sh
+#   bench/gpu_check.sh
+#
+# Models come from the store, $SEMBASE_HOME (default ~/.cache/sembase); the ones not
+# pulled (`target/release/sembase model pull NAME`) are skipped. The STS-B sentences
+# come from ../shared/data beside the repository (SEMBASE_DATA names another data root).
 #
 # 1. Builds the `cuda` feature.
 # 2. Runs the decoder tests on the GPU (SEMBASE_DEVICE=cuda:0): the tiny LLaMA,
@@ -36,7 +40,7 @@ seconds() { # device model -> wall seconds of one embed run
 }
 printf '%-24s %12s %12s %8s\n' model "cuda sent/s" "cpu sent/s" ratio
 for model in all-minilm-l6-v2 multilingual-e5-small all-mpnet-base-v2 smollm2-135m; do
-  [ -d "$STORE/$model" ] || { echo "$model: not in $STORE (sembase model pull $model)"; continue; }
+  [ -d "$STORE/$model" ] || { echo "$model: not in $STORE (target/release/sembase model pull $model)"; continue; }
   seconds cuda:0 "$model" >/dev/null # warm-up: kernels load, weights page in
   gpu=$(seconds cuda:0 "$model")
   cpu=$(seconds cpu "$model")

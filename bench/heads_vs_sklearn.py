@@ -18,10 +18,12 @@ e5 was trained with "query: " / "passage: " prefixes and its authors advise "que
 for embeddings used as features (linear probes, clustering); both sides get the same
 prefix, "query: " unless --zh-prefix says otherwise ('' for none).
 
-Usage (models in $SEMBASE_HOME/models; run from the repository root):
-  nice /work/refenv/bin/python bench/heads_vs_sklearn.py [--sets mr,cr,...] [--zh]
-  nice /work/refenv/bin/python bench/heads_vs_sklearn.py --only-zh [--zh-prefix '']
-  nice /work/refenv/bin/python bench/heads_vs_sklearn.py --st-only   # precompute reference embeddings
+Usage (models in the store, $SEMBASE_HOME/models, default ~/.cache/sembase/models:
+`target/release/sembase model pull NAME`; data from ../shared/data beside the repository):
+  make bench-env    # once: .venv-bench with bench/requirements.txt
+  nice .venv-bench/bin/python bench/heads_vs_sklearn.py [--sets mr,cr,...] [--zh]
+  nice .venv-bench/bin/python bench/heads_vs_sklearn.py --only-zh [--zh-prefix '']
+  nice .venv-bench/bin/python bench/heads_vs_sklearn.py --st-only   # precompute reference embeddings
 """
 import argparse
 import json
@@ -35,7 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-HOME = Path(os.environ.get("SEMBASE_HOME", Path.home() / ".cache" / "sembase"))
+# The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
+HOME = Path(os.environ.get("SEMBASE_HOME") or Path.home() / ".cache" / "sembase")
 EN_SETS = ["cr", "trec", "mr", "mpqa", "subj", "sst2"]
 
 
@@ -129,6 +132,13 @@ def main():
         jobs += [("all-minilm-l6-v2", DATA / "en" / "classify" / f"{s}.tsv", "") for s in args.sets.split(",") if s]
     if args.zh or args.only_zh:
         jobs.append(("multilingual-e5-small", DATA / "zh" / "classify" / "review-sentiment.tsv", args.zh_prefix))
+
+    for model in sorted({model for model, _, _ in jobs}):
+        if not (HOME / "models" / model / "model.safetensors").exists():
+            sys.exit(f"no model.safetensors in {HOME / 'models' / model}: "
+                     f"run `target/release/sembase model pull {model}`")
+    if not args.st_only and not Path(args.binary).exists():
+        sys.exit(f"{args.binary} not found (cargo build --release)")
 
     rows = []
     for model, path, prefix in jobs:

@@ -3,9 +3,14 @@
 against exact search, on 100k+ real English sentences, plus recall@10 on
 zh/retrieval/lcqmc through each store.
 
-    bench/index_bench.py [--sembase BIN] [--data DIR] [--cache DIR]
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/index_bench.py [--sembase BIN] [--data DIR] [--cache DIR]
                          [--postgres URL] [--queries 1000] [--single-queries 200]
                          [--ef 64 128 256] [--skip-zh] [--reuse-indexes] [--json OUT]
+
+(This script uses only the standard library: any python3 runs it too.) Models come from the
+store, $SEMBASE_HOME (default ~/.cache/sembase: `target/release/sembase model pull NAME`), the
+data from ../shared/data beside the repository (--data), the binary from target/release.
 
 What it does, in one run:
 1. Corpus: en/corpus/sentences.txt plus the text of en/classify, SST-2, SNLI
@@ -240,7 +245,13 @@ def main():
                     help="keep indexes (and their build times) from an earlier run; only search again")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    # The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
     home = os.environ.get("SEMBASE_HOME") or os.path.expanduser("~/.cache/sembase")
+    for model in [MODEL] + ([] if args.skip_zh else [ZH_MODEL]):
+        if not (Path(home) / "models" / model).is_dir():
+            sys.exit(f"{model} is not in {home}/models: run `target/release/sembase model pull {model}`")
+    if not Path(args.sembase).exists():
+        sys.exit(f"{args.sembase} not found (cargo build --release)")
     cache = Path(args.cache or Path(home) / "cache/index-bench")
     cache.mkdir(parents=True, exist_ok=True)
     out_dir = cache / "run"

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Single-request latency and peak memory of `sembase embed` and `sembase serve`, against onnxruntime.
 
-    /work/refenv/bin/python bench/latency.py [--model all-minilm-l6-v2] [--threads 2] [--runs 30]
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/latency.py [--model all-minilm-l6-v2] [--threads 2] [--runs 30]
+
+Needs the release binary (`cargo build --release`), the model in the store, $SEMBASE_HOME (default
+~/.cache/sembase; `target/release/sembase model pull NAME`), and GNU time at /usr/bin/time.
 
 One short sentence (SENTENCE, 12 tokens with all-MiniLM-L6-v2's tokenizer), on this machine:
 - one-shot process: `sembase embed` (f32, then `--quantize int8`) on a file holding the sentence:
@@ -142,10 +146,16 @@ def main():
     parser.add_argument("--sembase", type=Path, default=REPO_ROOT / "target" / "release" / "sembase")
     parser.add_argument("--onnx-dir", type=Path, default=REPO_ROOT / "bench" / "out" / "onnx")
     args = parser.parse_args()
+    model_dir = SEMBASE_HOME / "models" / args.model
+    if not (model_dir / "model.safetensors").exists():
+        parser.error(f"no model.safetensors in {model_dir}: run `target/release/sembase model pull {args.model}`")
+    if not args.sembase.exists():
+        parser.error(f"{args.sembase} not found (cargo build --release)")
+    if not Path(TIME).exists():
+        parser.error(f"{TIME} not found (GNU time: apt-get install time)")
     for var in THREAD_VARS:
         os.environ[var] = str(args.threads)
     os.environ["SEMBASE_HOME"] = str(SEMBASE_HOME)  # for every sembase process started below
-    model_dir = SEMBASE_HOME / "models" / args.model
     fp32_onnx, int8_onnx = onnx_files(args.model, load_encoder(model_dir), args.onnx_dir)
     tokenizer = load_tokenizer(model_dir)
     tokens = len(tokenizer.encode(SENTENCE).ids)

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Load test of `sembase serve` on loopback, against `sembase embed` on the same texts.
 
-    bench/load.py [--sembase BIN] [--model NAME] [--url URL --pid PID]
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/load.py [--sembase BIN] [--model NAME] [--url URL --pid PID]
                   [--clients 1,8,64] [--duration 10] [--batch 1] [--json OUT]
+
+(This script uses only the standard library: any python3 runs it too.) The model comes from the
+store, $SEMBASE_HOME (default ~/.cache/sembase: `target/release/sembase model pull NAME`), the
+sentences from ../shared/data beside the repository, the binary from target/release.
 
 What it does, in one run on one machine:
 1. Starts `sembase serve --model M --port 0` (or uses --url; pass --pid for RSS) and
@@ -34,6 +39,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "en" / "stsb" / "test.tsv"
 DEFAULT_SEMBASE = REPO_ROOT / "target" / "release" / "sembase"
+# The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
+SEMBASE_HOME = Path(os.environ.get("SEMBASE_HOME") or Path.home() / ".cache" / "sembase")
 USAGE = re.compile(rb'"prompt_tokens":(\d+)')
 
 
@@ -244,6 +251,11 @@ def main():
     args = p.parse_args()
     if args.duration > 600 or args.duration <= 0:
         sys.exit("--duration must be in (0, 600]")
+    if not (args.url and args.no_peer):  # the server or the peer runs the model here
+        if not (Path(args.model).is_dir() or (SEMBASE_HOME / "models" / args.model).is_dir()):
+            sys.exit(f"{args.model} is not in {SEMBASE_HOME}/models: run `target/release/sembase model pull {args.model}`")
+        if not args.sembase.exists():
+            sys.exit(f"{args.sembase} not found (cargo build --release)")
 
     texts = stsb_sentences(args.data)
     peer_runs = [] if args.no_peer else [time_embed(args, texts)]

@@ -8,7 +8,9 @@
 # without, a quick eval runs first (all-minilm-l6-v2 on STS-B test and SICK-R
 # test at 384 and 128 dimensions, plus msmarco-5k). Output goes to
 # $OUT_DIR (default target/eval-report/): report.html and report.png.
-# Needs: chromium (apt-get install -y chromium), the model in the store.
+# Needs: chromium (apt-get install -y chromium), the model in the store ($SEMBASE_HOME,
+# default ~/.cache/sembase: `target/release/sembase model pull all-minilm-l6-v2`), the
+# data under ../shared/data beside the repository (DATA names another data root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,12 @@ DATA="${DATA:-../shared/data}"
 WIDTH="${WIDTH:-1280}"
 HEIGHT="${HEIGHT:-3200}"
 mkdir -p "$OUT_DIR"
+
+STORE=${SEMBASE_HOME:-$HOME/.cache/sembase}/models
+if [ "$#" -eq 0 ] && [ ! -d "$STORE/all-minilm-l6-v2" ]; then
+  echo "all-minilm-l6-v2 is not in $STORE: run \`target/release/sembase model pull all-minilm-l6-v2\`" >&2
+  exit 1
+fi
 
 cargo build --release -p sembase-cli >&2
 SEMBASE=target/release/sembase

@@ -20,8 +20,14 @@ clipping at 1.0, temperature 0.05 (scale 20), dropout on. Every trained model, o
 PyTorch's, is scored by the same `sembase eval`, so the comparison is of the training
 alone. Each PyTorch run is a child process, so its peak RSS is its own.
 
-Needs the release binary, the models in the store ($SEMBASE_HOME) and a Python with
-torch and sentence-transformers (e.g. /work/refenv/bin/python bench/train_quality.py).
+Needs the release binary (`cargo build --release`; SEMBASE_BIN names another), the shared
+data (../shared/data beside the repository; SEMBASE_DATA names another) and the packages of
+bench/requirements.txt (torch, sentence-transformers, scipy, numpy). The models come from the
+store, $SEMBASE_HOME (default ~/.cache/sembase), and are pulled into it when missing
+(`target/release/sembase model pull NAME`).
+
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python bench/train_quality.py [--parts supervised,simcse,matryoshka,speed,export]
 """
 import argparse
 import json
@@ -170,7 +176,11 @@ def sembase(*args, capture=False):
 
 def model_dir(name):
     """The store directory of a model (pulled if missing)."""
-    return Path(sembase("model", "pull", name, capture=True).strip().splitlines()[-1])
+    try:
+        return Path(sembase("model", "pull", name, capture=True).strip().splitlines()[-1])
+    except subprocess.CalledProcessError as failed:
+        raise SystemExit(f"{name} is not in the store and could not be pulled: run "
+                         f"`target/release/sembase model pull {name}` ({failed.stderr.strip()[-500:]})")
 
 
 def sembase_train(config, output, workdir):

@@ -14,18 +14,25 @@ un-permutes q/k), tokenised by transformers' own GGUF tokenizer; writes
 tests/decoder/smollm2_reference.json: 20 STS-B test sentences, their ids, the
 last-token states (each sentence alone, no padding) and a greedy next token.
 
-Run with /work/refenv/bin/python (torch, transformers, safetensors, gguf):
-  tools/make_decoder_fixtures.py [--gguf $SEMBASE_HOME/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf]
+Run from the repository root with .venv-bench (torch, transformers, safetensors, gguf):
+  make bench-env    # once: .venv-bench with bench/requirements.txt
+  .venv-bench/bin/python tools/make_decoder_fixtures.py \
+      [--gguf "${SEMBASE_HOME:-$HOME/.cache/sembase}/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"]
+The GGUF comes from `target/release/sembase model pull smollm2-135m`; the STS-B sentences from
+../shared/data beside the repository.
 """
 import argparse
 import json
 import os
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "crates", "sembase-core", "tests", "decoder")
+# The shared data, beside the repository.
+DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 COMMON = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -111,7 +118,7 @@ def smollm2_fixture(gguf_path, n=20):
     tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
     model = CausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32).eval()
     sentences = []
-    with open("/work/shared/data/en/stsb/test.tsv", encoding="utf-8") as f:
+    with open(DATA_ROOT / "en" / "stsb" / "test.tsv", encoding="utf-8") as f:
         next(f)
         for line in f:
             a, b, _ = line.rstrip("\n").split("\t")
@@ -145,6 +152,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (from `sembase model pull smollm2-135m`)")
     args = ap.parse_args()
+    if args.gguf and not os.path.isfile(args.gguf):
+        ap.error(f"no {args.gguf}: run `target/release/sembase model pull smollm2-135m`")
     for seed, (name, (cfg_cls, model_cls, extra)) in enumerate(TINY.items()):
         tiny_fixture(name, cfg_cls, model_cls, extra, 100 + seed)
     if args.gguf:

@@ -12,9 +12,10 @@ computed by independent implementations:
   .compute_metrics on a tie-free case
 
 Run with a Python that has numpy, scipy, scikit-learn, pytrec_eval
-(pytrec-eval-terrier) and sentence-transformers:
+(pytrec-eval-terrier) and sentence-transformers, from the repository root:
 
-    /work/refenv/bin/python tools/make_eval_fixture.py
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python tools/make_eval_fixture.py
 
 All numbers are multiples of 1/1024 so that JSON round-trips them exactly.
 """

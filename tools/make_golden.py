@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Make the golden reference embeddings that sembase-core's tests compare against.
 
-Regenerate: pull the models into the store (`sembase model pull all-minilm-l6-v2`,
-`sembase model pull all-mpnet-base-v2`, `sembase model pull multilingual-e5-small`,
-with SEMBASE_HOME set), then run, from the repository root, in a Python environment
+Regenerate: pull the models into the store, $SEMBASE_HOME (default ~/.cache/sembase)
+(`target/release/sembase model pull all-minilm-l6-v2`, `... all-mpnet-base-v2`,
+`... multilingual-e5-small`), then run, from the repository root, in a Python environment
 with torch, transformers, sentence-transformers and tokenizers:
 
-    tools/make_golden.py --models-root "$SEMBASE_HOME/models" \
-        --out crates/sembase-core/tests/golden
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python tools/make_golden.py --out crates/sembase-core/tests/golden
 
-Models whose directory (models-root/<name>) is missing are skipped with a message;
-all-minilm-l6-v2 is required, its tokenizer ranks the MS MARCO passages.
+--models-root defaults to the store's models/ directory. Models whose directory
+(models-root/<name>) is missing are skipped with a message; all-minilm-l6-v2 is
+required, its tokenizer ranks the MS MARCO passages.
 
 Sentences. The data's licences forbid redistributing it inside the project, so
 `sentences.json` holds locators, not text: each entry names its data file (relative
@@ -42,6 +43,7 @@ rounded to 7 significant digits, in sentences.json order.
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -57,6 +59,8 @@ from sentence_transformers import SentenceTransformer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+# The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
+SEMBASE_HOME = Path(os.environ.get("SEMBASE_HOME") or Path.home() / ".cache" / "sembase")
 
 ST_MODELS = ("all-minilm-l6-v2", "all-mpnet-base-v2")
 E5_MODEL = "multilingual-e5-small"
@@ -326,7 +330,8 @@ def golden_e5(name, model_dir, texts):
 def parse_args():
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models-root", type=Path, required=True, help="directory holding <model-name>/ dirs")
+    parser.add_argument("--models-root", type=Path, default=SEMBASE_HOME / "models",
+                        help="directory holding <model-name>/ dirs (default: the store's, $SEMBASE_HOME/models)")
     parser.add_argument("--out", type=Path, required=True, help="output directory for the golden files")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="shared data root")
     return parser.parse_args()
@@ -337,7 +342,8 @@ def main():
     args = parse_args()
     minilm_dir = args.models_root / ST_MODELS[0]
     if not (minilm_dir / "model.safetensors").exists():
-        sys.exit(f"make_golden: {minilm_dir} is missing; it is needed to rank the MS MARCO passages")
+        sys.exit(f"make_golden: {minilm_dir} is missing; it is needed to rank the MS MARCO passages: "
+                 f"run `target/release/sembase model pull {ST_MODELS[0]}`")
     args.out.mkdir(parents=True, exist_ok=True)
     sentences = select_sentences(args.data_root, minilm_dir)
     write_sentences(args.out, sentences)
@@ -346,7 +352,8 @@ def main():
     for name in (*ST_MODELS, E5_MODEL):
         model_dir = args.models_root / name
         if not (model_dir / "model.safetensors").exists():
-            print(f"skipping {name}: no model.safetensors in {model_dir}", file=sys.stderr)
+            print(f"skipping {name}: no model.safetensors in {model_dir} "
+                  f"(`target/release/sembase model pull {name}`)", file=sys.stderr)
             continue
         make = golden_e5 if name == E5_MODEL else golden_st
         record = make(name, model_dir, texts)

@@ -9,7 +9,8 @@ CoSENT loss with their gradients for a few parameters.
 Regenerate from the repository root, in an environment with torch,
 transformers, safetensors and tokenizers:
 
-    tools/make_train_fixture.py --out crates/sembase-train/tests/fixtures/tiny-bert
+    make bench-env    # once: .venv-bench with bench/requirements.txt
+    .venv-bench/bin/python tools/make_train_fixture.py --out crates/sembase-train/tests/fixtures/tiny-bert
 """
 import argparse
 import json
