@@ -8,10 +8,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
 
-use sembase_embed::durable::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
 use crate::models::{load_local, ComputeArgs, Quantize};
+use sembase_embed::durable::AtomicFile;
 
 /// Inputs embedded per call into the model; batches are length-sorted within it.
 const CHUNK: usize = 4096;
@@ -57,8 +57,12 @@ pub struct EmbedArgs {
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     args.compute.apply_threads();
-    let inputs = read_inputs(args.input.as_deref(), args.input_format.unwrap_or(InputFormat::guess(args.input.as_deref())))?;
-    let model = load_local(&args.model, args.max_seq_length, args.compute.batch_tokens, args.quantize)?;
+    let inputs = read_inputs(
+        args.input.as_deref(),
+        args.input_format.unwrap_or(InputFormat::guess(args.input.as_deref())),
+    )?;
+    let model =
+        load_local(&args.model, args.max_seq_length, args.compute.batch_tokens, args.quantize)?;
     let options = EmbedOptions {
         prefix: prefix(&model, &args)?,
         dimensions: args.dimensions,
@@ -104,7 +108,10 @@ fn prefix(model: &LocalEmbedder, args: &EmbedArgs) -> Result<Option<String>> {
         let Some(p) = model.prompts().get(name) else {
             let mut known: Vec<_> = model.prompts().keys().cloned().collect();
             known.sort();
-            bail!("model has no prompt named {name:?} (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+            bail!(
+                "model has no prompt named {name:?} (it has: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            );
         };
         return Ok(Some(p.clone()));
     }
@@ -127,6 +134,9 @@ pub(crate) fn progress_bar(total: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
     bar
 }

@@ -56,12 +56,15 @@ pub fn parse_inputs(bytes: &[u8], format: InputFormat) -> Result<Vec<InputText>>
     for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
         let line_no = i + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw)
-            .map_err(|e| anyhow::anyhow!("line {line_no}: not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            anyhow::anyhow!("line {line_no}: not valid UTF-8 (at byte {})", e.valid_up_to())
+        })?;
         let input = match format {
             InputFormat::Text => InputText { id: None, text: line.to_string() },
             InputFormat::Jsonl if line.trim().is_empty() => continue,
-            InputFormat::Jsonl => parse_json_line(line).with_context(|| format!("line {line_no}"))?,
+            InputFormat::Jsonl => {
+                parse_json_line(line).with_context(|| format!("line {line_no}"))?
+            }
         };
         if input.text.trim().is_empty() {
             bail!("line {line_no}: empty text");
@@ -110,10 +113,15 @@ mod tests {
 
     #[test]
     fn jsonl_ids_and_errors() {
-        let inputs = parse_inputs(b"{\"id\": 7, \"text\": \"x\"}\n\n{\"text\": \"y\"}\n", InputFormat::Jsonl).unwrap();
+        let inputs = parse_inputs(
+            b"{\"id\": 7, \"text\": \"x\"}\n\n{\"text\": \"y\"}\n",
+            InputFormat::Jsonl,
+        )
+        .unwrap();
         assert_eq!(inputs[0], InputText { id: Some("7".into()), text: "x".into() });
         assert_eq!(inputs[1].id, None);
-        let err = parse_inputs(b"{\"text\": \"ok\"}\n{\"text\": 3}\n", InputFormat::Jsonl).unwrap_err();
+        let err =
+            parse_inputs(b"{\"text\": \"ok\"}\n{\"text\": 3}\n", InputFormat::Jsonl).unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
         let err = parse_inputs(b"{oops\n", InputFormat::Jsonl).unwrap_err();
         assert!(format!("{err:#}").contains("line 1: malformed JSON"), "{err:#}");

@@ -36,7 +36,12 @@ struct JsonlRow<'a> {
 }
 
 /// Writes one JSONL line per vector; `first_index` is the position of `inputs[0]` in the whole input.
-pub fn write_jsonl(out: &mut dyn Write, first_index: usize, inputs: &[InputText], vectors: &[Vec<f32>]) -> Result<()> {
+pub fn write_jsonl(
+    out: &mut dyn Write,
+    first_index: usize,
+    inputs: &[InputText],
+    vectors: &[Vec<f32>],
+) -> Result<()> {
     for (offset, (input, embedding)) in inputs.iter().zip(vectors).enumerate() {
         let row = JsonlRow { index: first_index + offset, id: input.id.as_deref(), embedding };
         serde_json::to_writer(&mut *out, &row)?;
@@ -87,7 +92,10 @@ mod tests {
 
     #[test]
     fn jsonl_rows_carry_index_and_optional_id() {
-        let inputs = vec![InputText { id: Some("a".into()), text: "x".into() }, InputText { id: None, text: "y".into() }];
+        let inputs = vec![
+            InputText { id: Some("a".into()), text: "x".into() },
+            InputText { id: None, text: "y".into() },
+        ];
         let mut buf = Vec::new();
         write_jsonl(&mut buf, 10, &inputs, &[vec![0.5], vec![-1.0]]).unwrap();
         let text = String::from_utf8(buf).unwrap();

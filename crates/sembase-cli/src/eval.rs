@@ -10,13 +10,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::Embedder;
 use sembase_eval::cache::EmbeddingCache;
-use sembase_eval::encode::{EvalModel, Encoder, Progress};
+use sembase_eval::encode::{Encoder, EvalModel, Progress};
 use sembase_eval::evaluate::{evaluate_with, Search, Settings};
-use sembase_index::AnnParams;
 use sembase_eval::remote::{is_remote, RemoteEmbedder, RemoteOptions};
 use sembase_eval::report::write_report;
 use sembase_eval::results::{format_value, short_task, EvalResults};
 use sembase_eval::tasks::{Task, TaskSpec};
+use sembase_index::AnnParams;
 
 use crate::models::{load_local, ComputeArgs, Quantize};
 
@@ -84,7 +84,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
 
     let search = match args.store.as_str() {
-        "ann" => Search::Ann(AnnParams { expansion_search: args.expansion_search, ..AnnParams::default() }),
+        "ann" => Search::Ann(AnnParams {
+            expansion_search: args.expansion_search,
+            ..AnnParams::default()
+        }),
         _ => Search::Exact,
     };
     let mut results = EvalResults::default();
@@ -105,7 +108,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         tasks.push(task);
     }
 
-    let widths: Vec<Option<usize>> = if args.dimensions.is_empty() { vec![None] } else { args.dimensions.iter().map(|&d| Some(d)).collect() };
+    let widths: Vec<Option<usize>> = if args.dimensions.is_empty() {
+        vec![None]
+    } else {
+        args.dimensions.iter().map(|&d| Some(d)).collect()
+    };
     let cache = if args.no_cache { None } else { EmbeddingCache::from_env() };
     let progress = CliProgress::new();
     for spec in &args.models {
@@ -116,9 +123,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         for task in &tasks {
             for &dimensions in &widths {
-                let settings = Settings { query_prefix: args.query_prefix.clone(), doc_prefix: args.doc_prefix.clone(), dimensions };
-                let result = evaluate_with(&encoder, task, &settings, search).with_context(|| format!("{} on {}", model.name(), task.spec.name))?;
-                let figures: Vec<String> = result.metrics.0.iter().map(|(n, v)| format!("{n} {}", format_value(*v))).collect();
+                let settings = Settings {
+                    query_prefix: args.query_prefix.clone(),
+                    doc_prefix: args.doc_prefix.clone(),
+                    dimensions,
+                };
+                let result = evaluate_with(&encoder, task, &settings, search)
+                    .with_context(|| format!("{} on {}", model.name(), task.spec.name))?;
+                let figures: Vec<String> = result
+                    .metrics
+                    .0
+                    .iter()
+                    .map(|(n, v)| format!("{n} {}", format_value(*v)))
+                    .collect();
                 eprintln!(
                     "{} {} @{}: {} ({:.1}s)",
                     result.model,
@@ -150,15 +167,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
 /// Loads a local model or connects to a remote one.
 fn open_model(spec: &str, args: &EvalArgs) -> Result<EvalModel> {
     if is_remote(spec) {
-        let options = RemoteOptions { batch_size: args.remote_batch.max(1), ..RemoteOptions::default() };
+        let options =
+            RemoteOptions { batch_size: args.remote_batch.max(1), ..RemoteOptions::default() };
         let embedder = RemoteEmbedder::connect(spec, options)?;
-        return Ok(EvalModel { embedder: Box::new(embedder), cache_id: spec.to_string(), truncate_locally: false });
+        return Ok(EvalModel {
+            embedder: Box::new(embedder),
+            cache_id: spec.to_string(),
+            truncate_locally: false,
+        });
     }
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
     let embedder = load_local(spec, None, args.compute.batch_tokens, args.quantize)?;
     // Quantised weights give other vectors: they are cached apart.
     let quantised = if args.quantize.is_some() { ":int8" } else { "" };
-    let cache_id = format!("local:{}:{}:{}{quantised}", dir.display(), fingerprint(&dir), embedder.dimension());
+    let cache_id = format!(
+        "local:{}:{}:{}{quantised}",
+        dir.display(),
+        fingerprint(&dir),
+        embedder.dimension()
+    );
     Ok(EvalModel { embedder: Box::new(embedder), cache_id, truncate_locally: true })
 }
 
@@ -175,7 +202,11 @@ fn fingerprint(dir: &Path) -> String {
             if meta.is_dir() && depth < 1 {
                 stack.push((path, depth + 1));
             } else if meta.is_file() {
-                let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
                 let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
                 entries.push(format!("{name}={}@{mtime}", meta.len()));
             }
@@ -210,7 +241,10 @@ impl Progress for CliProgress {
             return;
         }
         let bar = ProgressBar::new(total as u64);
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template"),
+        );
         bar.set_message(short_task(what));
         *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
     }

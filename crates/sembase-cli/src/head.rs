@@ -9,12 +9,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::{EmbedOptions, Embedder, LocalEmbedder};
 use sembase_heads::head::{config_hash, TrainingInfo};
-use sembase_heads::{embed_cached, load_tsv, train_head, BaseModel, ClassWeight, EmbeddingCache, Head, Kind, Metrics, TrainConfig};
+use sembase_heads::{
+    embed_cached, load_tsv, train_head, BaseModel, ClassWeight, EmbeddingCache, Head, Kind,
+    Metrics, TrainConfig,
+};
 use serde_json::{json, Map, Value};
 
-use sembase_embed::durable::AtomicFile;
 use crate::embed_input::{read_inputs, InputFormat};
 use crate::models::{load_local, ComputeArgs};
+use sembase_embed::durable::AtomicFile;
 
 #[derive(Subcommand)]
 pub enum HeadCommand {
@@ -156,13 +159,26 @@ fn train(args: TrainArgs) -> Result<()> {
     }
     let (model, dir) = open_model(&args.model, args.engine.compute.batch_tokens)?;
     let prefix = args.prefix.clone().or_else(|| model.default_prompt().map(str::to_string));
-    let options = EmbedOptions { prefix: prefix.clone(), dimensions: args.dimensions, ..EmbedOptions::default() };
+    let options = EmbedOptions {
+        prefix: prefix.clone(),
+        dimensions: args.dimensions,
+        ..EmbedOptions::default()
+    };
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let embed_start = Instant::now();
     let (x, dim) = embed(&model, &dir, &texts, &options, args.engine.no_cache)?;
     let embed_seconds = embed_start.elapsed().as_secs_f64();
-    let normalized = x.chunks_exact(dim).all(|v| (v.iter().map(|a| a * a).sum::<f32>().sqrt() - 1.0).abs() < 1e-3);
-    log(&format!("training {} head on {} rows, {} classes, {dim} dimensions, {}-fold CV over C in {:?}", kind.name(), texts.len(), data.classes.len(), config.folds, config.grid));
+    let normalized = x
+        .chunks_exact(dim)
+        .all(|v| (v.iter().map(|a| a * a).sum::<f32>().sqrt() - 1.0).abs() < 1e-3);
+    log(&format!(
+        "training {} head on {} rows, {} classes, {dim} dimensions, {}-fold CV over C in {:?}",
+        kind.name(),
+        texts.len(),
+        data.classes.len(),
+        config.folds,
+        config.grid
+    ));
     let train_start = Instant::now();
     let (classifier, report) = train_head(&x, dim, &data.labels, &data.classes, &config)?;
     let train_seconds = train_start.elapsed().as_secs_f64();
@@ -175,8 +191,16 @@ fn train(args: TrainArgs) -> Result<()> {
         macro_f1: report.metrics.macro_f1,
         data: Some(args.data.display().to_string()),
     };
-    let head = Head::new(classifier, data.classes.clone(), report.c, config.class_weight, base, Some(training));
-    head.save(&args.output).with_context(|| format!("saving the head to {}", args.output.display()))?;
+    let head = Head::new(
+        classifier,
+        data.classes.clone(),
+        report.c,
+        config.class_weight,
+        base,
+        Some(training),
+    );
+    head.save(&args.output)
+        .with_context(|| format!("saving the head to {}", args.output.display()))?;
     log(&format!(
         "{}-fold CV: accuracy {:.2}, macro-F1 {:.2} (C = {}); training took {train_seconds:.2}s; head saved to {}",
         config.folds,
@@ -228,15 +252,24 @@ fn eval(args: EvalArgs) -> Result<()> {
             ),
         }
     }
-    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
+    let (model, dir) =
+        open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let (x, dim) = embed(&model, &dir, &texts, &head.embed_options(), args.engine.no_cache)?;
     let vectors: Vec<Vec<f32>> = x.chunks_exact(dim).map(<[f32]>::to_vec).collect();
     let predicted: Vec<usize> = head.predict(&vectors)?.iter().map(|p| p.index).collect();
     let metrics = Metrics::compute(&truth, &predicted, head.labels());
-    log(&format!("{} rows: accuracy {:.2}, macro-F1 {:.2}", texts.len(), metrics.accuracy, metrics.macro_f1));
+    log(&format!(
+        "{} rows: accuracy {:.2}, macro-F1 {:.2}",
+        texts.len(),
+        metrics.accuracy,
+        metrics.macro_f1
+    ));
     for c in &metrics.per_class {
-        log(&format!("  {:<20} precision {:6.2} recall {:6.2} f1 {:6.2} support {}", c.label, c.precision, c.recall, c.f1, c.support));
+        log(&format!(
+            "  {:<20} precision {:6.2} recall {:6.2} f1 {:6.2} support {}",
+            c.label, c.precision, c.recall, c.f1, c.support
+        ));
     }
     if let Some(path) = &args.json {
         let value = json!({
@@ -255,7 +288,8 @@ fn predict(args: PredictArgs) -> Result<()> {
     args.engine.compute.apply_threads();
     let head = Head::load(&args.head)?;
     let inputs = read_inputs(args.input.as_deref(), InputFormat::guess(args.input.as_deref()))?;
-    let (model, dir) = open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
+    let (model, dir) =
+        open_head_model(&head, args.model.as_deref(), args.engine.compute.batch_tokens)?;
     let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
     let (x, dim) = embed(&model, &dir, &texts, &head.embed_options(), args.engine.no_cache)?;
     let vectors: Vec<Vec<f32>> = x.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect();
@@ -273,7 +307,12 @@ fn predict(args: PredictArgs) -> Result<()> {
             line.insert("id".into(), json!(id));
         }
         line.insert("label".into(), json!(p.label));
-        let probs: Map<String, Value> = head.labels().iter().zip(&p.probabilities).map(|(l, &v)| (l.clone(), json!(v))).collect();
+        let probs: Map<String, Value> = head
+            .labels()
+            .iter()
+            .zip(&p.probabilities)
+            .map(|(l, &v)| (l.clone(), json!(v)))
+            .collect();
         line.insert("probabilities".into(), Value::Object(probs));
         serde_json::to_writer(&mut *out, &Value::Object(line))?;
         out.write_all(b"\n")?;
@@ -292,7 +331,11 @@ fn open_model(spec: &str, batch_tokens: Option<usize>) -> Result<(LocalEmbedder,
 }
 
 /// The head's base model (or `--model`), refused when it is not the one the head was trained on.
-fn open_head_model(head: &Head, spec: Option<&str>, batch_tokens: Option<usize>) -> Result<(LocalEmbedder, PathBuf)> {
+fn open_head_model(
+    head: &Head,
+    spec: Option<&str>,
+    batch_tokens: Option<usize>,
+) -> Result<(LocalEmbedder, PathBuf)> {
     let base = head.base_model();
     let (model, dir) = open_model(spec.unwrap_or(&base.name), batch_tokens)?;
     let hash = config_hash(&dir);
@@ -305,23 +348,44 @@ fn open_head_model(head: &Head, spec: Option<&str>, batch_tokens: Option<usize>)
         );
     }
     if model.dimension() < head.dimensions() {
-        bail!("head reads {}-dimensional vectors; model {} gives {}", head.dimensions(), model.name(), model.dimension());
+        bail!(
+            "head reads {}-dimensional vectors; model {} gives {}",
+            head.dimensions(),
+            model.name(),
+            model.dimension()
+        );
     }
     Ok((model, dir))
 }
 
 /// Embeds through the cache under $SEMBASE_HOME/cache/heads, with a progress bar on a terminal.
-fn embed(model: &LocalEmbedder, dir: &Path, texts: &[&str], options: &EmbedOptions, no_cache: bool) -> Result<(Vec<f32>, usize)> {
+fn embed(
+    model: &LocalEmbedder,
+    dir: &Path,
+    texts: &[&str],
+    options: &EmbedOptions,
+    no_cache: bool,
+) -> Result<(Vec<f32>, usize)> {
     let mut cache = if no_cache {
         None
     } else {
         let root = sembase_hub::Store::from_env()?.root().join("cache").join("heads");
-        let key = format!("{}|{}|{:?}|{:?}|{}", model.name(), config_hash(dir), options.prefix, options.dimensions, model.max_tokens());
+        let key = format!(
+            "{}|{}|{:?}|{:?}|{}",
+            model.name(),
+            config_hash(dir),
+            options.prefix,
+            options.dimensions,
+            model.max_tokens()
+        );
         Some(EmbeddingCache::open(&root, &key)?)
     };
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(texts.len() as u64);
-        bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}")
+                .expect("valid template"),
+        );
         bar
     } else {
         ProgressBar::hidden()

@@ -9,12 +9,15 @@ use clap::{Args, Subcommand};
 use sembase_core::Embedder;
 use sembase_index::index::settings_for;
 use sembase_index::npy::read_npy_f32;
-use sembase_index::{build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, Precision, StoreSpec};
+use sembase_index::{
+    build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, Precision,
+    StoreSpec,
+};
 
-use sembase_embed::durable::AtomicFile;
 use crate::embed::progress_bar;
 use crate::index_model::{default_prefixes, model_identity, IndexModelArgs};
 use crate::models::{load_local, ComputeArgs};
+use sembase_embed::durable::AtomicFile;
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -124,7 +127,13 @@ fn build(args: BuildArgs) -> Result<()> {
     let (_, identity) = model_identity(&args.model)?;
     let model = load_local(&args.model, None, args.compute.batch_tokens, None)?;
     let (query, document) = default_prefixes(&model);
-    let settings = settings_for(&model, identity, args.dimensions, args.query_prefix.or(query), args.document_prefix.or(document))?;
+    let settings = settings_for(
+        &model,
+        identity,
+        args.dimensions,
+        args.query_prefix.or(query),
+        args.document_prefix.or(document),
+    )?;
     let params = AnnParams {
         connectivity: args.connectivity,
         expansion_add: args.expansion_add,
@@ -148,11 +157,16 @@ fn build(args: BuildArgs) -> Result<()> {
     };
     let total = docs.len();
     let bar = progress_bar(total);
-    let index = build_index(&args.output, settings, spec, docs, vectors, &|done| bar.set_position(done as u64))?;
+    let index = build_index(&args.output, settings, spec, docs, vectors, &|done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let bytes = dir_bytes(index.dir())? + store_bytes(index.spec())?;
-    eprintln!("{total} documents in {seconds:.1}s, {bytes} bytes on disk: {}", index.dir().display());
+    eprintln!(
+        "{total} documents in {seconds:.1}s, {bytes} bytes on disk: {}",
+        index.dir().display()
+    );
     if let Some(path) = &args.json {
         let report = serde_json::json!({"documents": total, "seconds": seconds, "bytes": bytes, "store": index.spec().kind()});
         let mut file = AtomicFile::create(path)?;
@@ -165,7 +179,8 @@ fn build(args: BuildArgs) -> Result<()> {
 fn add(args: AddArgs) -> Result<()> {
     args.model.apply_threads();
     let docs = read_corpus(&args.corpus)?;
-    let mut index = Index::open(&args.index, Access::Write).with_context(|| format!("opening {}", args.index.display()))?;
+    let mut index = Index::open(&args.index, Access::Write)
+        .with_context(|| format!("opening {}", args.index.display()))?;
     let model = args.model.load(index.settings())?;
     let total = docs.len();
     let mut docs = docs.into_iter().peekable();
@@ -183,15 +198,22 @@ fn add(args: AddArgs) -> Result<()> {
 fn delete(args: DeleteArgs) -> Result<()> {
     let mut ids = args.ids;
     if let Some(path) = &args.ids_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         ids.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
     }
     if ids.is_empty() {
         bail!("give --id ID (repeatable) or --ids-file FILE");
     }
-    let mut index = Index::open(&args.index, Access::Write).with_context(|| format!("opening {}", args.index.display()))?;
+    let mut index = Index::open(&args.index, Access::Write)
+        .with_context(|| format!("opening {}", args.index.display()))?;
     let removed = index.store_mut().delete(&ids)?;
-    eprintln!("removed {removed} of {} ids; {} documents in {}", ids.len(), index.store().count()?, args.index.display());
+    eprintln!(
+        "removed {removed} of {} ids; {} documents in {}",
+        ids.len(),
+        index.store().count()?,
+        args.index.display()
+    );
     Ok(())
 }
 
@@ -199,7 +221,8 @@ fn delete(args: DeleteArgs) -> Result<()> {
 /// and underscores, starting with a letter.
 fn table_name(dir: &Path) -> String {
     let raw = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let clean: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let clean: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("sembase_{clean}")
 }
 

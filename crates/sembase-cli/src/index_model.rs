@@ -36,14 +36,23 @@ impl IndexModelArgs {
 /// A directory is recorded by its absolute path, so the index works from anywhere.
 pub fn model_identity(spec: &str) -> Result<(PathBuf, ModelIdentity)> {
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
-    let name = if Path::new(spec).is_dir() { std::fs::canonicalize(spec)?.display().to_string() } else { spec.to_string() };
-    let identity = ModelIdentity::of_dir(&name, &dir).with_context(|| format!("fingerprinting model {}", dir.display()))?;
+    let name = if Path::new(spec).is_dir() {
+        std::fs::canonicalize(spec)?.display().to_string()
+    } else {
+        spec.to_string()
+    };
+    let identity = ModelIdentity::of_dir(&name, &dir)
+        .with_context(|| format!("fingerprinting model {}", dir.display()))?;
     Ok((dir, identity))
 }
 
 /// Loads the index's model (or `spec` instead) and refuses one whose
 /// fingerprint differs from the recorded one.
-fn load_index_model(settings: &IndexSettings, spec: Option<&str>, batch_tokens: Option<usize>) -> Result<LocalEmbedder> {
+fn load_index_model(
+    settings: &IndexSettings,
+    spec: Option<&str>,
+    batch_tokens: Option<usize>,
+) -> Result<LocalEmbedder> {
     let spec = spec.unwrap_or(&settings.model.name);
     let (_, identity) = model_identity(spec)?;
     settings.check_model(&identity)?;

@@ -43,7 +43,12 @@ pub enum Quantize {
 /// Resolves `spec` through the store and loads it for inference.
 /// `batch_tokens` caps the padded tokens per forward pass (default: the device's, see
 /// [`BatchLimits::for_device`]).
-pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: Option<usize>, quantize: Option<Quantize>) -> Result<LocalEmbedder> {
+pub fn load_local(
+    spec: &str,
+    max_seq_length: Option<usize>,
+    batch_tokens: Option<usize>,
+    quantize: Option<Quantize>,
+) -> Result<LocalEmbedder> {
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(spec)?;
     let name = display_name(spec, &dir);
@@ -62,13 +67,16 @@ pub fn load_local(spec: &str, max_seq_length: Option<usize>, batch_tokens: Optio
         },
         ..LoadOptions::default()
     };
-    LocalEmbedder::load(&dir, name, options).with_context(|| format!("loading model {}", dir.display()))
+    LocalEmbedder::load(&dir, name, options)
+        .with_context(|| format!("loading model {}", dir.display()))
 }
 
 /// The name a model is known by: the store name, or a directory's last component.
 fn display_name(spec: &str, dir: &Path) -> String {
     if Path::new(spec).is_dir() {
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string())
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string())
     } else {
         spec.to_string()
     }

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Serialize;
 use sembase_index::index::embed_queries;
 use sembase_index::npy::read_npy_f32;
 use sembase_index::{Access, Filter, Hit, Index, Metadata};
+use serde::Serialize;
 
-use sembase_embed::durable::AtomicFile;
 use crate::index_model::IndexModelArgs;
+use sembase_embed::durable::AtomicFile;
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -65,7 +65,8 @@ struct JsonHit<'a> {
 
 pub fn run(args: SearchArgs) -> Result<()> {
     args.model.apply_threads();
-    let index = Index::open_tuned(&args.index, Access::Read, args.expansion_search).with_context(|| format!("opening {}", args.index.display()))?;
+    let index = Index::open_tuned(&args.index, Access::Read, args.expansion_search)
+        .with_context(|| format!("opening {}", args.index.display()))?;
     let filter = args.filter.as_deref().map(parse_filter).transpose()?;
     let (labels, vectors) = match (&args.query, &args.queries, &args.query_vectors) {
         (_, _, Some(path)) => {
@@ -83,7 +84,11 @@ pub fn run(args: SearchArgs) -> Result<()> {
         results.extend(index.store().search(chunk, args.top_k, filter.as_ref())?);
     }
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!("{} queries searched in {seconds:.3}s ({:.0} queries/s)", vectors.len(), vectors.len() as f64 / seconds.max(1e-9));
+    eprintln!(
+        "{} queries searched in {seconds:.3}s ({:.0} queries/s)",
+        vectors.len(),
+        vectors.len() as f64 / seconds.max(1e-9)
+    );
     if let Some(path) = &args.json {
         write_json(path, &labels, &results, seconds)?;
     } else {
@@ -93,7 +98,11 @@ pub fn run(args: SearchArgs) -> Result<()> {
 }
 
 /// Embeds query texts with the index's model and query prefix.
-fn embed(index: &Index, args: &SearchArgs, queries: Vec<String>) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+fn embed(
+    index: &Index,
+    args: &SearchArgs,
+    queries: Vec<String>,
+) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
     let model = args.model.load(index.settings())?;
     let vectors = embed_queries(&model, index.settings(), &queries)?;
     Ok((queries, vectors))
@@ -106,7 +115,8 @@ fn unit(mut v: Vec<f32>) -> Vec<f32> {
 
 /// Query texts: one per line, or JSONL objects with "text".
 fn read_queries(path: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let jsonl = sembase_index::corpus::is_jsonl(path);
     let mut queries = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -114,7 +124,8 @@ fn read_queries(path: &std::path::Path) -> Result<Vec<String>> {
             queries.push(line.to_string());
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
         match value.get("text").and_then(|t| t.as_str()) {
             Some(t) => queries.push(t.to_string()),
             None => bail!("{} line {}: no \"text\" string", path.display(), i + 1),
@@ -129,17 +140,33 @@ fn parse_filter(json: &str) -> Result<Filter> {
     Ok(Filter::new(object.clone())?)
 }
 
-fn write_json(path: &std::path::Path, labels: &[String], results: &[Vec<Hit>], seconds: f64) -> Result<()> {
+fn write_json(
+    path: &std::path::Path,
+    labels: &[String],
+    results: &[Vec<Hit>],
+    seconds: f64,
+) -> Result<()> {
     let results: Vec<QueryResult> = labels
         .iter()
         .zip(results)
         .map(|(q, hits)| QueryResult {
             query: q,
-            hits: hits.iter().map(|h| JsonHit { id: &h.id, score: h.score, text: &h.text, metadata: &h.metadata }).collect(),
+            hits: hits
+                .iter()
+                .map(|h| JsonHit {
+                    id: &h.id,
+                    score: h.score,
+                    text: &h.text,
+                    metadata: &h.metadata,
+                })
+                .collect(),
         })
         .collect();
     let mut file = AtomicFile::create(path)?;
-    serde_json::to_writer(&mut file, &serde_json::json!({"results": results, "search_seconds": seconds}))?;
+    serde_json::to_writer(
+        &mut file,
+        &serde_json::json!({"results": results, "search_seconds": seconds}),
+    )?;
     writeln!(file)?;
     Ok(file.commit()?)
 }

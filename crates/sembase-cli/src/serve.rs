@@ -80,7 +80,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         truncate: !args.no_truncate,
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -93,17 +96,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let failure_slot = failure.clone();
         let specs = args.models.clone();
         let (max_seq_length, quantize) = (args.max_seq_length, args.quantize);
-        std::thread::spawn(move || match load_models(&specs, max_seq_length, quantize).and_then(|models| {
-            let indexes = indexes
-                .into_iter()
-                .map(|(name, index, model)| IndexSpec { name, index, model: models[model].embedder.name().to_string() })
-                .collect();
-            loader.set_models_with(models, Attachments { heads, indexes }).map_err(anyhow::Error::from)
-        }) {
-            Ok(()) => println!("listening on http://{address}"),
-            Err(e) => {
-                *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                let _ = failed.send(());
+        std::thread::spawn(move || {
+            match load_models(&specs, max_seq_length, quantize).and_then(|models| {
+                let indexes = indexes
+                    .into_iter()
+                    .map(|(name, index, model)| IndexSpec {
+                        name,
+                        index,
+                        model: models[model].embedder.name().to_string(),
+                    })
+                    .collect();
+                loader
+                    .set_models_with(models, Attachments { heads, indexes })
+                    .map_err(anyhow::Error::from)
+            }) {
+                Ok(()) => println!("listening on http://{address}"),
+                Err(e) => {
+                    *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    let _ = failed.send(());
+                }
             }
         });
         let shutdown = async move {
@@ -126,7 +137,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-fn load_models(specs: &[String], max_seq_length: Option<usize>, quantize: Option<Quantize>) -> Result<Vec<ModelSpec>> {
+fn load_models(
+    specs: &[String],
+    max_seq_length: Option<usize>,
+    quantize: Option<Quantize>,
+) -> Result<Vec<ModelSpec>> {
     specs
         .iter()
         .map(|spec| {
@@ -143,7 +158,9 @@ fn load_models(specs: &[String], max_seq_length: Option<usize>, quantize: Option
 /// A `NAME=DIR` argument (as `--head` takes).
 fn parse_named_dir(value: &str) -> Result<(String, PathBuf), String> {
     match value.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
         _ => Err(format!("expected NAME=DIR, got {value:?}")),
     }
 }
@@ -153,7 +170,8 @@ fn load_heads(heads: &[(String, PathBuf)]) -> Result<Vec<HeadSpec>> {
     heads
         .iter()
         .map(|(name, dir)| {
-            let head = Head::load(dir).with_context(|| format!("loading head `{name}` from {}", dir.display()))?;
+            let head = Head::load(dir)
+                .with_context(|| format!("loading head `{name}` from {}", dir.display()))?;
             Ok(HeadSpec::new(name.clone(), head))
         })
         .collect()
@@ -161,11 +179,15 @@ fn load_heads(heads: &[(String, PathBuf)]) -> Result<Vec<HeadSpec>> {
 
 /// Opens the index directories for writing (before any model loads, so a bad one
 /// fails fast) and finds, by fingerprint, which served model made each one.
-fn open_indexes(indexes: &[(String, PathBuf)], models: &[String]) -> Result<Vec<(String, Index, usize)>> {
+fn open_indexes(
+    indexes: &[(String, PathBuf)],
+    models: &[String],
+) -> Result<Vec<(String, Index, usize)>> {
     if indexes.is_empty() {
         return Ok(Vec::new());
     }
-    let fingerprints: Vec<String> = models.iter().map(|m| Ok(model_identity(m)?.1.fingerprint)).collect::<Result<_>>()?;
+    let fingerprints: Vec<String> =
+        models.iter().map(|m| Ok(model_identity(m)?.1.fingerprint)).collect::<Result<_>>()?;
     indexes
         .iter()
         .map(|(name, dir)| {

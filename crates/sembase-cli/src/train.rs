@@ -12,7 +12,10 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_eval::results::Metrics;
 use sembase_eval::training_report::{write_training_report, TrainingRun};
-use sembase_train::{load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel, Trainer};
+use sembase_train::{
+    load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel,
+    Trainer,
+};
 
 use crate::models::set_threads;
 
@@ -149,13 +152,16 @@ impl TrainObserver for Console {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4}  {rate:.2} steps/s"));
             }
-            None if step.is_multiple_of(10) || step == total => eprintln!("step {step}/{total} loss {loss:.4} ({rate:.2} steps/s)"),
+            None if step.is_multiple_of(10) || step == total => {
+                eprintln!("step {step}/{total} loss {loss:.4} ({rate:.2} steps/s)")
+            }
             None => {}
         }
     }
 
     fn on_eval(&self, step: usize, metrics: &Metrics) {
-        let line = metrics.0.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join("  ");
+        let line =
+            metrics.0.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join("  ");
         match &self.bar {
             Some(bar) => bar.println(format!("eval at step {step}: {line}")),
             None => eprintln!("eval at step {step}: {line}"),
@@ -177,7 +183,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(limit) => limit,
         None => model_limit(&dir)?,
     };
-    let model = TrainableModel::load(&dir, max_length, args.project).with_context(|| format!("loading {}", dir.display()))?;
+    let model = TrainableModel::load(&dir, max_length, args.project)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let mut examples = load_examples(objective, &args.data)?;
     if let Some(prefix) = &args.prefix {
         examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
@@ -222,13 +229,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(&model, config, examples, &args.output, card)?;
     if let Some(checkpoint) = &args.resume {
-        trainer.resume(checkpoint).with_context(|| format!("resuming from {}", checkpoint.display()))?;
+        trainer
+            .resume(checkpoint)
+            .with_context(|| format!("resuming from {}", checkpoint.display()))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
     let now = Instant::now();
-    let console = Console { bar: progress_bar(), started: now, stop, step_started: Cell::new(now), step_seconds: RefCell::default() };
+    let console = Console {
+        bar: progress_bar(),
+        started: now,
+        stop,
+        step_started: Cell::new(now),
+        step_seconds: RefCell::default(),
+    };
     let finish = trainer.run(&console)?;
     if let Some(bar) = &console.bar {
         bar.finish_and_clear();
@@ -245,13 +261,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(path) = &args.report {
         let state = &trainer.state;
-        let run = TrainingRun { title: &title, loss: &state.loss, eval: &state.eval, hyperparameters: &hyperparameters };
+        let run = TrainingRun {
+            title: &title,
+            loss: &state.loss,
+            eval: &state.eval,
+            hyperparameters: &hyperparameters,
+        };
         write_training_report(path, &run)?;
     }
     match finish {
         Finish::Completed => println!("{}", args.output.display()),
         Finish::Interrupted { checkpoint } => {
-            bail!("interrupted at step {}; continue with --resume {}", trainer.state.step, checkpoint.display())
+            bail!(
+                "interrupted at step {}; continue with --resume {}",
+                trainer.state.step,
+                checkpoint.display()
+            )
         }
     }
     Ok(())
@@ -276,6 +301,9 @@ fn progress_bar() -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} eta {eta}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} eta {eta}")
+            .expect("valid template"),
+    );
     Some(bar)
 }

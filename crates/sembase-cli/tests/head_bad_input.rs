@@ -21,14 +21,28 @@ fn train_fails(dir: &Path, name: &str, data: &str, report: &str, extra: &[&str])
     let out = Command::new(SEMBASE)
         .current_dir(&case)
         .env("SEMBASE_HOME", case.join("empty-store"))
-        .args(["head", "train", "--model", "all-minilm-l6-v2", "--data", "data.tsv", "--output", "head", "--json", report])
+        .args([
+            "head",
+            "train",
+            "--model",
+            "all-minilm-l6-v2",
+            "--data",
+            "data.tsv",
+            "--output",
+            "head",
+            "--json",
+            report,
+        ])
         .args(extra)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{name}: succeeded");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: one line: {stderr}");
-    let left: Vec<String> = std::fs::read_dir(&case).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = std::fs::read_dir(&case)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(left, ["data.tsv"], "{name}: something was written");
     stderr.trim_end().to_string()
 }

@@ -16,7 +16,10 @@ use sembase_index::{Index, Precision};
 
 const SEMBASE: &str = env!("CARGO_BIN_EXE_sembase");
 const MODEL: &str = "all-minilm-l6-v2";
-const WORDS: [&str; 12] = ["river", "market", "guitar", "winter", "engine", "garden", "letter", "bridge", "forest", "doctor", "planet", "coffee"];
+const WORDS: [&str; 12] = [
+    "river", "market", "guitar", "winter", "engine", "garden", "letter", "bridge", "forest",
+    "doctor", "planet", "coffee",
+];
 
 /// id -> text: the contents of an index.
 type State = BTreeMap<String, String>;
@@ -31,7 +34,8 @@ impl Rng {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sembase-index-crash-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("sembase-index-crash-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -45,7 +49,12 @@ fn text(rng: &mut Rng, round: usize, id: &str) -> String {
 fn write_corpus(path: &Path, docs: &[(String, String)]) {
     let mut file = std::fs::File::create(path).unwrap();
     for (id, text) in docs {
-        writeln!(file, "{}", serde_json::json!({"_id": id, "text": text, "metadata": {"n": id.len()}})).unwrap();
+        writeln!(
+            file,
+            "{}",
+            serde_json::json!({"_id": id, "text": text, "metadata": {"n": id.len()}})
+        )
+        .unwrap();
     }
 }
 
@@ -56,20 +65,28 @@ fn sembase(args: &[&str]) -> std::process::Output {
 /// Opens the index as a reader would, checks that search finds stored documents,
 /// and returns its contents.
 fn read_state(dir: &Path) -> State {
-    let index = Index::open(dir, Access::Read).unwrap_or_else(|e| panic!("index does not open after a kill: {e}"));
+    let index = Index::open(dir, Access::Read)
+        .unwrap_or_else(|e| panic!("index does not open after a kill: {e}"));
     let segments = Segments::open(dir, 384, Precision::F32, Access::Read).unwrap();
     let mut state = State::new();
     let mut locs = Vec::new();
     for (seg_no, (seg, live)) in segments.segments().iter().zip(segments.live()).enumerate() {
         for row in (0..seg.rows()).filter(|&r| live[r]) {
-            assert!(state.insert(seg.id(row).to_string(), seg.text(row).unwrap().to_string()).is_none(), "an id is live twice");
+            assert!(
+                state.insert(seg.id(row).to_string(), seg.text(row).unwrap().to_string()).is_none(),
+                "an id is live twice"
+            );
             locs.push(Loc { seg: seg_no as u32, row: row as u32 });
         }
     }
     assert_eq!(index.store().count().unwrap(), state.len());
     for loc in locs.iter().step_by(7) {
         let hits = index.store().search(&[segments.vector(*loc)], 1, None).unwrap();
-        assert_eq!(hits[0][0].id, segments.id(*loc), "a stored document is its own nearest neighbour");
+        assert_eq!(
+            hits[0][0].id,
+            segments.id(*loc),
+            "a stored document is its own nearest neighbour"
+        );
     }
     state
 }
@@ -102,29 +119,60 @@ fn add_states(start: &State, docs: &[(String, String)], batch: usize) -> Vec<Sta
 fn killed_writers_leave_a_committed_state() {
     let dir = temp_dir("kills");
     let index = dir.join("index");
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64;
     eprintln!("seed {seed}");
     let mut rng = Rng(seed);
 
-    let initial: Vec<(String, String)> = (0..20).map(|i| format!("d{i:03}")).map(|id| (id.clone(), text(&mut rng, 0, &id))).collect();
+    let initial: Vec<(String, String)> = (0..20)
+        .map(|i| format!("d{i:03}"))
+        .map(|id| (id.clone(), text(&mut rng, 0, &id)))
+        .collect();
     let corpus = dir.join("initial.jsonl");
     write_corpus(&corpus, &initial);
     let out = sembase(&[
-        "index", "build", "--model", MODEL, "--corpus", corpus.to_str().unwrap(), "--output", index.to_str().unwrap(),
-        "--store", "ann", "--delta-limit", "4",
+        "index",
+        "build",
+        "--model",
+        MODEL,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--output",
+        index.to_str().unwrap(),
+        "--store",
+        "ann",
+        "--delta-limit",
+        "4",
     ]);
-    assert!(out.status.success(), "index build failed (is {MODEL} in the store? `sembase model pull {MODEL}`): {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "index build failed (is {MODEL} in the store? `sembase model pull {MODEL}`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut state = read_state(&index);
     assert_eq!(state, initial.iter().cloned().collect::<State>());
 
     // An uninterrupted add: how long start-up and one commit take.
     let batch = 2;
-    let docs: Vec<(String, String)> = (20..32).map(|i| format!("d{i:03}")).map(|id| (id.clone(), text(&mut rng, 1, &id))).collect();
+    let docs: Vec<(String, String)> = (20..32)
+        .map(|i| format!("d{i:03}"))
+        .map(|id| (id.clone(), text(&mut rng, 1, &id)))
+        .collect();
     let file = dir.join("round.jsonl");
     write_corpus(&file, &docs);
     let started = Instant::now();
     let mut child = Command::new(SEMBASE)
-        .args(["index", "add", "--index", index.to_str().unwrap(), "--corpus", file.to_str().unwrap(), "--batch", &batch.to_string()])
+        .args([
+            "index",
+            "add",
+            "--index",
+            index.to_str().unwrap(),
+            "--corpus",
+            file.to_str().unwrap(),
+            "--batch",
+            &batch.to_string(),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -147,12 +195,18 @@ fn killed_writers_leave_a_committed_state() {
     for round in 2..30 {
         let deleting = rng.below(4) == 0 && state.len() > 5;
         let (args, candidates): (Vec<String>, Vec<State>) = if deleting {
-            let ids: Vec<String> = state.keys().filter(|_| rng.below(3) == 0).take(6).cloned().collect();
+            let ids: Vec<String> =
+                state.keys().filter(|_| rng.below(3) == 0).take(6).cloned().collect();
             let mut after = state.clone();
             ids.iter().for_each(|id| {
                 after.remove(id);
             });
-            let mut args: Vec<String> = vec!["index".into(), "delete".into(), "--index".into(), index.display().to_string()];
+            let mut args: Vec<String> = vec![
+                "index".into(),
+                "delete".into(),
+                "--index".into(),
+                index.display().to_string(),
+            ];
             args.extend(ids.iter().flat_map(|id| ["--id".to_string(), id.clone()]));
             (args, vec![state.clone(), after])
         } else {
@@ -164,7 +218,16 @@ fn killed_writers_leave_a_committed_state() {
                 .map(|id| (id.clone(), text(&mut rng, round, &id)))
                 .collect();
             write_corpus(&file, &docs);
-            let args = ["index", "add", "--index", index.to_str().unwrap(), "--corpus", file.to_str().unwrap(), "--batch", &batch.to_string()];
+            let args = [
+                "index",
+                "add",
+                "--index",
+                index.to_str().unwrap(),
+                "--corpus",
+                file.to_str().unwrap(),
+                "--batch",
+                &batch.to_string(),
+            ];
             (args.iter().map(|s| s.to_string()).collect(), add_states(&state, &docs, batch))
         };
         let mut child = Command::new(SEMBASE).args(&args).stderr(Stdio::piped()).spawn().unwrap();
@@ -172,7 +235,8 @@ fn killed_writers_leave_a_committed_state() {
         // first write) plus a random part of one commit's time.
         let commits = watch_commits(child.stderr.take().unwrap());
         let wait_for = rng.below(candidates.len() as u64) as usize;
-        let extra = if wait_for == 0 { first_commit } else { per_commit }.mul_f64(rng.below(1000) as f64 / 1000.0);
+        let extra = if wait_for == 0 { first_commit } else { per_commit }
+            .mul_f64(rng.below(1000) as f64 / 1000.0);
         let deadline = Instant::now() + Duration::from_secs(60);
         for _ in 0..wait_for {
             if commits.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
@@ -191,7 +255,11 @@ fn killed_writers_leave_a_committed_state() {
             panic!("round {round} (seed {seed}): the index holds {} documents, none of the {} committed states", now.len(), candidates.len())
         });
         if status.success() {
-            assert_eq!(at, candidates.len() - 1, "a writer that finished must leave its last state");
+            assert_eq!(
+                at,
+                candidates.len() - 1,
+                "a writer that finished must leave its last state"
+            );
         }
         if at > 0 && at < candidates.len() - 1 {
             partial += 1;
@@ -199,7 +267,10 @@ fn killed_writers_leave_a_committed_state() {
         state = now;
     }
     eprintln!("{interrupted} writers killed while running, {partial} left between their first and last commit");
-    assert!(interrupted >= 10, "only {interrupted} of 28 kills interrupted a writer: the kill window is off");
+    assert!(
+        interrupted >= 10,
+        "only {interrupted} of 28 kills interrupted a writer: the kill window is off"
+    );
     assert!(partial >= 3, "only {partial} kills fell between commits");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -210,8 +281,21 @@ fn a_second_writer_is_refused_with_a_clear_message() {
     let corpus = dir.join("c.txt");
     std::fs::write(&corpus, "one document\nanother one\n").unwrap();
     let index = dir.join("index");
-    let out = sembase(&["index", "build", "--model", MODEL, "--corpus", corpus.to_str().unwrap(), "--output", index.to_str().unwrap()]);
-    assert!(out.status.success(), "index build failed (is {MODEL} in the store?): {}", String::from_utf8_lossy(&out.stderr));
+    let out = sembase(&[
+        "index",
+        "build",
+        "--model",
+        MODEL,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--output",
+        index.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "index build failed (is {MODEL} in the store?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let writer = Index::open(&index, Access::Write).unwrap();
     let out = sembase(&["index", "delete", "--index", index.to_str().unwrap(), "--id", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -50,7 +50,8 @@ impl Serve {
 
     /// SIGTERM, then the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
     }
@@ -65,7 +66,11 @@ impl Drop for Serve {
 
 /// `sembase embed` on the texts (JSONL in and out).
 fn embed_cli(texts: &[&str], dimensions: Option<usize>) -> Vec<Vec<f32>> {
-    let dir = std::env::temp_dir().join(format!("sembase-serve-test-{}-{}", std::process::id(), dimensions.unwrap_or(0)));
+    let dir = std::env::temp_dir().join(format!(
+        "sembase-serve-test-{}-{}",
+        std::process::id(),
+        dimensions.unwrap_or(0)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("in.jsonl");
     let mut f = std::fs::File::create(&input).unwrap();
@@ -84,7 +89,12 @@ fn embed_cli(texts: &[&str], dimensions: Option<usize>) -> Vec<Vec<f32>> {
     text.lines()
         .map(|l| {
             let row: serde_json::Value = serde_json::from_str(l).unwrap();
-            row["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            row["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
         })
         .collect()
 }
@@ -120,8 +130,11 @@ fn serves_the_vectors_sembase_embed_computes_and_stops_cleanly_on_sigterm() {
     let clients: Vec<_> = (0..16)
         .map(|i| {
             std::thread::spawn(move || {
-                let body = json!({ "input": format!("client {i} asks a short question") }).to_string();
-                (0..4).map(|_| request(addr, "POST", "/v1/embeddings", &[], body.as_bytes()).status).collect::<Vec<_>>()
+                let body =
+                    json!({ "input": format!("client {i} asks a short question") }).to_string();
+                (0..4)
+                    .map(|_| request(addr, "POST", "/v1/embeddings", &[], body.as_bytes()).status)
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -130,18 +143,30 @@ fn serves_the_vectors_sembase_embed_computes_and_stops_cleanly_on_sigterm() {
     }
     let metrics = request(server.addr, "GET", "/metrics", &[], b"").text();
     let value = |series: &str| -> f64 {
-        metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     };
     let batches = value(&format!("sembase_batch_requests_count{{model=\"{MODEL}\"}}"));
     let requests = value(&format!("sembase_batch_requests_sum{{model=\"{MODEL}\"}}"));
     assert!(requests >= 66.0, "{metrics}");
-    assert!(batches < requests, "no two requests shared a batch: {batches} batches for {requests} requests");
+    assert!(
+        batches < requests,
+        "no two requests shared a batch: {batches} batches for {requests} requests"
+    );
 
     // SIGTERM while a large request is in the model: it is answered, then the process exits 0.
-    let big: Vec<String> = (0..1500).map(|i| format!("sentence number {i} about nothing in particular")).collect();
-    let in_flight = std::thread::spawn(move || request(addr, "POST", "/v1/embeddings", &[], json!({ "input": big }).to_string().as_bytes()));
+    let big: Vec<String> =
+        (0..1500).map(|i| format!("sentence number {i} about nothing in particular")).collect();
+    let in_flight = std::thread::spawn(move || {
+        request(addr, "POST", "/v1/embeddings", &[], json!({ "input": big }).to_string().as_bytes())
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !request(addr, "GET", "/metrics", &[], b"").text().contains("\nsembase_requests_in_flight 1\n") {
+    while !request(addr, "GET", "/metrics", &[], b"")
+        .text()
+        .contains("\nsembase_requests_in_flight 1\n")
+    {
         assert!(std::time::Instant::now() < deadline, "the large request never arrived");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -154,17 +179,33 @@ fn serves_the_vectors_sembase_embed_computes_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn no_truncate_and_api_key_from_the_environment() {
-    let server = Serve::start(&["--no-truncate", "--max-inputs", "4"], &[("SEMBASE_API_KEY", "k-123")]);
+    let server =
+        Serve::start(&["--no-truncate", "--max-inputs", "4"], &[("SEMBASE_API_KEY", "k-123")]);
     let auth = [("Authorization", "Bearer k-123")];
     let long = "word ".repeat(400);
     let reply = server.post("/v1/embeddings", &json!({ "input": ["fine", long] }), &auth);
-    reply.assert_error(400, "invalid_request_error", Some("input"), Some("input_too_long"), "too long");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 402 tokens"), "{}", reply.text());
-    let reply = server.post("/v1/embeddings", &json!({ "input": ["a", "b", "c", "d", "e"] }), &auth);
+    reply.assert_error(
+        400,
+        "invalid_request_error",
+        Some("input"),
+        Some("input_too_long"),
+        "too long",
+    );
+    assert!(
+        reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 402 tokens"),
+        "{}",
+        reply.text()
+    );
+    let reply =
+        server.post("/v1/embeddings", &json!({ "input": ["a", "b", "c", "d", "e"] }), &auth);
     reply.assert_error(400, "invalid_request_error", Some("input"), None, "max inputs");
-    server
-        .post("/v1/embeddings", &json!({ "input": "x" }), &[])
-        .assert_error(401, "invalid_request_error", None, Some("invalid_api_key"), "no key");
+    server.post("/v1/embeddings", &json!({ "input": "x" }), &[]).assert_error(
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+        "no key",
+    );
     assert_eq!(server.post("/v1/embeddings", &json!({ "input": "x" }), &auth).status, 200);
     assert_eq!(request(server.addr, "GET", "/health", &[], b"").status, 200);
     assert!(server.terminate().success());
@@ -184,8 +225,10 @@ fn a_model_that_cannot_load_is_a_clear_error() {
 
 /// The first `take` rows of each label of `en/classify/cr.tsv` after skipping `skip`, as TSV rows.
 fn cr_rows(skip: usize, take: usize) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/en/classify/cr.tsv");
-    let content = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/en/classify/cr.tsv");
+    let content =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut seen = std::collections::HashMap::<&str, usize>::new();
     let mut rows = Vec::new();
     for line in content.lines().skip(1) {
@@ -212,13 +255,39 @@ fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
     std::fs::write(&data, format!("text\tlabel\n{}\n", cr_rows(0, 20).join("\n"))).unwrap();
     let head = dir.join("sentiment");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    sembase(&["head", "train", "--model", MODEL, "--data", &path(&data), "--output", &path(&head), "--folds", "2", "--c-grid", "1", "--no-cache"]);
-    let texts: Vec<String> = cr_rows(20, 5).iter().map(|r| r.split('\t').next().unwrap().to_string()).collect();
+    sembase(&[
+        "head",
+        "train",
+        "--model",
+        MODEL,
+        "--data",
+        &path(&data),
+        "--output",
+        &path(&head),
+        "--folds",
+        "2",
+        "--c-grid",
+        "1",
+        "--no-cache",
+    ]);
+    let texts: Vec<String> =
+        cr_rows(20, 5).iter().map(|r| r.split('\t').next().unwrap().to_string()).collect();
     let input = dir.join("texts.txt");
     std::fs::write(&input, texts.join("\n") + "\n").unwrap();
-    let predicted = sembase(&["head", "predict", "--head", &path(&head), "--input", &path(&input), "--no-cache"]);
-    let expected: Vec<serde_json::Value> =
-        String::from_utf8(predicted.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let predicted = sembase(&[
+        "head",
+        "predict",
+        "--head",
+        &path(&head),
+        "--input",
+        &path(&input),
+        "--no-cache",
+    ]);
+    let expected: Vec<serde_json::Value> = String::from_utf8(predicted.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(expected.len(), texts.len());
 
     let server = Serve::start(&["--head", &format!("sentiment={}", path(&head))], &[]);
@@ -228,10 +297,14 @@ fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
     for (i, want) in expected.iter().enumerate() {
         let got = &body["data"][i]["heads"]["sentiment"];
         assert_eq!(got["label"], want["label"], "input {i}: {got} vs {want}");
-        let (got, want) = (got["probabilities"].as_object().unwrap(), want["probabilities"].as_object().unwrap());
+        let (got, want) =
+            (got["probabilities"].as_object().unwrap(), want["probabilities"].as_object().unwrap());
         assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
         for (label, p) in want {
-            assert!((got[label].as_f64().unwrap() - p.as_f64().unwrap()).abs() < 1e-5, "input {i} {label}: {got:?} vs {want:?}");
+            assert!(
+                (got[label].as_f64().unwrap() - p.as_f64().unwrap()).abs() < 1e-5,
+                "input {i} {label}: {got:?} vs {want:?}"
+            );
         }
     }
     assert!(server.terminate().success());
@@ -242,10 +315,15 @@ fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
     for file in ["weights.safetensors", "labels.json", "head.json"] {
         std::fs::copy(head.join(file), foreign.join(file)).unwrap();
     }
-    let meta = std::fs::read_to_string(head.join("head.json")).unwrap().replace(&format!("\"{MODEL}\""), "\"multilingual-e5-small\"");
+    let meta = std::fs::read_to_string(head.join("head.json"))
+        .unwrap()
+        .replace(&format!("\"{MODEL}\""), "\"multilingual-e5-small\"");
     std::fs::write(foreign.join("head.json"), meta).unwrap();
     let refused = |head_arg: String| {
-        let out = Command::new(SEMBASE).args(["serve", "--model", MODEL, "--port", "0", "--head", &head_arg]).output().unwrap();
+        let out = Command::new(SEMBASE)
+            .args(["serve", "--model", MODEL, "--port", "0", "--head", &head_arg])
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -258,7 +336,10 @@ fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
     );
     let stderr = refused(format!("gone={}", path(&dir.join("missing"))));
     assert!(stderr.starts_with("error: loading head `gone` from "), "{stderr}");
-    let out = Command::new(SEMBASE).args(["serve", "--model", MODEL, "--head", "no-equals-sign"]).output().unwrap();
+    let out = Command::new(SEMBASE)
+        .args(["serve", "--model", MODEL, "--head", "no-equals-sign"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected NAME=DIR"), "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,9 +11,12 @@ use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = args.first().ok_or("usage: decoder_bench DIR [--dequantize] [--sentences N] [--data TSV]")?;
+    let dir = args
+        .first()
+        .ok_or("usage: decoder_bench DIR [--dequantize] [--sentences N] [--data TSV]")?;
     let dequantize = args.iter().any(|a| a == "--dequantize");
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let value =
+        |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let limit: usize = value("--sentences").map(|n| n.parse()).transpose()?.unwrap_or(usize::MAX);
     let data = value("--data").unwrap_or_else(|| "../shared/data/en/stsb/test.tsv".into());
     let text = std::fs::read_to_string(&data).map_err(|e| format!("{data}: {e}"))?;

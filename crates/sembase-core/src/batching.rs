@@ -37,7 +37,8 @@ pub fn plan_batches(lengths: &[usize], limits: BatchLimits) -> Vec<Vec<usize>> {
     for i in order {
         // Sorted longest first, so the batch's first row sets its padded width.
         let width = current.first().map_or(lengths[i], |&first| lengths[first]).max(1);
-        let fits = (current.len() + 1) * width <= limits.max_tokens && current.len() < limits.max_sequences;
+        let fits = (current.len() + 1) * width <= limits.max_tokens
+            && current.len() < limits.max_sequences;
         if !current.is_empty() && !fits {
             batches.push(std::mem::take(&mut current));
         }
@@ -71,7 +72,8 @@ mod tests {
 
     #[test]
     fn an_input_over_the_budget_is_alone() {
-        let batches = plan_batches(&[5000, 3, 3], BatchLimits { max_tokens: 100, max_sequences: 8 });
+        let batches =
+            plan_batches(&[5000, 3, 3], BatchLimits { max_tokens: 100, max_sequences: 8 });
         assert_eq!(batches, vec![vec![0], vec![1, 2]]);
     }
 

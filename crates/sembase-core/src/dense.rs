@@ -74,9 +74,17 @@ impl Dense {
         let activation = match cfg.activation_function.rsplit('.').next() {
             Some("Identity") => DenseActivation::Identity,
             Some("Tanh") => DenseActivation::Tanh,
-            _ => return Err(Error::Unsupported(format!("Dense activation {:?}", cfg.activation_function))),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "Dense activation {:?}",
+                    cfg.activation_function
+                )))
+            }
         };
-        Ok(Self { linear: Linear::load(vb, cfg.in_features, cfg.out_features, cfg.bias)?, activation })
+        Ok(Self {
+            linear: Linear::load(vb, cfg.in_features, cfg.out_features, cfg.bias)?,
+            activation,
+        })
     }
 
     /// Output width.

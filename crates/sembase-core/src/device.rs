@@ -30,12 +30,17 @@ pub fn parse(spec: &str) -> Result<Device> {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => 0,
         other => match other.strip_prefix("cuda:") {
-            Some(n) => n.parse::<usize>().map_err(|_| bad("expected cpu, cuda or cuda:N".into()))?,
+            Some(n) => {
+                n.parse::<usize>().map_err(|_| bad("expected cpu, cuda or cuda:N".into()))?
+            }
             None => return Err(bad("expected cpu, cuda or cuda:N".into())),
         },
     };
     if !cfg!(feature = "cuda") {
-        return Err(bad("this build has no CUDA support; build with `cargo build --release --features cuda`".into()));
+        return Err(bad(
+            "this build has no CUDA support; build with `cargo build --release --features cuda`"
+                .into(),
+        ));
     }
     Device::new_cuda(ordinal).map_err(|e| bad(format!("cannot open GPU {ordinal}: {e}")))
 }

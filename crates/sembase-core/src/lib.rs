@@ -33,6 +33,6 @@ pub use embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 pub use error::{Error, Result};
 pub use local::{LoadOptions, LocalEmbedder};
 pub use mode::Mode;
+pub use model_dir::ModelDir;
 pub use packed::PackedBatch;
 pub use pipeline::{PostModule, SentencePipeline};
-pub use model_dir::ModelDir;

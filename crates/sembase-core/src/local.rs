@@ -9,10 +9,10 @@ use crate::batching::{plan_batches, BatchLimits};
 use crate::dense::Dense;
 use crate::embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 use crate::error::{Error, Result};
+use crate::kernels::int8_linear::Int8Kernel;
 use crate::mode::Mode;
 use crate::model_dir::{HeadModule, ModelDir};
 use crate::models::decoder_config::is_decoder;
-use crate::kernels::int8_linear::Int8Kernel;
 use crate::models::{load_decoder_dir, load_encoder, CpuInference, MappedWeights, TextEncoder};
 use crate::pipeline::{PostModule, SentencePipeline};
 use crate::tokenize::TextTokenizer;
@@ -63,9 +63,14 @@ impl LocalEmbedder {
         let model = ModelDir::open(dir)?;
         let decoder = is_decoder(&model.config.model_type);
         match options.int8 {
-            Some(_) if !options.device.is_cpu() => return Err(Error::Unsupported("int8 quantisation runs on the CPU only".into())),
+            Some(_) if !options.device.is_cpu() => {
+                return Err(Error::Unsupported("int8 quantisation runs on the CPU only".into()))
+            }
             Some(_) if decoder => {
-                return Err(Error::Unsupported("int8 quantisation is for encoder models (decoders: use a quantised GGUF)".into()))
+                return Err(Error::Unsupported(
+                    "int8 quantisation is for encoder models (decoders: use a quantised GGUF)"
+                        .into(),
+                ))
             }
             _ => {}
         }
@@ -85,7 +90,9 @@ impl LocalEmbedder {
             .head
             .iter()
             .map(|module| match module {
-                HeadModule::Dense(path) => Ok(PostModule::Dense(Dense::load_dir(path, &options.device)?)),
+                HeadModule::Dense(path) => {
+                    Ok(PostModule::Dense(Dense::load_dir(path, &options.device)?))
+                }
                 HeadModule::Normalize => Ok(PostModule::Normalize),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -94,11 +101,25 @@ impl LocalEmbedder {
 
     /// Builds an embedder from loaded parts: `model` supplies the tokenizer, pooling,
     /// token limit and prompts (training uses this for in-memory weights).
-    pub fn assemble(model: ModelDir, encoder: Box<dyn TextEncoder>, modules: Vec<PostModule>, name: String, options: LoadOptions) -> Result<Self> {
-        let max_tokens = options.max_seq_length.or(model.max_seq_length).unwrap_or(encoder.max_tokens());
+    pub fn assemble(
+        model: ModelDir,
+        encoder: Box<dyn TextEncoder>,
+        modules: Vec<PostModule>,
+        name: String,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let max_tokens =
+            options.max_seq_length.or(model.max_seq_length).unwrap_or(encoder.max_tokens());
         let pad_id = model.config.pad_token_id.unwrap_or(0);
-        let pipeline =
-            SentencePipeline::new(&model.tokenizer_file, max_tokens, encoder, model.pooling, modules, pad_id, options.device.clone())?;
+        let pipeline = SentencePipeline::new(
+            &model.tokenizer_file,
+            max_tokens,
+            encoder,
+            model.pooling,
+            modules,
+            pad_id,
+            options.device.clone(),
+        )?;
         Ok(Self {
             name,
             dimension: pipeline.dimension(),
@@ -125,7 +146,11 @@ impl LocalEmbedder {
     }
 
     /// Embeds token sequences in length-sorted batches; results in input order.
-    fn embed_sequences(&self, sequences: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
+    fn embed_sequences(
+        &self,
+        sequences: &[Vec<u32>],
+        options: &EmbedOptions,
+    ) -> Result<Embeddings> {
         if let Some(dims) = options.dimensions {
             if dims == 0 || dims > self.dimension {
                 return Err(Error::InvalidDimensions { requested: dims, max: self.dimension });
@@ -138,7 +163,9 @@ impl LocalEmbedder {
             // Run on a thread of the compute pool: the CPU kernels' parallel loops then
             // start there, instead of each op being handed into the pool and back from
             // outside it (two thread switches per op, much of a short text's time).
-            let pooled = rayon::scope(|_| self.pipeline.forward(&self.pipeline.pack(&rows)?, &Mode::Inference))?;
+            let pooled = rayon::scope(|_| {
+                self.pipeline.forward(&self.pipeline.pack(&rows)?, &Mode::Inference)
+            })?;
             for (&i, vector) in batch.iter().zip(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
                 vectors[i] = vector;
             }

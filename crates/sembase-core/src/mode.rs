@@ -49,7 +49,9 @@ impl Mode {
             Mode::Inference => vec![1.0; count],
             Mode::Training(state) => {
                 let mut rng = state.rng();
-                (0..count).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect()
+                (0..count)
+                    .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                    .collect()
             }
         }
     }

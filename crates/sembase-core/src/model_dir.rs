@@ -83,11 +83,16 @@ impl ModelDir {
         let config = TransformerConfig::from_dir(path)?;
         let tokenizer_file = path.join("tokenizer.json");
         if !tokenizer_file.exists() {
-            return Err(Error::Unsupported(format!("{}: no tokenizer.json (only fast tokenizers are read)", path.display())));
+            return Err(Error::Unsupported(format!(
+                "{}: no tokenizer.json (only fast tokenizers are read)",
+                path.display()
+            )));
         }
-        let sbert: SentenceBertConfig = read_json_if_present(&path.join("sentence_bert_config.json"))?.unwrap_or_default();
+        let sbert: SentenceBertConfig =
+            read_json_if_present(&path.join("sentence_bert_config.json"))?.unwrap_or_default();
         let st: SentenceTransformersConfig =
-            read_json_if_present(&path.join("config_sentence_transformers.json"))?.unwrap_or_default();
+            read_json_if_present(&path.join("config_sentence_transformers.json"))?
+                .unwrap_or_default();
         let (pooling, head) = head_modules(path)?;
         Ok(Self {
             weight_files: weight_files(path)?,
@@ -110,8 +115,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-    let mut ggufs: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    let mut ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
     if ggufs.len() == 1 && !dir.join("model.safetensors.index.json").exists() {
         return Ok(ggufs.split_off(0));
     }
@@ -134,14 +143,19 @@ fn head_modules(dir: &Path) -> Result<(Pooling, Vec<HeadModule>)> {
     let Some(entries) = read_json_if_present::<Vec<ModuleEntry>>(&modules_path)? else {
         return Ok((Pooling::new(PoolingMode::Mean), Vec::new()));
     };
-    let config_error = |message: &str| Error::Config { path: modules_path.clone(), message: message.into() };
+    let config_error =
+        |message: &str| Error::Config { path: modules_path.clone(), message: message.into() };
     let (mut pooling, mut head) = (None, Vec::new());
     for entry in entries {
         let kind = entry.kind.rsplit('.').next().unwrap_or_default();
         match kind {
             "Transformer" => {}
-            "Pooling" if pooling.is_some() => return Err(config_error("a second Pooling module is not supported")),
-            "Pooling" if !head.is_empty() => return Err(config_error("the first module after the Transformer must be Pooling")),
+            "Pooling" if pooling.is_some() => {
+                return Err(config_error("a second Pooling module is not supported"))
+            }
+            "Pooling" if !head.is_empty() => {
+                return Err(config_error("the first module after the Transformer must be Pooling"))
+            }
             "Pooling" => {
                 let cfg: PoolingConfig = read_json(&dir.join(&entry.path).join("config.json"))?;
                 pooling = Some(Pooling::from_config(&cfg)?);
@@ -156,6 +170,7 @@ fn head_modules(dir: &Path) -> Result<(Pooling, Vec<HeadModule>)> {
             }
         }
     }
-    let pooling = pooling.ok_or_else(|| config_error("the first module after the Transformer must be Pooling"))?;
+    let pooling = pooling
+        .ok_or_else(|| config_error("the first module after the Transformer must be Pooling"))?;
     Ok((pooling, head))
 }

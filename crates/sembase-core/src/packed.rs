@@ -24,7 +24,10 @@ impl PackedBatch {
         let mut mask = Vec::with_capacity(sequences.len() * width);
         for seq in sequences {
             ids.extend(seq.iter().copied().chain(std::iter::repeat_n(pad_id, width - seq.len())));
-            mask.extend(std::iter::repeat_n(1u32, seq.len()).chain(std::iter::repeat_n(0, width - seq.len())));
+            mask.extend(
+                std::iter::repeat_n(1u32, seq.len())
+                    .chain(std::iter::repeat_n(0, width - seq.len())),
+            );
         }
         Ok(Self {
             ids: Tensor::from_vec(ids, (sequences.len(), width), device)?,
@@ -38,11 +41,17 @@ impl PackedBatch {
     /// way (left padding too): the lengths are counted from the mask, once.
     pub fn from_mask(ids: Tensor, mask: Tensor) -> Result<Self> {
         if ids.dims2()? != mask.dims2()? {
-            return Err(Error::tensor(format!("ids {:?} and mask {:?} differ in shape", ids.dims(), mask.dims())));
+            return Err(Error::tensor(format!(
+                "ids {:?} and mask {:?} differ in shape",
+                ids.dims(),
+                mask.dims()
+            )));
         }
         let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let lengths: Vec<usize> = rows.iter().map(|row| row.iter().filter(|&&m| m != 0.0).count()).collect();
-        let right_padded = rows.iter().zip(&lengths).all(|(row, &len)| row[..len].iter().all(|&m| m != 0.0));
+        let lengths: Vec<usize> =
+            rows.iter().map(|row| row.iter().filter(|&&m| m != 0.0).count()).collect();
+        let right_padded =
+            rows.iter().zip(&lengths).all(|(row, &len)| row[..len].iter().all(|&m| m != 0.0));
         Ok(Self { ids, mask, lengths, right_padded })
     }
 
@@ -73,10 +82,12 @@ impl PackedBatch {
 
     /// Where each sequence starts among the packed rows, and the total: `[0, l0, l0+l1, ...]`.
     pub fn cu_seq_lengths(&self) -> Vec<usize> {
-        std::iter::once(0).chain(self.lengths.iter().scan(0, |sum, &l| {
-            *sum += l;
-            Some(*sum)
-        })).collect()
+        std::iter::once(0)
+            .chain(self.lengths.iter().scan(0, |sum, &l| {
+                *sum += l;
+                Some(*sum)
+            }))
+            .collect()
     }
 }
 

@@ -68,9 +68,11 @@ impl SentencePipeline {
 
     /// Width of the vectors the pipeline returns.
     pub fn dimension(&self) -> usize {
-        self.modules.iter().fold(self.pooling.output_dim(self.encoder.hidden_size()), |width, m| match m {
-            PostModule::Dense(dense) => dense.out_dim(),
-            PostModule::Normalize => width,
+        self.modules.iter().fold(self.pooling.output_dim(self.encoder.hidden_size()), |width, m| {
+            match m {
+                PostModule::Dense(dense) => dense.out_dim(),
+                PostModule::Normalize => width,
+            }
         })
     }
 

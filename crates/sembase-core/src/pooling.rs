@@ -122,7 +122,8 @@ impl Pooling {
     /// `(batch, seq, hidden)` states and `(batch, seq)` mask -> `(batch, hidden * modes)`.
     pub fn forward(&self, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let mask = mask.to_dtype(DType::F32)?;
-        let pooled = self.modes.iter().map(|m| pool(*m, states, &mask)).collect::<Result<Vec<_>>>()?;
+        let pooled =
+            self.modes.iter().map(|m| pool(*m, states, &mask)).collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&pooled, D::Minus1)?)
     }
 }
@@ -131,7 +132,9 @@ fn pool(mode: PoolingMode, states: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let counts = mask.sum_keepdim(1)?; // (b, 1)
     Ok(match mode {
         PoolingMode::Cls => states.i((.., 0))?,
-        PoolingMode::Mean => masked_sum(states, mask)?.broadcast_div(&counts.clamp(1e-9, f64::MAX)?)?,
+        PoolingMode::Mean => {
+            masked_sum(states, mask)?.broadcast_div(&counts.clamp(1e-9, f64::MAX)?)?
+        }
         PoolingMode::MeanSqrtLen => masked_sum(states, mask)?.broadcast_div(&counts.sqrt()?)?,
         PoolingMode::Max => {
             // Padding positions get -1e9 so they never win the maximum.
@@ -163,7 +166,11 @@ mod tests {
 
     fn batch() -> (Tensor, Tensor) {
         // Two rows; the second has one padding position holding a huge value.
-        let states = Tensor::new(&[[[1f32, 2.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]], &Device::Cpu).unwrap();
+        let states = Tensor::new(
+            &[[[1f32, 2.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let mask = Tensor::new(&[[1u32, 1, 1], [1, 1, 0]], &Device::Cpu).unwrap();
         (states, mask)
     }
@@ -185,15 +192,27 @@ mod tests {
 
     #[test]
     fn last_token_finds_the_last_real_position_under_left_padding() {
-        let states = Tensor::new(&[[[100f32, 100.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]], &Device::Cpu).unwrap();
+        let states = Tensor::new(
+            &[[[100f32, 100.], [3., 4.], [5., -6.]], [[-1., 0.], [2., 8.], [100., 100.]]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let mask = Tensor::new(&[[0u32, 1, 1], [1, 1, 0]], &Device::Cpu).unwrap();
-        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken)
+            .forward(&states, &mask)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(pooled, vec![vec![5., -6.], vec![2., 8.]]);
     }
 
     #[test]
     fn several_modes_concatenate_in_reference_order() {
-        let cfg = PoolingConfig { pooling_mode_mean_tokens: true, pooling_mode_cls_token: true, ..Default::default() };
+        let cfg = PoolingConfig {
+            pooling_mode_mean_tokens: true,
+            pooling_mode_cls_token: true,
+            ..Default::default()
+        };
         let pooling = Pooling::from_config(&cfg).unwrap();
         assert_eq!(pooling.modes(), &[PoolingMode::Cls, PoolingMode::Mean]);
         let (s, m) = batch();
@@ -208,11 +227,21 @@ mod tests {
 
     #[test]
     fn the_newer_pooling_mode_key_names_modes_in_order() {
-        let parse = |json: &str| Pooling::from_config(&serde_json::from_str::<PoolingConfig>(json).unwrap());
-        let one = parse(r#"{"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": true}"#).unwrap();
+        let parse = |json: &str| {
+            Pooling::from_config(&serde_json::from_str::<PoolingConfig>(json).unwrap())
+        };
+        let one = parse(
+            r#"{"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": true}"#,
+        )
+        .unwrap();
         assert_eq!(one.modes(), &[PoolingMode::Mean]);
-        let two = parse(r#"{"pooling_mode": ["max", "cls"], "pooling_mode_mean_tokens": true}"#).unwrap();
-        assert_eq!(two.modes(), &[PoolingMode::Max, PoolingMode::Cls], "the list wins over the old keys, in its order");
+        let two =
+            parse(r#"{"pooling_mode": ["max", "cls"], "pooling_mode_mean_tokens": true}"#).unwrap();
+        assert_eq!(
+            two.modes(),
+            &[PoolingMode::Max, PoolingMode::Cls],
+            "the list wins over the old keys, in its order"
+        );
         assert!(parse(r#"{"pooling_mode": "weightedmean"}"#).is_err());
         assert!(parse(r#"{"pooling_mode": []}"#).is_err());
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::Deserialize;
 use tokenizers::{
-    Decoder, DecoderWrapper, Encoding, Model, ModelWrapper, Normalizer, NormalizerWrapper, PostProcessor, PostProcessorWrapper, PreTokenizer,
-    PreTokenizerWrapper, TokenizerImpl, TruncationDirection,
+    Decoder, DecoderWrapper, Encoding, Model, ModelWrapper, Normalizer, NormalizerWrapper,
+    PostProcessor, PostProcessorWrapper, PreTokenizer, PreTokenizerWrapper, TokenizerImpl,
+    TruncationDirection,
 };
 
 use crate::embedder::Truncation;
@@ -41,7 +42,8 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`; inputs are cut at `max_tokens` (special tokens included).
     pub fn load(path: &Path, max_tokens: usize) -> Result<Self> {
-        let failed = |e: &dyn std::fmt::Display| Error::Tokenizer(format!("{}: {e}", path.display()));
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Tokenizer(format!("{}: {e}", path.display()));
         let json = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
         let head: FileHead = serde_json::from_str(&json).map_err(|e| failed(&e))?;
         let pipeline: Arc<dyn Pipeline> = match head.model.kind.as_deref() {
@@ -79,7 +81,11 @@ impl TextTokenizer {
                 let mut text_tokens = self.text_tokens(text)?;
                 if text_tokens.len() > room {
                     if truncation == Truncation::Refuse {
-                        return Err(Error::InputTooLong { index, tokens: text_tokens.len() + self.added, limit: self.max_tokens });
+                        return Err(Error::InputTooLong {
+                            index,
+                            tokens: text_tokens.len() + self.added,
+                            limit: self.max_tokens,
+                        });
                     }
                     text_tokens.truncate(room, 0, TruncationDirection::Right);
                 }
@@ -95,7 +101,10 @@ impl TextTokenizer {
 
     /// Ids of `text_tokens` with the model's special tokens added.
     fn with_special_tokens(&self, text_tokens: Encoding) -> Result<Vec<u32>> {
-        let encoding = self.pipeline.with_special_tokens(text_tokens).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .pipeline
+            .with_special_tokens(text_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 }
@@ -118,7 +127,13 @@ fn prepared<M>(json: &str) -> tokenizers::Result<Arc<dyn Pipeline>>
 where
     M: Model + for<'de> Deserialize<'de> + Send + Sync + 'static,
 {
-    let mut tokenizer = TokenizerImpl::<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::from_str(json)?;
+    let mut tokenizer = TokenizerImpl::<
+        M,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::from_str(json)?;
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None)?;
     Ok(Arc::new(tokenizer))

@@ -61,15 +61,25 @@ struct PathEnd {
 impl CompactUnigram {
     /// Builds the model from `(piece, score)` pairs in id order. Where a piece appears
     /// twice its later id is the one text maps to (as in the library).
-    pub fn new(vocab: Vec<(String, f64)>, unk_id: Option<usize>, byte_fallback: bool) -> Result<Self, String> {
+    pub fn new(
+        vocab: Vec<(String, f64)>,
+        unk_id: Option<usize>,
+        byte_fallback: bool,
+    ) -> Result<Self, String> {
         if let Some(unk) = unk_id {
             if unk >= vocab.len() {
-                return Err(format!("unk_id {unk} is outside the vocabulary of {} pieces", vocab.len()));
+                return Err(format!(
+                    "unk_id {unk} is outside the vocabulary of {} pieces",
+                    vocab.len()
+                ));
             }
         }
         let total: usize = vocab.iter().map(|(piece, _)| piece.len()).sum();
         if vocab.len() >= NO_PIECE as usize || total > u32::MAX as usize {
-            return Err(format!("a vocabulary of {} pieces ({total} bytes) is too large", vocab.len()));
+            return Err(format!(
+                "a vocabulary of {} pieces ({total} bytes) is too large",
+                vocab.len()
+            ));
         }
         let mut text = String::with_capacity(total);
         let mut ends = Vec::with_capacity(vocab.len());
@@ -80,7 +90,15 @@ impl CompactUnigram {
             scores.push(score);
         }
         let min_score = scores.iter().copied().fold(f64::INFINITY, f64::min);
-        let mut model = Self { text, ends, scores, trie: PieceTrie::default(), unk_id: unk_id.map(|u| u as u32), min_score, byte_fallback };
+        let mut model = Self {
+            text,
+            ends,
+            scores,
+            trie: PieceTrie::default(),
+            unk_id: unk_id.map(|u| u as u32),
+            min_score,
+            byte_fallback,
+        };
         model.trie = PieceTrie::build(|id| model.piece(id).as_bytes(), model.ends.len() as u32);
         Ok(model)
     }
@@ -96,21 +114,28 @@ impl CompactUnigram {
     /// no piece covers, or the unknown piece itself) next to each other make one range.
     fn best_path(&self, sentence: &str) -> tokenizers::Result<Vec<(usize, usize)>> {
         let unknown_score = self.min_score - UNKNOWN_PENALTY;
-        let mut ends = vec![PathEnd { score: 0.0, start: usize::MAX, unknown: false }; sentence.len() + 1];
+        let mut ends =
+            vec![PathEnd { score: 0.0, start: usize::MAX, unknown: false }; sentence.len() + 1];
         for (start, ch) in sentence.char_indices() {
             let so_far = ends[start].score;
             let char_len = ch.len_utf8();
             let mut whole_char_piece = false;
             for (len, id) in self.trie.prefixes(&sentence.as_bytes()[start..]) {
                 let unknown = Some(id) == self.unk_id;
-                offer(&mut ends[start + len], PathEnd { score: so_far + self.scores[id as usize], start, unknown });
+                offer(
+                    &mut ends[start + len],
+                    PathEnd { score: so_far + self.scores[id as usize], start, unknown },
+                );
                 whole_char_piece |= len == char_len;
             }
             if !whole_char_piece {
                 if self.unk_id.is_none() {
                     return Err(Self::missing_unk());
                 }
-                offer(&mut ends[start + char_len], PathEnd { score: so_far + unknown_score, start, unknown: true });
+                offer(
+                    &mut ends[start + char_len],
+                    PathEnd { score: so_far + unknown_score, start, unknown: true },
+                );
             }
         }
         let mut tokens: Vec<(usize, usize)> = Vec::new();
@@ -153,8 +178,14 @@ impl Model for CompactUnigram {
             }
             let bytes = if self.byte_fallback { self.byte_pieces(value) } else { None };
             match bytes {
-                Some(ids) => tokens.extend(ids.into_iter().map(|id| Token::new(id, self.piece(id).to_string(), offsets))),
-                None => tokens.push(Token::new(self.unk_id.ok_or_else(Self::missing_unk)?, value.to_string(), offsets)),
+                Some(ids) => tokens.extend(
+                    ids.into_iter().map(|id| Token::new(id, self.piece(id).to_string(), offsets)),
+                ),
+                None => tokens.push(Token::new(
+                    self.unk_id.ok_or_else(Self::missing_unk)?,
+                    value.to_string(),
+                    offsets,
+                )),
             }
         }
         Ok(tokens)
@@ -177,9 +208,12 @@ impl Model for CompactUnigram {
     }
 
     fn save(&self, folder: &Path, prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
-        let vocab: Vec<(&str, f64)> = (0..self.ends.len() as u32).map(|id| (self.piece(id), self.scores[id as usize])).collect();
+        let vocab: Vec<(&str, f64)> = (0..self.ends.len() as u32)
+            .map(|id| (self.piece(id), self.scores[id as usize]))
+            .collect();
         let json = serde_json::json!({ "type": "Unigram", "unk_id": self.unk_id, "vocab": vocab, "byte_fallback": self.byte_fallback });
-        let path = folder.join(prefix.map_or("unigram.json".to_string(), |p| format!("{p}-unigram.json")));
+        let path =
+            folder.join(prefix.map_or("unigram.json".to_string(), |p| format!("{p}-unigram.json")));
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
         Ok(vec![path])
     }
@@ -204,7 +238,10 @@ impl<'de> Deserialize<'de> for CompactUnigram {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let json = UnigramJson::deserialize(deserializer)?;
         if json.kind != "Unigram" {
-            return Err(serde::de::Error::custom(format!("model type {:?} is not Unigram", json.kind)));
+            return Err(serde::de::Error::custom(format!(
+                "model type {:?} is not Unigram",
+                json.kind
+            )));
         }
         Self::new(json.vocab, json.unk_id, json.byte_fallback).map_err(serde::de::Error::custom)
     }
@@ -234,7 +271,10 @@ impl PieceTrie {
     fn build<'a>(piece: impl Fn(u32) -> &'a [u8], count: u32) -> Self {
         let mut order: Vec<u32> = (0..count).collect();
         order.sort_by(|&a, &b| piece(a).cmp(piece(b)).then(a.cmp(&b)));
-        let mut trie = Self { nodes: vec![TrieNode { first_edge: 0, edge_count: 0, piece: NO_PIECE }], ..Self::default() };
+        let mut trie = Self {
+            nodes: vec![TrieNode { first_edge: 0, edge_count: 0, piece: NO_PIECE }],
+            ..Self::default()
+        };
         // (node, its pieces as a range of `order`, depth): every piece in the range
         // starts with the node's `depth` bytes.
         let mut pending = vec![(0usize, 0usize, order.len(), 0usize)];
@@ -247,7 +287,8 @@ impl PieceTrie {
             let mut group_start = lo;
             while group_start < hi {
                 let byte = piece(order[group_start])[depth];
-                let group_end = group_start + order[group_start..hi].partition_point(|&id| piece(id)[depth] == byte);
+                let group_end = group_start
+                    + order[group_start..hi].partition_point(|&id| piece(id)[depth] == byte);
                 let child = trie.nodes.len();
                 trie.nodes.push(TrieNode { first_edge: 0, edge_count: 0, piece: NO_PIECE });
                 trie.edge_bytes.push(byte);
@@ -265,20 +306,26 @@ impl PieceTrie {
     fn child(&self, node: u32, byte: u8) -> Option<u32> {
         let TrieNode { first_edge, edge_count, .. } = self.nodes[node as usize];
         let range = first_edge as usize..first_edge as usize + edge_count as usize;
-        self.edge_bytes[range.clone()].binary_search(&byte).ok().map(|i| self.edge_targets[range.start + i])
+        self.edge_bytes[range.clone()]
+            .binary_search(&byte)
+            .ok()
+            .map(|i| self.edge_targets[range.start + i])
     }
 
     /// `(length, piece)` of every piece that `bytes` starts with, shortest first.
     fn prefixes<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = (usize, u32)> + 'a {
         let mut node = Some(0u32);
-        bytes.iter().enumerate().map_while(move |(i, &byte)| {
-            node = self.child(node?, byte);
-            Some((i + 1, node?))
-        })
-        .filter_map(|(len, node)| {
-            let piece = self.nodes[node as usize].piece;
-            (piece != NO_PIECE).then_some((len, piece))
-        })
+        bytes
+            .iter()
+            .enumerate()
+            .map_while(move |(i, &byte)| {
+                node = self.child(node?, byte);
+                Some((i + 1, node?))
+            })
+            .filter_map(|(len, node)| {
+                let piece = self.nodes[node as usize].piece;
+                (piece != NO_PIECE).then_some((len, piece))
+            })
     }
 
     /// The piece that is exactly `bytes`.
@@ -336,13 +383,31 @@ mod tests {
         text_alphabet.extend(['<', 'u', 'n', 'k', '>']);
         for round in 0..12 {
             let vocab = random_vocab(&mut rng);
-            let (unk_id, byte_fallback) = [(Some(0), false), (Some(0), true), (None, false)][round % 3];
+            let (unk_id, byte_fallback) =
+                [(Some(0), false), (Some(0), true), (None, false)][round % 3];
             let library = Unigram::from(vocab.clone(), unk_id, byte_fallback).unwrap();
             let ours = CompactUnigram::new(vocab.clone(), unk_id, byte_fallback).unwrap();
             // The unknown piece's own text next to unknown characters is fused with them.
-            let fixed = ["z<unk>☃", "a<unk>z", "<unk><unk>", "☃<unk>", "<unk>", "ab<unk>ab", "zzz", "<0x7A>"].map(String::from);
-            for text in fixed.into_iter().chain((0..300).map(|_| random_string(&mut rng, &text_alphabet, 24))) {
-                assert_eq!(tokens(&ours, &text), tokens(&library, &text), "round {round}, text {text:?}");
+            let fixed = [
+                "z<unk>☃",
+                "a<unk>z",
+                "<unk><unk>",
+                "☃<unk>",
+                "<unk>",
+                "ab<unk>ab",
+                "zzz",
+                "<0x7A>",
+            ]
+            .map(String::from);
+            for text in fixed
+                .into_iter()
+                .chain((0..300).map(|_| random_string(&mut rng, &text_alphabet, 24)))
+            {
+                assert_eq!(
+                    tokens(&ours, &text),
+                    tokens(&library, &text),
+                    "round {round}, text {text:?}"
+                );
             }
             for (id, (piece, _)) in vocab.iter().enumerate() {
                 assert_eq!(ours.token_to_id(piece), library.token_to_id(piece), "piece {piece:?}");
@@ -361,6 +426,9 @@ mod tests {
         assert!(error.contains("not Unigram"), "{error}");
         let json = r#"{"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0]]}"#;
         let model = serde_json::from_str::<CompactUnigram>(json).unwrap();
-        assert_eq!(tokens(&model, "aza").unwrap().iter().map(|t| t.0).collect::<Vec<_>>(), [1, 0, 1]);
+        assert_eq!(
+            tokens(&model, "aza").unwrap().iter().map(|t| t.0).collect::<Vec<_>>(),
+            [1, 0, 1]
+        );
     }
 }

@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use serde::Deserialize;
-use sembase_core::models::{load_decoder, load_decoder_dir, DecoderConfig, DecoderModel, DecoderWeights, TextEncoder};
+use sembase_core::models::{
+    load_decoder, load_decoder_dir, DecoderConfig, DecoderModel, DecoderWeights, TextEncoder,
+};
 use sembase_core::pooling::{Pooling, PoolingMode};
 use sembase_core::vectors::cosine;
 use sembase_core::{Mode, PackedBatch};
+use serde::Deserialize;
 
 const MIN_COSINE: f32 = 0.9999;
 
@@ -60,14 +62,17 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], min: f32) {
 /// Compares states (every position, padding included), pooled vectors and logits.
 fn check(name: &str, model: &DecoderModel, e: &Expected) {
     let (ids, mask) = batch(e);
-    let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
+    let states = model
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+        .unwrap();
     let ours: Vec<Vec<Vec<f32>>> = states.to_vec3().unwrap();
     for (r, (row, want)) in ours.iter().zip(&e.states).enumerate() {
         for (t, (v, w)) in row.iter().zip(want).enumerate() {
             assert_close(&format!("{name} row {r} position {t}"), v, w, MIN_COSINE);
         }
     }
-    let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+    let pooled: Vec<Vec<f32>> =
+        Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
     for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
         assert_close(&format!("{name} pooled row {r}"), v, w, MIN_COSINE);
     }
@@ -79,7 +84,9 @@ fn check(name: &str, model: &DecoderModel, e: &Expected) {
 
 fn inference(name: &str) {
     let dir = fixture_dir(name);
-    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true).unwrap();
+    let model =
+        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true)
+            .unwrap();
     check(name, &model, &read_expected(&dir));
 }
 
@@ -89,7 +96,8 @@ fn load_trainable(dir: &Path) -> (DecoderModel, VarMap) {
     let cfg = DecoderConfig::from_dir(dir).unwrap();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
-    let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
+    let model =
+        load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), &cfg, true).unwrap();
     let mut filled = varmap.clone();
     filled.load(dir.join("model.safetensors")).unwrap();
     (model, varmap)
@@ -108,7 +116,9 @@ fn training(name: &str) {
     let vars = varmap.data().lock().unwrap();
     assert!(!vars.is_empty());
     for (var_name, var) in vars.iter() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {var_name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient for {var_name}"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient of {var_name} is {norm}");
     }
@@ -148,21 +158,30 @@ fn bf16_weights_are_kept_in_bf16() {
         let dir = fixture_dir(name);
         let half_dir = tempfile::tempdir().unwrap();
         std::fs::copy(dir.join("config.json"), half_dir.path().join("config.json")).unwrap();
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &test_device()).unwrap();
+        let tensors =
+            candle_core::safetensors::load(dir.join("model.safetensors"), &test_device()).unwrap();
         let half: std::collections::HashMap<String, Tensor> =
             tensors.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
         let file = half_dir.path().join("model.safetensors");
         candle_core::safetensors::save(&half, &file).unwrap();
-        let model = load_decoder_dir(half_dir.path(), &[file], &test_device(), false, true).unwrap();
+        let model =
+            load_decoder_dir(half_dir.path(), &[file], &test_device(), false, true).unwrap();
         assert_eq!(model.weight_dtype(), DType::BF16, "{name}");
         let e = read_expected(&dir);
         let (ids, mask) = batch(&e);
-        let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
-        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+        let states = model
+            .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+            .unwrap();
+        let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken)
+            .forward(&states, &mask)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
             assert_close(&format!("{name} bf16 pooled row {r}"), v, w, 0.999);
         }
-        let logits: Vec<Vec<f32>> = model.next_token_logits(&ids, &mask).unwrap().to_vec2().unwrap();
+        let logits: Vec<Vec<f32>> =
+            model.next_token_logits(&ids, &mask).unwrap().to_vec2().unwrap();
         for (r, (v, w)) in logits.iter().zip(&e.logits).enumerate() {
             assert_close(&format!("{name} bf16 logits row {r}"), v, w, 0.999);
         }
@@ -177,26 +196,42 @@ fn left_padded(name: &str, training_path: bool) {
     let model = if training_path {
         load_trainable(&dir).0
     } else {
-        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true).unwrap()
+        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true)
+            .unwrap()
     };
     let e = read_expected(&dir);
     let width = e.ids[0].len();
-    let lengths: Vec<usize> = e.mask.iter().map(|row| row.iter().filter(|&&m| m == 1).count()).collect();
+    let lengths: Vec<usize> =
+        e.mask.iter().map(|row| row.iter().filter(|&&m| m == 1).count()).collect();
     assert!(lengths.iter().any(|&n| n < width), "{name}: the fixture has no padding to move");
     let shift = |row: &[u32], n: usize, fill: u32| -> Vec<u32> {
         std::iter::repeat_n(fill, width - n).chain(row[..n].iter().copied()).collect()
     };
-    let ids: Vec<Vec<u32>> = e.ids.iter().zip(&lengths).map(|(row, &n)| shift(row, n, row[n.min(width - 1)])).collect();
+    let ids: Vec<Vec<u32>> =
+        e.ids.iter().zip(&lengths).map(|(row, &n)| shift(row, n, row[n.min(width - 1)])).collect();
     let mask: Vec<Vec<u32>> = lengths.iter().map(|&n| shift(&vec![1; width], n, 0)).collect();
-    let (ids, mask) = (Tensor::new(ids, &test_device()).unwrap(), Tensor::new(mask, &test_device()).unwrap());
-    let states: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
+    let (ids, mask) =
+        (Tensor::new(ids, &test_device()).unwrap(), Tensor::new(mask, &test_device()).unwrap());
+    let states: Vec<Vec<Vec<f32>>> = model
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+        .unwrap()
+        .to_vec3()
+        .unwrap();
     for (r, &n) in lengths.iter().enumerate() {
         for t in 0..n {
-            assert_close(&format!("{name} left-padded row {r} position {t}"), &states[r][width - n + t], &e.states[r][t], MIN_COSINE);
+            assert_close(
+                &format!("{name} left-padded row {r} position {t}"),
+                &states[r][width - n + t],
+                &e.states[r][t],
+                MIN_COSINE,
+            );
         }
     }
-    let states = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap();
-    let pooled: Vec<Vec<f32>> = Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
+    let states = model
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+        .unwrap();
+    let pooled: Vec<Vec<f32>> =
+        Pooling::new(PoolingMode::LastToken).forward(&states, &mask).unwrap().to_vec2().unwrap();
     for (r, (v, w)) in pooled.iter().zip(&e.pooled).enumerate() {
         assert_close(&format!("{name} left-padded pooled row {r}"), v, w, MIN_COSINE);
     }
@@ -213,17 +248,35 @@ fn left_padding_matches_transformers() {
 #[test]
 fn padding_mask_is_honoured() {
     let dir = fixture_dir("llama_tiny");
-    let model = load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, false).unwrap();
+    let model =
+        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, false)
+            .unwrap();
     let e = read_expected(&dir);
     let (ids, mask) = batch(&e);
-    let states: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
+    let states: Vec<Vec<Vec<f32>>> = model
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+        .unwrap()
+        .to_vec3()
+        .unwrap();
     // Row 1 alone (no padding) gives the same states for its real positions.
     let n = e.mask[1].iter().filter(|&&m| m == 1).count();
     let alone_ids = Tensor::new(vec![e.ids[1][..n].to_vec()], &test_device()).unwrap();
     let alone_mask = Tensor::new(vec![vec![1u32; n]], &test_device()).unwrap();
-    let alone: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
+    let alone: Vec<Vec<Vec<f32>>> = model
+        .forward(
+            &PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(),
+            &Mode::Inference,
+        )
+        .unwrap()
+        .to_vec3()
+        .unwrap();
     for t in 0..n {
-        assert_close(&format!("row 1 alone, position {t}"), &alone[0][t], &states[1][t], MIN_COSINE);
+        assert_close(
+            &format!("row 1 alone, position {t}"),
+            &alone[0][t],
+            &states[1][t],
+            MIN_COSINE,
+        );
     }
 }
 
@@ -249,7 +302,8 @@ struct Greedy {
 }
 
 fn smollm2() -> (PathBuf, SmolReference) {
-    let store = sembase_hub::Store::from_env().expect("set SEMBASE_HOME (or HOME) for the model store");
+    let store =
+        sembase_hub::Store::from_env().expect("set SEMBASE_HOME (or HOME) for the model store");
     let dir = store
         .resolve("smollm2-135m")
         .unwrap_or_else(|e| panic!("{e}\n(run `sembase model pull smollm2-135m`)"));
@@ -273,7 +327,10 @@ fn smollm2_embeddings(dequantize: bool, min: f32) {
     // the dequantise-and-GEMM path at this size), then each sentence alone (Q4_1's
     // integer kernel).
     let batched = model.embed(&texts, &EmbedOptions::default()).unwrap().vectors;
-    let alone: Vec<Vec<f32>> = texts.iter().map(|t| model.embed(&[*t], &EmbedOptions::default()).unwrap().vectors.remove(0)).collect();
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| model.embed(&[*t], &EmbedOptions::default()).unwrap().vectors.remove(0))
+        .collect();
     for (how, vectors) in [("batched", batched), ("alone", alone)] {
         let mut worst = 1f32;
         for (v, s) in vectors.iter().zip(&reference.sentences) {
@@ -305,7 +362,14 @@ fn smollm2_knows_the_capital_of_france() {
     let ids = tokenizer.encode(g.prompt.as_str(), true).unwrap().get_ids().to_vec();
     assert_eq!(ids, g.ids);
     for dequantize in [false, true] {
-        let model = load_decoder_dir(&dir, &[dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")], &test_device(), dequantize, true).unwrap();
+        let model = load_decoder_dir(
+            &dir,
+            &[dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")],
+            &test_device(),
+            dequantize,
+            true,
+        )
+        .unwrap();
         let ids_t = Tensor::new(vec![ids.clone()], &test_device()).unwrap();
         let mask = ids_t.ones_like().unwrap();
         let logits = model.next_token_logits(&ids_t, &mask).unwrap();

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use sembase_core::vectors::cosine;
 use sembase_core::kernels::int8_linear::Int8Kernel;
+use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder, Truncation};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 const MIN_COSINE: f32 = 0.9999;
@@ -58,13 +58,20 @@ fn data_root() -> PathBuf {
 
 /// The text of a file in the shared data.
 fn read_shared(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (the shared data must sit at ../shared beside the repository)", path.display()))
+    std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared data must sit at ../shared beside the repository)",
+            path.display()
+        )
+    })
 }
 
 /// The directory of `name` in the model store, which the test suite fills.
 fn pulled_model(name: &str) -> PathBuf {
     let store = sembase_hub::Store::from_env().unwrap();
-    store.resolve(name).unwrap_or_else(|e| panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)"))
+    store.resolve(name).unwrap_or_else(|e| {
+        panic!("{e}\n(the test suite pulls it: run `make test`, or `sembase model pull {name}`)")
+    })
 }
 
 /// Rows of a data file as field maps: TSV with a header line, or JSONL.
@@ -75,23 +82,35 @@ fn load_rows(path: &Path) -> Vec<HashMap<String, String>> {
             .lines()
             .map(|line| {
                 let obj: HashMap<String, serde_json::Value> = serde_json::from_str(line).unwrap();
-                obj.into_iter().map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect()
+                obj.into_iter()
+                    .map(|(k, v)| {
+                        (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    })
+                    .collect()
             })
             .collect();
     }
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header line").split('\t').collect();
-    lines.map(|line| header.iter().map(|h| h.to_string()).zip(line.split('\t').map(str::to_string)).collect()).collect()
+    lines
+        .map(|line| {
+            header.iter().map(|h| h.to_string()).zip(line.split('\t').map(str::to_string)).collect()
+        })
+        .collect()
 }
 
 /// The 320 sentences, rebuilt from their locators and checked against their digests.
 fn sentences() -> Vec<String> {
-    let list: SentenceList = serde_json::from_slice(&std::fs::read(golden_dir().join("sentences.json")).unwrap()).unwrap();
+    let list: SentenceList =
+        serde_json::from_slice(&std::fs::read(golden_dir().join("sentences.json")).unwrap())
+            .unwrap();
     let mut files: HashMap<String, Vec<HashMap<String, String>>> = HashMap::new();
     list.sentences
         .iter()
         .map(|loc| {
-            let rows = files.entry(loc.source.clone()).or_insert_with(|| load_rows(&data_root().join(&loc.source)));
+            let rows = files
+                .entry(loc.source.clone())
+                .or_insert_with(|| load_rows(&data_root().join(&loc.source)));
             let text = loc
                 .parts
                 .iter()
@@ -99,8 +118,15 @@ fn sentences() -> Vec<String> {
                 .filter(|v| !v.is_empty())
                 .collect::<Vec<_>>()
                 .join(" ");
-            let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(digest, loc.sha256, "{} rows {:?}: the shared data differs from the fixture's", loc.source, loc.parts.iter().map(|p| p.row).collect::<Vec<_>>());
+            let digest: String =
+                Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                digest,
+                loc.sha256,
+                "{} rows {:?}: the shared data differs from the fixture's",
+                loc.source,
+                loc.parts.iter().map(|p| p.row).collect::<Vec<_>>()
+            );
             text
         })
         .collect()
@@ -109,17 +135,22 @@ fn sentences() -> Vec<String> {
 /// Runs the golden sentences through `name` (int8 weights when `int8` names a kernel)
 /// and asserts every vector reaches `min_cosine` to the reference.
 fn check_model(name: &str, int8: Option<Int8Kernel>, min_cosine: f32) {
-    let golden: Golden = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
+    let golden: Golden =
+        serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap())
+            .unwrap();
     let dir = pulled_model(name);
     // The device under test: SEMBASE_DEVICE (the CPU unless set; bench/gpu_check.sh runs these on CUDA).
     let device = sembase_core::device::from_env().expect("SEMBASE_DEVICE names a usable device");
-    let model = LocalEmbedder::load(&dir, name, LoadOptions { device, int8, ..LoadOptions::default() }).unwrap();
+    let model =
+        LocalEmbedder::load(&dir, name, LoadOptions { device, int8, ..LoadOptions::default() })
+            .unwrap();
     assert_eq!(model.max_tokens(), golden.max_seq_length, "token limit");
     let texts = sentences();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let prefix = (!golden.prefix.is_empty()).then(|| golden.prefix.clone());
     let prefixed: Vec<String> = texts.iter().map(|t| format!("{}{t}", golden.prefix)).collect();
-    let head: Vec<&str> = prefixed.iter().take(golden.token_ids_head.len()).map(String::as_str).collect();
+    let head: Vec<&str> =
+        prefixed.iter().take(golden.token_ids_head.len()).map(String::as_str).collect();
     let ours = model.tokenizer().encode_batch(&head, Truncation::Truncate).unwrap();
     for (i, (ours, reference)) in ours.iter().zip(&golden.token_ids_head).enumerate() {
         assert_eq!(ours, reference, "{name}: token ids of sentence {i}");
@@ -134,7 +165,13 @@ fn check_model(name: &str, int8: Option<Int8Kernel>, min_cosine: f32) {
         }
     }
     eprintln!("{name} (int8: {int8:?}): lowest cosine {:.7} (sentence {})", worst.0, worst.1);
-    assert!(worst.0 >= min_cosine, "{name}: sentence {} has cosine {} < {min_cosine}: {:?}", worst.1, worst.0, texts[worst.1]);
+    assert!(
+        worst.0 >= min_cosine,
+        "{name}: sentence {} has cosine {} < {min_cosine}: {:?}",
+        worst.1,
+        worst.0,
+        texts[worst.1]
+    );
 }
 
 #[test]
@@ -165,7 +202,11 @@ fn int8_quantised_models_stay_close() {
 /// architectures), forced here: the same bound holds.
 #[test]
 fn int8_fallback_kernels_stay_close() {
-    check_model("all-minilm-l6-v2", Some(Int8Kernel::Avx2).filter(|k| k.supported()).or(Some(Int8Kernel::Portable)), MIN_INT8_COSINE);
+    check_model(
+        "all-minilm-l6-v2",
+        Some(Int8Kernel::Avx2).filter(|k| k.supported()).or(Some(Int8Kernel::Portable)),
+        MIN_INT8_COSINE,
+    );
 }
 
 /// Texts are cut the way the tokenizers library cuts them (the text's own tokens, leaving
@@ -184,16 +225,29 @@ fn truncation_matches_the_tokenizers_library() {
         let mut reference = tokenizers::Tokenizer::from_file(&path).unwrap();
         reference.with_padding(None);
         reference.with_truncation(None).unwrap();
-        let whole: Vec<usize> = refs.iter().map(|t| reference.encode(*t, true).unwrap().len()).collect();
-        reference.with_truncation(Some(tokenizers::TruncationParams { max_length: LIMIT, ..Default::default() })).unwrap();
+        let whole: Vec<usize> =
+            refs.iter().map(|t| reference.encode(*t, true).unwrap().len()).collect();
+        reference
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: LIMIT,
+                ..Default::default()
+            }))
+            .unwrap();
         let cut = ours.encode_batch(&refs, Truncation::Truncate).unwrap();
         let mut was_cut = 0;
         for (i, (ours, text)) in cut.iter().zip(&refs).enumerate() {
             let expected = reference.encode(*text, true).unwrap();
-            assert_eq!(ours.as_slice(), expected.get_ids(), "{name}: truncated ids of sentence {i}");
+            assert_eq!(
+                ours.as_slice(),
+                expected.get_ids(),
+                "{name}: truncated ids of sentence {i}"
+            );
             was_cut += usize::from(whole[i] > LIMIT);
         }
-        assert!(was_cut > refs.len() / 3, "{name}: only {was_cut} sentences were long enough to cut");
+        assert!(
+            was_cut > refs.len() / 3,
+            "{name}: only {was_cut} sentences were long enough to cut"
+        );
         for (i, text) in refs.iter().enumerate().filter(|(i, _)| whole[*i] > LIMIT).take(20) {
             let refused = ours.encode_batch(&[text], Truncation::Refuse);
             assert!(
@@ -201,7 +255,11 @@ fn truncation_matches_the_tokenizers_library() {
                 "{name}: sentence {i} ({} tokens): {refused:?}",
                 whole[i]
             );
-            assert_eq!(ours.encode_full(text).unwrap().len(), whole[i], "{name}: untruncated length of sentence {i}");
+            assert_eq!(
+                ours.encode_full(text).unwrap().len(),
+                whole[i],
+                "{name}: untruncated length of sentence {i}"
+            );
         }
     }
 }
@@ -226,8 +284,26 @@ fn compact_unigram_gives_the_library_ids() {
     let mut texts = data_lines("en/corpus/sentences.txt", 8);
     texts.extend(data_lines("zh/corpus/news-1998.txt", 2));
     texts.extend(data_lines("zh/corpus/atec-questions.txt", 8));
-    texts.extend(load_rows(&data_root().join("en/retrieval/msmarco-5k/corpus.jsonl")).into_iter().step_by(5).map(|row| row["text"].clone()));
-    let odd = ["", " ", "\t\n", "😀🙈 emoji", "𠀀𠀁𪚥 rare CJK", "a\u{0}b\u{7}c", "ｆｕｌｌｗｉｄｔｈ １２３", "ééééééééééééééééééééééééé", "Привет, мир", "مرحبا بالعالم", "<unk> <s> </s>", "x\u{200b}y"];
+    texts.extend(
+        load_rows(&data_root().join("en/retrieval/msmarco-5k/corpus.jsonl"))
+            .into_iter()
+            .step_by(5)
+            .map(|row| row["text"].clone()),
+    );
+    let odd = [
+        "",
+        " ",
+        "\t\n",
+        "😀🙈 emoji",
+        "𠀀𠀁𪚥 rare CJK",
+        "a\u{0}b\u{7}c",
+        "ｆｕｌｌｗｉｄｔｈ １２３",
+        "ééééééééééééééééééééééééé",
+        "Привет, мир",
+        "مرحبا بالعالم",
+        "<unk> <s> </s>",
+        "x\u{200b}y",
+    ];
     texts.extend(odd.map(String::from));
     texts.push("ab".repeat(3000));
     for (i, text) in texts.iter().enumerate() {

@@ -38,7 +38,9 @@ fn check_every_parameter_gets_a_gradient(model_type: &str) {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let encoder = load_encoder(vb, &tiny_config(model_type), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
-    let states = encoder.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::training(0)).unwrap();
+    let states = encoder
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::training(0))
+        .unwrap();
     let pooled = Pooling::new(PoolingMode::Mean).forward(&states, &mask).unwrap();
     // A loss that depends on every output coordinate non-trivially.
     let target = Tensor::randn(0f32, 1.0, pooled.shape(), &Device::Cpu).unwrap();
@@ -47,9 +49,14 @@ fn check_every_parameter_gets_a_gradient(model_type: &str) {
     let data = varmap.data().lock().unwrap();
     assert!(data.len() > 20, "{model_type}: only {} parameters were created", data.len());
     for (name, var) in data.iter() {
-        let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{model_type}: no gradient for {name}"));
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{model_type}: no gradient for {name}"));
         let values: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(values.iter().all(|v| v.is_finite()), "{model_type}: non-finite gradient for {name}");
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{model_type}: non-finite gradient for {name}"
+        );
         let norm: f32 = values.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!(norm > 0.0, "{model_type}: zero gradient for {name}");
     }
@@ -77,7 +84,9 @@ fn dropout_is_active_only_in_training() {
     let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
     let batch = PackedBatch::from_mask(ids, mask).unwrap();
-    let run = |mode: &Mode| -> Vec<f32> { encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    let run = |mode: &Mode| -> Vec<f32> {
+        encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
     let training = Mode::training(0);
     let (a, b) = (run(&training), run(&training));
     assert_ne!(a, b, "two training passes gave identical outputs: dropout is off");
@@ -92,11 +101,34 @@ fn padding_does_not_change_the_real_tokens() {
     let encoder = load_encoder(vb, &tiny_config("mpnet"), &CpuInference::default()).unwrap();
     let pool = Pooling::new(PoolingMode::Mean);
     let (ids, mask) = batch();
-    let padded: Vec<Vec<f32>> = pool.forward(&encoder.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
+    let padded: Vec<Vec<f32>> = pool
+        .forward(
+            &encoder
+                .forward(
+                    &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
+                    &Mode::Inference,
+                )
+                .unwrap(),
+            &mask,
+        )
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     let alone_ids = Tensor::new(&[[0u32, 7, 2]], &Device::Cpu).unwrap();
     let alone_mask = Tensor::new(&[[1u32, 1, 1]], &Device::Cpu).unwrap();
-    let alone: Vec<Vec<f32>> =
-        pool.forward(&encoder.forward(&PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(), &Mode::Inference).unwrap(), &alone_mask).unwrap().to_vec2().unwrap();
+    let alone: Vec<Vec<f32>> = pool
+        .forward(
+            &encoder
+                .forward(
+                    &PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(),
+                    &Mode::Inference,
+                )
+                .unwrap(),
+            &alone_mask,
+        )
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     for (x, y) in padded[1].iter().zip(&alone[0]) {
         assert!((x - y).abs() < 1e-5, "padded {x} vs alone {y}");
     }
@@ -109,14 +141,53 @@ fn inference_kernel_matches_the_differentiable_path() {
     for model_type in ["bert", "mpnet"] {
         let varmap = VarMap::new();
         let cfg = tiny_config(model_type);
-        let trainable = load_encoder(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
-        let frozen: std::collections::HashMap<String, Tensor> =
-            varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-        let inference = load_encoder(VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu), &cfg, &CpuInference::default()).unwrap();
+        let trainable = load_encoder(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            &cfg,
+            &CpuInference::default(),
+        )
+        .unwrap();
+        let frozen: std::collections::HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let inference = load_encoder(
+            VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu),
+            &cfg,
+            &CpuInference::default(),
+        )
+        .unwrap();
         let (ids, mask) = batch();
         let pool = Pooling::new(PoolingMode::Mean);
-        let a: Vec<Vec<f32>> = pool.forward(&trainable.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
-        let b: Vec<Vec<f32>> = pool.forward(&inference.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap(), &mask).unwrap().to_vec2().unwrap();
+        let a: Vec<Vec<f32>> = pool
+            .forward(
+                &trainable
+                    .forward(
+                        &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
+                        &Mode::Inference,
+                    )
+                    .unwrap(),
+                &mask,
+            )
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let b: Vec<Vec<f32>> = pool
+            .forward(
+                &inference
+                    .forward(
+                        &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
+                        &Mode::Inference,
+                    )
+                    .unwrap(),
+                &mask,
+            )
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((x - y).abs() < 1e-5, "{model_type}: ops path {x} vs kernel {y}");
         }
@@ -130,7 +201,9 @@ fn seeded_dropout_replays_exactly() {
     let encoder = load_encoder(vb, &tiny_config("bert"), &CpuInference::default()).unwrap();
     let (ids, mask) = batch();
     let batch = PackedBatch::from_mask(ids, mask).unwrap();
-    let run = |mode: &Mode| -> Vec<f32> { encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+    let run = |mode: &Mode| -> Vec<f32> {
+        encoder.forward(&batch, mode).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
     let seeded = Mode::training(7);
     let first = run(&seeded);
     let next = run(&seeded);

@@ -65,17 +65,25 @@ impl AtomicFile {
     /// Starts writing `target`; its directory must exist.
     pub fn create(target: &Path) -> Result<Self> {
         if target.file_name().is_none() {
-            return Err(FileError::new(target, io::Error::new(io::ErrorKind::InvalidInput, "not a file name")));
+            return Err(FileError::new(
+                target,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+            ));
         }
         let temp = sibling(target, "tmp");
         let file = File::create(&temp).map_err(|e| FileError::new(&temp, e))?;
-        Ok(Self { target: target.to_path_buf(), temp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(Self {
+            target: target.to_path_buf(),
+            temp,
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
     }
 
     /// Flushes and syncs the file, renames it onto the target and syncs the directory.
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("the writer is present until commit");
-        let synced = writer.into_inner().map_err(|e| e.into_error()).and_then(|file| file.sync_all());
+        let synced =
+            writer.into_inner().map_err(|e| e.into_error()).and_then(|file| file.sync_all());
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&self.temp);
             return Err(FileError::new(&self.target, e));
@@ -106,7 +114,10 @@ impl Drop for AtomicFile {
 
 /// Writes `target` from whatever `fill` writes; on any error the target is left as
 /// it was and no temporary file remains.
-pub fn write_with(target: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+pub fn write_with(
+    target: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
     let mut file = AtomicFile::create(target)?;
     fill(&mut file).map_err(|e| FileError::new(target, e))?;
     file.commit()
@@ -145,7 +156,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Builds a directory with `fill` beside `target`, then swaps it in: an existing
 /// `target` is replaced, and on any failure (of `fill` or of the swap) `target` is left
 /// as it was and nothing temporary remains.
-pub fn replace_dir<E: From<FileError>>(target: &Path, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
+pub fn replace_dir<E: From<FileError>>(
+    target: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let parent = parent_of(target);
     std::fs::create_dir_all(parent).map_err(|e| FileError::new(parent, e))?;
     let temp = sibling(target, "tmp");
@@ -188,7 +202,13 @@ fn swap_in(new: &Path, target: &Path) -> Result<()> {
             Ok(()) => FileError::new(target, e),
             Err(back) => FileError::new(
                 target,
-                io::Error::new(e.kind(), format!("{e}; the previous directory could not be put back and is at {}: {back}", old.display())),
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; the previous directory could not be put back and is at {}: {back}",
+                        old.display()
+                    ),
+                ),
             ),
         });
     }
@@ -201,7 +221,10 @@ mod tests {
     use super::*;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names
     }

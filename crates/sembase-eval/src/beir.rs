@@ -99,7 +99,10 @@ impl RetrievalSet {
             ));
         }
         if r.duplicate_rows > 0 {
-            notes.push(format!("{path}: {} rows repeat a (query, document) pair; the last grade is kept", r.duplicate_rows));
+            notes.push(format!(
+                "{path}: {} rows repeat a (query, document) pair; the last grade is kept",
+                r.duplicate_rows
+            ));
         }
         if r.unjudged_queries > 0 {
             notes.push(format!(
@@ -115,7 +118,13 @@ impl RetrievalSet {
 /// Loads a BEIR folder with the `test` qrels split.
 pub fn load_retrieval(dir: &Path) -> Result<RetrievalSet> {
     if !dir.is_dir() {
-        return Err(EvalError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory (expected a BEIR folder)")));
+        return Err(EvalError::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a directory (expected a BEIR folder)",
+            ),
+        ));
     }
     let corpus = load_corpus(&dir.join("corpus.jsonl"))?;
     let queries = load_queries(&dir.join("queries.jsonl"))?;
@@ -150,7 +159,10 @@ pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
 
 /// Reads JSON objects one per line; `row` returns the object's id (duplicates are
 /// malformed) or a message.
-fn read_jsonl(path: &Path, mut row: impl FnMut(&serde_json::Map<String, Value>) -> std::result::Result<String, String>) -> Result<()> {
+fn read_jsonl(
+    path: &Path,
+    mut row: impl FnMut(&serde_json::Map<String, Value>) -> std::result::Result<String, String>,
+) -> Result<()> {
     let mut problems = Problems::new(path);
     let mut seen = HashSet::new();
     for (line, text) in read_lines(path)? {
@@ -191,7 +203,10 @@ fn id_field(object: &serde_json::Map<String, Value>) -> std::result::Result<Stri
 }
 
 /// An optional string field (`null` counts as absent).
-fn string_field(object: &serde_json::Map<String, Value>, name: &str) -> std::result::Result<Option<String>, String> {
+fn string_field(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> std::result::Result<Option<String>, String> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -200,9 +215,14 @@ fn string_field(object: &serde_json::Map<String, Value>, name: &str) -> std::res
 }
 
 /// Reads qrels and resolves them against the corpus and queries.
-pub fn load_qrels(path: &Path, corpus: &[Document], queries: &[Query]) -> Result<(Vec<Judged>, QrelsReport)> {
+pub fn load_qrels(
+    path: &Path,
+    corpus: &[Document],
+    queries: &[Query],
+) -> Result<(Vec<Judged>, QrelsReport)> {
     let doc_ids: HashSet<&str> = corpus.iter().map(|d| d.id.as_str()).collect();
-    let query_index: HashMap<&str, usize> = queries.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
+    let query_index: HashMap<&str, usize> =
+        queries.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
     let mut report = QrelsReport { path: path.to_path_buf(), ..QrelsReport::default() };
     let mut grades: Vec<Option<HashMap<String, i32>>> = vec![None; queries.len()];
     read_tsv(path, 3, Header::UnlessNumeric(2), |line, f| {
@@ -232,8 +252,11 @@ pub fn load_qrels(path: &Path, corpus: &[Document], queries: &[Query]) -> Result
         }
         Ok(())
     })?;
-    let judged: Vec<Judged> =
-        grades.into_iter().enumerate().filter_map(|(query, g)| g.map(|grades| Judged { query, grades })).collect();
+    let judged: Vec<Judged> = grades
+        .into_iter()
+        .enumerate()
+        .filter_map(|(query, g)| g.map(|grades| Judged { query, grades }))
+        .collect();
     report.unjudged_queries = queries.len() - judged.len();
     Ok((judged, report))
 }

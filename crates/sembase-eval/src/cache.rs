@@ -19,8 +19,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use sembase_embed::durable;
 use crate::error::{EvalError, Result};
+use sembase_embed::durable;
 
 /// A text's key in a namespace.
 pub type Key = [u8; 16];
@@ -56,7 +56,11 @@ impl EmbeddingCache {
         let home = std::env::var_os("SEMBASE_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache").join("sembase")))?;
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache").join("sembase"))
+            })?;
         Some(Self::at(home.join("cache")))
     }
 
@@ -68,7 +72,12 @@ impl EmbeddingCache {
     /// Opens (creating if needed) the namespace for vectors of `model` (an
     /// identity string that changes when the model's weights change) embedded with
     /// `prefix` at `dimensions`.
-    pub fn namespace(&self, model: &str, prefix: Option<&str>, dimensions: Option<usize>) -> Result<Namespace> {
+    pub fn namespace(
+        &self,
+        model: &str,
+        prefix: Option<&str>,
+        dimensions: Option<usize>,
+    ) -> Result<Namespace> {
         let meta = serde_json::json!({"model": model, "prefix": prefix, "dimensions": dimensions});
         let meta = serde_json::to_string_pretty(&meta).expect("json of strings and numbers");
         let hash = Sha256::digest(meta.as_bytes());
@@ -166,9 +175,16 @@ impl Namespace {
         let mut bytes = vec![0u8; 4 * seg.width];
         {
             let mut file = seg.file.lock().unwrap_or_else(|p| p.into_inner());
-            file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut bytes)).map_err(|e| EvalError::io(&seg.path, e))?;
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| EvalError::io(&seg.path, e))?;
         }
-        Ok(Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ))
     }
 
     /// Stores vectors (all of one width) as a new segment.
@@ -182,7 +198,9 @@ impl Namespace {
         }
         let name = format!(
             "{:020}-{}-{}.seg",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
             std::process::id(),
             self.segments.len()
         );
@@ -199,7 +217,12 @@ impl Namespace {
     fn compact(&mut self) -> Result<()> {
         let width = self.segments.first().map_or(0, |s| s.width);
         let mut entries = Vec::with_capacity(self.index.len());
-        let keys: Vec<Key> = self.index.iter().filter(|(_, &(s, _))| self.segments[s].width == width).map(|(k, _)| *k).collect();
+        let keys: Vec<Key> = self
+            .index
+            .iter()
+            .filter(|(_, &(s, _))| self.segments[s].width == width)
+            .map(|(k, _)| *k)
+            .collect();
         for key in keys {
             if let Some(v) = self.get(&key)? {
                 entries.push((key, v));
@@ -207,7 +230,13 @@ impl Namespace {
         }
         let old: Vec<PathBuf> = self.segments.drain(..).map(|s| s.path).collect();
         self.index.clear();
-        let path = self.dir.join(format!("{:020}-{}-merged.seg", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()), std::process::id()));
+        let path = self.dir.join(format!(
+            "{:020}-{}-merged.seg",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        ));
         write_segment(&path, width, entries.iter().map(|(k, v)| (k, v.as_slice())), entries.len())?;
         for p in old {
             let _ = std::fs::remove_file(p);
@@ -222,7 +251,12 @@ impl Namespace {
 }
 
 /// Writes one segment atomically.
-fn write_segment<'a>(path: &Path, width: usize, entries: impl Iterator<Item = (&'a Key, &'a [f32])>, count: usize) -> Result<()> {
+fn write_segment<'a>(
+    path: &Path,
+    width: usize,
+    entries: impl Iterator<Item = (&'a Key, &'a [f32])>,
+    count: usize,
+) -> Result<()> {
     Ok(durable::write_with(path, |w| {
         w.write_all(MAGIC)?;
         w.write_all(&(width as u32).to_le_bytes())?;
@@ -242,7 +276,8 @@ mod tests {
     use super::*;
 
     fn temp_root(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sembase-eval-cache-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sembase-eval-cache-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -286,7 +321,11 @@ mod tests {
         let cache = EmbeddingCache::at(&root);
         let mut ns = cache.namespace("m", None, None).unwrap();
         ns.put(&[(text_key("a"), vec![1.0, 2.0])]).unwrap();
-        let seg = std::fs::read_dir(&ns.dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "seg")).unwrap();
+        let seg = std::fs::read_dir(&ns.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
         let bytes = std::fs::read(&seg).unwrap();
         std::fs::write(&seg, &bytes[..bytes.len() - 3]).unwrap();
         let ns = cache.namespace("m", None, None).unwrap();

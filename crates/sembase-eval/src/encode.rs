@@ -57,7 +57,11 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     /// An encoder; without a cache every text goes through the model.
-    pub fn new(model: &'a EvalModel, cache: Option<&'a EmbeddingCache>, progress: &'a dyn Progress) -> Self {
+    pub fn new(
+        model: &'a EvalModel,
+        cache: Option<&'a EmbeddingCache>,
+        progress: &'a dyn Progress,
+    ) -> Self {
         Self { model, cache, progress, embedded: AtomicUsize::new(0), cached: AtomicUsize::new(0) }
     }
 
@@ -80,16 +84,22 @@ impl<'a> Encoder<'a> {
     pub fn check_dimensions(&self, dimensions: Option<usize>) -> Result<()> {
         let width = self.model.embedder.dimension();
         match dimensions {
-            Some(d) if d == 0 || d > width => {
-                Err(EvalError::Invalid(format!("{}: dimensions must be between 1 and {width}, got {d}", self.model.name())))
-            }
+            Some(d) if d == 0 || d > width => Err(EvalError::Invalid(format!(
+                "{}: dimensions must be between 1 and {width}, got {d}",
+                self.model.name()
+            ))),
             _ => Ok(()),
         }
     }
 
     /// One vector per text, in order. Progress advances by `texts.len()` in all,
     /// cached and repeated texts first.
-    pub fn encode(&self, texts: &[&str], prefix: Option<&str>, dimensions: Option<usize>) -> Result<Vec<Vec<f32>>> {
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        prefix: Option<&str>,
+        dimensions: Option<usize>,
+    ) -> Result<Vec<Vec<f32>>> {
         self.check_dimensions(dimensions)?;
         let request_dims = if self.model.truncate_locally { None } else { dimensions };
 
@@ -120,7 +130,11 @@ impl<'a> Encoder<'a> {
         self.progress.advance(texts.len() - missing.len());
 
         if !missing.is_empty() {
-            let options = EmbedOptions { prefix: prefix.map(str::to_string), dimensions: request_dims, truncate: Truncation::Truncate };
+            let options = EmbedOptions {
+                prefix: prefix.map(str::to_string),
+                dimensions: request_dims,
+                truncate: Truncation::Truncate,
+            };
             for chunk in missing.chunks(CHUNK) {
                 let batch: Vec<&str> = chunk.iter().map(|&s| unique[s]).collect();
                 let embeddings = self.model.embedder.embed(&batch, &options)?;
@@ -133,7 +147,11 @@ impl<'a> Encoder<'a> {
                     )));
                 }
                 if let Some(ns) = namespace.as_mut() {
-                    let entries: Vec<_> = batch.iter().zip(&embeddings.vectors).map(|(t, v)| (text_key(t), v.clone())).collect();
+                    let entries: Vec<_> = batch
+                        .iter()
+                        .zip(&embeddings.vectors)
+                        .map(|(t, v)| (text_key(t), v.clone()))
+                        .collect();
                     ns.put(&entries)?;
                 }
                 for (&s, v) in chunk.iter().zip(embeddings.vectors) {
@@ -144,7 +162,8 @@ impl<'a> Encoder<'a> {
             }
         }
 
-        let mut vectors: Vec<Vec<f32>> = vectors.into_iter().map(|v| v.expect("every slot filled")).collect();
+        let mut vectors: Vec<Vec<f32>> =
+            vectors.into_iter().map(|v| v.expect("every slot filled")).collect();
         if let (true, Some(d)) = (self.model.truncate_locally, dimensions) {
             vectors.iter_mut().for_each(|v| truncate_dimensions(v, d));
         }

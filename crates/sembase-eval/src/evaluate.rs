@@ -7,12 +7,15 @@ use sembase_embed::vectors::cosine;
 use crate::beir::RetrievalSet;
 use crate::encode::Encoder;
 use crate::error::Result;
-use crate::metrics::{average_precision, best_accuracy, best_f1, pearson, spearman, QueryScores, RetrievalScores, MAP_CUTOFF};
+use crate::metrics::{
+    average_precision, best_accuracy, best_f1, pearson, spearman, QueryScores, RetrievalScores,
+    MAP_CUTOFF,
+};
 use crate::results::{EvalResult, Metrics};
 use crate::search::{id_ranks, ExactSearch};
+use crate::tasks::{Task, TaskData};
 use sembase_index::graph::Graph;
 use sembase_index::{AnnParams, Precision};
-use crate::tasks::{Task, TaskData};
 
 /// Corpus documents embedded and searched per block in retrieval.
 pub const CORPUS_BLOCK: usize = 8192;
@@ -47,18 +50,25 @@ pub fn evaluate(encoder: &Encoder, task: &Task, settings: &Settings) -> Result<E
 }
 
 /// [`evaluate`], searching retrieval corpora as `search` says.
-pub fn evaluate_with(encoder: &Encoder, task: &Task, settings: &Settings, search: Search) -> Result<EvalResult> {
+pub fn evaluate_with(
+    encoder: &Encoder,
+    task: &Task,
+    settings: &Settings,
+    search: Search,
+) -> Result<EvalResult> {
     encoder.check_dimensions(settings.dimensions)?;
     let started = Instant::now();
     let metrics = match &task.data {
         TaskData::Sts(rows) => {
-            let texts: Vec<&str> = rows.iter().flat_map(|r| [r.sentence1.as_str(), r.sentence2.as_str()]).collect();
+            let texts: Vec<&str> =
+                rows.iter().flat_map(|r| [r.sentence1.as_str(), r.sentence2.as_str()]).collect();
             let similarities = pair_similarities(encoder, &task.spec.name, &texts, settings)?;
             let gold: Vec<f64> = rows.iter().map(|r| r.score).collect();
             sts_metrics(&similarities, &gold)
         }
         TaskData::Pairs(rows) => {
-            let texts: Vec<&str> = rows.iter().flat_map(|r| [r.sentence1.as_str(), r.sentence2.as_str()]).collect();
+            let texts: Vec<&str> =
+                rows.iter().flat_map(|r| [r.sentence1.as_str(), r.sentence2.as_str()]).collect();
             let similarities = pair_similarities(encoder, &task.spec.name, &texts, settings)?;
             let labels: Vec<bool> = rows.iter().map(|r| r.label).collect();
             pair_metrics(&similarities, &labels)
@@ -66,7 +76,10 @@ pub fn evaluate_with(encoder: &Encoder, task: &Task, settings: &Settings, search
         TaskData::Retrieval(set) => match search {
             Search::Exact => {
                 let queries = embed_queries(encoder, &task.spec.name, set, settings)?;
-                retrieval_metrics(&rank(encoder, &task.spec.name, set, settings, &queries, None)?, set)
+                retrieval_metrics(
+                    &rank(encoder, &task.spec.name, set, settings, &queries, None)?,
+                    set,
+                )
             }
             Search::Ann(params) => ann_metrics(encoder, &task.spec.name, set, settings, params)?,
         },
@@ -82,7 +95,12 @@ pub fn evaluate_with(encoder: &Encoder, task: &Task, settings: &Settings, search
 }
 
 /// Cosine similarity of each consecutive pair of `texts` (both sides get the query prefix).
-fn pair_similarities(encoder: &Encoder, what: &str, texts: &[&str], settings: &Settings) -> Result<Vec<f64>> {
+fn pair_similarities(
+    encoder: &Encoder,
+    what: &str,
+    texts: &[&str],
+    settings: &Settings,
+) -> Result<Vec<f64>> {
     let progress = encoder.progress();
     progress.start(what, texts.len());
     let vectors = encoder.encode(texts, settings.query_prefix.as_deref(), settings.dimensions);
@@ -145,27 +163,47 @@ pub fn rank(
 }
 
 /// The judged queries' vectors.
-pub fn embed_queries(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settings) -> Result<Vec<Vec<f32>>> {
+pub fn embed_queries(
+    encoder: &Encoder,
+    what: &str,
+    set: &RetrievalSet,
+    settings: &Settings,
+) -> Result<Vec<Vec<f32>>> {
     let progress = encoder.progress();
-    let query_texts: Vec<&str> = set.judged.iter().map(|j| set.queries[j.query].text.as_str()).collect();
+    let query_texts: Vec<&str> =
+        set.judged.iter().map(|j| set.queries[j.query].text.as_str()).collect();
     progress.start(&format!("{what} queries"), query_texts.len());
-    let queries = encoder.encode(&query_texts, settings.query_prefix.as_deref(), settings.dimensions);
+    let queries =
+        encoder.encode(&query_texts, settings.query_prefix.as_deref(), settings.dimensions);
     progress.finish();
     queries
 }
 
 /// Retrieval measures of an HNSW graph's rankings, with what they cost against exact search.
-fn ann_metrics(encoder: &Encoder, what: &str, set: &RetrievalSet, settings: &Settings, params: AnnParams) -> Result<Metrics> {
+fn ann_metrics(
+    encoder: &Encoder,
+    what: &str,
+    set: &RetrievalSet,
+    settings: &Settings,
+    params: AnnParams,
+) -> Result<Metrics> {
     let queries = embed_queries(encoder, what, set, settings)?;
     let mut corpus = Vec::with_capacity(set.corpus.len());
     let exact = rank(encoder, what, set, settings, &queries, Some(&mut corpus))?;
     let dim = queries.first().map_or(0, Vec::len);
     let graph = Graph::new(dim, Precision::F32, params)?;
-    let items: Vec<(u64, Vec<f32>)> = corpus.into_iter().enumerate().map(|(i, v)| (i as u64, unit(v))).collect();
+    let items: Vec<(u64, Vec<f32>)> =
+        corpus.into_iter().enumerate().map(|(i, v)| (i as u64, unit(v))).collect();
     graph.add_all(&items)?;
     let ann: Vec<Vec<usize>> = queries
         .into_iter()
-        .map(|q| Ok(graph.search_all(&unit(q), MAP_CUTOFF)?.into_iter().map(|(doc, _)| doc as usize).collect()))
+        .map(|q| {
+            Ok(graph
+                .search_all(&unit(q), MAP_CUTOFF)?
+                .into_iter()
+                .map(|(doc, _)| doc as usize)
+                .collect())
+        })
         .collect::<Result<_>>()?;
     let mut m = retrieval_metrics(&ann, set);
     if let Some(recall) = retrieval_metrics(&exact, set).get("recall@10") {

@@ -33,7 +33,9 @@ pub fn is_remote(spec: &str) -> bool {
 
 /// Splits `openai:BASE_URL#MODEL` into the embeddings URL and the model name.
 pub fn parse_spec(spec: &str) -> Result<(String, String)> {
-    let fail = |m: &str| EvalError::Invalid(format!("model {spec:?}: {m} (expected openai:BASE_URL#MODEL)"));
+    let fail = |m: &str| {
+        EvalError::Invalid(format!("model {spec:?}: {m} (expected openai:BASE_URL#MODEL)"))
+    };
     let rest = spec.strip_prefix(SCHEME).ok_or_else(|| fail("not a remote spec"))?;
     let (base, model) = rest.rsplit_once('#').ok_or_else(|| fail("no #MODEL"))?;
     if model.is_empty() {
@@ -128,7 +130,11 @@ pub struct RemoteEmbedder {
 
 impl std::fmt::Debug for RemoteEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteEmbedder").field("url", &self.url).field("model", &self.model).field("dimension", &self.dimension).finish()
+        f.debug_struct("RemoteEmbedder")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("dimension", &self.dimension)
+            .finish()
     }
 }
 
@@ -136,12 +142,17 @@ impl RemoteEmbedder {
     /// Connects with the key from the environment and learns the vector width
     /// from one small request.
     pub fn connect(spec: &str, options: RemoteOptions) -> Result<Self> {
-        let key = KEY_VARIABLES.iter().find_map(|v| std::env::var(v).ok().filter(|k| !k.is_empty()));
+        let key =
+            KEY_VARIABLES.iter().find_map(|v| std::env::var(v).ok().filter(|k| !k.is_empty()));
         Self::connect_with_key(spec, key, options)
     }
 
     /// Connects with an explicit key (or none).
-    pub fn connect_with_key(spec: &str, key: Option<String>, options: RemoteOptions) -> Result<Self> {
+    pub fn connect_with_key(
+        spec: &str,
+        key: Option<String>,
+        options: RemoteOptions,
+    ) -> Result<Self> {
         let (url, model) = parse_spec(spec)?;
         let tls = TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build();
         let agent = ureq::Agent::config_builder()
@@ -153,11 +164,17 @@ impl RemoteEmbedder {
             .user_agent(concat!("sembase-eval/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let mut embedder = Self { name: spec.to_string(), url, model, key, agent, options, dimension: 0 };
-        let probe = embedder.request(&Input::Texts(vec!["dimension probe"]), 1, None).map_err(|message| EvalError::Remote { url: embedder.url.clone(), message })?;
+        let mut embedder =
+            Self { name: spec.to_string(), url, model, key, agent, options, dimension: 0 };
+        let probe = embedder
+            .request(&Input::Texts(vec!["dimension probe"]), 1, None)
+            .map_err(|message| EvalError::Remote { url: embedder.url.clone(), message })?;
         embedder.dimension = probe[0].len();
         if embedder.dimension == 0 {
-            return Err(EvalError::Remote { url: embedder.url.clone(), message: "returned an empty embedding".into() });
+            return Err(EvalError::Remote {
+                url: embedder.url.clone(),
+                message: "returned an empty embedding".into(),
+            });
         }
         Ok(embedder)
     }
@@ -168,8 +185,18 @@ impl RemoteEmbedder {
     }
 
     /// One request with retries; vectors in input order.
-    fn request(&self, input: &Input, count: usize, dimensions: Option<usize>) -> std::result::Result<Vec<Vec<f32>>, String> {
-        let body = Request { model: &self.model, input: clone_input(input), encoding_format: "float", dimensions };
+    fn request(
+        &self,
+        input: &Input,
+        count: usize,
+        dimensions: Option<usize>,
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
+        let body = Request {
+            model: &self.model,
+            input: clone_input(input),
+            encoding_format: "float",
+            dimensions,
+        };
         let mut backoff = self.options.first_backoff;
         let mut attempt = 0;
         loop {
@@ -188,7 +215,8 @@ impl RemoteEmbedder {
             if attempt >= self.options.max_attempts.max(1) {
                 return Err(format!("{failure} (gave up after {attempt} attempts)"));
             }
-            let wait = retry_after.map_or(backoff, |r| r.min(self.options.max_backoff).max(backoff));
+            let wait =
+                retry_after.map_or(backoff, |r| r.min(self.options.max_backoff).max(backoff));
             std::thread::sleep(wait);
             backoff = (backoff * 2).min(self.options.max_backoff);
         }
@@ -197,7 +225,11 @@ impl RemoteEmbedder {
     /// Sends once: `Ok(Ok(body))` on 2xx, `Ok(Err((status, message, retry-after)))`
     /// on another status, `Err` when no answer came.
     #[allow(clippy::type_complexity)]
-    fn send(&self, body: &Request) -> std::result::Result<std::result::Result<String, (u16, String, Option<Duration>)>, String> {
+    fn send(
+        &self,
+        body: &Request,
+    ) -> std::result::Result<std::result::Result<String, (u16, String, Option<Duration>)>, String>
+    {
         let mut request = self.agent.post(&self.url);
         if let Some(key) = &self.key {
             request = request.header("Authorization", format!("Bearer {key}"));
@@ -211,23 +243,34 @@ impl RemoteEmbedder {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let text = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_string().map_err(|e| e.to_string())?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
         if (200..300).contains(&status) {
             return Ok(Ok(text));
         }
-        let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error.message).unwrap_or_else(|_| {
-            let t: String = text.chars().take(200).collect();
-            if t.is_empty() {
-                "(no body)".to_string()
-            } else {
-                t
-            }
-        });
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| {
+                let t: String = text.chars().take(200).collect();
+                if t.is_empty() {
+                    "(no body)".to_string()
+                } else {
+                    t
+                }
+            });
         Ok(Err((status, message, retry_after)))
     }
 
     /// Embeds texts in batches.
-    fn embed_texts(&self, texts: &[String], dimensions: Option<usize>) -> std::result::Result<Vec<Vec<f32>>, String> {
+    fn embed_texts(
+        &self,
+        texts: &[String],
+        dimensions: Option<usize>,
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
         let mut vectors = Vec::with_capacity(texts.len());
         let mut start = 0;
         while start < texts.len() {
@@ -250,13 +293,22 @@ impl RemoteEmbedder {
 
     /// A core error for a failure of this endpoint.
     fn failure(&self, message: String) -> sembase_embed::Error {
-        sembase_embed::Error::Io { path: PathBuf::from(&self.url), source: io::Error::other(message) }
+        sembase_embed::Error::Io {
+            path: PathBuf::from(&self.url),
+            source: io::Error::other(message),
+        }
     }
 
     /// Checks every vector is `dimensions` wide when a width was asked for.
-    fn check_width(&self, vectors: &[Vec<f32>], dimensions: Option<usize>) -> sembase_embed::Result<()> {
+    fn check_width(
+        &self,
+        vectors: &[Vec<f32>],
+        dimensions: Option<usize>,
+    ) -> sembase_embed::Result<()> {
         match (dimensions, vectors.iter().find(|v| Some(v.len()) != dimensions)) {
-            (Some(d), Some(v)) => Err(self.failure(format!("asked for {d} dimensions, got {}", v.len()))),
+            (Some(d), Some(v)) => {
+                Err(self.failure(format!("asked for {d} dimensions, got {}", v.len())))
+            }
             _ => Ok(()),
         }
     }
@@ -271,7 +323,8 @@ fn clone_input<'a>(input: &Input<'a>) -> Input<'a> {
 
 /// Reads `data[].embedding` into input order, checking every index appears once.
 fn parse_vectors(text: &str, count: usize) -> std::result::Result<Vec<Vec<f32>>, String> {
-    let response: Response = serde_json::from_str(text).map_err(|e| format!("unexpected answer ({e})"))?;
+    let response: Response =
+        serde_json::from_str(text).map_err(|e| format!("unexpected answer ({e})"))?;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     for item in response.data {
         match vectors.get_mut(item.index) {
@@ -279,7 +332,11 @@ fn parse_vectors(text: &str, count: usize) -> std::result::Result<Vec<Vec<f32>>,
             _ => return Err(format!("answer has a bad or repeated index {}", item.index)),
         }
     }
-    vectors.into_iter().enumerate().map(|(i, v)| v.ok_or_else(|| format!("answer lacks the embedding of input {i}"))).collect()
+    vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v.ok_or_else(|| format!("answer lacks the embedding of input {i}")))
+        .collect()
 }
 
 impl Embedder for RemoteEmbedder {
@@ -304,17 +361,27 @@ impl Embedder for RemoteEmbedder {
         Ok(Embeddings { token_counts: vec![0; vectors.len()], vectors })
     }
 
-    fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
+    fn embed_tokens(
+        &self,
+        inputs: &[Vec<u32>],
+        options: &EmbedOptions,
+    ) -> sembase_embed::Result<Embeddings> {
         let mut vectors = Vec::with_capacity(inputs.len());
         for batch in inputs.chunks(self.options.batch_size.max(1)) {
-            vectors.extend(self.request(&Input::Tokens(batch), batch.len(), options.dimensions).map_err(|m| self.failure(m))?);
+            vectors.extend(
+                self.request(&Input::Tokens(batch), batch.len(), options.dimensions)
+                    .map_err(|m| self.failure(m))?,
+            );
         }
         self.check_width(&vectors, options.dimensions)?;
         Ok(Embeddings { token_counts: inputs.iter().map(Vec::len).collect(), vectors })
     }
 
     fn tokenize(&self, _text: &str) -> sembase_embed::Result<Vec<u32>> {
-        Err(sembase_embed::Error::Unsupported(format!("{}: a remote endpoint does not expose its tokenizer", self.name)))
+        Err(sembase_embed::Error::Unsupported(format!(
+            "{}: a remote endpoint does not expose its tokenizer",
+            self.name
+        )))
     }
 }
 
@@ -324,7 +391,8 @@ mod tests {
 
     #[test]
     fn specs() {
-        let (url, model) = parse_spec("openai:https://api.example.com/v1/#text-embedding-3-small").unwrap();
+        let (url, model) =
+            parse_spec("openai:https://api.example.com/v1/#text-embedding-3-small").unwrap();
         assert_eq!(url, "https://api.example.com/v1/embeddings");
         assert_eq!(model, "text-embedding-3-small");
         assert!(parse_spec("openai:https://api.example.com/v1").is_err());
@@ -338,6 +406,10 @@ mod tests {
         let text = r#"{"data":[{"index":1,"embedding":[2.0]},{"index":0,"embedding":[1.0]}]}"#;
         assert_eq!(parse_vectors(text, 2).unwrap(), vec![vec![1.0], vec![2.0]]);
         assert!(parse_vectors(r#"{"data":[{"index":0,"embedding":[1.0]}]}"#, 2).is_err());
-        assert!(parse_vectors(r#"{"data":[{"index":0,"embedding":[1.0]},{"index":0,"embedding":[1.0]}]}"#, 2).is_err());
+        assert!(parse_vectors(
+            r#"{"data":[{"index":0,"embedding":[1.0]},{"index":0,"embedding":[1.0]}]}"#,
+            2
+        )
+        .is_err());
     }
 }

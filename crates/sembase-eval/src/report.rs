@@ -6,11 +6,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use sembase_embed::durable;
 use crate::error::Result;
 use crate::metrics::RECALL_AT;
 use crate::results::{format_value, short_task, EvalResult, EvalResults, Row};
 use crate::svg::{bar_chart, escape, line_chart, Bars, Line};
+use sembase_embed::durable;
 
 /// The metrics shown in the summary and bar charts, per kind.
 pub fn headline_metrics(kind: &str) -> &'static [&'static str] {
@@ -102,12 +102,24 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
     h.push_str("</tr>\n");
     for row in &rows {
         for metric in headline_metrics(row.kind) {
-            let values: Vec<Option<f64>> =
-                models.iter().map(|m| results.find(m, row).and_then(|r| r.metrics.get(metric)).filter(|v| v.is_finite())).collect();
+            let values: Vec<Option<f64>> = models
+                .iter()
+                .map(|m| {
+                    results
+                        .find(m, row)
+                        .and_then(|r| r.metrics.get(metric))
+                        .filter(|v| v.is_finite())
+                })
+                .collect();
             let best = values.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
             // Bold only where there is something to compare with.
             let compared = values.iter().flatten().count() > 1;
-            let _ = write!(h, "<tr><td title=\"{}\">{}</td><td class=\"text\">{metric}</td>", escape(row.task), escape(&row_label(row)));
+            let _ = write!(
+                h,
+                "<tr><td title=\"{}\">{}</td><td class=\"text\">{metric}</td>",
+                escape(row.task),
+                escape(&row_label(row))
+            );
             for v in &values {
                 match v {
                     Some(v) if compared && *v == best => {
@@ -137,10 +149,17 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
                 .iter()
                 .map(|m| Bars {
                     name: m.to_string(),
-                    values: kind_rows.iter().map(|r| results.find(m, r).and_then(|x| x.metrics.get(metric))).collect(),
+                    values: kind_rows
+                        .iter()
+                        .map(|r| results.find(m, r).and_then(|x| x.metrics.get(metric)))
+                        .collect(),
                 })
                 .collect();
-            let _ = writeln!(h, "<div class=\"chart\">{}</div>", bar_chart(&format!("{kind}: {metric}"), metric, &categories, &series));
+            let _ = writeln!(
+                h,
+                "<div class=\"chart\">{}</div>",
+                bar_chart(&format!("{kind}: {metric}"), metric, &categories, &series)
+            );
         }
     }
     h.push_str("</div>\n");
@@ -157,11 +176,20 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
                 .map(|res| Line {
                     name: res.model.clone(),
                     colour: models.iter().position(|m| *m == res.model).unwrap_or(0),
-                    points: RECALL_AT.iter().filter_map(|&k| res.metrics.get(&format!("recall@{k}")).map(|v| (k as f64, v))).collect(),
+                    points: RECALL_AT
+                        .iter()
+                        .filter_map(|&k| {
+                            res.metrics.get(&format!("recall@{k}")).map(|v| (k as f64, v))
+                        })
+                        .collect(),
                 })
                 .collect();
             let title = format!("recall@k: {}", chart_label(r));
-            let _ = writeln!(h, "<div class=\"chart\">{}</div>", line_chart(&title, "k (log scale)", "recall@k", &lines, true, &ks));
+            let _ = writeln!(
+                h,
+                "<div class=\"chart\">{}</div>",
+                line_chart(&title, "k (log scale)", "recall@k", &lines, true, &ks)
+            );
         }
         h.push_str("</div>\n");
     }
@@ -169,10 +197,12 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
     // Score against width, for tasks measured at several widths.
     let mut dims_charts = String::new();
     for &task in &tasks {
-        let task_results: Vec<&EvalResult> = results.results.iter().filter(|r| r.task == task).collect();
+        let task_results: Vec<&EvalResult> =
+            results.results.iter().filter(|r| r.task == task).collect();
         // Only models measured at several widths make a curve.
         let widths_of = |m: &str| {
-            let mut w: Vec<usize> = task_results.iter().filter(|r| r.model == m).map(|r| r.dimensions).collect();
+            let mut w: Vec<usize> =
+                task_results.iter().filter(|r| r.model == m).map(|r| r.dimensions).collect();
             w.sort_unstable();
             w.dedup();
             w
@@ -195,13 +225,24 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
                         .filter_map(|r| r.metrics.get(metric).map(|v| (r.dimensions as f64, v)))
                         .collect();
                     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    Line { name: m.to_string(), colour: models.iter().position(|x| x == m).unwrap_or(0), points }
+                    Line {
+                        name: m.to_string(),
+                        colour: models.iter().position(|x| x == m).unwrap_or(0),
+                        points,
+                    }
                 })
                 .filter(|l| !l.points.is_empty())
                 .collect();
             let ticks: Vec<f64> = widths.iter().map(|&w| w as f64).collect();
-            let title = format!("{metric} vs dimensions: {}", chart_label(&Row { kind, task, width: None }));
-            let _ = writeln!(dims_charts, "<div class=\"chart\">{}</div>", line_chart(&title, "dimensions (log scale)", metric, &lines, true, &ticks));
+            let title = format!(
+                "{metric} vs dimensions: {}",
+                chart_label(&Row { kind, task, width: None })
+            );
+            let _ = writeln!(
+                dims_charts,
+                "<div class=\"chart\">{}</div>",
+                line_chart(&title, "dimensions (log scale)", metric, &lines, true, &ticks)
+            );
         }
     }
     if !dims_charts.is_empty() {
@@ -213,7 +254,8 @@ pub fn render(results: &EvalResults, notes: &[String]) -> String {
     // Every figure, per kind.
     h.push_str("<h2>All figures</h2>\n");
     for kind in KINDS {
-        let kind_results: Vec<&EvalResult> = results.results.iter().filter(|r| r.kind == kind).collect();
+        let kind_results: Vec<&EvalResult> =
+            results.results.iter().filter(|r| r.kind == kind).collect();
         if kind_results.is_empty() {
             continue;
         }
@@ -280,7 +322,9 @@ fn plural(n: usize) -> &'static str {
 
 /// The current time as `YYYY-MM-DD HH:MM`, UTC.
 pub(crate) fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rest / 3600, rest % 3600 / 60)
@@ -305,7 +349,13 @@ mod tests {
     use super::*;
     use crate::results::Metrics;
 
-    fn result(model: &str, task: &str, kind: &str, dims: usize, metrics: &[(&str, f64)]) -> EvalResult {
+    fn result(
+        model: &str,
+        task: &str,
+        kind: &str,
+        dims: usize,
+        metrics: &[(&str, f64)],
+    ) -> EvalResult {
         EvalResult {
             model: model.into(),
             task: task.into(),
@@ -326,19 +376,57 @@ mod tests {
     fn page_is_self_contained_and_has_every_chart_kind() {
         let results = EvalResults {
             results: vec![
-                result("a<b>", "sts:x/stsb/test.tsv", "sts", 384, &[("spearman", 80.0), ("pearson", 79.0)]),
-                result("c", "sts:x/stsb/test.tsv", "sts", 384, &[("spearman", 85.0), ("pearson", 84.0)]),
-                result("c", "sts:x/stsb/test.tsv", "sts", 128, &[("spearman", 83.0), ("pearson", 82.0)]),
-                result("c", "retrieval:x/r", "retrieval", 384, &[("recall@1", 10.0), ("recall@5", 30.0), ("recall@10", 40.0), ("recall@100", 80.0), ("ndcg@10", 35.0)]),
+                result(
+                    "a<b>",
+                    "sts:x/stsb/test.tsv",
+                    "sts",
+                    384,
+                    &[("spearman", 80.0), ("pearson", 79.0)],
+                ),
+                result(
+                    "c",
+                    "sts:x/stsb/test.tsv",
+                    "sts",
+                    384,
+                    &[("spearman", 85.0), ("pearson", 84.0)],
+                ),
+                result(
+                    "c",
+                    "sts:x/stsb/test.tsv",
+                    "sts",
+                    128,
+                    &[("spearman", 83.0), ("pearson", 82.0)],
+                ),
+                result(
+                    "c",
+                    "retrieval:x/r",
+                    "retrieval",
+                    384,
+                    &[
+                        ("recall@1", 10.0),
+                        ("recall@5", 30.0),
+                        ("recall@10", 40.0),
+                        ("recall@100", 80.0),
+                        ("ndcg@10", 35.0),
+                    ],
+                ),
             ],
         };
         let html = render(&results, &["7 of 50 queries have no qrels".into()]);
         assert!(html.contains("a&lt;b&gt;") && !html.contains("a<b>"));
         assert!(!html.contains("http://") || !html.contains("src=\"http"));
         assert!(!html.contains("<script"));
-        assert!(html.contains("Recall@k") && html.contains("Score vs dimensions") && html.contains("Notes on the data"));
+        assert!(
+            html.contains("Recall@k")
+                && html.contains("Score vs dimensions")
+                && html.contains("Notes on the data")
+        );
         assert!(html.contains("<td class=\"best\">85.00</td>"));
-        assert_eq!(html.matches("<svg").count(), 1 + 2 + 1 + 1, "sts bars, retrieval bars x2, recall curve, dims curve");
+        assert_eq!(
+            html.matches("<svg").count(),
+            1 + 2 + 1 + 1,
+            "sts bars, retrieval bars x2, recall curve, dims curve"
+        );
 
         // Models of different full widths share rows; no width curve without a model at several widths.
         let results = EvalResults {
@@ -349,7 +437,11 @@ mod tests {
         };
         assert_eq!(results.rows().len(), 1);
         let html = render(&results, &[]);
-        assert!(!html.contains("Score vs dimensions") && !html.contains("@768") && !html.contains("@384"));
+        assert!(
+            !html.contains("Score vs dimensions")
+                && !html.contains("@768")
+                && !html.contains("@384")
+        );
         assert!(html.contains("<td>80.00</td><td class=\"best\">83.00</td>"), "{html}");
     }
 }

@@ -13,9 +13,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use sembase_embed::durable;
 use crate::error::{EvalError, Result};
 use crate::tasks::TaskKind;
+use sembase_embed::durable;
 
 /// Named metric values (percentages) in a fixed, meaningful order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -52,7 +52,10 @@ impl<'de> Deserialize<'de> for Metrics {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object of metric values")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Metrics, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Metrics, A::Error> {
                 let mut out = Vec::new();
                 while let Some((name, value)) = map.next_entry::<String, Option<f64>>()? {
                     out.push((name, value.unwrap_or(f64::NAN)));
@@ -99,7 +102,10 @@ impl EvalResults {
         let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| EvalError::Malformed {
             path: path.to_path_buf(),
-            rows: vec![crate::error::BadRow { line: e.line(), message: format!("not an eval results document ({e})") }],
+            rows: vec![crate::error::BadRow {
+                line: e.line(),
+                message: format!("not an eval results document ({e})"),
+            }],
             total: 1,
         })
     }
@@ -148,7 +154,9 @@ impl EvalResults {
     /// The result of `model` in `row`.
     pub fn find(&self, model: &str, row: &Row) -> Option<&EvalResult> {
         let width = row.width.or_else(|| self.full_width(model))?;
-        self.results.iter().find(|r| r.model == model && r.task == row.task && r.dimensions == width)
+        self.results
+            .iter()
+            .find(|r| r.model == model && r.task == row.task && r.dimensions == width)
     }
 
     /// Results grouped by kind (in sts, pairs, retrieval order) with each group's
@@ -156,7 +164,8 @@ impl EvalResults {
     fn tables(&self) -> Vec<(TaskKind, Vec<String>, Vec<Vec<String>>)> {
         let mut out = Vec::new();
         for kind in [TaskKind::Sts, TaskKind::Pairs, TaskKind::Retrieval] {
-            let rows: Vec<&EvalResult> = self.results.iter().filter(|r| r.kind == kind.as_str()).collect();
+            let rows: Vec<&EvalResult> =
+                self.results.iter().filter(|r| r.kind == kind.as_str()).collect();
             if rows.is_empty() {
                 continue;
             }
@@ -164,8 +173,11 @@ impl EvalResults {
             let body = rows
                 .iter()
                 .map(|r| {
-                    let mut cells = vec![short_task(&r.task), r.model.clone(), r.dimensions.to_string()];
-                    cells.extend(names.iter().map(|n| r.metrics.get(n).map_or("-".into(), format_value)));
+                    let mut cells =
+                        vec![short_task(&r.task), r.model.clone(), r.dimensions.to_string()];
+                    cells.extend(
+                        names.iter().map(|n| r.metrics.get(n).map_or("-".into(), format_value)),
+                    );
                     cells.push(format!("{:.1}", r.seconds));
                     cells
                 })
@@ -233,7 +245,8 @@ pub fn short_task(task: &str) -> String {
     let Some((kind, path)) = task.split_once(':') else {
         return task.to_string();
     };
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> =
+        path.trim_end_matches('/').split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     let keep = parts.len().saturating_sub(3);
     format!("{kind}:{}", parts[keep..].join("/"))
 }
@@ -241,7 +254,13 @@ pub fn short_task(task: &str) -> String {
 /// Left-aligned text columns, numbers right-aligned.
 fn aligned(header: &[String], body: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| body.iter().map(|r| r[c].chars().count()).chain([header[c].chars().count()]).max().unwrap_or(0))
+        .map(|c| {
+            body.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let numeric = |c: usize| c >= 2;
     let line = |cells: &[String]| {

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 /// Series colours (colour-blind-safe palette by Okabe and Ito).
-pub(crate) const PALETTE: [&str; 8] = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+pub(crate) const PALETTE: [&str; 8] =
+    ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
 
 /// Text made safe for HTML and SVG (element content and attribute values).
 pub(crate) fn escape(s: &str) -> String {
@@ -46,7 +47,8 @@ struct Axis {
 impl Axis {
     /// An axis covering `values` (and 0 when `with_zero`), on a 1/2/5 x 10^n step.
     fn covering(values: impl Iterator<Item = f64>, with_zero: bool) -> Axis {
-        let (mut lo, mut hi) = if with_zero { (0.0f64, 0.0f64) } else { (f64::INFINITY, f64::NEG_INFINITY) };
+        let (mut lo, mut hi) =
+            if with_zero { (0.0f64, 0.0f64) } else { (f64::INFINITY, f64::NEG_INFINITY) };
         for v in values.filter(|v| v.is_finite()) {
             lo = lo.min(v);
             hi = hi.max(v);
@@ -59,7 +61,11 @@ impl Axis {
         }
         let raw = (hi - lo) / 5.0;
         let magnitude = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude);
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * magnitude)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * magnitude);
         Axis { lo: (lo / step).floor() * step, hi: (hi / step).ceil() * step, step }
     }
 
@@ -110,7 +116,15 @@ const CHAR_W: f64 = 6.2;
 
 /// Opens the `<svg>` and draws what every chart has: the title, horizontal grid
 /// lines with their value labels, and the value axis name.
-fn frame(out: &mut String, width: f64, height: f64, title: &str, axis: &Axis, plot_w: f64, y_label: &str) {
+fn frame(
+    out: &mut String,
+    width: f64,
+    height: f64,
+    title: &str,
+    axis: &Axis,
+    plot_w: f64,
+    y_label: &str,
+) {
     let _ = write!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" role="img" aria-label="{}">"#,
@@ -137,7 +151,12 @@ fn frame(out: &mut String, width: f64, height: f64, title: &str, axis: &Axis, pl
 }
 
 /// Grouped bars: one group per category, one bar per series, value labels on top.
-pub(crate) fn bar_chart(title: &str, y_label: &str, categories: &[String], series: &[Bars]) -> String {
+pub(crate) fn bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[Bars],
+) -> String {
     let bar_w = 22.0f64.min(160.0 / series.len().max(1) as f64).max(8.0);
     let group_w = bar_w * series.len() as f64 + 28.0;
     let plot_w = (group_w * categories.len() as f64).max(300.0);
@@ -149,9 +168,14 @@ pub(crate) fn bar_chart(title: &str, y_label: &str, categories: &[String], serie
     let overhang = (longest * cos - plot_w / categories.len().max(1) as f64 / 2.0).max(0.0);
     let width = (LEFT + plot_w + 20.0 + overhang).max(LEFT + legend_w + 20.0);
     let height = TOP + PLOT_H + label_h + 30.0;
-    let mut axis = Axis::covering(series.iter().flat_map(|s| s.values.iter().flatten().copied()), true);
+    let mut axis =
+        Axis::covering(series.iter().flat_map(|s| s.values.iter().flatten().copied()), true);
     // Room above the tallest bar for its value label.
-    let top_value = series.iter().flat_map(|s| s.values.iter().flatten().copied()).filter(|v| v.is_finite()).fold(axis.lo, f64::max);
+    let top_value = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten().copied())
+        .filter(|v| v.is_finite())
+        .fold(axis.lo, f64::max);
     if top_value > axis.hi - 0.08 * (axis.hi - axis.lo) {
         axis.hi += axis.step;
     }
@@ -191,22 +215,39 @@ pub(crate) fn bar_chart(title: &str, y_label: &str, categories: &[String], serie
             escape(category)
         );
     }
-    let _ = write!(out, r#"<line x1="{LEFT}" x2="{:.1}" y1="{zero:.1}" y2="{zero:.1}" class="axisline"/>"#, LEFT + plot_w);
-    let entries: Vec<(&str, usize)> = series.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let _ = write!(
+        out,
+        r#"<line x1="{LEFT}" x2="{:.1}" y1="{zero:.1}" y2="{zero:.1}" class="axisline"/>"#,
+        LEFT + plot_w
+    );
+    let entries: Vec<(&str, usize)> =
+        series.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     legend(&mut out, &entries, LEFT, height - 8.0);
     out.push_str("</svg>");
     out
 }
 
 /// Lines with markers; `x_log` puts x on a log scale. `x_ticks` are labelled.
-pub(crate) fn line_chart(title: &str, x_label: &str, y_label: &str, lines: &[Line], x_log: bool, x_ticks: &[f64]) -> String {
+pub(crate) fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line],
+    x_log: bool,
+    x_ticks: &[f64],
+) -> String {
     let plot_w = 340.0;
     let legend_w: f64 = lines.iter().map(|l| 28.0 + 7.0 * l.name.chars().count() as f64).sum();
     let width = (LEFT + plot_w + 24.0).max(LEFT + legend_w + 20.0);
     let height = TOP + PLOT_H + 70.0;
     let fx = |x: f64| if x_log { x.max(1e-9).ln() } else { x };
-    let xs: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|p| fx(p.0))).chain(x_ticks.iter().map(|&t| fx(t))).collect();
-    let (mut xlo, mut xhi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let xs: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| fx(p.0)))
+        .chain(x_ticks.iter().map(|&t| fx(t)))
+        .collect();
+    let (mut xlo, mut xhi) =
+        xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
     if !xlo.is_finite() || xhi - xlo < 1e-9 {
         xlo = xlo.min(0.0);
         xhi = xlo + 1.0;
@@ -244,8 +285,17 @@ pub(crate) fn line_chart(title: &str, x_label: &str, y_label: &str, lines: &[Lin
     );
     for line in lines {
         let colour = PALETTE[line.colour % PALETTE.len()];
-        let points: Vec<String> = line.points.iter().filter(|p| p.1.is_finite()).map(|&(x, v)| format!("{:.1},{:.1}", px(x), py(v))).collect();
-        let _ = write!(out, r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#, points.join(" "));
+        let points: Vec<String> = line
+            .points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|&(x, v)| format!("{:.1},{:.1}", px(x), py(v)))
+            .collect();
+        let _ = write!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            points.join(" ")
+        );
         for &(x, v) in line.points.iter().filter(|p| p.1.is_finite()) {
             let _ = write!(
                 out,
@@ -279,7 +329,12 @@ mod tests {
 
     #[test]
     fn names_are_escaped() {
-        let svg = bar_chart("t<1>", "y", &["a&b".into()], &[Bars { name: "m\"x".into(), values: vec![Some(50.0)] }]);
+        let svg = bar_chart(
+            "t<1>",
+            "y",
+            &["a&b".into()],
+            &[Bars { name: "m\"x".into(), values: vec![Some(50.0)] }],
+        );
         assert!(svg.contains("t&lt;1&gt;") && svg.contains("a&amp;b") && svg.contains("m&quot;x"));
         assert!(!svg.contains("<1>"));
     }

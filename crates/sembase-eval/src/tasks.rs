@@ -62,9 +62,16 @@ impl FromStr for TaskSpec {
     type Err = EvalError;
 
     fn from_str(spec: &str) -> Result<TaskSpec> {
-        let fail = |message: &str| EvalError::Task { spec: spec.to_string(), message: message.to_string() };
-        let (kind, path) = spec.split_once(':').ok_or_else(|| fail("expected KIND:PATH with KIND one of sts, pairs, retrieval"))?;
-        let kind = TaskKind::parse(kind).ok_or_else(|| fail(&format!("unknown kind {kind:?} (expected sts, pairs or retrieval)")))?;
+        let fail = |message: &str| EvalError::Task {
+            spec: spec.to_string(),
+            message: message.to_string(),
+        };
+        let (kind, path) = spec
+            .split_once(':')
+            .ok_or_else(|| fail("expected KIND:PATH with KIND one of sts, pairs, retrieval"))?;
+        let kind = TaskKind::parse(kind).ok_or_else(|| {
+            fail(&format!("unknown kind {kind:?} (expected sts, pairs or retrieval)"))
+        })?;
         if path.is_empty() {
             return Err(fail("the path is empty"));
         }
@@ -132,7 +139,10 @@ impl Task {
             TaskData::Retrieval(set) => set.judged.is_empty(),
         };
         if empty {
-            return Err(EvalError::Task { spec: spec.name.clone(), message: "has no rows to evaluate".into() });
+            return Err(EvalError::Task {
+                spec: spec.name.clone(),
+                message: "has no rows to evaluate".into(),
+            });
         }
         Ok(Task { spec: spec.clone(), data })
     }
@@ -179,7 +189,11 @@ pub fn load_triplets(path: &Path) -> Result<Vec<Triplet>> {
         if f.iter().any(|s| s.trim().is_empty()) {
             return Err("a field is empty".into());
         }
-        rows.push(Triplet { anchor: f[0].to_string(), positive: f[1].to_string(), negative: f[2].to_string() });
+        rows.push(Triplet {
+            anchor: f[0].to_string(),
+            positive: f[1].to_string(),
+            negative: f[2].to_string(),
+        });
         Ok(())
     })?;
     Ok(rows)

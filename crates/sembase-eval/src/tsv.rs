@@ -57,17 +57,28 @@ pub(crate) fn read_tsv(
             first = false;
             let is_header = match header {
                 Header::Always => true,
-                Header::UnlessNumeric(n) => fields.get(n).is_none_or(|f| f.trim().parse::<f64>().is_err()),
+                Header::UnlessNumeric(n) => {
+                    fields.get(n).is_none_or(|f| f.trim().parse::<f64>().is_err())
+                }
             };
             if is_header {
                 if fields.len() != columns {
-                    problems.add(*line, format!("header has {} tab-separated fields, expected {columns}", fields.len()));
+                    problems.add(
+                        *line,
+                        format!(
+                            "header has {} tab-separated fields, expected {columns}",
+                            fields.len()
+                        ),
+                    );
                 }
                 continue;
             }
         }
         if fields.len() != columns {
-            problems.add(*line, format!("expected {columns} tab-separated fields, found {}", fields.len()));
+            problems.add(
+                *line,
+                format!("expected {columns} tab-separated fields, found {}", fields.len()),
+            );
             continue;
         }
         if let Err(message) = row(*line, &fields) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sembase_core::{EmbedOptions, Embedder, Embeddings};
 use sembase_eval::cache::EmbeddingCache;
-use sembase_eval::encode::{EvalModel, Encoder, Silent};
+use sembase_eval::encode::{Encoder, EvalModel, Silent};
 use sembase_eval::evaluate::{evaluate, Settings};
 use sembase_eval::tasks::{Task, TaskSpec};
 
@@ -59,11 +59,16 @@ impl Embedder for Letters {
 fn model(truncate_locally: bool) -> (EvalModel, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let (calls, texts) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let embedder = Letters { calls: calls.clone(), texts: texts.clone() };
-    (EvalModel { embedder: Box::new(embedder), cache_id: "letters-v1".into(), truncate_locally }, calls, texts)
+    (
+        EvalModel { embedder: Box::new(embedder), cache_id: "letters-v1".into(), truncate_locally },
+        calls,
+        texts,
+    )
 }
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sembase-eval-encode-{tag}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("sembase-eval-encode-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -122,16 +127,25 @@ fn write(path: &Path, text: &str) {
 fn tasks_run_end_to_end() {
     let dir = scratch("tasks");
     let sts = dir.join("sts.tsv");
-    write(&sts, "sentence1\tsentence2\tscore\nabc\tabc\t5\nabc\tabd\t3\nabc\tfgh\t0\naaa\taab\t4\n");
+    write(
+        &sts,
+        "sentence1\tsentence2\tscore\nabc\tabc\t5\nabc\tabd\t3\nabc\tfgh\t0\naaa\taab\t4\n",
+    );
     let pairs = dir.join("pairs.tsv");
-    write(&pairs, "sentence1\tsentence2\tlabel\nabc\tabc\t1\nabc\tfgh\t0\nbad\tdab\t1\nhhh\taaa\t0\n");
+    write(
+        &pairs,
+        "sentence1\tsentence2\tlabel\nabc\tabc\t1\nabc\tfgh\t0\nbad\tdab\t1\nhhh\taaa\t0\n",
+    );
     let beir = dir.join("beir");
     write(
         &beir.join("corpus.jsonl"),
         "{\"_id\":\"d1\",\"title\":\"\",\"text\":\"aaaa\"}\n{\"_id\":\"d2\",\"title\":\"bb\",\"text\":\"bb\"}\n{\"_id\":\"d3\",\"title\":\"\",\"text\":\"cccc\"}\n",
     );
     write(&beir.join("queries.jsonl"), "{\"_id\":\"q1\",\"text\":\"aa\"}\n{\"_id\":\"q2\",\"text\":\"bbb\"}\n{\"_id\":\"q3\",\"text\":\"hh\"}\n");
-    write(&beir.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq2\td9\t1\n");
+    write(
+        &beir.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\nq2\td9\t1\n",
+    );
 
     let (m, _, _) = model(true);
     let encoder = Encoder::new(&m, None, &Silent);
@@ -142,13 +156,19 @@ fn tasks_run_end_to_end() {
     assert_eq!((r.kind.as_str(), r.dimensions, r.model.as_str()), ("sts", 8, "letters"));
     assert!(r.metrics.get("spearman").unwrap() > 90.0, "{:?}", r.metrics);
 
-    let task = Task::load(&format!("pairs:{}", pairs.display()).parse::<TaskSpec>().unwrap()).unwrap();
-    let r = evaluate(&encoder, &task, &Settings { dimensions: Some(4), ..Settings::default() }).unwrap();
+    let task =
+        Task::load(&format!("pairs:{}", pairs.display()).parse::<TaskSpec>().unwrap()).unwrap();
+    let r = evaluate(&encoder, &task, &Settings { dimensions: Some(4), ..Settings::default() })
+        .unwrap();
     assert_eq!(r.dimensions, 4);
-    assert_eq!(r.metrics.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["spearman", "accuracy", "f1", "ap"]);
+    assert_eq!(
+        r.metrics.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["spearman", "accuracy", "f1", "ap"]
+    );
     assert_eq!(r.metrics.get("accuracy"), Some(100.0));
 
-    let task = Task::load(&format!("retrieval:{}", beir.display()).parse::<TaskSpec>().unwrap()).unwrap();
+    let task =
+        Task::load(&format!("retrieval:{}", beir.display()).parse::<TaskSpec>().unwrap()).unwrap();
     assert_eq!(task.notes().len(), 2, "{:?}", task.notes());
     let r = evaluate(&encoder, &task, &settings).unwrap();
     // q1 finds d1 first (recall 1); q2 finds d2 first but d9 is not in the corpus (recall 1/2).

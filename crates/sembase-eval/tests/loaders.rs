@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use sembase_eval::beir::load_retrieval;
-use sembase_eval::tasks::{load_classify, load_pairs, load_sts, load_triplets, Task, TaskKind, TaskSpec};
+use sembase_eval::tasks::{
+    load_classify, load_pairs, load_sts, load_triplets, Task, TaskKind, TaskSpec,
+};
 use sembase_eval::EvalError;
 
 /// A fresh directory for one test.
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sembase-eval-loaders-{tag}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("sembase-eval-loaders-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -41,8 +44,14 @@ fn malformed_sts_rows_name_file_and_line() {
     let err = load_sts(&file).unwrap_err();
     let message = err.to_string();
     let shown = file.display().to_string();
-    assert!(message.contains(&format!("{shown}:3: expected 3 tab-separated fields, found 2")), "{message}");
-    assert!(message.contains(&format!("{shown}:4: score \"not-a-number\" is not a number")), "{message}");
+    assert!(
+        message.contains(&format!("{shown}:3: expected 3 tab-separated fields, found 2")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{shown}:4: score \"not-a-number\" is not a number")),
+        "{message}"
+    );
     match err {
         EvalError::Malformed { rows, total, .. } => {
             assert_eq!(total, 2);
@@ -58,7 +67,10 @@ fn pair_labels_must_be_zero_or_one() {
     let file = dir.join("pairs.tsv");
     write(&file, "sentence1\tsentence2\tlabel\na\tb\t1\nc\td\t0\ne\tf\t2\n");
     let message = load_pairs(&file).unwrap_err().to_string();
-    assert!(message.contains(&format!("{}:4: label \"2\" is not 0 or 1", file.display())), "{message}");
+    assert!(
+        message.contains(&format!("{}:4: label \"2\" is not 0 or 1", file.display())),
+        "{message}"
+    );
     write(&file, "sentence1\tsentence2\tlabel\na\tb\t1\nc\td\t0\n");
     let rows = load_pairs(&file).unwrap();
     assert_eq!(rows.iter().map(|r| r.label).collect::<Vec<_>>(), vec![true, false]);
@@ -124,8 +136,18 @@ fn qrels_with_unknown_ids_are_counted_and_reported() {
     assert_eq!(set.judged[0].grades.len(), 3);
     assert_eq!(set.judged[1].grades["d2"], 3, "the last grade of a repeated pair is kept");
     let notes = set.notes().join("\n");
-    assert!(notes.contains("2 rows name corpus ids that are not in corpus.jsonl (first: \"nope\" at line 3)"), "{notes}");
-    assert!(notes.contains("1 rows name query ids that are not in queries.jsonl (first: \"qX\" at line 6)"), "{notes}");
+    assert!(
+        notes.contains(
+            "2 rows name corpus ids that are not in corpus.jsonl (first: \"nope\" at line 3)"
+        ),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(
+            "1 rows name query ids that are not in queries.jsonl (first: \"qX\" at line 6)"
+        ),
+        "{notes}"
+    );
     assert!(notes.contains("1 of 3 queries have no qrels"), "{notes}");
 }
 
@@ -137,8 +159,14 @@ fn qrels_without_header_and_bad_grades() {
     beir(&dir, "query-id\tcorpus-id\tscore\nq1\td1\t1.5\nq2\td2\n");
     let message = load_retrieval(&dir).unwrap_err().to_string();
     let qrels = dir.join("qrels").join("test.tsv").display().to_string();
-    assert!(message.contains(&format!("{qrels}:2: score \"1.5\" is not an integer grade")), "{message}");
-    assert!(message.contains(&format!("{qrels}:3: expected 3 tab-separated fields, found 2")), "{message}");
+    assert!(
+        message.contains(&format!("{qrels}:2: score \"1.5\" is not an integer grade")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{qrels}:3: expected 3 tab-separated fields, found 2")),
+        "{message}"
+    );
 }
 
 #[test]
@@ -165,7 +193,11 @@ fn malformed_jsonl_names_file_and_line() {
 fn task_specs_parse_and_empty_tasks_are_refused() {
     let spec: TaskSpec = "retrieval:../data/x".parse().unwrap();
     assert_eq!((spec.kind, spec.path.to_str().unwrap()), (TaskKind::Retrieval, "../data/x"));
-    assert!("nli:foo".parse::<TaskSpec>().unwrap_err().to_string().contains("unknown kind \"nli\""));
+    assert!("nli:foo"
+        .parse::<TaskSpec>()
+        .unwrap_err()
+        .to_string()
+        .contains("unknown kind \"nli\""));
     assert!("foo".parse::<TaskSpec>().is_err());
     assert!("sts:".parse::<TaskSpec>().is_err());
     let dir = scratch("empty");

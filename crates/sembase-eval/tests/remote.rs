@@ -65,7 +65,10 @@ fn handle(stream: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>) {
             s.len() - 1
         };
         let (status, headers, text) = script(number, &body);
-        let mut response = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", text.len());
+        let mut response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            text.len()
+        );
         for (k, v) in headers {
             response.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -131,7 +134,9 @@ fn batches_keep_order_send_the_key_prefix_and_dimensions() {
     assert_eq!(seen[1].body["input"], json!(["q: a", "q: bb"]));
     assert!(seen[1].body.get("dimensions").is_none());
 
-    let narrow = model.embed(&["x"], &EmbedOptions { dimensions: Some(5), ..EmbedOptions::default() }).unwrap();
+    let narrow = model
+        .embed(&["x"], &EmbedOptions { dimensions: Some(5), ..EmbedOptions::default() })
+        .unwrap();
     assert_eq!(narrow.vectors[0].len(), 5);
 }
 
@@ -139,12 +144,17 @@ fn batches_keep_order_send_the_key_prefix_and_dimensions() {
 fn rate_limits_and_server_errors_are_retried_with_backoff() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let script = |n: usize, body: &Value| match n {
-        1 => (429, vec![("Retry-After".to_string(), "0.1".to_string())], r#"{"error":{"message":"slow down"}}"#.to_string()),
+        1 => (
+            429,
+            vec![("Retry-After".to_string(), "0.1".to_string())],
+            r#"{"error":{"message":"slow down"}}"#.to_string(),
+        ),
         2 => (503, vec![], "overloaded".to_string()),
         _ => (200, vec![], answer(body)),
     };
     let base = serve(Arc::new(script), seen.clone());
-    let model = RemoteEmbedder::connect_with_key(&format!("openai:{base}#m"), None, quick()).unwrap();
+    let model =
+        RemoteEmbedder::connect_with_key(&format!("openai:{base}#m"), None, quick()).unwrap();
     let started = Instant::now();
     let out = model.embed(&["hello"], &EmbedOptions::default()).unwrap();
     assert_eq!(out.vectors, vec![vector_of("hello")]);
@@ -160,11 +170,18 @@ fn client_errors_fail_at_once_and_persistent_errors_give_up() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let script = |n: usize, body: &Value| match n {
         0 => (200, vec![], answer(body)),
-        1 => (401, vec![], r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#.to_string()),
+        1 => (
+            401,
+            vec![],
+            r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#
+                .to_string(),
+        ),
         _ => (500, vec![], "boom".to_string()),
     };
     let base = serve(Arc::new(script), seen.clone());
-    let model = RemoteEmbedder::connect_with_key(&format!("openai:{base}#m"), Some("bad".into()), quick()).unwrap();
+    let model =
+        RemoteEmbedder::connect_with_key(&format!("openai:{base}#m"), Some("bad".into()), quick())
+            .unwrap();
     let message = model.embed(&["x"], &EmbedOptions::default()).unwrap_err().to_string();
     assert!(message.contains("HTTP 401: Incorrect API key provided"), "{message}");
     assert_eq!(seen.lock().unwrap().len(), 2, "no retry on 401");
@@ -179,7 +196,10 @@ fn an_unreachable_endpoint_is_one_clear_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let options = RemoteOptions { max_attempts: 2, ..quick() };
-    let message = RemoteEmbedder::connect_with_key(&format!("openai:http://{addr}/v1#m"), None, options).unwrap_err().to_string();
+    let message =
+        RemoteEmbedder::connect_with_key(&format!("openai:http://{addr}/v1#m"), None, options)
+            .unwrap_err()
+            .to_string();
     assert!(message.starts_with(&format!("http://{addr}/v1/embeddings: ")), "{message}");
     assert!(message.contains("gave up after 2 attempts"), "{message}");
 }

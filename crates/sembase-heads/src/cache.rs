@@ -30,7 +30,8 @@ impl EmbeddingCache {
     /// the model, its configuration hash, the prefix and the dimensions.
     pub fn open(root: &Path, key: &str) -> Result<EmbeddingCache> {
         std::fs::create_dir_all(root).map_err(io(root))?;
-        let name: String = Sha256::digest(key.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect();
+        let name: String =
+            Sha256::digest(key.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect();
         let path = root.join(format!("{name}.bin"));
         let mut cache = EmbeddingCache { path, dim: None, index: HashMap::new(), data: Vec::new() };
         match std::fs::read(&cache.path) {
@@ -55,7 +56,9 @@ impl EmbeddingCache {
         for record in bytes[12..].chunks_exact(16 + 4 * dim) {
             let hash: TextHash = record[..16].try_into().unwrap();
             let row = self.data.len() / dim;
-            self.data.extend(record[16..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
+            self.data.extend(
+                record[16..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())),
+            );
             self.index.insert(hash, row);
         }
     }
@@ -141,10 +144,15 @@ pub fn embed_cached(
         let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
         let out = embedder.embed(&batch, options)?;
         if out.vectors.len() != batch.len() {
-            return Err(Error::Invalid(format!("model returned {} vectors for {} texts", out.vectors.len(), batch.len())));
+            return Err(Error::Invalid(format!(
+                "model returned {} vectors for {} texts",
+                out.vectors.len(),
+                batch.len()
+            )));
         }
         if let Some(c) = cache.as_deref_mut() {
-            let items: Vec<(TextHash, &[f32])> = chunk.iter().zip(&out.vectors).map(|(&i, v)| (hashes[i], v.as_slice())).collect();
+            let items: Vec<(TextHash, &[f32])> =
+                chunk.iter().zip(&out.vectors).map(|(&i, v)| (hashes[i], v.as_slice())).collect();
             c.store(&items)?;
         }
         for (&i, v) in chunk.iter().zip(out.vectors) {
@@ -190,10 +198,17 @@ mod tests {
         }
         fn embed(&self, texts: &[&str], _: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
             self.0.fetch_add(texts.len(), Ordering::SeqCst);
-            let vectors = texts.iter().map(|t| vec![t.len() as f32, t.bytes().map(f32::from).sum(), 1.0]).collect();
+            let vectors = texts
+                .iter()
+                .map(|t| vec![t.len() as f32, t.bytes().map(f32::from).sum(), 1.0])
+                .collect();
             Ok(Embeddings { vectors, token_counts: vec![1; texts.len()] })
         }
-        fn embed_tokens(&self, _: &[Vec<u32>], _: &EmbedOptions) -> sembase_embed::Result<Embeddings> {
+        fn embed_tokens(
+            &self,
+            _: &[Vec<u32>],
+            _: &EmbedOptions,
+        ) -> sembase_embed::Result<Embeddings> {
             unimplemented!()
         }
         fn tokenize(&self, _: &str) -> sembase_embed::Result<Vec<u32>> {
@@ -213,7 +228,8 @@ mod tests {
         assert_eq!(model.0.load(Ordering::SeqCst), 3, "duplicates embedded once");
         let mut reopened = EmbeddingCache::open(tmp.path(), "fake|x").unwrap();
         assert_eq!(reopened.len(), 3);
-        let (m2, _) = embed_cached(&model, &texts, &opts, Some(&mut reopened), &mut |_| {}).unwrap();
+        let (m2, _) =
+            embed_cached(&model, &texts, &opts, Some(&mut reopened), &mut |_| {}).unwrap();
         assert_eq!(model.0.load(Ordering::SeqCst), 3, "nothing re-embedded");
         assert_eq!(m1, m2);
         // Another key is another cache; a torn tail is dropped.

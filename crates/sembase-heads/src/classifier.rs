@@ -56,8 +56,10 @@ impl ClassWeight {
                 let mut counts = vec![0usize; classes];
                 labels.iter().for_each(|&y| counts[y] += 1);
                 let n = labels.len() as f64;
-                let per_class: Vec<f64> =
-                    counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f64 * c as f64) }).collect();
+                let per_class: Vec<f64> = counts
+                    .iter()
+                    .map(|&c| if c == 0 { 0.0 } else { n / (classes as f64 * c as f64) })
+                    .collect();
                 labels.iter().map(|&y| per_class[y]).collect()
             }
         }
@@ -104,7 +106,9 @@ impl Layout {
     fn penalised(&self) -> Vec<bool> {
         let mut mask = vec![false; self.len()];
         match self.kind {
-            Kind::Logistic => mask[..self.free_rows() * self.dim].iter_mut().for_each(|m| *m = true),
+            Kind::Logistic => {
+                mask[..self.free_rows() * self.dim].iter_mut().for_each(|m| *m = true)
+            }
             Kind::Mlp { hidden } => {
                 let w1 = hidden * self.dim;
                 mask[..w1].iter_mut().for_each(|m| *m = true);
@@ -175,14 +179,18 @@ impl Classifier {
             Kind::Logistic => {
                 let rows = layout.free_rows();
                 let (w, b) = f.split_at(rows * dim);
-                let (mut weight, mut bias) = (Vec::with_capacity(classes * dim), Vec::with_capacity(classes));
+                let (mut weight, mut bias) =
+                    (Vec::with_capacity(classes * dim), Vec::with_capacity(classes));
                 if rows < classes {
                     weight.extend(std::iter::repeat_n(0.0, dim));
                     bias.push(0.0);
                 }
                 weight.extend_from_slice(w);
                 bias.extend_from_slice(b);
-                vec![("linear.weight".into(), vec![classes, dim], weight), ("linear.bias".into(), vec![classes], bias)]
+                vec![
+                    ("linear.weight".into(), vec![classes, dim], weight),
+                    ("linear.bias".into(), vec![classes], bias),
+                ]
             }
             Kind::Mlp { hidden } => {
                 let (w1, rest) = f.split_at(hidden * dim);
@@ -205,7 +213,10 @@ impl Classifier {
     /// Checks that the tensors have the shapes `kind`, `dim` and `classes` call for.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let expected: Vec<(&str, Vec<usize>)> = match self.kind {
-            Kind::Logistic => vec![("linear.weight", vec![self.classes, self.dim]), ("linear.bias", vec![self.classes])],
+            Kind::Logistic => vec![
+                ("linear.weight", vec![self.classes, self.dim]),
+                ("linear.bias", vec![self.classes]),
+            ],
             Kind::Mlp { hidden } => vec![
                 ("hidden.weight", vec![hidden, self.dim]),
                 ("hidden.bias", vec![hidden]),
@@ -216,7 +227,9 @@ impl Classifier {
         for (name, shape) in expected {
             match self.tensors.iter().find(|t| t.0 == name) {
                 None => return Err(format!("missing tensor {name}")),
-                Some((_, s, data)) if *s != shape || data.len() != shape.iter().product::<usize>() => {
+                Some((_, s, data))
+                    if *s != shape || data.len() != shape.iter().product::<usize>() =>
+                {
                     return Err(format!("tensor {name} has shape {s:?}, expected {shape:?}"))
                 }
                 Some(_) => {}
@@ -243,7 +256,9 @@ impl Classifier {
             Kind::Mlp { hidden } => {
                 let (w1, b1) = (self.tensor("hidden.weight"), self.tensor("hidden.bias"));
                 let (w2, b2) = (self.tensor("output.weight"), self.tensor("output.bias"));
-                let h: Vec<f32> = (0..hidden).map(|j| (b1[j] + dot32(&w1[j * self.dim..(j + 1) * self.dim], x)).tanh()).collect();
+                let h: Vec<f32> = (0..hidden)
+                    .map(|j| (b1[j] + dot32(&w1[j * self.dim..(j + 1) * self.dim], x)).tanh())
+                    .collect();
                 for c in 0..self.classes {
                     logits[c] = b2[c] + dot32(&w2[c * hidden..(c + 1) * hidden], &h);
                 }
@@ -385,7 +400,13 @@ mod tests {
     use super::*;
 
     /// Gaussian-ish blobs around well separated centres.
-    pub(crate) fn blobs(n_per: usize, classes: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    pub(crate) fn blobs(
+        n_per: usize,
+        classes: usize,
+        dim: usize,
+        spread: f32,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<usize>) {
         let mut rng = SplitMix64::new(seed);
         let mut x = Vec::new();
         let mut y = Vec::new();
@@ -467,8 +488,14 @@ mod tests {
                 hi[i] += 1e-3;
                 lo[i] -= 1e-3;
                 let mut scratch = vec![0.0; p.len()];
-                let num = (objective(&layout, &problem, &hi, &mut scratch) - objective(&layout, &problem, &lo, &mut scratch)) / 2e-3;
-                assert!((num - g[i]).abs() < 2e-3 * (1.0 + num.abs()), "{kind:?} param {i}: {num} vs {}", g[i]);
+                let num = (objective(&layout, &problem, &hi, &mut scratch)
+                    - objective(&layout, &problem, &lo, &mut scratch))
+                    / 2e-3;
+                assert!(
+                    (num - g[i]).abs() < 2e-3 * (1.0 + num.abs()),
+                    "{kind:?} param {i}: {num} vs {}",
+                    g[i]
+                );
             }
         }
     }
@@ -492,9 +519,19 @@ mod tests {
         let recall = |weight: ClassWeight| {
             let w = weight.sample_weights(&y, 2);
             let problem = Problem { x: &x, dim: 4, labels: &y, weights: &w, classes: 2 };
-            let clf = Classifier::fit(&problem, &FitOptions { kind: Kind::Logistic, c: 1.0, seed: 0, lbfgs: LbfgsOptions::default() });
+            let clf = Classifier::fit(
+                &problem,
+                &FitOptions {
+                    kind: Kind::Logistic,
+                    c: 1.0,
+                    seed: 0,
+                    lbfgs: LbfgsOptions::default(),
+                },
+            );
             let minority: Vec<usize> = (0..y.len()).filter(|&i| y[i] == 1).collect();
-            minority.iter().filter(|&&i| clf.predict_proba(&x[i * 4..(i + 1) * 4])[1] > 0.5).count() as f64 / minority.len() as f64
+            minority.iter().filter(|&&i| clf.predict_proba(&x[i * 4..(i + 1) * 4])[1] > 0.5).count()
+                as f64
+                / minority.len() as f64
         };
         let (plain, balanced) = (recall(ClassWeight::None), recall(ClassWeight::Balanced));
         assert!(balanced > plain + 0.1, "balanced {balanced} vs plain {plain}");

@@ -35,12 +35,19 @@ impl Dataset {
             return Err(Error::Data {
                 path: path.into(),
                 line: self.lines.first().copied().unwrap_or(1),
-                message: format!("only one class ({label:?}) in the file; a classifier needs at least two"),
+                message: format!(
+                    "only one class ({label:?}) in the file; a classifier needs at least two"
+                ),
             });
         }
         for (class, &count) in self.class_counts().iter().enumerate() {
             if count < folds {
-                let first = self.labels.iter().position(|&y| y == class).map(|i| self.lines[i]).unwrap_or(1);
+                let first = self
+                    .labels
+                    .iter()
+                    .position(|&y| y == class)
+                    .map(|i| self.lines[i])
+                    .unwrap_or(1);
                 return Err(Error::Data {
                     path: path.into(),
                     line: first,
@@ -60,7 +67,10 @@ impl Dataset {
 pub fn load_tsv(path: &Path) -> Result<Dataset> {
     let raw = std::fs::read(path).map_err(io(path))?;
     let content = String::from_utf8(raw).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
         Error::Data { path: path.into(), line, message: "not valid UTF-8".into() }
     })?;
     parse_tsv(&content, path)
@@ -69,12 +79,19 @@ pub fn load_tsv(path: &Path) -> Result<Dataset> {
 /// [`load_tsv`] on text already in memory; `path` only names the source in errors.
 pub fn parse_tsv(content: &str, path: &Path) -> Result<Dataset> {
     let err = |line: usize, message: String| Error::Data { path: path.into(), line, message };
-    let mut lines = content.lines().enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)));
+    let mut lines =
+        content.lines().enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)));
     match lines.next() {
         None => return Err(err(1, "empty file: expected a header line `text<TAB>label`".into())),
         Some((n, header)) => {
             if header.split('\t').count() != 2 {
-                return Err(err(n, format!("header has {} tab-separated fields, expected 2 (`text<TAB>label`)", header.split('\t').count())));
+                return Err(err(
+                    n,
+                    format!(
+                        "header has {} tab-separated fields, expected 2 (`text<TAB>label`)",
+                        header.split('\t').count()
+                    ),
+                ));
             }
         }
     }
@@ -109,7 +126,8 @@ pub fn parse_tsv(content: &str, path: &Path) -> Result<Dataset> {
     let mut classes: Vec<String> = names.clone();
     classes.sort();
     classes.dedup();
-    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let index: HashMap<&str, usize> =
+        classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let labels = names.iter().map(|n| index[n.as_str()]).collect();
     Ok(Dataset { texts, labels, classes, lines: line_nos })
 }

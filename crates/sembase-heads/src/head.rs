@@ -41,7 +41,14 @@ pub struct BaseModel {
 
 impl BaseModel {
     /// Describes a model directory; `normalized` is what the embeddings showed.
-    pub fn describe(name: &str, dir: &Path, dimensions: usize, requested_dimensions: Option<usize>, prefix: Option<String>, normalized: bool) -> BaseModel {
+    pub fn describe(
+        name: &str,
+        dir: &Path,
+        dimensions: usize,
+        requested_dimensions: Option<usize>,
+        prefix: Option<String>,
+        normalized: bool,
+    ) -> BaseModel {
         BaseModel {
             name: name.to_string(),
             dir_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -55,19 +62,28 @@ impl BaseModel {
 
     /// The options to embed inputs with, so they match the training vectors.
     pub fn embed_options(&self) -> EmbedOptions {
-        EmbedOptions { prefix: self.prefix.clone(), dimensions: self.requested_dimensions, ..EmbedOptions::default() }
+        EmbedOptions {
+            prefix: self.prefix.clone(),
+            dimensions: self.requested_dimensions,
+            ..EmbedOptions::default()
+        }
     }
 
     /// A key for the embedding settings: heads with equal keys can share one forward pass.
     pub fn embedding_key(&self) -> String {
-        format!("{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}", self.name, self.config_hash, self.prefix, self.requested_dimensions)
+        format!(
+            "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}",
+            self.name, self.config_hash, self.prefix, self.requested_dimensions
+        )
     }
 }
 
 /// Hash of a model directory's configuration files (missing files are skipped).
 pub fn config_hash(dir: &Path) -> String {
     let mut h = Sha256::new();
-    for file in ["config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+    for file in
+        ["config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    {
         if let Ok(bytes) = std::fs::read(dir.join(file)) {
             h.update(file.as_bytes());
             h.update((bytes.len() as u64).to_le_bytes());
@@ -121,8 +137,23 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(classifier: Classifier, labels: Vec<String>, c: f64, class_weight: ClassWeight, base_model: BaseModel, training: Option<TrainingInfo>) -> Head {
-        let meta = HeadMeta { format: FORMAT, kind: classifier.kind, classes: classifier.classes, c, class_weight, base_model, training };
+    pub fn new(
+        classifier: Classifier,
+        labels: Vec<String>,
+        c: f64,
+        class_weight: ClassWeight,
+        base_model: BaseModel,
+        training: Option<TrainingInfo>,
+    ) -> Head {
+        let meta = HeadMeta {
+            format: FORMAT,
+            kind: classifier.kind,
+            classes: classifier.classes,
+            c,
+            class_weight,
+            base_model,
+            training,
+        };
         Head { meta, labels, classifier }
     }
 
@@ -173,7 +204,11 @@ impl Head {
             .enumerate()
             .map(|(i, v)| {
                 if v.len() != self.dimensions() {
-                    return Err(Error::Invalid(format!("vector {i} has {} dimensions, the head reads {}", v.len(), self.dimensions())));
+                    return Err(Error::Invalid(format!(
+                        "vector {i} has {} dimensions, the head reads {}",
+                        v.len(),
+                        self.dimensions()
+                    )));
                 }
                 let probabilities = self.classifier.predict_proba(v);
                 let index = argmax(&probabilities);
@@ -183,7 +218,11 @@ impl Head {
     }
 
     /// Embeds `texts` with `embedder` (checked first) and classifies them.
-    pub fn predict_texts(&self, embedder: &dyn Embedder, texts: &[&str]) -> Result<Vec<Prediction>> {
+    pub fn predict_texts(
+        &self,
+        embedder: &dyn Embedder,
+        texts: &[&str],
+    ) -> Result<Vec<Prediction>> {
         self.check_embedder(embedder)?;
         let embeddings = embedder.embed(texts, &self.embed_options())?;
         self.predict(&embeddings.vectors)
@@ -200,7 +239,10 @@ impl Head {
             let is_head = dir.join(META_FILE).is_file();
             let is_empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();
             if !is_head && !is_empty {
-                return Err(Error::Invalid(format!("{} exists and is not a head directory; refusing to replace it", dir.display())));
+                return Err(Error::Invalid(format!(
+                    "{} exists and is not a head directory; refusing to replace it",
+                    dir.display()
+                )));
             }
         }
         durable::replace_dir(dir, |temp| self.write_files(temp))
@@ -211,14 +253,19 @@ impl Head {
             .classifier
             .tensors
             .iter()
-            .map(|(name, shape, data)| (name.clone(), shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .map(|(name, shape, data)| {
+                (name.clone(), shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            })
             .collect();
         let views = bytes
             .iter()
-            .map(|(name, shape, data)| TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)))
+            .map(|(name, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Format { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
-        let weights = safetensors::serialize(views, None).map_err(|e| Error::Format { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
+        let weights = safetensors::serialize(views, None)
+            .map_err(|e| Error::Format { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
         durable::write_bytes(&dir.join(WEIGHTS_FILE), &weights)?;
         durable::write_json(&dir.join(LABELS_FILE), &self.labels)?;
         durable::write_json(&dir.join(META_FILE), &self.meta)?;
@@ -231,24 +278,41 @@ impl Head {
             let path = dir.join(file);
             std::fs::read(&path).map_err(io(path))
         };
-        let format_err = |file: &str, message: String| Error::Format { path: dir.join(file), message };
-        let meta: HeadMeta = serde_json::from_slice(&read(META_FILE)?).map_err(|e| format_err(META_FILE, e.to_string()))?;
+        let format_err =
+            |file: &str, message: String| Error::Format { path: dir.join(file), message };
+        let meta: HeadMeta = serde_json::from_slice(&read(META_FILE)?)
+            .map_err(|e| format_err(META_FILE, e.to_string()))?;
         if meta.format != FORMAT {
-            return Err(format_err(META_FILE, format!("head format {} is not supported (expected {FORMAT})", meta.format)));
+            return Err(format_err(
+                META_FILE,
+                format!("head format {} is not supported (expected {FORMAT})", meta.format),
+            ));
         }
-        let labels: Vec<String> = serde_json::from_slice(&read(LABELS_FILE)?).map_err(|e| format_err(LABELS_FILE, e.to_string()))?;
+        let labels: Vec<String> = serde_json::from_slice(&read(LABELS_FILE)?)
+            .map_err(|e| format_err(LABELS_FILE, e.to_string()))?;
         if labels.len() != meta.classes {
-            return Err(format_err(LABELS_FILE, format!("{} labels for {} classes", labels.len(), meta.classes)));
+            return Err(format_err(
+                LABELS_FILE,
+                format!("{} labels for {} classes", labels.len(), meta.classes),
+            ));
         }
         let bytes = read(WEIGHTS_FILE)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(WEIGHTS_FILE, e.to_string()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| format_err(WEIGHTS_FILE, e.to_string()))?;
         let mut tensors = Vec::new();
         for name in st.names() {
             let t = st.tensor(name).map_err(|e| format_err(WEIGHTS_FILE, e.to_string()))?;
             if t.dtype() != Dtype::F32 {
-                return Err(format_err(WEIGHTS_FILE, format!("tensor {name} is {:?}, expected F32", t.dtype())));
+                return Err(format_err(
+                    WEIGHTS_FILE,
+                    format!("tensor {name} is {:?}, expected F32", t.dtype()),
+                ));
             }
-            let data = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             tensors.push((name.to_string(), t.shape().to_vec(), data));
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -266,7 +330,9 @@ mod tests {
     fn sample(kind: Kind) -> Head {
         let flat: Vec<f64> = match kind {
             Kind::Logistic => (0..3 * 5).map(|i| i as f64 * 0.1 - 0.7).collect(),
-            Kind::Mlp { hidden } => (0..hidden * 5 + 3 * (hidden + 1)).map(|i| (i as f64 * 0.37).sin()).collect(),
+            Kind::Mlp { hidden } => {
+                (0..hidden * 5 + 3 * (hidden + 1)).map(|i| (i as f64 * 0.37).sin()).collect()
+            }
         };
         let clf = Classifier::from_flat(kind, 4, 3, &flat);
         let base = BaseModel {
@@ -278,8 +344,22 @@ mod tests {
             prefix: Some("query: ".into()),
             normalized: true,
         };
-        let training = TrainingInfo { rows: 10, folds: 5, seed: 3, accuracy: 90.0, macro_f1: 88.5, data: Some("x.tsv".into()) };
-        Head::new(clf, vec!["neg".into(), "neu".into(), "pos".into()], 10.0, ClassWeight::Balanced, base, Some(training))
+        let training = TrainingInfo {
+            rows: 10,
+            folds: 5,
+            seed: 3,
+            accuracy: 90.0,
+            macro_f1: 88.5,
+            data: Some("x.tsv".into()),
+        };
+        Head::new(
+            clf,
+            vec!["neg".into(), "neu".into(), "pos".into()],
+            10.0,
+            ClassWeight::Balanced,
+            base,
+            Some(training),
+        )
     }
 
     #[test]
@@ -298,10 +378,15 @@ mod tests {
             assert_eq!(p.label, head.labels[p.index]);
             // Saving again replaces the head in place.
             head.save(&dir).unwrap();
-            let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let names: Vec<String> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             assert!(names.iter().all(|n| !n.starts_with('.')), "leftovers: {names:?}");
         }
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("head-mlp/head.json")).unwrap()).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("head-mlp/head.json")).unwrap())
+                .unwrap();
         assert_eq!(meta["kind"], "mlp");
         assert_eq!(meta["hidden"], 2);
         assert_eq!(meta["base_model"]["prefix"], "query: ");

@@ -29,7 +29,11 @@ pub struct LbfgsResult {
 
 /// Minimises `f` from `x` (updated in place). `f(x, grad)` returns the loss and
 /// writes the gradient.
-pub fn minimize(x: &mut [f64], options: &LbfgsOptions, mut f: impl FnMut(&[f64], &mut [f64]) -> f64) -> LbfgsResult {
+pub fn minimize(
+    x: &mut [f64],
+    options: &LbfgsOptions,
+    mut f: impl FnMut(&[f64], &mut [f64]) -> f64,
+) -> LbfgsResult {
     let n = x.len();
     let mut g = vec![0.0; n];
     let mut loss = f(x, &mut g);
@@ -142,12 +146,16 @@ mod tests {
     #[test]
     fn minimises_rosenbrock() {
         let mut x = vec![-1.2, 1.0];
-        let r = minimize(&mut x, &LbfgsOptions { max_iter: 1000, grad_tol: 1e-8, rel_tol: 0.0, ..Default::default() }, |x, g| {
-            let (a, b) = (x[0], x[1]);
-            g[0] = -2.0 * (1.0 - a) - 400.0 * a * (b - a * a);
-            g[1] = 200.0 * (b - a * a);
-            (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2)
-        });
+        let r = minimize(
+            &mut x,
+            &LbfgsOptions { max_iter: 1000, grad_tol: 1e-8, rel_tol: 0.0, ..Default::default() },
+            |x, g| {
+                let (a, b) = (x[0], x[1]);
+                g[0] = -2.0 * (1.0 - a) - 400.0 * a * (b - a * a);
+                g[1] = 200.0 * (b - a * a);
+                (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2)
+            },
+        );
         assert!(r.converged, "{r:?}");
         assert!((x[0] - 1.0).abs() < 1e-5 && (x[1] - 1.0).abs() < 1e-5, "{x:?}");
     }
@@ -156,14 +164,18 @@ mod tests {
     fn minimises_ill_conditioned_quadratic() {
         let scales = [1.0, 10.0, 100.0, 1000.0];
         let mut x = vec![1.0; 4];
-        let r = minimize(&mut x, &LbfgsOptions { grad_tol: 1e-9, rel_tol: 0.0, ..Default::default() }, |x, g| {
-            let mut f = 0.0;
-            for i in 0..4 {
-                g[i] = scales[i] * (x[i] - i as f64);
-                f += 0.5 * scales[i] * (x[i] - i as f64).powi(2);
-            }
-            f
-        });
+        let r = minimize(
+            &mut x,
+            &LbfgsOptions { grad_tol: 1e-9, rel_tol: 0.0, ..Default::default() },
+            |x, g| {
+                let mut f = 0.0;
+                for i in 0..4 {
+                    g[i] = scales[i] * (x[i] - i as f64);
+                    f += 0.5 * scales[i] * (x[i] - i as f64).powi(2);
+                }
+                f
+            },
+        );
         assert!(r.converged);
         for (i, v) in x.iter().enumerate() {
             assert!((v - i as f64).abs() < 1e-6, "{x:?}");

@@ -41,8 +41,18 @@ impl Metrics {
             .map(|c| {
                 let precision = ratio(tp[c], tp[c] + fp[c]);
                 let recall = ratio(tp[c], support[c]);
-                let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-                ClassMetrics { label: classes[c].clone(), precision: 100.0 * precision, recall: 100.0 * recall, f1: 100.0 * f1, support: support[c] }
+                let f1 = if precision + recall == 0.0 {
+                    0.0
+                } else {
+                    2.0 * precision * recall / (precision + recall)
+                };
+                ClassMetrics {
+                    label: classes[c].clone(),
+                    precision: 100.0 * precision,
+                    recall: 100.0 * recall,
+                    f1: 100.0 * f1,
+                    support: support[c],
+                }
             })
             .collect();
         let correct: usize = tp.iter().sum();

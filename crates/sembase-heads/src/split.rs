@@ -78,7 +78,10 @@ mod tests {
             for fold in 0..5 {
                 let n = labels.iter().zip(&a).filter(|(&y, &f)| y == class && f == fold).count();
                 let share = total as f64 / 5.0;
-                assert!((n as f64 - share).abs() < 1.0, "class {class} fold {fold}: {n} vs {share}");
+                assert!(
+                    (n as f64 - share).abs() < 1.0,
+                    "class {class} fold {fold}: {n} vs {share}"
+                );
             }
         }
     }

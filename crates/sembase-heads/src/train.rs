@@ -62,7 +62,13 @@ pub struct CvReport {
 /// K-fold cross validation of every grid value on the same stratified, seeded
 /// folds (folds run in parallel; grid values warm-start from the previous one).
 /// `x` is row-major, `labels.len()` rows of width `dim`.
-pub fn cross_validate(x: &[f32], dim: usize, labels: &[usize], classes: &[String], config: &TrainConfig) -> Result<CvReport> {
+pub fn cross_validate(
+    x: &[f32],
+    dim: usize,
+    labels: &[usize],
+    classes: &[String],
+    config: &TrainConfig,
+) -> Result<CvReport> {
     check_inputs(x, dim, labels, classes, config)?;
     let fold_ids = stratified_folds(labels, config.folds, config.seed);
     // per_fold[f] = (test rows, predictions per grid value)
@@ -78,10 +84,15 @@ pub fn cross_validate(x: &[f32], dim: usize, labels: &[usize], classes: &[String
             let mut init: Option<Vec<f64>> = None;
             let mut preds = Vec::with_capacity(config.grid.len());
             for &c in &config.grid {
-                let options = FitOptions { kind: config.kind, c, seed: config.seed, lbfgs: config.lbfgs };
+                let options =
+                    FitOptions { kind: config.kind, c, seed: config.seed, lbfgs: config.lbfgs };
                 let flat = fit_flat(&problem, &options, init.as_deref());
                 let clf = Classifier::from_flat(config.kind, dim, classes.len(), &flat);
-                preds.push(test.iter().map(|&i| argmax(&clf.predict_proba(&x[i * dim..(i + 1) * dim]))).collect());
+                preds.push(
+                    test.iter()
+                        .map(|&i| argmax(&clf.predict_proba(&x[i * dim..(i + 1) * dim])))
+                        .collect(),
+                );
                 init = Some(flat);
             }
             (test, preds)
@@ -95,7 +106,8 @@ pub fn cross_validate(x: &[f32], dim: usize, labels: &[usize], classes: &[String
             }
         }
     }
-    let grid_accuracy: Vec<f64> = oof.iter().map(|p| Metrics::compute(labels, p, classes).accuracy).collect();
+    let grid_accuracy: Vec<f64> =
+        oof.iter().map(|p| Metrics::compute(labels, p, classes).accuracy).collect();
     let mut best = 0;
     for (g, &acc) in grid_accuracy.iter().enumerate() {
         if acc > grid_accuracy[best] {
@@ -115,23 +127,43 @@ pub fn cross_validate(x: &[f32], dim: usize, labels: &[usize], classes: &[String
 }
 
 /// Cross validates, then fits on all rows with the chosen `C`.
-pub fn train_head(x: &[f32], dim: usize, labels: &[usize], classes: &[String], config: &TrainConfig) -> Result<(Classifier, CvReport)> {
+pub fn train_head(
+    x: &[f32],
+    dim: usize,
+    labels: &[usize],
+    classes: &[String],
+    config: &TrainConfig,
+) -> Result<(Classifier, CvReport)> {
     let report = cross_validate(x, dim, labels, classes, config)?;
     let w = config.class_weight.sample_weights(labels, classes.len());
     let problem = Problem { x, dim, labels, weights: &w, classes: classes.len() };
-    let options = FitOptions { kind: config.kind, c: report.c, seed: config.seed, lbfgs: config.lbfgs };
+    let options =
+        FitOptions { kind: config.kind, c: report.c, seed: config.seed, lbfgs: config.lbfgs };
     Ok((Classifier::fit(&problem, &options), report))
 }
 
-fn check_inputs(x: &[f32], dim: usize, labels: &[usize], classes: &[String], config: &TrainConfig) -> Result<()> {
+fn check_inputs(
+    x: &[f32],
+    dim: usize,
+    labels: &[usize],
+    classes: &[String],
+    config: &TrainConfig,
+) -> Result<()> {
     if dim == 0 || x.len() != labels.len() * dim {
-        return Err(Error::Invalid(format!("{} values for {} rows of width {dim}", x.len(), labels.len())));
+        return Err(Error::Invalid(format!(
+            "{} values for {} rows of width {dim}",
+            x.len(),
+            labels.len()
+        )));
     }
     if config.folds < 2 {
         return Err(Error::Invalid(format!("need at least 2 folds, got {}", config.folds)));
     }
     if config.grid.is_empty() || config.grid.iter().any(|&c| !(c > 0.0 && c.is_finite())) {
-        return Err(Error::Invalid(format!("the C grid must be positive numbers, got {:?}", config.grid)));
+        return Err(Error::Invalid(format!(
+            "the C grid must be positive numbers, got {:?}",
+            config.grid
+        )));
     }
     if classes.len() < 2 {
         return Err(Error::Invalid("a classifier needs at least two classes".into()));
@@ -139,7 +171,10 @@ fn check_inputs(x: &[f32], dim: usize, labels: &[usize], classes: &[String], con
     let mut counts = vec![0usize; classes.len()];
     for &y in labels {
         if y >= classes.len() {
-            return Err(Error::Invalid(format!("label index {y} out of range for {} classes", classes.len())));
+            return Err(Error::Invalid(format!(
+                "label index {y} out of range for {} classes",
+                classes.len()
+            )));
         }
         counts[y] += 1;
     }

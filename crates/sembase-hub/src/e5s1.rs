@@ -24,9 +24,9 @@ use std::path::Path;
 use safetensors::{Dtype, View};
 use serde_json::{json, Value};
 
-use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
+use sembase_embed::durable;
 
 const WHAT: &str = "E5S1 weights";
 
@@ -148,11 +148,9 @@ impl<'a> E5s1<'a> {
         let pieces = (0..n_pieces)
             .map(|i| {
                 let (a, b) = (offset(i), offset(i + 1));
-                blob.get(a..b)
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .ok_or_else(|| {
-                        HubError::invalid(WHAT, format!("piece {i} out of the vocabulary blob"))
-                    })
+                blob.get(a..b).map(|s| String::from_utf8_lossy(s).into_owned()).ok_or_else(|| {
+                    HubError::invalid(WHAT, format!("piece {i} out of the vocabulary blob"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let _n_norm = c.i32()?;
@@ -176,33 +174,15 @@ impl<'a> E5s1<'a> {
             } else {
                 return Err(HubError::invalid(WHAT, format!("tensor {name}: {n_bytes} bytes fit neither f32 nor Q4_0 for {count} values")));
             };
-            if offset
-                .checked_add(n_bytes)
-                .is_none_or(|end| end > bytes.len())
-            {
+            if offset.checked_add(n_bytes).is_none_or(|end| end > bytes.len()) {
                 return Err(HubError::invalid(
                     WHAT,
                     format!("tensor {name} lies beyond the end of the file"),
                 ));
             }
-            tensors.insert(
-                name,
-                Entry {
-                    kind,
-                    count,
-                    offset,
-                },
-            );
+            tensors.insert(name, Entry { kind, count, offset });
         }
-        Ok(E5s1 {
-            bytes,
-            dims,
-            pieces,
-            bos,
-            eos,
-            pad,
-            tensors,
-        })
+        Ok(E5s1 { bytes, dims, pieces, bos, eos, pad, tensors })
     }
 
     /// The stored tensor `name` as a lazily dequantised tensor of `shape`, or, when
@@ -226,12 +206,7 @@ impl<'a> E5s1<'a> {
                 ))
             }
         };
-        Ok(Lazy {
-            src: self,
-            entry,
-            shape,
-            lead_rows,
-        })
+        Ok(Lazy { src: self, entry, shape, lead_rows })
     }
 
     /// Appends the values of `e` as little-endian f32 bytes to `out`.
@@ -262,22 +237,13 @@ impl<'a> E5s1<'a> {
     /// position id 2 must be put back in front.
     fn position_rows(&self) -> Result<(usize, usize)> {
         let stored = self.lazy("emb.pos", None, 0)?.shape[0];
-        let lead = if stored == self.dims.max_positions {
-            2
-        } else {
-            0
-        };
+        let lead = if stored == self.dims.max_positions { 2 } else { 0 };
         Ok((stored, lead))
     }
 
     /// The tensors of an HF `XLMRobertaModel`, in HF names and shapes.
     fn hf_tensors(&self) -> Result<Vec<(String, Lazy<'_, 'a>)>> {
-        let Dims {
-            hidden: h,
-            ffn: f,
-            vocab_rows,
-            ..
-        } = self.dims;
+        let Dims { hidden: h, ffn: f, vocab_rows, .. } = self.dims;
         let (_, lead) = self.position_rows()?;
         let mut out = vec![
             (
@@ -292,14 +258,8 @@ impl<'a> E5s1<'a> {
                 "embeddings.token_type_embeddings.weight".to_string(),
                 self.lazy("emb.type", None, 0)?,
             ),
-            (
-                "embeddings.LayerNorm.weight".to_string(),
-                self.lazy("emb.ln.w", Some(&[h]), 0)?,
-            ),
-            (
-                "embeddings.LayerNorm.bias".to_string(),
-                self.lazy("emb.ln.b", Some(&[h]), 0)?,
-            ),
+            ("embeddings.LayerNorm.weight".to_string(), self.lazy("emb.ln.w", Some(&[h]), 0)?),
+            ("embeddings.LayerNorm.bias".to_string(), self.lazy("emb.ln.b", Some(&[h]), 0)?),
         ];
         let linear: [(&str, &str, usize, usize); 6] = [
             ("q", "attention.self.query", h, h),
@@ -309,10 +269,7 @@ impl<'a> E5s1<'a> {
             ("fi", "intermediate.dense", f, h),
             ("fo", "output.dense", h, f),
         ];
-        let norms = [
-            ("aln", "attention.output.LayerNorm"),
-            ("oln", "output.LayerNorm"),
-        ];
+        let norms = [("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")];
         for l in 0..self.dims.layers {
             for (short, hf, rows, cols) in linear {
                 let pre = format!("encoder.layer.{l}.{hf}");
@@ -360,10 +317,7 @@ impl View for Lazy<'_, '_> {
     }
     fn data(&self) -> Cow<'_, [u8]> {
         let mut out = Vec::with_capacity(self.data_len());
-        out.resize(
-            self.lead_rows * self.shape.last().copied().unwrap_or(0) * 4,
-            0,
-        );
+        out.resize(self.lead_rows * self.shape.last().copied().unwrap_or(0) * 4, 0);
         self.src.dequantize_into(self.entry, &mut out);
         Cow::Owned(out)
     }
@@ -386,22 +340,13 @@ fn check_tokenizer(model: &E5s1<'_>, tokenizer_json: &[u8]) -> Result<Vec<u8>> {
     if vocab.len() != model.pieces.len() {
         return Err(HubError::invalid(
             TOK,
-            format!(
-                "{} pieces, but the E5S1 vocabulary has {}",
-                vocab.len(),
-                model.pieces.len()
-            ),
+            format!("{} pieces, but the E5S1 vocabulary has {}", vocab.len(), model.pieces.len()),
         ));
     }
-    let piece = |v: &Value| {
-        v.get(0)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_default()
-    };
-    let differing: Vec<usize> = (0..vocab.len())
-        .filter(|&i| piece(&vocab[i]) != model.pieces[i])
-        .collect();
+    let piece =
+        |v: &Value| v.get(0).and_then(Value::as_str).map(str::to_string).unwrap_or_default();
+    let differing: Vec<usize> =
+        (0..vocab.len()).filter(|&i| piece(&vocab[i]) != model.pieces[i]).collect();
     if let Some(&first) = differing.first() {
         return Err(HubError::invalid(
             TOK,
@@ -523,8 +468,7 @@ pub(crate) mod tests {
     impl Builder {
         pub(crate) fn f32(&mut self, name: &str, values: &[f32]) {
             let payload = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            self.tensors
-                .push((name.to_string(), 0, values.len(), payload));
+            self.tensors.push((name.to_string(), 0, values.len(), payload));
         }
 
         /// Q4_0 blocks, each `(scale, nibbles as bytes)`.
@@ -535,23 +479,16 @@ pub(crate) mod tests {
                 payload.extend_from_slice(&half::f16::from_f32(*d).to_le_bytes());
                 payload.extend_from_slice(qs);
             }
-            self.tensors
-                .push((name.to_string(), 1, blocks.len() * self.dims.qk, payload));
+            self.tensors.push((name.to_string(), 1, blocks.len() * self.dims.qk, payload));
         }
 
         pub(crate) fn bytes(&self) -> Vec<u8> {
             let d = self.dims;
             let mut b = b"E5S1".to_vec();
             b.extend_from_slice(&1u32.to_le_bytes());
-            for v in [
-                d.hidden,
-                d.layers,
-                d.heads,
-                d.ffn,
-                d.vocab_rows,
-                d.max_positions,
-                d.type_vocab,
-            ] {
+            for v in
+                [d.hidden, d.layers, d.heads, d.ffn, d.vocab_rows, d.max_positions, d.type_vocab]
+            {
                 b.extend_from_slice(&(v as i32).to_le_bytes());
             }
             b.extend_from_slice(&d.eps.to_le_bytes());
@@ -576,11 +513,8 @@ pub(crate) mod tests {
             b.extend_from_slice(&3u32.to_le_bytes());
             b.extend_from_slice(b"xyz");
             b.extend_from_slice(&(self.tensors.len() as i32).to_le_bytes());
-            let dir_len: usize = self
-                .tensors
-                .iter()
-                .map(|(n, ..)| 2 + n.len() + 1 + 4 + 8 + 8)
-                .sum();
+            let dir_len: usize =
+                self.tensors.iter().map(|(n, ..)| 2 + n.len() + 1 + 4 + 8 + 8).sum();
             let mut data_off = b.len() + dir_len;
             for (name, dtype, count, payload) in &self.tensors {
                 b.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -614,14 +548,8 @@ pub(crate) mod tests {
             eps: 1e-12,
             qk: 32,
         };
-        let pieces = ["<s>", "<pad>", "</s>", "<unk>", "\u{2581}hi"]
-            .map(String::from)
-            .to_vec();
-        let mut b = Builder {
-            dims,
-            pieces,
-            tensors: Vec::new(),
-        };
+        let pieces = ["<s>", "<pad>", "</s>", "<unk>", "\u{2581}hi"].map(String::from).to_vec();
+        let mut b = Builder { dims, pieces, tensors: Vec::new() };
         let qs: Vec<u8> = (0..16u8).map(|i| (i << 4) | (15 - i)).collect();
         let block = |d: f32| (d, qs.clone());
         b.q4("emb.word", &[block(0.25), block(0.5), block(0.5)]);
@@ -630,14 +558,9 @@ pub(crate) mod tests {
         b.f32("emb.type", &[0.5; 8]);
         b.f32("emb.ln.w", &[1.0; 8]);
         b.f32("emb.ln.b", &[0.0; 8]);
-        for (short, rows, cols) in [
-            ("q", 8, 8),
-            ("k", 8, 8),
-            ("v", 8, 8),
-            ("ao", 8, 8),
-            ("fi", 16, 8),
-            ("fo", 8, 16),
-        ] {
+        for (short, rows, cols) in
+            [("q", 8, 8), ("k", 8, 8), ("v", 8, 8), ("ao", 8, 8), ("fi", 16, 8), ("fo", 8, 16)]
+        {
             let blocks: Vec<_> = (0..rows * cols / 32).map(|_| block(0.5)).collect();
             b.q4(&format!("l0.{short}.w"), &blocks);
             b.f32(&format!("l0.{short}.b"), &vec![0.125; rows]);
@@ -651,11 +574,8 @@ pub(crate) mod tests {
 
     /// A Unigram tokenizer.json with `pieces`.
     pub(crate) fn tokenizer_for(pieces: &[String]) -> Vec<u8> {
-        let vocab: Vec<Value> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| json!([p, -(i as f64)]))
-            .collect();
+        let vocab: Vec<Value> =
+            pieces.iter().enumerate().map(|(i, p)| json!([p, -(i as f64)])).collect();
         serde_json::to_vec(&json!({
             "version": "1.0",
             "truncation": {"max_length": 128, "strategy": "LongestFirst", "stride": 0, "direction": "Right"},
@@ -673,11 +593,8 @@ pub(crate) mod tests {
     fn read_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
         let t = st.tensor(name).unwrap();
         assert_eq!(t.dtype(), Dtype::F32);
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let v =
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         (t.shape().to_vec(), v)
     }
 
@@ -750,11 +667,7 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("1 of 5 pieces differ"), "{err}");
         pieces.pop();
         let err = convert(&b.bytes(), &tokenizer_for(&pieces), dir.path(), 512).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("4 pieces, but the E5S1 vocabulary has 5"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("4 pieces, but the E5S1 vocabulary has 5"), "{err}");
     }
 
     #[test]
@@ -763,13 +676,8 @@ pub(crate) mod tests {
         let bytes = b.bytes();
         let pieces = b.pieces.clone();
         let dir = tempfile::tempdir().unwrap();
-        let err = convert(
-            &bytes[..bytes.len() - 10],
-            &tokenizer_for(&pieces),
-            dir.path(),
-            512,
-        )
-        .unwrap_err();
+        let err = convert(&bytes[..bytes.len() - 10], &tokenizer_for(&pieces), dir.path(), 512)
+            .unwrap_err();
         assert!(err.to_string().contains("beyond the end"), "{err}");
         let err = convert(&bytes[..100], &tokenizer_for(&pieces), dir.path(), 512).unwrap_err();
         assert!(err.to_string().starts_with("E5S1 weights: "), "{err}");

@@ -147,19 +147,12 @@ impl From<sembase_embed::durable::FileError> for HubError {
 impl HubError {
     /// Builds an [`HubError::Io`].
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, err: io::Error) -> HubError {
-        HubError::Io {
-            action,
-            path: path.into(),
-            err,
-        }
+        HubError::Io { action, path: path.into(), err }
     }
 
     /// Builds an [`HubError::Invalid`].
     pub(crate) fn invalid(what: impl Into<String>, message: impl ToString) -> HubError {
-        HubError::Invalid {
-            what: what.into(),
-            message: message.to_string(),
-        }
+        HubError::Invalid { what: what.into(), message: message.to_string() }
     }
 
     /// True for failures that a later attempt may get past (the network broke off),

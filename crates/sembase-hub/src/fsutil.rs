@@ -15,10 +15,7 @@ use crate::error::{HubError, Result};
 /// `<stem>.<pid>.<nanos>.<counter>`.
 pub(crate) fn unique_name(stem: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{stem}.{}.{nanos}.{n}", std::process::id())
 }
@@ -27,13 +24,7 @@ pub(crate) fn unique_name(stem: &str) -> String {
 /// letters, digits, `-`, `_` and `.`) replaced by `-`.
 pub(crate) fn safe_name(name: &str) -> String {
     name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
         .collect()
 }
 
@@ -72,20 +63,12 @@ pub(crate) fn copy_file(from: &Path, to: &Path) -> Result<()> {
 /// with `/` separators, sorted. Directories named in `skip_dirs` are not entered.
 pub(crate) fn list_files(dir: &Path, skip_dirs: &[&str]) -> Result<Vec<String>> {
     fn walk(base: &Path, rel: &str, skip: &[&str], out: &mut Vec<String>) -> Result<()> {
-        let dir = if rel.is_empty() {
-            base.to_path_buf()
-        } else {
-            base.join(rel)
-        };
+        let dir = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
         let entries = fs::read_dir(&dir).map_err(|e| HubError::io("read directory", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| HubError::io("read directory", &dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
             // `metadata` follows symlinks, as the HF cache's snapshots need.
             let meta =
                 fs::metadata(entry.path()).map_err(|e| HubError::io("read", entry.path(), e))?;
@@ -154,10 +137,7 @@ pub(crate) fn pump(
 
 /// The current time as an RFC 3339 UTC timestamp, e.g. `2025-01-31T12:00:00Z`.
 pub(crate) fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     rfc3339(secs)
 }
 

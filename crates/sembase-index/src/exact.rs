@@ -134,7 +134,14 @@ mod x86 {
 
     /// Queries `j..j+Q` against every row, R rows at a time, then one by one.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn all_rows<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32], j: usize, n: usize) {
+    unsafe fn all_rows<const Q: usize, const R: usize>(
+        queries: &[f32],
+        rows: &[f32],
+        dim: usize,
+        out: &mut [f32],
+        j: usize,
+        n: usize,
+    ) {
         let mut r = 0;
         // SAFETY: r + R <= n (then r < n) rows exist; the caller checked the queries.
         unsafe {
@@ -152,8 +159,20 @@ mod x86 {
     /// Scores queries `j..j+Q` against rows `r..r+R`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const Q: usize, const R: usize>(queries: &[f32], rows: &[f32], dim: usize, out: &mut [f32], j: usize, r: usize, n: usize) {
-        debug_assert!((j + Q) * dim <= queries.len() && (r + R) * dim <= rows.len() && (j + Q - 1) * n + r + R <= out.len());
+    unsafe fn block<const Q: usize, const R: usize>(
+        queries: &[f32],
+        rows: &[f32],
+        dim: usize,
+        out: &mut [f32],
+        j: usize,
+        r: usize,
+        n: usize,
+    ) {
+        debug_assert!(
+            (j + Q) * dim <= queries.len()
+                && (r + R) * dim <= rows.len()
+                && (j + Q - 1) * n + r + R <= out.len()
+        );
         let qp: [*const f32; Q] = std::array::from_fn(|a| queries[(j + a) * dim..].as_ptr());
         let rp: [*const f32; R] = std::array::from_fn(|b| rows[(r + b) * dim..].as_ptr());
         let mut acc = [[_mm256_setzero_ps(); R]; Q];
@@ -278,7 +297,10 @@ impl ExactSearch {
         let mut flat = Vec::with_capacity(queries.len() * dim);
         for q in queries {
             if q.len() != dim {
-                return Err(IndexError::Invalid(format!("query vectors differ in width ({} and {dim})", q.len())));
+                return Err(IndexError::Invalid(format!(
+                    "query vectors differ in width ({} and {dim})",
+                    q.len()
+                )));
             }
             flat.extend(normalized(q));
         }
@@ -290,12 +312,19 @@ impl ExactSearch {
     pub fn add_block(&mut self, docs: &[Vec<f32>]) -> Result<()> {
         let first = self.next_doc;
         if first + docs.len() > self.tie.len() {
-            return Err(IndexError::Invalid(format!("more documents than the {} announced", self.tie.len())));
+            return Err(IndexError::Invalid(format!(
+                "more documents than the {} announced",
+                self.tie.len()
+            )));
         }
         let mut flat = Vec::with_capacity(docs.len() * self.dim);
         for d in docs {
             if d.len() != self.dim {
-                return Err(IndexError::Invalid(format!("document vectors are {} wide, queries {}", d.len(), self.dim)));
+                return Err(IndexError::Invalid(format!(
+                    "document vectors are {} wide, queries {}",
+                    d.len(),
+                    self.dim
+                )));
             }
             flat.extend(normalized(d));
         }
@@ -306,10 +335,13 @@ impl ExactSearch {
         let (dim, tie) = (self.dim, &self.tie);
         let rows = Rows::F32(&flat);
         let later_id_first = |a: &Doc, b: &Doc| a.tie > b.tie;
-        self.queries.par_chunks(dim * QUERY_TILE).zip(self.tops.par_chunks_mut(QUERY_TILE)).for_each(|(qs, tops)| {
-            let item = |row: usize| Doc { tie: tie[first + row], index: first + row };
-            scan(qs, dim, &rows, 0..docs.len(), |_| true, item, later_id_first, tops);
-        });
+        self.queries
+            .par_chunks(dim * QUERY_TILE)
+            .zip(self.tops.par_chunks_mut(QUERY_TILE))
+            .for_each(|(qs, tops)| {
+                let item = |row: usize| Doc { tie: tie[first + row], index: first + row };
+                scan(qs, dim, &rows, 0..docs.len(), |_| true, item, later_id_first, tops);
+            });
         Ok(())
     }
 
@@ -317,7 +349,12 @@ impl ExactSearch {
     pub fn finish(self) -> Vec<Vec<Hit>> {
         self.tops
             .into_iter()
-            .map(|top| top.into_sorted().into_iter().map(|(score, d)| Hit { doc: d.index, score }).collect())
+            .map(|top| {
+                top.into_sorted()
+                    .into_iter()
+                    .map(|(score, d)| Hit { doc: d.index, score })
+                    .collect()
+            })
             .collect()
     }
 }
@@ -332,8 +369,11 @@ mod tests {
             .iter()
             .map(|q| {
                 let q = normalized(q);
-                let mut all: Vec<(f32, &str, usize)> =
-                    docs.iter().enumerate().map(|(i, d)| (dot(&q, &normalized(d)), ids[i].as_str(), i)).collect();
+                let mut all: Vec<(f32, &str, usize)> = docs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (dot(&q, &normalized(d)), ids[i].as_str(), i))
+                    .collect();
                 all.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(a.1)));
                 all.into_iter().take(k).map(|x| x.2).collect()
             })
@@ -355,7 +395,8 @@ mod tests {
         for block in docs.chunks(33) {
             search.add_block(block).unwrap();
         }
-        let got: Vec<Vec<usize>> = search.finish().into_iter().map(|h| h.into_iter().map(|h| h.doc).collect()).collect();
+        let got: Vec<Vec<usize>> =
+            search.finish().into_iter().map(|h| h.into_iter().map(|h| h.doc).collect()).collect();
         assert_eq!(got, brute(&queries, &docs, &ids, 20));
     }
 
@@ -375,9 +416,17 @@ mod tests {
             dots_portable(&queries, &rows, dim, &mut slow);
             for j in 0..6 {
                 for r in 0..7 {
-                    let single = dot(&queries[j * dim..(j + 1) * dim], &rows[r * dim..(r + 1) * dim]);
-                    assert_eq!(fast[j * 7 + r].to_bits(), single.to_bits(), "dim {dim} pair ({j}, {r})");
-                    assert!((fast[j * 7 + r] - slow[j * 7 + r]).abs() <= 1e-4 * dim as f32, "dim {dim}");
+                    let single =
+                        dot(&queries[j * dim..(j + 1) * dim], &rows[r * dim..(r + 1) * dim]);
+                    assert_eq!(
+                        fast[j * 7 + r].to_bits(),
+                        single.to_bits(),
+                        "dim {dim} pair ({j}, {r})"
+                    );
+                    assert!(
+                        (fast[j * 7 + r] - slow[j * 7 + r]).abs() <= 1e-4 * dim as f32,
+                        "dim {dim}"
+                    );
                 }
             }
         }

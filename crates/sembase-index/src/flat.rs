@@ -17,7 +17,12 @@ pub struct FlatStore {
 
 impl FlatStore {
     /// Opens (or, on a freshly created directory, starts) the store in `dir`.
-    pub fn open(dir: &Path, settings: IndexSettings, precision: Precision, access: Access) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        settings: IndexSettings,
+        precision: Precision,
+        access: Access,
+    ) -> Result<Self> {
         let segments = Segments::open(dir, settings.dimensions, precision, access)?;
         Ok(Self { settings, segments })
     }
@@ -30,8 +35,15 @@ pub(crate) fn flatten_queries(queries: &[Vec<f32>], dim: usize) -> Result<Vec<f3
 }
 
 /// Turns per-query top lists into hits.
-pub(crate) fn to_hits(segments: &Segments, tops: Vec<crate::exact::TopK<crate::segments::Loc>>) -> Result<Vec<Vec<Hit>>> {
-    tops.into_iter().map(|top| top.into_sorted().into_iter().map(|(score, loc)| segments.hit(loc, score)).collect()).collect()
+pub(crate) fn to_hits(
+    segments: &Segments,
+    tops: Vec<crate::exact::TopK<crate::segments::Loc>>,
+) -> Result<Vec<Vec<Hit>>> {
+    tops.into_iter()
+        .map(|top| {
+            top.into_sorted().into_iter().map(|(score, loc)| segments.hit(loc, score)).collect()
+        })
+        .collect()
 }
 
 impl VectorStore for FlatStore {
@@ -47,7 +59,12 @@ impl VectorStore for FlatStore {
         self.segments.delete(ids)
     }
 
-    fn search(&self, queries: &[Vec<f32>], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>> {
+    fn search(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Vec<Hit>>> {
         let flat = flatten_queries(queries, self.settings.dimensions)?;
         let allowed = self.segments.allowed(filter)?;
         to_hits(&self.segments, self.segments.scan(&flat, k, &allowed, 0))

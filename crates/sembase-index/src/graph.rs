@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{IndexError, Result};
-use sembase_embed::durable;
 use crate::vectors::Precision;
+use sembase_embed::durable;
 
 /// HNSW settings, recorded in `index.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +38,12 @@ fn default_delta_limit() -> usize {
 
 impl Default for AnnParams {
     fn default() -> Self {
-        Self { connectivity: 16, expansion_add: 128, expansion_search: 128, delta_limit: default_delta_limit() }
+        Self {
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 128,
+            delta_limit: default_delta_limit(),
+        }
     }
 }
 
@@ -81,13 +86,15 @@ impl Graph {
 
     /// Maps a saved graph from disk without reading it into memory (read-only).
     pub fn view(path: &Path, params: AnnParams) -> Result<Graph> {
-        let index = Index::restore_view(&path_str(path)?).map_err(|e| ann_error(&format!("mapping {}", path.display()), e))?;
+        let index = Index::restore_view(&path_str(path)?)
+            .map_err(|e| ann_error(&format!("mapping {}", path.display()), e))?;
         Self::ready(index, params)
     }
 
     /// Reads a saved graph into memory (so more vectors can be added).
     pub fn load(path: &Path, params: AnnParams) -> Result<Graph> {
-        let index = Index::restore(&path_str(path)?).map_err(|e| ann_error(&format!("loading {}", path.display()), e))?;
+        let index = Index::restore(&path_str(path)?)
+            .map_err(|e| ann_error(&format!("loading {}", path.display()), e))?;
         Self::ready(index, params)
     }
 
@@ -101,7 +108,9 @@ impl Graph {
     /// Room for `more` vectors and a search context per worker thread.
     fn reserve(&self, more: usize) -> Result<()> {
         let threads = rayon::current_num_threads().max(1);
-        self.index.reserve_capacity_and_threads(self.len() + more, threads).map_err(|e| ann_error("reserving memory", e))
+        self.index
+            .reserve_capacity_and_threads(self.len() + more, threads)
+            .map_err(|e| ann_error("reserving memory", e))
     }
 
     /// Number of vectors in the graph.
@@ -119,19 +128,28 @@ impl Graph {
     /// search (usearch issue #735), which a live document must never be.
     pub fn add_all(&self, items: &[(u64, Vec<f32>)]) -> Result<()> {
         self.reserve(items.len())?;
-        items.iter().try_for_each(|(key, v)| self.index.add(*key, v).map_err(|e| ann_error("adding a vector", e)))
+        items.iter().try_for_each(|(key, v)| {
+            self.index.add(*key, v).map_err(|e| ann_error("adding a vector", e))
+        })
     }
 
     /// Saves the graph durably (temp file, fsync, rename, directory fsync).
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = durable::temp_path(path);
-        self.index.save(&path_str(&tmp)?).map_err(|e| ann_error(&format!("saving {}", tmp.display()), e))?;
+        self.index
+            .save(&path_str(&tmp)?)
+            .map_err(|e| ann_error(&format!("saving {}", tmp.display()), e))?;
         durable::sync_file(&tmp)?;
         Ok(durable::rename(&tmp, path)?)
     }
 
     /// The `k` nearest keys that `keep` accepts, with their inner products, best first.
-    pub fn search(&self, query: &[f32], k: usize, keep: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>> {
         self.nearest(k, || self.index.filtered_search(query, k, keep))
     }
 
@@ -140,7 +158,11 @@ impl Graph {
         self.nearest(k, || self.index.search(query, k))
     }
 
-    fn nearest<E: std::fmt::Display>(&self, k: usize, search: impl FnOnce() -> std::result::Result<usearch::ffi::Matches, E>) -> Result<Vec<(u64, f32)>> {
+    fn nearest<E: std::fmt::Display>(
+        &self,
+        k: usize,
+        search: impl FnOnce() -> std::result::Result<usearch::ffi::Matches, E>,
+    ) -> Result<Vec<(u64, f32)>> {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
@@ -150,5 +172,7 @@ impl Graph {
 }
 
 fn path_str(path: &Path) -> Result<String> {
-    path.to_str().map(str::to_string).ok_or_else(|| IndexError::Invalid(format!("path {} is not UTF-8", path.display())))
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| IndexError::Invalid(format!("path {} is not UTF-8", path.display())))
 }

@@ -13,12 +13,12 @@ use crate::ann::AnnStore;
 use crate::corpus::CorpusDoc;
 use crate::error::{IndexError, Result};
 use crate::flat::FlatStore;
-use sembase_embed::durable;
 use crate::graph::AnnParams;
 use crate::postgres::PostgresStore;
 use crate::segments::{Access, Segments};
 use crate::store::{Document, Filter, Hit, IndexSettings, Metric, VectorStore};
 use crate::vectors::Precision;
+use sembase_embed::durable;
 
 /// The settings file's name inside an index directory.
 pub const INDEX_FILE: &str = "index.json";
@@ -44,14 +44,21 @@ pub enum StoreSpec {
 impl StoreSpec {
     /// The store of a `--store` argument: `flat`, `ann` or a `postgres://` URL
     /// (`table` names its table).
-    pub fn parse(store: &str, precision: Precision, params: AnnParams, table: &str) -> Result<StoreSpec> {
+    pub fn parse(
+        store: &str,
+        precision: Precision,
+        params: AnnParams,
+        table: &str,
+    ) -> Result<StoreSpec> {
         match store {
             "flat" => Ok(StoreSpec::Flat { precision }),
             "ann" => Ok(StoreSpec::Ann { precision, params }),
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(StoreSpec::Postgres { url: url.to_string(), table: table.to_string() })
             }
-            other => Err(IndexError::Invalid(format!("unknown store {other:?}: use flat, ann or a postgres:// URL"))),
+            other => Err(IndexError::Invalid(format!(
+                "unknown store {other:?}: use flat, ann or a postgres:// URL"
+            ))),
         }
     }
 
@@ -82,7 +89,10 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("dir", &self.dir).field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,13 +100,20 @@ impl Index {
     /// Creates an empty index in `dir`, which must not exist or be empty, and
     /// opens it for writing.
     pub fn create(dir: &Path, settings: IndexSettings, spec: StoreSpec) -> Result<Index> {
-        if dir.exists() && std::fs::read_dir(dir).map_err(|e| IndexError::io(dir, e))?.next().is_some() {
-            return Err(IndexError::Invalid(format!("{} already exists and is not empty", dir.display())));
+        if dir.exists()
+            && std::fs::read_dir(dir).map_err(|e| IndexError::io(dir, e))?.next().is_some()
+        {
+            return Err(IndexError::Invalid(format!(
+                "{} already exists and is not empty",
+                dir.display()
+            )));
         }
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         match &spec {
             StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => Segments::create(dir)?,
-            StoreSpec::Postgres { url, table } => drop(PostgresStore::create(url, table, &settings)?),
+            StoreSpec::Postgres { url, table } => {
+                drop(PostgresStore::create(url, table, &settings)?)
+            }
         }
         let file = IndexFile { format: FORMAT, settings, store: spec };
         let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
@@ -111,21 +128,36 @@ impl Index {
 
     /// [`Index::open`], searching an ANN or PostgreSQL store with `expansion_search` candidates
     /// instead of the recorded number (more: better recall, slower).
-    pub fn open_tuned(dir: &Path, access: Access, expansion_search: Option<usize>) -> Result<Index> {
+    pub fn open_tuned(
+        dir: &Path,
+        access: Access,
+        expansion_search: Option<usize>,
+    ) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
         let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
-        let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let file: IndexFile = serde_json::from_slice(&bytes)
+            .map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
         if file.format != FORMAT {
-            return Err(IndexError::Corrupt { path, message: format!("layout version {} (this build reads {FORMAT})", file.format) });
+            return Err(IndexError::Corrupt {
+                path,
+                message: format!("layout version {} (this build reads {FORMAT})", file.format),
+            });
         }
         let settings = file.settings;
         let store: Box<dyn VectorStore> = match &file.store {
-            StoreSpec::Flat { precision } => Box::new(FlatStore::open(dir, settings, *precision, access)?),
+            StoreSpec::Flat { precision } => {
+                Box::new(FlatStore::open(dir, settings, *precision, access)?)
+            }
             StoreSpec::Ann { precision, params } => {
-                let params = AnnParams { expansion_search: expansion_search.unwrap_or(params.expansion_search), ..*params };
+                let params = AnnParams {
+                    expansion_search: expansion_search.unwrap_or(params.expansion_search),
+                    ..*params
+                };
                 Box::new(AnnStore::open(dir, settings, *precision, params, access)?)
             }
-            StoreSpec::Postgres { url, table } => Box::new(PostgresStore::open_tuned(url, table, expansion_search)?),
+            StoreSpec::Postgres { url, table } => {
+                Box::new(PostgresStore::open_tuned(url, table, expansion_search)?)
+            }
         };
         Ok(Index { dir: dir.to_path_buf(), spec: file.store, store })
     }
@@ -158,13 +190,21 @@ impl Index {
     /// Embeds `docs` with the recorded document prefix and upserts them as one write.
     pub fn upsert_docs(&mut self, embedder: &dyn Embedder, docs: Vec<CorpusDoc>) -> Result<()> {
         let texts: Vec<String> = docs.iter().map(CorpusDoc::embed_text).collect();
-        let vectors = embed(embedder, self.settings(), &texts, self.settings().document_prefix.as_deref())?;
-        let docs: Vec<Document> = docs.into_iter().zip(vectors).map(|(d, v)| d.into_document(v)).collect();
+        let vectors =
+            embed(embedder, self.settings(), &texts, self.settings().document_prefix.as_deref())?;
+        let docs: Vec<Document> =
+            docs.into_iter().zip(vectors).map(|(d, v)| d.into_document(v)).collect();
         self.store.upsert(&docs)
     }
 
     /// Embeds query texts with the recorded query prefix and searches them.
-    pub fn search_texts(&self, embedder: &dyn Embedder, queries: &[String], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>> {
+    pub fn search_texts(
+        &self,
+        embedder: &dyn Embedder,
+        queries: &[String],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Vec<Hit>>> {
         let vectors = embed_queries(embedder, self.settings(), queries)?;
         self.store.search(&vectors, k, filter)
     }
@@ -182,21 +222,36 @@ pub fn settings_for(
     let full = embedder.dimension();
     let dimensions = dimensions.unwrap_or(full);
     if dimensions == 0 || dimensions > full {
-        return Err(IndexError::Invalid(format!("dimensions {dimensions} is outside 1..={full}, the model's width")));
+        return Err(IndexError::Invalid(format!(
+            "dimensions {dimensions} is outside 1..={full}, the model's width"
+        )));
     }
     Ok(IndexSettings { model, dimensions, query_prefix, document_prefix, metric: Metric::Cosine })
 }
 
 /// Embeds query texts as the index's settings say.
-pub fn embed_queries(embedder: &dyn Embedder, settings: &IndexSettings, queries: &[String]) -> Result<Vec<Vec<f32>>> {
+pub fn embed_queries(
+    embedder: &dyn Embedder,
+    settings: &IndexSettings,
+    queries: &[String],
+) -> Result<Vec<Vec<f32>>> {
     embed(embedder, settings, queries, settings.query_prefix.as_deref())
 }
 
 /// Embeds `texts` with `prefix` at the index's width, unit length.
-pub(crate) fn embed(embedder: &dyn Embedder, settings: &IndexSettings, texts: &[String], prefix: Option<&str>) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn embed(
+    embedder: &dyn Embedder,
+    settings: &IndexSettings,
+    texts: &[String],
+    prefix: Option<&str>,
+) -> Result<Vec<Vec<f32>>> {
     let full = embedder.dimension();
     if settings.dimensions > full {
-        return Err(IndexError::ModelMismatch(format!("the index holds {}-wide vectors; model {:?} gives {full}", settings.dimensions, embedder.name())));
+        return Err(IndexError::ModelMismatch(format!(
+            "the index holds {}-wide vectors; model {:?} gives {full}",
+            settings.dimensions,
+            embedder.name()
+        )));
     }
     let options = EmbedOptions {
         prefix: prefix.map(str::to_string),
@@ -215,7 +270,9 @@ pub(crate) fn embed(embedder: &dyn Embedder, settings: &IndexSettings, texts: &[
 /// must not exist (or be empty), so that an interrupted build leaves nothing at `to`.
 pub fn publish(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
-        std::fs::remove_dir(to).map_err(|_| IndexError::Invalid(format!("{} already exists and is not empty", to.display())))?;
+        std::fs::remove_dir(to).map_err(|_| {
+            IndexError::Invalid(format!("{} already exists and is not empty", to.display()))
+        })?;
     }
     Ok(durable::rename(from, to)?)
 }

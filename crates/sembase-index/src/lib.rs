@@ -32,12 +32,14 @@ pub mod segments;
 pub mod store;
 pub mod vectors;
 
+pub use self::postgres::PostgresStore;
 pub use build::{build_index, BuildVectors};
 pub use corpus::{read_corpus, CorpusDoc};
 pub use error::{IndexError, Result};
 pub use graph::AnnParams;
 pub use index::{Index, StoreSpec};
-pub use self::postgres::PostgresStore;
 pub use segments::Access;
-pub use store::{Document, Filter, Hit, IndexSettings, Metadata, Metric, ModelIdentity, VectorStore};
+pub use store::{
+    Document, Filter, Hit, IndexSettings, Metadata, Metric, ModelIdentity, VectorStore,
+};
 pub use vectors::Precision;

@@ -19,10 +19,17 @@ impl WriteLock {
     /// [`IndexError::Locked`] error.
     pub fn acquire(dir: &Path) -> Result<Self> {
         let path: PathBuf = dir.join(LOCK_FILE);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| IndexError::io(&path, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| IndexError::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(IndexError::Locked { dir: dir.to_path_buf(), lock: path }),
+            Err(TryLockError::WouldBlock) => {
+                Err(IndexError::Locked { dir: dir.to_path_buf(), lock: path })
+            }
             Err(TryLockError::Error(e)) => Err(IndexError::io(&path, e)),
         }
     }

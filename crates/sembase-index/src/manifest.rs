@@ -39,7 +39,8 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt { path, message: e.to_string() })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| IndexError::Corrupt { path, message: e.to_string() })
     }
 
     /// Makes this the committed state of `dir`.

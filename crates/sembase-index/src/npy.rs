@@ -13,7 +13,9 @@ pub fn read_npy_f32(path: &Path) -> Result<Vec<Vec<f32>>> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         _ => return Err(bad("unsupported .npy version")),
     };
     let header = bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?;
@@ -25,14 +27,24 @@ pub fn read_npy_f32(path: &Path) -> Result<Vec<Vec<f32>>> {
     if !compact.contains("'fortran_order':False") {
         return Err(bad("only C order is supported"));
     }
-    let shape = compact.split("'shape':(").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape.split(',').filter(|s| !s.is_empty()).map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| bad("bad shape"))?;
+    let shape = compact
+        .split("'shape':(")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad("bad shape"))?;
     let [rows, cols] = dims[..] else { return Err(bad("expected a 2-D array")) };
     let data = &bytes[start + header_len..];
     if Some(data.len()) != rows.checked_mul(cols).and_then(|n| n.checked_mul(4)) {
         return Err(bad("data length does not match the shape"));
     }
-    let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let values: Vec<f32> =
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     Ok(values.chunks(cols.max(1)).take(rows).map(<[f32]>::to_vec).collect())
 }
 

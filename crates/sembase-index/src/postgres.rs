@@ -15,10 +15,12 @@ use postgres::types::Json;
 use postgres::Transaction;
 
 use crate::error::{IndexError, Result};
-use crate::store::{check_ids, check_widths, Document, Filter, Hit, IndexSettings, Metadata, VectorStore};
+use crate::store::{
+    check_ids, check_widths, Document, Filter, Hit, IndexSettings, Metadata, VectorStore,
+};
 
-pub use pool::EF_SEARCH;
 use pool::Pool;
+pub use pool::EF_SEARCH;
 use table::Table;
 
 /// Rows sent per INSERT statement inside one upsert transaction.
@@ -43,15 +45,21 @@ impl PostgresStore {
     pub fn create(url: &str, table: &str, settings: &IndexSettings) -> Result<Self> {
         let table = Table::new(table)?;
         let pool = Pool::connect(url, EF_SEARCH)?;
-        let recorded = serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        let recorded =
+            serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
         registry_write(&pool, |tx| {
-            tx.execute(&table::register_sql(), &[&table.name(), &Json(&recorded)]).map_err(|e| {
-                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                    IndexError::Invalid(format!("the database already holds an index named {:?}", table.name()))
-                } else {
-                    e.into()
-                }
-            })?;
+            tx.execute(&table::register_sql(), &[&table.name(), &Json(&recorded)]).map_err(
+                |e| {
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                        IndexError::Invalid(format!(
+                            "the database already holds an index named {:?}",
+                            table.name()
+                        ))
+                    } else {
+                        e.into()
+                    }
+                },
+            )?;
             Ok(tx.batch_execute(&table.create_sql(settings.dimensions))?)
         })?;
         Ok(Self { settings: settings.clone(), table, pool })
@@ -79,13 +87,16 @@ impl PostgresStore {
     pub fn open_tuned(url: &str, table: &str, ef_search: Option<usize>) -> Result<Self> {
         let table = Table::new(table)?;
         let pool = Pool::connect(url, ef_search.unwrap_or(EF_SEARCH))?;
-        let row = pool.get()?.client().query_opt(&table::settings_sql(), &[&table.name()]).map_err(|e| {
-            if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
-                no_index(&table)
-            } else {
-                e.into()
-            }
-        })?;
+        let row =
+            pool.get()?.client().query_opt(&table::settings_sql(), &[&table.name()]).map_err(
+                |e| {
+                    if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                        no_index(&table)
+                    } else {
+                        e.into()
+                    }
+                },
+            )?;
         let Json(settings): Json<IndexSettings> = row.ok_or_else(|| no_index(&table))?.get(0);
         Ok(Self { settings, table, pool })
     }
@@ -99,7 +110,10 @@ impl PostgresStore {
 
     /// Runs `write` in a transaction and commits it, again from the start when the
     /// server aborts it for a deadlock or a serialisation conflict.
-    fn write<T>(&self, write: impl Fn(&mut Transaction<'_>, &Table) -> Result<T, postgres::Error>) -> Result<T> {
+    fn write<T>(
+        &self,
+        write: impl Fn(&mut Transaction<'_>, &Table) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
         let mut session = self.pool.get()?;
         let mut attempt = 1;
         loop {
@@ -138,13 +152,18 @@ impl VectorStore for PostgresStore {
             for chunk in sorted.chunks(UPSERT_CHUNK) {
                 let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
                 let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
-                let metadata: Vec<Json<&Metadata>> = chunk.iter().map(|d| Json(&d.metadata)).collect();
-                let vectors: Vec<pgvector::Vector> = chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
+                let metadata: Vec<Json<&Metadata>> =
+                    chunk.iter().map(|d| Json(&d.metadata)).collect();
+                let vectors: Vec<pgvector::Vector> =
+                    chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
                 tx.execute(&statement, &[&ids, &texts, &metadata, &vectors])?;
             }
             if bulk {
                 let memory = table::hnsw_build_memory_kb(sorted.len(), dimensions);
-                tx.batch_execute(&format!("SET LOCAL maintenance_work_mem = '{memory}kB'; {}", table.create_hnsw_sql()))?;
+                tx.batch_execute(&format!(
+                    "SET LOCAL maintenance_work_mem = '{memory}kB'; {}",
+                    table.create_hnsw_sql()
+                ))?;
             }
             Ok(())
         })
@@ -158,7 +177,12 @@ impl VectorStore for PostgresStore {
         Ok(removed as usize)
     }
 
-    fn search(&self, queries: &[Vec<f32>], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>> {
+    fn search(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Vec<Hit>>> {
         check_widths(queries.iter().map(Vec::as_slice), self.settings.dimensions)?;
         if k == 0 {
             return Ok(vec![Vec::new(); queries.len()]);
@@ -206,7 +230,10 @@ impl From<postgres::Error> for IndexError {
 /// Runs `write` in one transaction that holds the registry's lock, after making
 /// sure the `vector` extension and the registry exist (concurrent `IF NOT EXISTS`
 /// creations can collide, hence the lock).
-fn registry_write(pool: &Pool, write: impl FnOnce(&mut Transaction<'_>) -> Result<()>) -> Result<()> {
+fn registry_write(
+    pool: &Pool,
+    write: impl FnOnce(&mut Transaction<'_>) -> Result<()>,
+) -> Result<()> {
     let mut session = pool.get()?;
     let mut tx = session.client().transaction()?;
     tx.batch_execute(&table::lock_registry_sql())?;

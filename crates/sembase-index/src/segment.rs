@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{IndexError, Result};
-use sembase_embed::durable;
 use crate::store::Metadata;
 use crate::vectors::{Precision, Rows};
+use sembase_embed::durable;
 
 const MAGIC: &[u8; 8] = b"SBSEG001";
 const HEADER_LEN: u64 = 128;
@@ -73,10 +73,25 @@ impl Layout {
         let slots = align(scales + scale_bytes);
         let offsets = align(slots + n * 8);
         let records = align(offsets + n * 8);
-        let record_bytes: u64 = rows.iter().map(|r| RECORD_HEAD + (r.id.len() + r.text.len() + r.metadata.len()) as u64).sum();
+        let record_bytes: u64 = rows
+            .iter()
+            .map(|r| RECORD_HEAD + (r.id.len() + r.text.len() + r.metadata.len()) as u64)
+            .sum();
         let deletes_at = records + record_bytes;
         let file_len = deletes_at + deletes.iter().map(|d| 4 + d.len() as u64).sum::<u64>();
-        Layout { precision, dim, rows: n, deletes: deletes.len() as u64, values, scales, slots, offsets, records, deletes_at, file_len }
+        Layout {
+            precision,
+            dim,
+            rows: n,
+            deletes: deletes.len() as u64,
+            values,
+            scales,
+            slots,
+            offsets,
+            records,
+            deletes_at,
+            file_len,
+        }
     }
 
     fn header(&self) -> Vec<u8> {
@@ -84,7 +99,17 @@ impl Layout {
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&[self.precision.code(), 0, 0, 0]);
         h.extend_from_slice(&(self.dim as u32).to_le_bytes());
-        for v in [self.rows, self.deletes, self.values, self.scales, self.slots, self.offsets, self.records, self.deletes_at, self.file_len] {
+        for v in [
+            self.rows,
+            self.deletes,
+            self.values,
+            self.scales,
+            self.slots,
+            self.offsets,
+            self.records,
+            self.deletes_at,
+            self.file_len,
+        ] {
             h.extend_from_slice(&v.to_le_bytes());
         }
         h.resize(HEADER_LEN as usize, 0);
@@ -115,7 +140,9 @@ impl Layout {
         let value_len = n.checked_mul((layout.dim * layout.precision.component_bytes()) as u64)?;
         let scale_len = if layout.precision == Precision::Int8 { n.checked_mul(4)? } else { 0 };
         let table_len = n.checked_mul(8)?;
-        let after = |start: u64, len: u64| start.checked_add(len).filter(|&e| e <= layout.file_len).map(align);
+        let after = |start: u64, len: u64| {
+            start.checked_add(len).filter(|&e| e <= layout.file_len).map(align)
+        };
         let ok = layout.values == HEADER_LEN
             && Some(layout.scales) == after(layout.values, value_len)
             && Some(layout.slots) == after(layout.scales, scale_len)
@@ -129,10 +156,20 @@ impl Layout {
 }
 
 /// Writes a segment durably (temp file, fsync, rename, directory fsync).
-pub fn write_segment(path: &Path, precision: Precision, dim: usize, rows: &[RowIn], deletes: &[&str]) -> Result<()> {
+pub fn write_segment(
+    path: &Path,
+    precision: Precision,
+    dim: usize,
+    rows: &[RowIn],
+    deletes: &[&str],
+) -> Result<()> {
     let row_bytes = dim * precision.component_bytes();
     if let Some(bad) = rows.iter().find(|r| r.values.len() != row_bytes) {
-        return Err(IndexError::Invalid(format!("document {:?}: {} vector bytes, expected {row_bytes}", bad.id, bad.values.len())));
+        return Err(IndexError::Invalid(format!(
+            "document {:?}: {} vector bytes, expected {row_bytes}",
+            bad.id,
+            bad.values.len()
+        )));
     }
     let layout = Layout::plan(precision, dim, rows, deletes);
     Ok(durable::write_with(path, |w| {
@@ -202,19 +239,25 @@ impl Segment {
         // SAFETY: segment files are never modified after they are renamed into
         // place (new writes go to new files), so the mapping does not change.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| IndexError::io(path, e))?;
-        let corrupt = |message: &str| IndexError::Corrupt { path: path.to_path_buf(), message: message.to_string() };
-        let layout = Layout::parse(&map).ok_or_else(|| corrupt("not a segment file, or truncated"))?;
+        let corrupt = |message: &str| IndexError::Corrupt {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        };
+        let layout =
+            Layout::parse(&map).ok_or_else(|| corrupt("not a segment file, or truncated"))?;
         let mut segment = Segment { path: path.to_path_buf(), map, layout, deletes: Vec::new() };
         if segment.vectors().is_none() {
             return Err(corrupt("misaligned vector section"));
         }
         let mut expected = layout.records;
         for row in 0..layout.rows as usize {
-            let (start, end) = segment.record_span(row).ok_or_else(|| corrupt("record out of bounds"))?;
+            let (start, end) =
+                segment.record_span(row).ok_or_else(|| corrupt("record out of bounds"))?;
             if start != expected || end > layout.deletes_at {
                 return Err(corrupt("records out of order"));
             }
-            std::str::from_utf8(segment.field(row, 0)).map_err(|_| corrupt("an id is not UTF-8"))?;
+            std::str::from_utf8(segment.field(row, 0))
+                .map_err(|_| corrupt("an id is not UTF-8"))?;
             expected = end;
         }
         if expected != layout.deletes_at {
@@ -223,8 +266,14 @@ impl Segment {
         let mut at = layout.deletes_at as usize;
         for _ in 0..layout.deletes {
             let len = segment.u32_at(at).ok_or_else(|| corrupt("deletes out of bounds"))? as usize;
-            let bytes = segment.map.get(at + 4..at + 4 + len).ok_or_else(|| corrupt("deletes out of bounds"))?;
-            segment.deletes.push(String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("a deleted id is not UTF-8"))?);
+            let bytes = segment
+                .map
+                .get(at + 4..at + 4 + len)
+                .ok_or_else(|| corrupt("deletes out of bounds"))?;
+            segment.deletes.push(
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| corrupt("a deleted id is not UTF-8"))?,
+            );
             at += 4 + len;
         }
         if at as u64 != layout.file_len {
@@ -264,9 +313,16 @@ impl Segment {
 
     fn vectors(&self) -> Option<Rows<'_>> {
         let l = &self.layout;
-        let values = self.section(l.values, l.rows * (l.dim * l.precision.component_bytes()) as u64);
+        let values =
+            self.section(l.values, l.rows * (l.dim * l.precision.component_bytes()) as u64);
         let scale_len = if l.precision == Precision::Int8 { l.rows * 4 } else { 0 };
-        Rows::from_bytes(l.precision, values, self.section(l.scales, scale_len), l.rows as usize, l.dim)
+        Rows::from_bytes(
+            l.precision,
+            values,
+            self.section(l.scales, scale_len),
+            l.rows as usize,
+            l.dim,
+        )
     }
 
     /// The stored vectors.
@@ -309,7 +365,8 @@ impl Segment {
     fn field(&self, row: usize, which: usize) -> &[u8] {
         let (start, _) = self.record_span(row).expect("checked when opened");
         let s = start as usize;
-        let lens: Vec<usize> = (0..3).map(|i| self.u32_at(s + 4 * i).expect("checked when opened") as usize).collect();
+        let lens: Vec<usize> =
+            (0..3).map(|i| self.u32_at(s + 4 * i).expect("checked when opened") as usize).collect();
         let from = s + RECORD_HEAD as usize + lens[..which].iter().sum::<usize>();
         &self.map[from..from + lens[which]]
     }
@@ -321,8 +378,10 @@ impl Segment {
 
     /// Row's text.
     pub fn text(&self, row: usize) -> Result<&str> {
-        std::str::from_utf8(self.field(row, 1))
-            .map_err(|_| IndexError::Corrupt { path: self.path.clone(), message: format!("text of row {row} is not UTF-8") })
+        std::str::from_utf8(self.field(row, 1)).map_err(|_| IndexError::Corrupt {
+            path: self.path.clone(),
+            message: format!("text of row {row} is not UTF-8"),
+        })
     }
 
     /// Row's metadata JSON bytes (empty for none).
@@ -336,8 +395,10 @@ impl Segment {
         if raw.is_empty() {
             return Ok(Metadata::new());
         }
-        serde_json::from_slice(raw)
-            .map_err(|e| IndexError::Corrupt { path: self.path.clone(), message: format!("metadata of row {row}: {e}") })
+        serde_json::from_slice(raw).map_err(|e| IndexError::Corrupt {
+            path: self.path.clone(),
+            message: format!("metadata of row {row}: {e}"),
+        })
     }
 }
 
@@ -346,7 +407,8 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sembase-segment-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sembase-segment-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("seg")
     }
@@ -364,19 +426,20 @@ mod tests {
                     (b, s)
                 })
                 .collect();
-            let rows: Vec<RowIn> = [("a", "first", &b"{\"k\":1}"[..]), ("b\u{e9}", "second", &b""[..])]
-                .iter()
-                .zip(&encoded)
-                .enumerate()
-                .map(|(i, ((id, text, meta), (values, scale)))| RowIn {
-                    slot: 10 + i as u64,
-                    id,
-                    text,
-                    metadata: meta,
-                    values,
-                    scale: *scale,
-                })
-                .collect();
+            let rows: Vec<RowIn> =
+                [("a", "first", &b"{\"k\":1}"[..]), ("b\u{e9}", "second", &b""[..])]
+                    .iter()
+                    .zip(&encoded)
+                    .enumerate()
+                    .map(|(i, ((id, text, meta), (values, scale)))| RowIn {
+                        slot: 10 + i as u64,
+                        id,
+                        text,
+                        metadata: meta,
+                        values,
+                        scale: *scale,
+                    })
+                    .collect();
             write_segment(&path, precision, 3, &rows, &["gone", "x"]).unwrap();
             let seg = Segment::open(&path).unwrap();
             assert_eq!((seg.rows(), seg.dim(), seg.precision()), (2, 3, precision));

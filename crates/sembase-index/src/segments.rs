@@ -77,10 +77,15 @@ impl Segments {
         let mut attempt = 0;
         let (manifest, segs) = loop {
             let manifest = Manifest::read(dir)?;
-            let opened: Result<Vec<Segment>> = manifest.segments.iter().map(|name| Segment::open(&dir.join(name))).collect();
+            let opened: Result<Vec<Segment>> =
+                manifest.segments.iter().map(|name| Segment::open(&dir.join(name))).collect();
             match opened {
                 // A writer merged segments between our reading the manifest and the files.
-                Err(IndexError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && attempt < OPEN_RETRIES && lock.is_none() => {
+                Err(IndexError::Io { source, .. })
+                    if source.kind() == ErrorKind::NotFound
+                        && attempt < OPEN_RETRIES
+                        && lock.is_none() =>
+                {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -91,11 +96,25 @@ impl Segments {
             if seg.dim() != dim || seg.precision() != precision {
                 return Err(IndexError::Corrupt {
                     path: seg.path().to_path_buf(),
-                    message: format!("holds {}-wide {} vectors, the index {dim}-wide {precision}", seg.dim(), seg.precision()),
+                    message: format!(
+                        "holds {}-wide {} vectors, the index {dim}-wide {precision}",
+                        seg.dim(),
+                        seg.precision()
+                    ),
                 });
             }
         }
-        let mut set = Segments { dir: dir.to_path_buf(), dim, precision, manifest, segs: Vec::new(), live: Vec::new(), by_id: HashMap::new(), starts: Vec::new(), lock };
+        let mut set = Segments {
+            dir: dir.to_path_buf(),
+            dim,
+            precision,
+            manifest,
+            segs: Vec::new(),
+            live: Vec::new(),
+            by_id: HashMap::new(),
+            starts: Vec::new(),
+            lock,
+        };
         for seg in segs {
             set.apply(seg);
         }
@@ -136,7 +155,9 @@ impl Segments {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = name.starts_with("seg-") || name.starts_with("graph-") || (name.starts_with('.') && name.ends_with(".tmp"));
+            let ours = name.starts_with("seg-")
+                || name.starts_with("graph-")
+                || (name.starts_with('.') && name.ends_with(".tmp"));
             if ours && !keep.contains(&name.as_str()) && name != MANIFEST_FILE {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
@@ -183,7 +204,10 @@ impl Segments {
     fn require_writer(&self) -> Result<()> {
         match self.lock {
             Some(_) => Ok(()),
-            None => Err(IndexError::Invalid(format!("index {} was opened read-only", self.dir.display()))),
+            None => Err(IndexError::Invalid(format!(
+                "index {} was opened read-only",
+                self.dir.display()
+            ))),
         }
     }
 
@@ -195,10 +219,20 @@ impl Segments {
         }
         check_ids(docs.iter().map(|d| d.id.as_str()))?;
         check_widths(docs.iter().map(|d| d.vector.as_slice()), self.dim)?;
-        let mut values = Vec::with_capacity(docs.len() * self.dim * self.precision.component_bytes());
-        let scales: Vec<f32> = docs.iter().map(|d| self.precision.encode(&d.vector, &mut values)).collect();
-        let metadata: Vec<Vec<u8>> =
-            docs.iter().map(|d| if d.metadata.is_empty() { Vec::new() } else { serde_json::to_vec(&d.metadata).expect("JSON values serialise") }).collect();
+        let mut values =
+            Vec::with_capacity(docs.len() * self.dim * self.precision.component_bytes());
+        let scales: Vec<f32> =
+            docs.iter().map(|d| self.precision.encode(&d.vector, &mut values)).collect();
+        let metadata: Vec<Vec<u8>> = docs
+            .iter()
+            .map(|d| {
+                if d.metadata.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&d.metadata).expect("JSON values serialise")
+                }
+            })
+            .collect();
         let width = self.dim * self.precision.component_bytes();
         let first_slot = self.manifest.next_slot;
         let rows: Vec<RowIn> = docs
@@ -220,7 +254,8 @@ impl Segments {
     /// Removes documents by id as one committed write; returns how many existed.
     pub fn delete(&mut self, ids: &[String]) -> Result<usize> {
         self.require_writer()?;
-        let mut present: Vec<&str> = ids.iter().map(String::as_str).filter(|id| self.by_id.contains_key(*id)).collect();
+        let mut present: Vec<&str> =
+            ids.iter().map(String::as_str).filter(|id| self.by_id.contains_key(*id)).collect();
         present.sort_unstable();
         present.dedup();
         if present.is_empty() {
@@ -256,7 +291,9 @@ impl Segments {
         let old = next.graph.replace(graph);
         next.commit(&self.dir)?;
         self.manifest = next;
-        if let Some(old) = old.filter(|o| Some(&o.file) != self.manifest.graph.as_ref().map(|g| &g.file)) {
+        if let Some(old) =
+            old.filter(|o| Some(&o.file) != self.manifest.graph.as_ref().map(|g| &g.file))
+        {
             let path = self.dir.join(old.file);
             std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
         }
@@ -324,12 +361,17 @@ impl Segments {
     /// Per segment and row: live, and (with a filter) matching it.
     pub fn allowed(&self, filter: Option<&Filter>) -> Result<Cow<'_, [Vec<bool>]>> {
         let Some(filter) = filter else { return Ok(Cow::Borrowed(&self.live)) };
-        let allowed: Result<Vec<Vec<bool>>> = self.segs
+        let allowed: Result<Vec<Vec<bool>>> = self
+            .segs
             .iter()
             .zip(&self.live)
             .map(|(seg, live)| {
                 (0..seg.rows())
-                    .map(|row| Ok(live[row] && !seg.metadata_json(row).is_empty() && filter.matches(&seg.metadata(row)?)))
+                    .map(|row| {
+                        Ok(live[row]
+                            && !seg.metadata_json(row).is_empty()
+                            && filter.matches(&seg.metadata(row)?))
+                    })
                     .collect()
             })
             .collect();
@@ -356,12 +398,23 @@ impl Segments {
     pub fn hit(&self, loc: Loc, score: f32) -> Result<Hit> {
         let seg = &self.segs[loc.seg as usize];
         let row = loc.row as usize;
-        Ok(Hit { id: seg.id(row).to_string(), score, text: seg.text(row)?.to_string(), metadata: seg.metadata(row)? })
+        Ok(Hit {
+            id: seg.id(row).to_string(),
+            score,
+            text: seg.text(row)?.to_string(),
+            metadata: seg.metadata(row)?,
+        })
     }
 
     /// Exact top-k over the allowed rows whose slot is at least `min_slot`, for
     /// unit-length queries (row-major), in parallel over query tiles and row chunks.
-    pub fn scan(&self, queries: &[f32], k: usize, allowed: &[Vec<bool>], min_slot: u64) -> Vec<TopK<Loc>> {
+    pub fn scan(
+        &self,
+        queries: &[f32],
+        k: usize,
+        allowed: &[Vec<bool>],
+        min_slot: u64,
+    ) -> Vec<TopK<Loc>> {
         let dim = self.dim;
         let n_queries = queries.len() / dim.max(1);
         let mut jobs = Vec::new();
@@ -380,7 +433,8 @@ impl Segments {
         let partial: Vec<(usize, Vec<TopK<Loc>>)> = jobs
             .into_par_iter()
             .map(|(tile, seg_no, range)| {
-                let qs = &queries[tile * QUERY_TILE * dim..((tile + 1) * QUERY_TILE).min(n_queries) * dim];
+                let qs = &queries
+                    [tile * QUERY_TILE * dim..((tile + 1) * QUERY_TILE).min(n_queries) * dim];
                 let mut tops = vec![TopK::new(k); qs.len() / dim];
                 let keep = |row: usize| allowed[seg_no][row];
                 let item = |row: usize| Loc { seg: seg_no as u32, row: row as u32 };

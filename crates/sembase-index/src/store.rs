@@ -71,7 +71,9 @@ impl Filter {
 
     /// Whether `metadata` carries every key of the filter with an equal value.
     pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.fields.iter().all(|(key, want)| metadata.get(key).is_some_and(|have| scalar_eq(have, want)))
+        self.fields
+            .iter()
+            .all(|(key, want)| metadata.get(key).is_some_and(|have| scalar_eq(have, want)))
     }
 }
 
@@ -132,17 +134,28 @@ pub trait VectorStore: Send + Sync {
 
     /// The `k` best hits of each query (in query order), optionally only among
     /// documents whose metadata matches `filter`.
-    fn search(&self, queries: &[Vec<f32>], k: usize, filter: Option<&Filter>) -> Result<Vec<Vec<Hit>>>;
+    fn search(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Vec<Hit>>>;
 
     /// How many documents the index holds.
     fn count(&self) -> Result<usize>;
 }
 
 /// Checks that every vector is `dimensions` wide (for backends' input checks).
-pub fn check_widths<'a>(vectors: impl IntoIterator<Item = &'a [f32]>, dimensions: usize) -> Result<()> {
+pub fn check_widths<'a>(
+    vectors: impl IntoIterator<Item = &'a [f32]>,
+    dimensions: usize,
+) -> Result<()> {
     for (i, v) in vectors.into_iter().enumerate() {
         if v.len() != dimensions {
-            return Err(IndexError::Invalid(format!("vector {i} has {} dimensions, the index has {dimensions}", v.len())));
+            return Err(IndexError::Invalid(format!(
+                "vector {i} has {} dimensions, the index has {dimensions}",
+                v.len()
+            )));
         }
     }
     Ok(())
@@ -156,7 +169,9 @@ pub fn check_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
             return Err(IndexError::Invalid("a document id is empty".into()));
         }
         if !seen.insert(id) {
-            return Err(IndexError::Invalid(format!("document id {id:?} appears twice in one batch")));
+            return Err(IndexError::Invalid(format!(
+                "document id {id:?} appears twice in one batch"
+            )));
         }
     }
     Ok(())

@@ -73,7 +73,9 @@ impl Precision {
             Precision::Int8 => {
                 let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                values.extend(v.iter().map(|x| ((x / scale).round().clamp(-127.0, 127.0) as i8) as u8));
+                values.extend(
+                    v.iter().map(|x| ((x / scale).round().clamp(-127.0, 127.0) as i8) as u8),
+                );
                 scale
             }
         }
@@ -90,10 +92,9 @@ impl FromStr for Precision {
     type Err = IndexError;
 
     fn from_str(s: &str) -> Result<Self> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| IndexError::Invalid(format!("unknown precision {s:?}: use f32, f16 or int8")))
+        Precision::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            IndexError::Invalid(format!("unknown precision {s:?}: use f32, f16 or int8"))
+        })
     }
 }
 
@@ -103,17 +104,31 @@ pub enum Rows<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     /// Components and one scale per row.
-    Int8 { values: &'a [i8], scales: &'a [f32] },
+    Int8 {
+        values: &'a [i8],
+        scales: &'a [f32],
+    },
 }
 
 impl<'a> Rows<'a> {
     /// Views raw little-endian bytes as rows of `precision`; `scales` is only
     /// read for int8. Fails when the bytes are misaligned or the wrong length.
-    pub fn from_bytes(precision: Precision, values: &'a [u8], scales: &'a [u8], rows: usize, dim: usize) -> Option<Self> {
+    pub fn from_bytes(
+        precision: Precision,
+        values: &'a [u8],
+        scales: &'a [u8],
+        rows: usize,
+        dim: usize,
+    ) -> Option<Self> {
         let view = match precision {
             Precision::F32 => Rows::F32(bytemuck::try_cast_slice(values).ok()?),
-            Precision::F16 => Rows::F16(half::slice::HalfBitsSliceExt::reinterpret_cast(bytemuck::try_cast_slice::<u8, u16>(values).ok()?)),
-            Precision::Int8 => Rows::Int8 { values: bytemuck::try_cast_slice(values).ok()?, scales: bytemuck::try_cast_slice(scales).ok()? },
+            Precision::F16 => Rows::F16(half::slice::HalfBitsSliceExt::reinterpret_cast(
+                bytemuck::try_cast_slice::<u8, u16>(values).ok()?,
+            )),
+            Precision::Int8 => Rows::Int8 {
+                values: bytemuck::try_cast_slice(values).ok()?,
+                scales: bytemuck::try_cast_slice(scales).ok()?,
+            },
         };
         let (components, scale_count) = match view {
             Rows::F32(v) => (v.len(), rows),
@@ -124,7 +139,13 @@ impl<'a> Rows<'a> {
     }
 
     /// Rows `start..start + count` as f32, decoded into `buf` unless stored as f32.
-    pub fn tile<'b>(&'b self, start: usize, count: usize, dim: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    pub fn tile<'b>(
+        &'b self,
+        start: usize,
+        count: usize,
+        dim: usize,
+        buf: &'b mut Vec<f32>,
+    ) -> &'b [f32] {
         let range = start * dim..(start + count) * dim;
         match *self {
             Rows::F32(v) => &v[range],
@@ -158,17 +179,21 @@ mod tests {
     #[test]
     fn every_precision_round_trips_close_to_the_input() {
         let v: Vec<f32> = (0..16).map(|i| ((i as f32) * 0.37).sin() * 0.5).collect();
-        for (precision, tolerance) in [(Precision::F32, 0.0), (Precision::F16, 1e-3), (Precision::Int8, 0.5 / 127.0)] {
+        for (precision, tolerance) in
+            [(Precision::F32, 0.0), (Precision::F16, 1e-3), (Precision::Int8, 0.5 / 127.0)]
+        {
             let mut bytes = Vec::new();
             let scale = precision.encode(&v, &mut bytes);
             assert_eq!(bytes.len(), 16 * precision.component_bytes());
             let scales = scale.to_le_bytes();
             // Copy into f32-aligned storage, as a memory map would be.
             let mut aligned = vec![0f32; bytes.len().div_ceil(4)];
-            bytemuck::cast_slice_mut::<f32, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
+            bytemuck::cast_slice_mut::<f32, u8>(&mut aligned)[..bytes.len()]
+                .copy_from_slice(&bytes);
             let raw = &bytemuck::cast_slice::<f32, u8>(&aligned)[..bytes.len()];
             let scale_store = [f32::from_le_bytes(scales)];
-            let rows = Rows::from_bytes(precision, raw, bytemuck::cast_slice(&scale_store), 1, 16).unwrap();
+            let rows = Rows::from_bytes(precision, raw, bytemuck::cast_slice(&scale_store), 1, 16)
+                .unwrap();
             let mut buf = Vec::new();
             let back = rows.row(0, 16, &mut buf);
             for (a, b) in v.iter().zip(back) {

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
 use sembase_index::{
-    build_index, Access, BuildVectors, CorpusDoc, Document, Filter, Index, IndexError, IndexSettings, Metadata, Metric, ModelIdentity,
-    PostgresStore, StoreSpec, VectorStore,
+    build_index, Access, BuildVectors, CorpusDoc, Document, Filter, Index, IndexError,
+    IndexSettings, Metadata, Metric, ModelIdentity, PostgresStore, StoreSpec, VectorStore,
 };
 
 /// Sentences embedded once for every test of this file.
@@ -74,7 +74,13 @@ fn corpus() -> &'static Corpus {
 }
 
 fn settings(model: &ModelIdentity) -> IndexSettings {
-    IndexSettings { model: model.clone(), dimensions: 384, query_prefix: None, document_prefix: None, metric: Metric::Cosine }
+    IndexSettings {
+        model: model.clone(),
+        dimensions: 384,
+        query_prefix: None,
+        document_prefix: None,
+        metric: Metric::Cosine,
+    }
 }
 
 fn metadata(value: Value) -> Metadata {
@@ -114,8 +120,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 type Truth = BTreeMap<String, Document>;
 
 /// Exact top-k of `query` among the documents that `keep`, ties by larger id first.
-fn exact_top_k(truth: &Truth, query: &[f32], k: usize, keep: impl Fn(&Document) -> bool) -> Vec<(String, f32)> {
-    let mut scored: Vec<(String, f32)> = truth.values().filter(|d| keep(d)).map(|d| (d.id.clone(), dot(&d.vector, query))).collect();
+fn exact_top_k(
+    truth: &Truth,
+    query: &[f32],
+    k: usize,
+    keep: impl Fn(&Document) -> bool,
+) -> Vec<(String, f32)> {
+    let mut scored: Vec<(String, f32)> =
+        truth.values().filter(|d| keep(d)).map(|d| (d.id.clone(), dot(&d.vector, query))).collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     scored.truncate(k);
     scored
@@ -129,15 +141,33 @@ fn check_against_exact(store: &PostgresStore, truth: &Truth, filter: Option<&Fil
     let mut found = 0;
     for (query, hits) in queries.iter().zip(&results) {
         let exact = exact_top_k(truth, query, K, |d| filter.is_none_or(|f| f.matches(&d.metadata)));
-        assert_eq!(hits.len(), exact.len(), "postgres returned {} hits, exact search {}", hits.len(), exact.len());
+        assert_eq!(
+            hits.len(),
+            exact.len(),
+            "postgres returned {} hits, exact search {}",
+            hits.len(),
+            exact.len()
+        );
         for pair in hits.windows(2) {
             assert!(pair[0].score >= pair[1].score, "hits out of order: {pair:?}");
         }
         for hit in hits {
-            let doc = truth.get(&hit.id).unwrap_or_else(|| panic!("hit {:?} is not in the index", hit.id));
-            assert_eq!((&hit.text, &hit.metadata), (&doc.text, &doc.metadata), "hit {:?} carries stale data", hit.id);
+            let doc = truth
+                .get(&hit.id)
+                .unwrap_or_else(|| panic!("hit {:?} is not in the index", hit.id));
+            assert_eq!(
+                (&hit.text, &hit.metadata),
+                (&doc.text, &doc.metadata),
+                "hit {:?} carries stale data",
+                hit.id
+            );
             let score = dot(&doc.vector, query);
-            assert!((hit.score - score).abs() < 1e-4, "hit {:?}: score {} but the exact cosine is {score}", hit.id, hit.score);
+            assert!(
+                (hit.score - score).abs() < 1e-4,
+                "hit {:?}: score {} but the exact cosine is {score}",
+                hit.id,
+                hit.score
+            );
             found += exact.iter().any(|(id, _)| *id == hit.id) as usize;
         }
     }
@@ -157,7 +187,8 @@ fn document(i: usize, text: &str, vector_of: usize) -> Document {
 fn upserts_deletes_and_searches_like_exact_search() {
     let corpus = corpus();
     let scratch = Scratch::new("exact");
-    let mut store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
+    let mut store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model))
+        .expect("create");
     let mut truth = Truth::new();
 
     // 600 documents in three writes, then 50 of them replaced by other sentences.
@@ -165,18 +196,24 @@ fn upserts_deletes_and_searches_like_exact_search() {
     for batch in docs.chunks(200) {
         store.upsert(batch).expect("upsert");
     }
-    let replaced: Vec<Document> = (0..50).map(|i| document(i, &format!("replaced: {}", corpus.texts[600 + i]), 600 + i)).collect();
+    let replaced: Vec<Document> = (0..50)
+        .map(|i| document(i, &format!("replaced: {}", corpus.texts[600 + i]), 600 + i))
+        .collect();
     store.upsert(&replaced).expect("upsert replacements");
     truth.extend(docs.into_iter().chain(replaced).map(|d| (d.id.clone(), d)));
 
-    let gone: Vec<String> = (100..150).map(|i| format!("doc{i:04}")).chain(["no-such-id".to_string()]).collect();
+    let gone: Vec<String> =
+        (100..150).map(|i| format!("doc{i:04}")).chain(["no-such-id".to_string()]).collect();
     assert_eq!(store.delete(&gone).expect("delete"), 50);
     gone.iter().for_each(|id| drop(truth.remove(id)));
     assert_eq!(store.count().expect("count"), 550);
 
     // The first write went into an empty table, so its graph was built after loading.
     let mut client = postgres::Client::connect(&scratch.url, postgres::NoTls).unwrap();
-    let hnsw = client.query("SELECT 1 FROM pg_indexes WHERE indexname = $1 AND indexdef LIKE '%USING hnsw%'", &[&format!("{}_hnsw", scratch.table)]);
+    let hnsw = client.query(
+        "SELECT 1 FROM pg_indexes WHERE indexname = $1 AND indexdef LIKE '%USING hnsw%'",
+        &[&format!("{}_hnsw", scratch.table)],
+    );
     assert_eq!(hnsw.unwrap().len(), 1, "the HNSW index is missing");
 
     let recall = check_against_exact(&store, &truth, None);
@@ -186,7 +223,10 @@ fn upserts_deletes_and_searches_like_exact_search() {
     let recall = check_against_exact(&store, &truth, Some(&odd));
     assert!(recall >= 0.98, "filtered recall@10 against exact search is {recall}");
     let same = Filter::new(metadata(json!({"parity": 1.0}))).unwrap();
-    assert_eq!(store.search(&corpus.queries, K, Some(&same)).unwrap(), store.search(&corpus.queries, K, Some(&odd)).unwrap());
+    assert_eq!(
+        store.search(&corpus.queries, K, Some(&same)).unwrap(),
+        store.search(&corpus.queries, K, Some(&odd)).unwrap()
+    );
     let nothing = Filter::new(metadata(json!({"source": "elsewhere"}))).unwrap();
     assert!(store.search(&corpus.queries[..1], K, Some(&nothing)).unwrap()[0].is_empty());
 
@@ -194,7 +234,10 @@ fn upserts_deletes_and_searches_like_exact_search() {
     let reopened = PostgresStore::open(&scratch.url, &scratch.table).expect("open");
     assert_eq!(reopened.settings(), store.settings());
     assert_eq!(reopened.count().unwrap(), 550);
-    assert_eq!(reopened.search(&corpus.queries, K, None).unwrap(), store.search(&corpus.queries, K, None).unwrap());
+    assert_eq!(
+        reopened.search(&corpus.queries, K, None).unwrap(),
+        store.search(&corpus.queries, K, None).unwrap()
+    );
     let bytes = reopened.disk_bytes().unwrap();
     assert!(bytes > 550 * 384 * 4, "the table takes {bytes} bytes, less than its raw vectors");
 }
@@ -205,12 +248,19 @@ fn the_recorded_model_refuses_another() {
     let scratch = Scratch::new("model");
     PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
     let again = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model));
-    assert!(matches!(again, Err(IndexError::Invalid(ref m)) if m.contains("already holds")), "{:?}", again.err());
+    assert!(
+        matches!(again, Err(IndexError::Invalid(ref m)) if m.contains("already holds")),
+        "{:?}",
+        again.err()
+    );
 
     let store = PostgresStore::open(&scratch.url, &scratch.table).expect("open");
     assert_eq!(store.settings().model, corpus.model);
     store.settings().check_model(&corpus.model).expect("the same model is accepted");
-    let other = ModelIdentity { name: "all-minilm-l6-v2".into(), fingerprint: format!("{}-changed", corpus.model.fingerprint) };
+    let other = ModelIdentity {
+        name: "all-minilm-l6-v2".into(),
+        fingerprint: format!("{}-changed", corpus.model.fingerprint),
+    };
     assert!(matches!(store.settings().check_model(&other), Err(IndexError::ModelMismatch(_))));
 }
 
@@ -218,7 +268,8 @@ fn the_recorded_model_refuses_another() {
 fn bad_input_and_unknown_indexes_are_errors() {
     let corpus = corpus();
     let scratch = Scratch::new("input");
-    let mut store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
+    let mut store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model))
+        .expect("create");
     let mut short = document(0, "short", 0);
     short.vector.truncate(100);
     assert!(matches!(store.upsert(&[short]), Err(IndexError::Invalid(_))));
@@ -228,10 +279,18 @@ fn bad_input_and_unknown_indexes_are_errors() {
     assert_eq!(store.count().unwrap(), 0);
 
     let unknown = PostgresStore::open(&scratch.url, "test_never_created");
-    assert!(matches!(unknown, Err(IndexError::Invalid(ref m)) if m.contains("no index named")), "{:?}", unknown.err());
+    assert!(
+        matches!(unknown, Err(IndexError::Invalid(ref m)) if m.contains("no index named")),
+        "{:?}",
+        unknown.err()
+    );
     assert!(matches!(PostgresStore::open(&scratch.url, "Bad-Name"), Err(IndexError::Invalid(_))));
-    assert!(matches!(PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(0)), Err(IndexError::Invalid(_))));
-    let tuned = PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(1000)).expect("ef_search 1000");
+    assert!(matches!(
+        PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(0)),
+        Err(IndexError::Invalid(_))
+    ));
+    let tuned = PostgresStore::open_tuned(&scratch.url, &scratch.table, Some(1000))
+        .expect("ef_search 1000");
     assert_eq!(tuned.count().unwrap(), 0);
     let refused = PostgresStore::open("postgres://sembase@127.0.0.1:1/sembase", &scratch.table);
     assert!(matches!(refused, Err(IndexError::Database(_))), "{:?}", refused.err());
@@ -247,9 +306,16 @@ fn replicas_write_and_read_one_index_concurrently() {
     const ADDED: usize = 50;
     let corpus = corpus();
     let scratch = Scratch::new("replicas");
-    let mut seed = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
+    let mut seed = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model))
+        .expect("create");
     let base = |writer: &str, round: usize| -> Vec<Document> {
-        (0..BASE).map(|i| Document { id: format!("base{i:03}"), text: format!("{writer} {round}"), ..document(i, "", i) }).collect()
+        (0..BASE)
+            .map(|i| Document {
+                id: format!("base{i:03}"),
+                text: format!("{writer} {round}"),
+                ..document(i, "", i)
+            })
+            .collect()
     };
     seed.upsert(&base("seed", 0)).expect("seed");
     let reader = PostgresStore::open(&scratch.url, &scratch.table).expect("open reader");
@@ -279,12 +345,24 @@ fn replicas_write_and_read_one_index_concurrently() {
                     let mut checks = 0;
                     while writing.load(Ordering::Relaxed) || checks == 0 {
                         let rows = reader.count().expect("concurrent count");
-                        assert_eq!((rows - BASE) % ADDED, 0, "a reader saw {rows} rows: half a write");
-                        let hits = reader.search(&corpus.queries[..5], K, None).expect("concurrent search");
+                        assert_eq!(
+                            (rows - BASE) % ADDED,
+                            0,
+                            "a reader saw {rows} rows: half a write"
+                        );
+                        let hits = reader
+                            .search(&corpus.queries[..5], K, None)
+                            .expect("concurrent search");
                         for query_hits in &hits {
-                            let base_texts: std::collections::BTreeSet<&str> =
-                                query_hits.iter().filter(|h| h.id.starts_with("base")).map(|h| h.text.as_str()).collect();
-                            assert!(base_texts.len() <= 1, "one query saw the base rows of several writes: {base_texts:?}");
+                            let base_texts: std::collections::BTreeSet<&str> = query_hits
+                                .iter()
+                                .filter(|h| h.id.starts_with("base"))
+                                .map(|h| h.text.as_str())
+                                .collect();
+                            assert!(
+                                base_texts.len() <= 1,
+                                "one query saw the base rows of several writes: {base_texts:?}"
+                            );
                         }
                         checks += 1;
                     }
@@ -304,13 +382,19 @@ fn replicas_write_and_read_one_index_concurrently() {
     assert_eq!(reader.count().unwrap(), BASE + 2 * ROUNDS * ADDED);
     let mut client = postgres::Client::connect(&scratch.url, postgres::NoTls).unwrap();
     let texts: Vec<String> = client
-        .query(&format!("SELECT DISTINCT text FROM \"{}\" WHERE id LIKE 'base%'", scratch.table), &[])
+        .query(
+            &format!("SELECT DISTINCT text FROM \"{}\" WHERE id LIKE 'base%'", scratch.table),
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|row| row.get(0))
         .collect();
     let last = format!("a {}", ROUNDS - 1);
-    assert!(texts == [last.clone()] || texts == [format!("b {}", ROUNDS - 1)], "base rows after both writers: {texts:?}");
+    assert!(
+        texts == [last.clone()] || texts == [format!("b {}", ROUNDS - 1)],
+        "base rows after both writers: {texts:?}"
+    );
 }
 
 /// `index build --store postgres://` end to end through an index directory; a
@@ -322,7 +406,14 @@ fn index_directories_build_into_postgres_and_failed_builds_clean_up() {
     let scratch = Scratch::new("build");
     let spec = StoreSpec::Postgres { url: scratch.url.clone(), table: scratch.table.clone() };
     let docs = || -> Vec<CorpusDoc> {
-        (0..100).map(|i| CorpusDoc { id: i.to_string(), title: String::new(), text: corpus.texts[i].clone(), metadata: Metadata::new() }).collect()
+        (0..100)
+            .map(|i| CorpusDoc {
+                id: i.to_string(),
+                title: String::new(),
+                text: corpus.texts[i].clone(),
+                metadata: Metadata::new(),
+            })
+            .collect()
     };
     let vectors = || BuildVectors::Given(corpus.vectors[..100].to_vec());
     let root = std::env::temp_dir().join(format!("sembase-pg-build-{}", std::process::id()));
@@ -332,19 +423,34 @@ fn index_directories_build_into_postgres_and_failed_builds_clean_up() {
     let taken = root.join("taken");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::write(taken.join("other-file"), "not an index").unwrap();
-    let failed = build_index(&taken, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {});
+    let failed =
+        build_index(&taken, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {});
     assert!(failed.is_err());
-    assert!(matches!(PostgresStore::open(&scratch.url, &scratch.table), Err(IndexError::Invalid(_))), "the failed build left its table");
+    assert!(
+        matches!(PostgresStore::open(&scratch.url, &scratch.table), Err(IndexError::Invalid(_))),
+        "the failed build left its table"
+    );
 
     let dir = root.join("built");
-    let index = build_index(&dir, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {}).expect("build");
+    let index =
+        build_index(&dir, settings(&corpus.model), spec.clone(), docs(), vectors(), &|_| {})
+            .expect("build");
     assert_eq!(index.store().count().unwrap(), 100);
-    let hits = Index::open(&dir, Access::Read).unwrap().store().search(&corpus.vectors[7..8], 1, None).unwrap();
+    let hits = Index::open(&dir, Access::Read)
+        .unwrap()
+        .store()
+        .search(&corpus.vectors[7..8], 1, None)
+        .unwrap();
     assert_eq!(hits[0][0].id, "7");
 
     // A second build under the same table name is refused and leaves the first intact.
-    let again = build_index(&root.join("again"), settings(&corpus.model), spec, docs(), vectors(), &|_| {});
-    assert!(matches!(again, Err(IndexError::Invalid(ref m)) if m.contains("already holds")), "{:?}", again.err());
+    let again =
+        build_index(&root.join("again"), settings(&corpus.model), spec, docs(), vectors(), &|_| {});
+    assert!(
+        matches!(again, Err(IndexError::Invalid(ref m)) if m.contains("already holds")),
+        "{:?}",
+        again.err()
+    );
     assert_eq!(Index::open(&dir, Access::Read).unwrap().store().count().unwrap(), 100);
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -354,7 +460,8 @@ fn index_directories_build_into_postgres_and_failed_builds_clean_up() {
 fn a_store_dropped_on_an_async_runtime_closes_quietly() {
     let corpus = corpus();
     let scratch = Scratch::new("drop");
-    let store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model)).expect("create");
+    let store = PostgresStore::create(&scratch.url, &scratch.table, &settings(&corpus.model))
+        .expect("create");
     assert_eq!(store.count().unwrap(), 0);
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async move { drop(store) });

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use sembase_index::graph::Graph;
 use sembase_index::manifest::Manifest;
-use sembase_index::{Access, AnnParams, Document, Filter, Index, IndexError, IndexSettings, Metadata, Metric, ModelIdentity, Precision, StoreSpec};
+use sembase_index::{
+    Access, AnnParams, Document, Filter, Index, IndexError, IndexSettings, Metadata, Metric,
+    ModelIdentity, Precision, StoreSpec,
+};
 use serde_json::json;
 
 const DIM: usize = 12;
@@ -83,14 +86,16 @@ impl Model {
 /// Runs the same writes on an index and the model.
 fn write_history(index: &mut Index, model: &mut Model, rng: &mut Rng) {
     for batch in 0..3 {
-        let docs: Vec<Document> = (batch * 2000..(batch + 1) * 2000).map(|i| doc(i, rng.unit(), 0)).collect();
+        let docs: Vec<Document> =
+            (batch * 2000..(batch + 1) * 2000).map(|i| doc(i, rng.unit(), 0)).collect();
         index.store_mut().upsert(&docs).unwrap();
         model.upsert(&docs);
     }
     let replaced: Vec<Document> = (0..6000).step_by(11).map(|i| doc(i, rng.unit(), 1)).collect();
     index.store_mut().upsert(&replaced).unwrap();
     model.upsert(&replaced);
-    let gone: Vec<String> = (0..6000).step_by(17).map(|i| format!("d{i:05}")).chain(["missing".to_string()]).collect();
+    let gone: Vec<String> =
+        (0..6000).step_by(17).map(|i| format!("d{i:05}")).chain(["missing".to_string()]).collect();
     let removed = index.store_mut().delete(&gone).unwrap();
     model.delete(&gone);
     assert_eq!(removed, gone.len() - 1, "unknown ids are not counted");
@@ -108,14 +113,20 @@ fn recall(got: &[String], want: &[String]) -> f64 {
 fn flat_is_exact_and_ann_close_after_upserts_replacements_and_deletes() {
     let mut rng = Rng(42);
     let queries: Vec<Vec<f32>> = (0..40).map(|_| rng.unit()).collect();
-    for spec in [StoreSpec::Flat { precision: Precision::F32 }, StoreSpec::Ann { precision: Precision::F32, params: AnnParams::default() }] {
+    for spec in [
+        StoreSpec::Flat { precision: Precision::F32 },
+        StoreSpec::Ann { precision: Precision::F32, params: AnnParams::default() },
+    ] {
         let dir = temp_dir(spec.kind());
         let mut index = Index::create(&dir, settings(), spec.clone()).unwrap();
         let mut model = Model::default();
         write_history(&mut index, &mut model, &mut Rng(7));
         assert_eq!(index.store().count().unwrap(), model.0.len());
         if spec.kind() == "ann" {
-            assert!(Manifest::read(&dir).unwrap().graph.is_some(), "6000 documents should have a graph");
+            assert!(
+                Manifest::read(&dir).unwrap().graph.is_some(),
+                "6000 documents should have a graph"
+            );
         }
         let results = index.store().search(&queries, 10, None).unwrap();
         let mut total = 0.0;
@@ -139,7 +150,10 @@ fn flat_is_exact_and_ann_close_after_upserts_replacements_and_deletes() {
         let reopened = Index::open(&dir, Access::Read).unwrap();
         assert_eq!(reopened.store().count().unwrap(), model.0.len());
         let again = reopened.store().search(&queries, 10, None).unwrap();
-        assert_eq!(again.iter().map(|h| ids(h)).collect::<Vec<_>>(), results.iter().map(|h| ids(h)).collect::<Vec<_>>());
+        assert_eq!(
+            again.iter().map(|h| ids(h)).collect::<Vec<_>>(),
+            results.iter().map(|h| ids(h)).collect::<Vec<_>>()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -149,12 +163,17 @@ fn filters_keep_only_matching_documents() {
     let mut rng = Rng(3);
     let queries: Vec<Vec<f32>> = (0..10).map(|_| rng.unit()).collect();
     let filter = Filter::new(json!({"group": 2}).as_object().unwrap().clone()).unwrap();
-    for spec in [StoreSpec::Flat { precision: Precision::F32 }, StoreSpec::Ann { precision: Precision::F32, params: AnnParams::default() }] {
+    for spec in [
+        StoreSpec::Flat { precision: Precision::F32 },
+        StoreSpec::Ann { precision: Precision::F32, params: AnnParams::default() },
+    ] {
         let dir = temp_dir(&format!("filter-{}", spec.kind()));
         let mut index = Index::create(&dir, settings(), spec.clone()).unwrap();
         let mut model = Model::default();
         write_history(&mut index, &mut model, &mut Rng(9));
-        for (q, hits) in queries.iter().zip(index.store().search(&queries, 10, Some(&filter)).unwrap()) {
+        for (q, hits) in
+            queries.iter().zip(index.store().search(&queries, 10, Some(&filter)).unwrap())
+        {
             assert_eq!(hits.len(), 10);
             assert!(hits.iter().all(|h| h.metadata["group"] == 2), "{}", spec.kind());
             let want = model.top(q, 10, Some(&filter));
@@ -179,9 +198,15 @@ fn lower_precisions_stay_close_to_exact() {
         let mut index = Index::create(&dir, settings(), StoreSpec::Flat { precision }).unwrap();
         index.store_mut().upsert(&docs).unwrap();
         let hits = index.store().search(&queries, 10, None).unwrap();
-        let mean: f64 = queries.iter().zip(&hits).map(|(q, h)| recall(&ids(h), &model.top(q, 10, None))).sum::<f64>() / 30.0;
+        let mean: f64 = queries
+            .iter()
+            .zip(&hits)
+            .map(|(q, h)| recall(&ids(h), &model.top(q, 10, None)))
+            .sum::<f64>()
+            / 30.0;
         assert!(mean >= 0.9, "{precision} recall@10 {mean}");
-        let size: u64 = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let size: u64 =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
         assert!(size < (3000 * DIM * 4) as u64 + 3000 * 64, "{precision}: {size} bytes");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -190,7 +215,8 @@ fn lower_precisions_stay_close_to_exact() {
 #[test]
 fn one_writer_at_a_time_and_readers_cannot_write() {
     let dir = temp_dir("lock");
-    let mut writer = Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
+    let mut writer =
+        Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
     let err = Index::open(&dir, Access::Write).unwrap_err();
     assert!(matches!(err, IndexError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("locked by another writer"), "{err}");
@@ -205,7 +231,8 @@ fn one_writer_at_a_time_and_readers_cannot_write() {
 #[test]
 fn many_small_writes_are_merged_and_stay_correct() {
     let dir = temp_dir("compact");
-    let mut index = Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
+    let mut index =
+        Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
     let mut model = Model::default();
     let mut rng = Rng(11);
     for i in 0..40 {
@@ -220,23 +247,36 @@ fn many_small_writes_are_merged_and_stay_correct() {
     }
     let manifest = Manifest::read(&dir).unwrap();
     assert!(manifest.segments.len() <= 16, "{} segments", manifest.segments.len());
-    let files = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("seg-")).count();
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("seg-"))
+        .count();
     assert_eq!(files, manifest.segments.len(), "merged segments are removed");
     drop(index);
     let index = Index::open(&dir, Access::Read).unwrap();
     assert_eq!(index.store().count().unwrap(), model.0.len());
     let q = rng.unit();
-    assert_eq!(ids(&index.store().search(std::slice::from_ref(&q), 100, None).unwrap()[0]), model.top(&q, 100, None));
+    assert_eq!(
+        ids(&index.store().search(std::slice::from_ref(&q), 100, None).unwrap()[0]),
+        model.top(&q, 100, None)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn wrong_widths_and_duplicate_ids_are_refused_without_writing() {
     let dir = temp_dir("invalid");
-    let mut index = Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
+    let mut index =
+        Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
     let generation = Manifest::read(&dir).unwrap().generation;
-    assert!(index.store_mut().upsert(&[Document { vector: vec![1.0; 3], ..doc(1, vec![], 0) }]).is_err());
-    assert!(index.store_mut().upsert(&[doc(1, Rng(1).unit(), 0), doc(1, Rng(2).unit(), 0)]).is_err());
+    assert!(index
+        .store_mut()
+        .upsert(&[Document { vector: vec![1.0; 3], ..doc(1, vec![], 0) }])
+        .is_err());
+    assert!(index
+        .store_mut()
+        .upsert(&[doc(1, Rng(1).unit(), 0), doc(1, Rng(2).unit(), 0)])
+        .is_err());
     assert!(index.store().search(&[vec![1.0; 5]], 3, None).is_err());
     assert_eq!(Manifest::read(&dir).unwrap().generation, generation);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -247,18 +287,23 @@ fn queries_from_another_model_are_refused() {
     let other = ModelIdentity { name: "test-model".into(), fingerprint: "beef".into() };
     let err = settings().check_model(&other).unwrap_err();
     assert!(err.to_string().contains("not \"test-model\""), "{err}");
-    settings().check_model(&ModelIdentity { name: "renamed".into(), fingerprint: "f00d".into() }).unwrap();
+    settings()
+        .check_model(&ModelIdentity { name: "renamed".into(), fingerprint: "f00d".into() })
+        .unwrap();
 }
 
 #[test]
 fn ann_finds_every_live_document_after_interleaved_writes() {
     let dir = temp_dir("interleaved");
     let params = AnnParams { delta_limit: 8, ..AnnParams::default() };
-    let mut index = Index::create(&dir, settings(), StoreSpec::Ann { precision: Precision::F32, params }).unwrap();
+    let mut index =
+        Index::create(&dir, settings(), StoreSpec::Ann { precision: Precision::F32, params })
+            .unwrap();
     let mut model = Model::default();
     let mut rng = Rng(21);
     for round in 0..12 {
-        let docs: Vec<Document> = (0..7).map(|i| doc((round * 5 + i) % 50, rng.unit(), round)).collect();
+        let docs: Vec<Document> =
+            (0..7).map(|i| doc((round * 5 + i) % 50, rng.unit(), round)).collect();
         index.store_mut().upsert(&docs).unwrap();
         model.upsert(&docs);
         let gone = vec![format!("d{:05}", (round * 13) % 50)];
@@ -292,6 +337,16 @@ fn every_vector_added_to_a_graph_is_reachable() {
         .collect();
     let graph = Graph::new(DIM, Precision::F32, AnnParams::default()).unwrap();
     graph.add_all(&items).unwrap();
-    let unreachable: Vec<u64> = items.iter().filter(|(key, v)| graph.search_all(v, 1).unwrap()[0].0 != *key).map(|(key, _)| *key).collect();
-    assert!(unreachable.is_empty(), "{} of {} vectors are not their own nearest neighbour: {:?}", unreachable.len(), items.len(), &unreachable[..unreachable.len().min(10)]);
+    let unreachable: Vec<u64> = items
+        .iter()
+        .filter(|(key, v)| graph.search_all(v, 1).unwrap()[0].0 != *key)
+        .map(|(key, _)| *key)
+        .collect();
+    assert!(
+        unreachable.is_empty(),
+        "{} of {} vectors are not their own nearest neighbour: {:?}",
+        unreachable.len(),
+        items.len(),
+        &unreachable[..unreachable.len().min(10)]
+    );
 }

@@ -60,7 +60,9 @@ impl TryFrom<String> for EncodingFormat {
         match value.as_str() {
             "float" => Ok(Self::Float),
             "base64" => Ok(Self::Base64),
-            other => Err(format!("unknown encoding format {other:?}; expected \"float\" or \"base64\"")),
+            other => {
+                Err(format!("unknown encoding format {other:?}; expected \"float\" or \"base64\""))
+            }
         }
     }
 }
@@ -172,7 +174,8 @@ impl Item {
     }
 }
 
-const ITEM_EXPECTED: &str = "a string, a token id (an integer from 0 to 4294967295) or an array of token ids";
+const ITEM_EXPECTED: &str =
+    "a string, a token id (an integer from 0 to 4294967295) or an array of token ids";
 
 impl<'de> Deserialize<'de> for Item {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -189,10 +192,14 @@ impl<'de> Deserialize<'de> for Item {
                 Ok(Item::Text(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Item, E> {
-                u32::try_from(v).map(Item::Token).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                u32::try_from(v)
+                    .map(Item::Token)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Item, E> {
-                u32::try_from(v).map(Item::Token).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                u32::try_from(v)
+                    .map(Item::Token)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
                 let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
@@ -284,10 +291,15 @@ pub enum SchemaStatus {
 }
 
 /// Parses a JSON body; syntax errors are 400, schema errors name the top-level field.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8], schema_status: SchemaStatus) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(
+    body: &[u8],
+    schema_status: SchemaStatus,
+) -> Result<T, ApiError> {
     let invalid_json = |inner: &serde_json::Error| {
-        ApiError::bad_request(format!("could not parse the JSON body of the request ({inner}); send valid UTF-8 JSON"))
-            .code("invalid_json")
+        ApiError::bad_request(format!(
+            "could not parse the JSON body of the request ({inner}); send valid UTF-8 JSON"
+        ))
+        .code("invalid_json")
     };
     // serde would also read a struct from an array of its fields in order; only an
     // object is a request.
@@ -340,9 +352,15 @@ mod tests {
     #[test]
     fn every_input_shape_parses_to_its_kind() {
         assert_eq!(parse(r#"{"input":"a"}"#).unwrap().input, EmbeddingInput::Text("a".into()));
-        assert_eq!(parse(r#"{"input":["a","b"]}"#).unwrap().input, EmbeddingInput::Texts(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            parse(r#"{"input":["a","b"]}"#).unwrap().input,
+            EmbeddingInput::Texts(vec!["a".into(), "b".into()])
+        );
         assert_eq!(parse(r#"{"input":[1,2]}"#).unwrap().input, EmbeddingInput::Tokens(vec![1, 2]));
-        assert_eq!(parse(r#"{"input":[[1],[2,3]]}"#).unwrap().input, EmbeddingInput::TokenArrays(vec![vec![1], vec![2, 3]]));
+        assert_eq!(
+            parse(r#"{"input":[[1],[2,3]]}"#).unwrap().input,
+            EmbeddingInput::TokenArrays(vec![vec![1], vec![2, 3]])
+        );
         assert_eq!(parse(r#"{"input":[]}"#).unwrap().input, EmbeddingInput::Texts(vec![]));
     }
 
@@ -350,14 +368,24 @@ mod tests {
     fn mixed_arrays_name_the_first_odd_element() {
         let e = parse(r#"{"input":["a",1]}"#).unwrap_err();
         assert_eq!(e.body.param.as_deref(), Some("input"));
-        assert!(e.body.message.contains("input[1] is a token id but input[0] is a string"), "{}", e.body.message);
+        assert!(
+            e.body.message.contains("input[1] is a token id but input[0] is a string"),
+            "{}",
+            e.body.message
+        );
         let e = parse(r#"{"input":[[1],["x"]]}"#).unwrap_err();
         assert_eq!(e.body.param.as_deref(), Some("input"));
     }
 
     #[test]
     fn out_of_range_ids_and_wrong_types_are_schema_errors() {
-        for body in [r#"{"input":[-1]}"#, r#"{"input":[4294967296]}"#, r#"{"input":[1.5]}"#, r#"{"input":{"a":1}}"#, r#"{"input":null}"#] {
+        for body in [
+            r#"{"input":[-1]}"#,
+            r#"{"input":[4294967296]}"#,
+            r#"{"input":[1.5]}"#,
+            r#"{"input":{"a":1}}"#,
+            r#"{"input":null}"#,
+        ] {
             let e = parse(body).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.body.param.as_deref(), Some("input"), "{body}: {}", e.body.message);
@@ -380,7 +408,8 @@ mod tests {
             let e = parse(body).unwrap_err();
             assert_eq!(e.body.code.as_deref(), Some("invalid_json"), "{body:?}");
         }
-        let e = parse_json::<EmbeddingsRequest>(b"{\"input\": \"\xff\"}", SchemaStatus::BadRequest).unwrap_err();
+        let e = parse_json::<EmbeddingsRequest>(b"{\"input\": \"\xff\"}", SchemaStatus::BadRequest)
+            .unwrap_err();
         assert_eq!(e.status, 400);
     }
 }

@@ -78,9 +78,9 @@ impl Batcher {
     ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let worker_metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name(format!("sembase-model-{}", model.name()))
-            .spawn(move || worker(model, receiver, max_batch_tokens.max(1), linger, worker_metrics))?;
+        std::thread::Builder::new().name(format!("sembase-model-{}", model.name())).spawn(
+            move || worker(model, receiver, max_batch_tokens.max(1), linger, worker_metrics),
+        )?;
         Ok(Self { sender, metrics })
     }
 
@@ -126,7 +126,12 @@ fn worker(
 
 /// Waits for more jobs while they keep arriving (at most `linger.gap` apart, for
 /// `linger.max` in all) and the queue holds less than one batch's worth of tokens.
-fn gather(receiver: &mpsc::Receiver<Job>, pending: &mut VecDeque<Job>, max_batch_tokens: usize, linger: Linger) {
+fn gather(
+    receiver: &mpsc::Receiver<Job>,
+    pending: &mut VecDeque<Job>,
+    max_batch_tokens: usize,
+    linger: Linger,
+) {
     if linger.max.is_zero() {
         return;
     }
@@ -149,7 +154,11 @@ fn gather(receiver: &mpsc::Receiver<Job>, pending: &mut VecDeque<Job>, max_batch
 
 /// Removes abandoned jobs, then takes the next batch: the oldest job and the later ones
 /// with the same options, within the token budget.
-fn take_batch(pending: &mut VecDeque<Job>, max_batch_tokens: usize, metrics: &ModelMetrics) -> Vec<Job> {
+fn take_batch(
+    pending: &mut VecDeque<Job>,
+    max_batch_tokens: usize,
+    metrics: &ModelMetrics,
+) -> Vec<Job> {
     let dequeued = |job: &Job| {
         metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         metrics.queue_tokens.fetch_sub(job.tokens, Ordering::Relaxed);
@@ -195,13 +204,22 @@ fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
     for job in &jobs {
         metrics.record_wait(started.duration_since(job.enqueued).as_secs_f64());
     }
-    let options = EmbedOptions { prefix: None, dimensions: jobs[0].dimensions, truncate: Truncation::Truncate };
+    let options = EmbedOptions {
+        prefix: None,
+        dimensions: jobs[0].dimensions,
+        truncate: Truncation::Truncate,
+    };
     loop {
         match compute(model, &jobs, &options) {
             Ok(results) => {
                 let sequences = results.iter().map(|e| e.vectors.len()).sum();
                 let tokens = results.iter().map(Embeddings::total_tokens).sum();
-                metrics.record_batch(jobs.len(), sequences, tokens, started.elapsed().as_secs_f64());
+                metrics.record_batch(
+                    jobs.len(),
+                    sequences,
+                    tokens,
+                    started.elapsed().as_secs_f64(),
+                );
                 for (job, embeddings) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(embeddings));
                 }
@@ -228,7 +246,11 @@ fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
 /// token inputs (the model sorts them by length into passes within its own token
 /// budget, and packs away padding on the CPU) and one `embed` call for over-long
 /// texts. Results in job order.
-fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions) -> Result<Vec<Embeddings>, Failure> {
+fn compute(
+    model: &dyn Embedder,
+    jobs: &[Job],
+    options: &EmbedOptions,
+) -> Result<Vec<Embeddings>, Failure> {
     let mut ids: Vec<Vec<u32>> = Vec::new();
     let mut id_owners: Vec<(usize, usize)> = Vec::new();
     let mut texts: Vec<&str> = Vec::new();
@@ -249,7 +271,10 @@ fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions) -> Result
     }
     let mut results: Vec<Embeddings> = jobs
         .iter()
-        .map(|job| Embeddings { vectors: vec![Vec::new(); job.pieces.len()], token_counts: vec![0; job.pieces.len()] })
+        .map(|job| Embeddings {
+            vectors: vec![Vec::new(); job.pieces.len()],
+            token_counts: vec![0; job.pieces.len()],
+        })
         .collect();
     if !ids.is_empty() {
         let out = guarded(|| model.embed_tokens(&ids, options), &id_owners)?;
@@ -264,7 +289,10 @@ fn compute(model: &dyn Embedder, jobs: &[Job], options: &EmbedOptions) -> Result
 
 /// Calls the model, turning a panic into a failure and an error naming an input
 /// into a failure of that input's job.
-fn guarded(call: impl FnOnce() -> sembase_core::Result<Embeddings>, owners: &[(usize, usize)]) -> Result<Embeddings, Failure> {
+fn guarded(
+    call: impl FnOnce() -> sembase_core::Result<Embeddings>,
+    owners: &[(usize, usize)],
+) -> Result<Embeddings, Failure> {
     let out = match catch_unwind(AssertUnwindSafe(call)) {
         Ok(out) => out,
         Err(_) => return Err(Failure::All("the model failed unexpectedly".into())),
@@ -291,7 +319,9 @@ fn guarded(call: impl FnOnce() -> sembase_core::Result<Embeddings>, owners: &[(u
 }
 
 fn scatter(results: &mut [Embeddings], out: Embeddings, owners: &[(usize, usize)]) {
-    for ((vector, tokens), &(job, input)) in out.vectors.into_iter().zip(out.token_counts).zip(owners) {
+    for ((vector, tokens), &(job, input)) in
+        out.vectors.into_iter().zip(out.token_counts).zip(owners)
+    {
         results[job].vectors[input] = vector;
         results[job].token_counts[input] = tokens;
     }
@@ -307,7 +337,11 @@ mod tests {
     }
 
     /// Sends `count` jobs of `tokens` each, `every` apart, from another thread.
-    fn trickle(count: usize, tokens: usize, every: Duration) -> (mpsc::Receiver<Job>, std::thread::JoinHandle<()>) {
+    fn trickle(
+        count: usize,
+        tokens: usize,
+        every: Duration,
+    ) -> (mpsc::Receiver<Job>, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel();
         let feeder = std::thread::spawn(move || {
             for _ in 0..count {
@@ -335,7 +369,12 @@ mod tests {
         let (receiver, feeder) = trickle(2, 10, Duration::from_millis(300));
         let mut pending = VecDeque::new();
         let started = Instant::now();
-        gather(&receiver, &mut pending, 1000, Linger { max: Duration::from_secs(5), gap: Duration::from_millis(20) });
+        gather(
+            &receiver,
+            &mut pending,
+            1000,
+            Linger { max: Duration::from_secs(5), gap: Duration::from_millis(20) },
+        );
         assert!(pending.is_empty(), "nothing arrived within the gap");
         assert!(started.elapsed() < Duration::from_secs(2), "waited past the gap");
         drop(receiver);
@@ -347,10 +386,23 @@ mod tests {
         let (receiver, feeder) = trickle(3, 10, Duration::from_millis(200));
         let mut pending: VecDeque<Job> = [job(1000)].into();
         let started = Instant::now();
-        gather(&receiver, &mut pending, 1000, Linger { max: Duration::from_secs(5), gap: Duration::from_secs(5) });
+        gather(
+            &receiver,
+            &mut pending,
+            1000,
+            Linger { max: Duration::from_secs(5), gap: Duration::from_secs(5) },
+        );
         let mut waiting: VecDeque<Job> = [job(1)].into();
-        gather(&receiver, &mut waiting, 1000, Linger { max: Duration::ZERO, gap: Duration::from_secs(5) });
-        assert!(started.elapsed() < Duration::from_millis(150), "waited although the batch was full or lingering was off");
+        gather(
+            &receiver,
+            &mut waiting,
+            1000,
+            Linger { max: Duration::ZERO, gap: Duration::from_secs(5) },
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "waited although the batch was full or lingering was off"
+        );
         assert_eq!((pending.len(), waiting.len()), (1, 1));
         drop(receiver);
         feeder.join().unwrap();

@@ -21,7 +21,9 @@ use utoipa::ToSchema;
 
 use crate::api::{EmbeddingInput, SchemaStatus, Usage};
 use crate::error::{ApiError, ServerError};
-use crate::handlers::{check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult};
+use crate::handlers::{
+    check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
+};
 use crate::{AppState, ModelSpec};
 
 /// A head to serve under a name (what `--head NAME=DIR` gives).
@@ -66,7 +68,8 @@ impl ServedHead {
     }
 
     fn output(&self, prediction: Prediction) -> HeadOutput {
-        let probabilities = self.head.labels().iter().cloned().zip(prediction.probabilities).collect();
+        let probabilities =
+            self.head.labels().iter().cloned().zip(prediction.probabilities).collect();
         HeadOutput { label: prediction.label, probabilities }
     }
 }
@@ -132,22 +135,31 @@ impl Heads {
     fn select(&self, names: Option<Strings>) -> AppResult<Vec<&ServedHead>> {
         let Some(names) = names else {
             if self.list.is_empty() {
-                return Err(ApiError::not_found("this server serves no heads (start it with --head NAME=DIR)")
-                    .param("heads")
-                    .code("head_not_found"));
+                return Err(ApiError::not_found(
+                    "this server serves no heads (start it with --head NAME=DIR)",
+                )
+                .param("heads")
+                .code("head_not_found"));
             }
             return Ok(self.list.iter().collect());
         };
         let names = names.into_vec();
         if names.is_empty() {
-            return Err(ApiError::bad_request(format!("'heads' is empty; name at least one of: {}", self.names())).param("heads"));
+            return Err(ApiError::bad_request(format!(
+                "'heads' is empty; name at least one of: {}",
+                self.names()
+            ))
+            .param("heads"));
         }
         let mut selected: Vec<&ServedHead> = Vec::with_capacity(names.len());
         for name in names {
             let head = self.by_name.get(&name).map(|&i| &self.list[i]).ok_or_else(|| {
-                ApiError::not_found(format!("The head `{name}` does not exist on this server; it serves: {}", self.names()))
-                    .param("heads")
-                    .code("head_not_found")
+                ApiError::not_found(format!(
+                    "The head `{name}` does not exist on this server; it serves: {}",
+                    self.names()
+                ))
+                .param("heads")
+                .code("head_not_found")
             })?;
             if !selected.iter().any(|h| h.name == head.name) {
                 selected.push(head);
@@ -257,8 +269,12 @@ pub struct HeadOutput {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn classify(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
-    let (request, models): (ClassifyRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+pub(crate) async fn classify(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (ClassifyRequest, _) =
+        read_json(&state, request, SchemaStatus::BadRequest).await?;
     let input = match request.input {
         Strings::One(text) => EmbeddingInput::Text(text),
         Strings::Many(texts) => EmbeddingInput::Texts(texts),
@@ -269,16 +285,26 @@ pub(crate) async fn classify(State(state): State<Arc<AppState>>, request: Reques
     // One forward pass per (model, prefix); every head on it reads the same vectors.
     let mut passes: BTreeMap<(usize, Option<&str>), Vec<&ServedHead>> = BTreeMap::new();
     for head in heads {
-        passes.entry((head.model, head.head.base_model().prefix.as_deref())).or_default().push(head);
+        passes
+            .entry((head.model, head.head.base_model().prefix.as_deref()))
+            .or_default()
+            .push(head);
     }
-    let mut data: Vec<Classification> =
-        (0..input.len()).map(|index| Classification { object: "classification", index, heads: BTreeMap::new() }).collect();
+    let mut data: Vec<Classification> = (0..input.len())
+        .map(|index| Classification { object: "classification", index, heads: BTreeMap::new() })
+        .collect();
     let mut tokens = 0;
     for ((model, prefix), heads) in passes {
         let model = &models.list[model];
-        let (embedder, input, prefix, truncate) =
-            (model.embedder.clone(), input.clone(), prefix.map(str::to_string), state.config.truncate);
-        let (pieces, cost) = cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate)).await??;
+        let (embedder, input, prefix, truncate) = (
+            model.embedder.clone(),
+            input.clone(),
+            prefix.map(str::to_string),
+            state.config.truncate,
+        );
+        let (pieces, cost) =
+            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
+                .await??;
         let embeddings = model.run(pieces, cost, None).await?;
         tokens += embeddings.total_tokens();
         for head in heads {
@@ -287,7 +313,11 @@ pub(crate) async fn classify(State(state): State<Arc<AppState>>, request: Reques
             }
         }
     }
-    Ok(json(&ClassifyResponse { object: "list", data, usage: Usage { prompt_tokens: tokens, total_tokens: tokens } }))
+    Ok(json(&ClassifyResponse {
+        object: "list",
+        data,
+        usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+    }))
 }
 
 #[cfg(test)]

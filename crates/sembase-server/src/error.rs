@@ -80,7 +80,8 @@ impl ApiError {
 
     /// 401 for a missing or wrong API key.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).code("invalid_api_key")
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .code("invalid_api_key")
     }
 
     /// 404 for a route that does not exist.
@@ -93,7 +94,10 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
-            format!("The model `{name}` does not exist on this server; it serves: {}", known.join(", ")),
+            format!(
+                "The model `{name}` does not exist on this server; it serves: {}",
+                known.join(", ")
+            ),
         )
         .param("model")
         .code("model_not_found")
@@ -101,8 +105,12 @@ impl ApiError {
 
     /// 405 for a known route with the wrong method.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method not allowed on this route")
-            .code("method_not_allowed")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method not allowed on this route",
+        )
+        .code("method_not_allowed")
     }
 
     /// 413 for a body over the limit.
@@ -120,7 +128,9 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            format!("the server is handling its limit of {limit} concurrent requests; retry shortly"),
+            format!(
+                "the server is handling its limit of {limit} concurrent requests; retry shortly"
+            ),
         )
         .code("rate_limit_exceeded");
         e.retry_after = Some(1);

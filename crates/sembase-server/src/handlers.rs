@@ -16,8 +16,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::api::{
-    parse_json, EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat,
-    Health, ModelList, ModelObject, SchemaStatus, TokenizeInputs, TokenizeRequest, Usage,
+    parse_json, EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest,
+    EmbeddingsResponse, EncodingFormat, Health, ModelList, ModelObject, SchemaStatus,
+    TokenizeInputs, TokenizeRequest, Usage,
 };
 use crate::batcher::{Job, JobError, Piece};
 use crate::error::ApiError;
@@ -32,7 +33,9 @@ const INLINE_TOKENIZE_BYTES: usize = 16 << 10;
 
 impl AppState {
     fn ready(&self) -> AppResult<&Models> {
-        self.models.get().ok_or_else(|| ApiError::unavailable("models are still loading", "model_loading"))
+        self.models
+            .get()
+            .ok_or_else(|| ApiError::unavailable("models are still loading", "model_loading"))
     }
 }
 
@@ -69,15 +72,25 @@ impl ServedModel {
 
     /// Queues the job and waits for its vectors. Dropping the future (the client went
     /// away) closes the reply channel and the worker skips the job.
-    pub(crate) async fn run(&self, pieces: Vec<Piece>, tokens: usize, dimensions: Option<usize>) -> AppResult<Embeddings> {
+    pub(crate) async fn run(
+        &self,
+        pieces: Vec<Piece>,
+        tokens: usize,
+        dimensions: Option<usize>,
+    ) -> AppResult<Embeddings> {
         let (reply, answer) = oneshot::channel();
         let job = Job { pieces, dimensions, tokens, reply, enqueued: Instant::now() };
         if self.batcher.submit(job).is_err() {
-            return Err(ApiError::unavailable("the model's worker has stopped", "model_unavailable"));
+            return Err(ApiError::unavailable(
+                "the model's worker has stopped",
+                "model_unavailable",
+            ));
         }
         match answer.await {
             Ok(Ok(embeddings)) => Ok(embeddings),
-            Ok(Err(JobError::BadInput(message))) => Err(ApiError::bad_request(message).param("input")),
+            Ok(Err(JobError::BadInput(message))) => {
+                Err(ApiError::bad_request(message).param("input"))
+            }
             Ok(Err(JobError::Internal(message))) => Err(ApiError::internal(message)),
             Err(_) => Err(ApiError::internal("the model's worker stopped before answering")),
         }
@@ -103,7 +116,11 @@ async fn read_body(request: Request, limit: usize) -> AppResult<Bytes> {
 }
 
 /// Reads and parses a JSON body, once the models are ready.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, request: Request, schema: SchemaStatus) -> AppResult<(T, &Models)> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    request: Request,
+    schema: SchemaStatus,
+) -> AppResult<(T, &Models)> {
     let body = read_body(request, state.config.max_body_bytes).await?;
     let parsed = parse_json(&body, schema)?;
     Ok((parsed, state.ready()?))
@@ -112,15 +129,21 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, 
 /// A JSON answer with status 200.
 pub(crate) fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+            .into_response(),
         Err(e) => ApiError::internal(format!("could not write the answer: {e}")).into_response(),
     }
 }
 
 /// Runs CPU work on the blocking pool when it is large, inline otherwise.
-pub(crate) async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+pub(crate) async fn cpu<T: Send + 'static>(
+    large: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> AppResult<T> {
     if large {
-        tokio::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("a worker task failed"))
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| ApiError::internal("a worker task failed"))
     } else {
         Ok(work())
     }
@@ -130,7 +153,9 @@ pub(crate) async fn cpu<T: Send + 'static>(large: bool, work: impl FnOnce() -> T
 pub(crate) fn tokenize_off_runtime(input: &EmbeddingInput) -> bool {
     match input {
         EmbeddingInput::Text(t) => t.len() > INLINE_TOKENIZE_BYTES,
-        EmbeddingInput::Texts(v) => v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES,
+        EmbeddingInput::Texts(v) => {
+            v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES
+        }
         _ => false,
     }
 }
@@ -168,7 +193,9 @@ pub(crate) fn prepare(
         tokens += n;
     };
     match input {
-        EmbeddingInput::Text(text) => push(prepare_text(embedder, 0, text, prefix, truncate, &too_long)?),
+        EmbeddingInput::Text(text) => {
+            push(prepare_text(embedder, 0, text, prefix, truncate, &too_long)?)
+        }
         EmbeddingInput::Texts(texts) => {
             for (index, text) in texts.into_iter().enumerate() {
                 push(prepare_text(embedder, index, text, prefix, truncate, &too_long)?);
@@ -218,7 +245,10 @@ pub(crate) fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResu
         return Err(bad("'input' is empty; send at least one non-empty string or token id".into()));
     }
     if input.len() > max_inputs {
-        return Err(bad(format!("'input' has {} items, more than the limit of {max_inputs}", input.len())));
+        return Err(bad(format!(
+            "'input' has {} items, more than the limit of {max_inputs}",
+            input.len()
+        )));
     }
     match input {
         EmbeddingInput::Text(t) if t.is_empty() => Err(bad("'input' is an empty string".into())),
@@ -250,8 +280,12 @@ pub(crate) fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResu
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
-    let (request, models): (EmbeddingsRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+pub(crate) async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (EmbeddingsRequest, _) =
+        read_json(&state, request, SchemaStatus::BadRequest).await?;
     let model = models.find(request.model.as_deref())?;
     check_inputs(&request.input, state.config.max_inputs)?;
     let width = model.embedder.dimension();
@@ -272,9 +306,12 @@ pub(crate) async fn embeddings(State(state): State<Arc<AppState>>, request: Requ
     let embedder = model.embedder.clone();
     let truncate = state.config.truncate;
     let input = request.input;
-    let (pieces, tokens) = cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate)).await??;
+    let (pieces, tokens) =
+        cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
+            .await??;
     let embeddings = model.run(pieces, tokens, dimensions).await?;
-    let usage = Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
+    let usage =
+        Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
     let data = embeddings
         .vectors
         .into_iter()
@@ -288,7 +325,12 @@ pub(crate) async fn embeddings(State(state): State<Arc<AppState>>, request: Requ
             },
         })
         .collect();
-    Ok(json(&EmbeddingsResponse { object: "list", data, model: model.embedder.name().to_string(), usage }))
+    Ok(json(&EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.embedder.name().to_string(),
+        usage,
+    }))
 }
 
 /// Little-endian f32 bytes in standard base64, as OpenAI's clients decode them.
@@ -314,8 +356,12 @@ fn base64_f32(vector: &[f32]) -> String {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn tokenize(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
-    let (request, models): (TokenizeRequest, _) = read_json(&state, request, SchemaStatus::Unprocessable).await?;
+pub(crate) async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (TokenizeRequest, _) =
+        read_json(&state, request, SchemaStatus::Unprocessable).await?;
     let model = models.find(request.model.as_deref())?;
     let texts = match request.inputs {
         TokenizeInputs::One(t) => vec![t],
@@ -326,7 +372,11 @@ pub(crate) async fn tokenize(State(state): State<Arc<AppState>>, request: Reques
         return Err(bad("'inputs' is empty".into()));
     }
     if texts.len() > state.config.max_inputs {
-        return Err(bad(format!("'inputs' has {} items, more than the limit of {}", texts.len(), state.config.max_inputs)));
+        return Err(bad(format!(
+            "'inputs' has {} items, more than the limit of {}",
+            texts.len(),
+            state.config.max_inputs
+        )));
     }
     if let Some(i) = texts.iter().position(String::is_empty) {
         return Err(bad(format!("inputs[{i}] is an empty string")));
@@ -389,7 +439,10 @@ pub(crate) async fn list_models(State(state): State<Arc<AppState>>) -> AppResult
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn get_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult<Response> {
+pub(crate) async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> AppResult<Response> {
     let models = state.ready()?;
     let model = models.find(Some(&name))?;
     Ok(json(&model_object(&state, model)))
@@ -414,7 +467,10 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Resp
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -439,15 +495,25 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 }
 
 /// `Authorization: Bearer <key>` on the protected routes, when a key is set.
-pub(crate) async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(key) = &state.config.api_key {
-        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+        let given =
+            request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(
+                |v| {
+                    let (scheme, token) = v.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                },
+            );
         match given {
             None => {
-                return ApiError::unauthorized("no API key given; send `Authorization: Bearer <key>`").into_response();
+                return ApiError::unauthorized(
+                    "no API key given; send `Authorization: Bearer <key>`",
+                )
+                .into_response();
             }
             Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
                 return ApiError::unauthorized("incorrect API key").into_response();
@@ -474,7 +540,11 @@ impl Drop for Slot {
 }
 
 /// At most `max_concurrent_requests` embedding/tokenize requests at once; 429 beyond.
-pub(crate) async fn limit_concurrency(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit_concurrency(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limit = state.config.max_concurrent_requests;
     let before = state.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
     let _slot = Slot(state.metrics.clone());
@@ -494,17 +564,26 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.metrics.record_request(&self.route, self.status.unwrap_or(499), self.started.elapsed().as_secs_f64());
+        self.metrics.record_request(
+            &self.route,
+            self.status.unwrap_or(499),
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 }
 
-pub(crate) async fn track(State(state): State<Arc<AppState>>, request: Request<Body>, next: Next) -> Response {
+pub(crate) async fn track(
+    State(state): State<Arc<AppState>>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let mut record = Record { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
+    let mut record =
+        Record { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
     let response = next.run(request).await;
     record.status = Some(response.status().as_u16());
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {

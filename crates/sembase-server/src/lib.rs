@@ -42,9 +42,9 @@ use axum::Router;
 use sembase_core::Embedder;
 
 pub use classify::HeadSpec;
-pub use search::IndexSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
 pub use openapi::openapi_json;
+pub use search::IndexSpec;
 
 use batcher::{Batcher, Linger};
 
@@ -181,9 +181,15 @@ impl Server {
     /// A server with no models yet.
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
-        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let started_unix =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Ok(Self {
-            state: Arc::new(AppState { config, metrics: Arc::new(Metrics::default()), models: OnceLock::new(), started_unix }),
+            state: Arc::new(AppState {
+                config,
+                metrics: Arc::new(Metrics::default()),
+                models: OnceLock::new(),
+                started_unix,
+            }),
         })
     }
 
@@ -195,7 +201,11 @@ impl Server {
 
     /// [`set_models`](Self::set_models), plus what is served on top of the models;
     /// an attachment whose model is not among `models` is refused and nothing is installed.
-    pub fn set_models_with(&self, models: Vec<ModelSpec>, attachments: Attachments) -> Result<(), ServerError> {
+    pub fn set_models_with(
+        &self,
+        models: Vec<ModelSpec>,
+        attachments: Attachments,
+    ) -> Result<(), ServerError> {
         if models.is_empty() {
             return Err(ServerError::NoModels);
         }
@@ -214,7 +224,12 @@ impl Server {
         for spec in models {
             let metrics = self.state.metrics.model(spec.embedder.name());
             let linger = Linger { max: self.state.config.max_batch_wait, gap: BATCH_ARRIVAL_GAP };
-            let batcher = Batcher::start(spec.embedder.clone(), self.state.config.max_batch_tokens, linger, metrics)?;
+            let batcher = Batcher::start(
+                spec.embedder.clone(),
+                self.state.config.max_batch_tokens,
+                linger,
+                metrics,
+            )?;
             list.push(ServedModel {
                 embedder: spec.embedder,
                 prompts: spec.prompts,
@@ -222,7 +237,10 @@ impl Server {
                 batcher,
             });
         }
-        self.state.models.set(Models { list, by_name, heads, indexes }).map_err(|_| ServerError::AlreadyLoaded)
+        self.state
+            .models
+            .set(Models { list, by_name, heads, indexes })
+            .map_err(|_| ServerError::AlreadyLoaded)
     }
 
     /// True once models are set.
@@ -242,14 +260,22 @@ impl Server {
             .route("/v1/embeddings", post(handlers::embeddings))
             .route("/v1/classify", post(classify::classify))
             .route("/v1/search", post(search::search))
-            .route("/v1/indexes/{name}/documents", post(search::upsert_documents).delete(search::delete_documents))
+            .route(
+                "/v1/indexes/{name}/documents",
+                post(search::upsert_documents).delete(search::delete_documents),
+            )
             .route("/tokenize", post(handlers::tokenize))
-            .route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::limit_concurrency));
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                handlers::limit_concurrency,
+            ));
         let listing = Router::new()
             .route("/v1/models", get(handlers::list_models))
             .route("/v1/models/{model}", get(handlers::get_model));
-        let protected =
-            work.merge(listing).route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::require_api_key));
+        let protected = work.merge(listing).route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::require_api_key,
+        ));
         let open = Router::new()
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))

@@ -6,11 +6,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Latency buckets in seconds.
-const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const SECONDS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Batch sizes in sequences.
-const SEQUENCES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const SEQUENCES: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 /// Batch sizes in tokens.
-const TOKENS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0];
+const TOKENS: &[f64] =
+    &[16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0];
 
 /// A histogram with fixed upper bounds.
 #[derive(Debug, Clone)]
@@ -150,33 +153,70 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        header(&mut out, "sembase_http_requests_total", "counter", "HTTP requests by route and status (499: the client left first).");
+        header(
+            &mut out,
+            "sembase_http_requests_total",
+            "counter",
+            "HTTP requests by route and status (499: the client left first).",
+        );
         for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "sembase_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+            let _ = writeln!(
+                out,
+                "sembase_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                escape(route)
+            );
         }
-        header(&mut out, "sembase_http_request_duration_seconds", "histogram", "Time from request to response, by route.");
+        header(
+            &mut out,
+            "sembase_http_request_duration_seconds",
+            "histogram",
+            "Time from request to response, by route.",
+        );
         for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            h.write(&mut out, "sembase_http_request_duration_seconds", &format!("route=\"{}\"", escape(route)));
+            h.write(
+                &mut out,
+                "sembase_http_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+            );
         }
-        header(&mut out, "sembase_requests_in_flight", "gauge", "Requests being handled inside the concurrency limit.");
-        let _ = writeln!(out, "sembase_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "sembase_requests_in_flight",
+            "gauge",
+            "Requests being handled inside the concurrency limit.",
+        );
+        let _ =
+            writeln!(out, "sembase_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed));
 
         let models = self.models.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let labels: Vec<(String, &Arc<ModelMetrics>)> =
             models.iter().map(|(name, m)| (format!("model=\"{}\"", escape(name)), m)).collect();
         type Read = fn(&ModelMetrics) -> u64;
         let scalars: [(&str, &str, &str, Read); 5] = [
-            ("sembase_queue_depth", "gauge", "Requests waiting for the model.", |m| m.queue_depth.load(Ordering::Relaxed) as u64),
-            ("sembase_queue_tokens", "gauge", "Tokens of the requests waiting for the model.", |m| {
-                m.queue_tokens.load(Ordering::Relaxed) as u64
+            ("sembase_queue_depth", "gauge", "Requests waiting for the model.", |m| {
+                m.queue_depth.load(Ordering::Relaxed) as u64
             }),
-            ("sembase_embedded_tokens_total", "counter", "Tokens embedded (after truncation, special tokens included).", |m| {
-                m.tokens_total.load(Ordering::Relaxed)
+            (
+                "sembase_queue_tokens",
+                "gauge",
+                "Tokens of the requests waiting for the model.",
+                |m| m.queue_tokens.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "sembase_embedded_tokens_total",
+                "counter",
+                "Tokens embedded (after truncation, special tokens included).",
+                |m| m.tokens_total.load(Ordering::Relaxed),
+            ),
+            ("sembase_embedded_inputs_total", "counter", "Inputs embedded.", |m| {
+                m.inputs_total.load(Ordering::Relaxed)
             }),
-            ("sembase_embedded_inputs_total", "counter", "Inputs embedded.", |m| m.inputs_total.load(Ordering::Relaxed)),
-            ("sembase_dropped_requests_total", "counter", "Queued requests dropped because the client disconnected.", |m| {
-                m.dropped_total.load(Ordering::Relaxed)
-            }),
+            (
+                "sembase_dropped_requests_total",
+                "counter",
+                "Queued requests dropped because the client disconnected.",
+                |m| m.dropped_total.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, read) in scalars {
             header(&mut out, name, kind, help);
@@ -190,7 +230,11 @@ impl Metrics {
             ("sembase_batch_tokens", "Tokens per merged batch.", |h| &h.batch_tokens),
             ("sembase_batch_requests", "Requests merged into one batch.", |h| &h.batch_requests),
             ("sembase_batch_seconds", "Model time per merged batch.", |h| &h.forward_seconds),
-            ("sembase_queue_wait_seconds", "Time a request waited before its batch started.", |h| &h.queue_seconds),
+            (
+                "sembase_queue_wait_seconds",
+                "Time a request waited before its batch started.",
+                |h| &h.queue_seconds,
+            ),
         ];
         for (name, help, pick) in histograms {
             header(&mut out, name, "histogram", help);

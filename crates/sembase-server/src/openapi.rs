@@ -6,13 +6,18 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Health,
-    ModelList, ModelObject, TokenizeInputs, TokenizeRequest, Usage,
+    EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse,
+    EncodingFormat, Health, ModelList, ModelObject, TokenizeInputs, TokenizeRequest, Usage,
 };
-use crate::classify::{self, Classification, ClassifyRequest, ClassifyResponse, HeadOutput, Strings};
+use crate::classify::{
+    self, Classification, ClassifyRequest, ClassifyResponse, HeadOutput, Strings,
+};
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::handlers;
-use crate::search::{self, DeleteRequest, QueryHits, SearchHit, SearchRequest, SearchResponse, UpsertRequest, WriteResponse};
+use crate::search::{
+    self, DeleteRequest, QueryHits, SearchHit, SearchRequest, SearchResponse, UpsertRequest,
+    WriteResponse,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -70,12 +75,17 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
 /// The OpenAPI document as JSON text (built once).
 pub fn openapi_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")))
+    DOC.get_or_init(|| {
+        ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    })
 }

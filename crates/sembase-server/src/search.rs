@@ -17,7 +17,9 @@ use utoipa::ToSchema;
 
 use crate::api::{EmbeddingInput, SchemaStatus, Usage};
 use crate::error::{ApiError, ServerError};
-use crate::handlers::{check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult};
+use crate::handlers::{
+    check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
+};
 use crate::{AppState, ModelSpec, Models};
 
 /// Hits per query a request may ask for.
@@ -55,18 +57,27 @@ impl Indexes {
     pub(crate) fn bind(specs: Vec<IndexSpec>, models: &[ModelSpec]) -> Result<Self, ServerError> {
         let mut indexes = Indexes::default();
         for spec in specs {
-            let refuse = |message: String| ServerError::Config(format!("index `{}`: {message}", spec.name));
+            let refuse =
+                |message: String| ServerError::Config(format!("index `{}`: {message}", spec.name));
             if spec.name.is_empty() || indexes.by_name.contains_key(&spec.name) {
                 return Err(refuse("index names must be non-empty and unique".into()));
             }
             let served: Vec<&str> = models.iter().map(|m| m.embedder.name()).collect();
-            let model = served
-                .iter()
-                .position(|&n| n == spec.model)
-                .ok_or_else(|| refuse(format!("its model `{}` is not served (served: {})", spec.model, served.join(", "))))?;
+            let model = served.iter().position(|&n| n == spec.model).ok_or_else(|| {
+                refuse(format!(
+                    "its model `{}` is not served (served: {})",
+                    spec.model,
+                    served.join(", ")
+                ))
+            })?;
             let settings = spec.index.settings().clone();
             if settings.dimensions > models[model].embedder.dimension() {
-                return Err(refuse(format!("it holds {}-dimensional vectors; model `{}` gives {}", settings.dimensions, spec.model, models[model].embedder.dimension())));
+                return Err(refuse(format!(
+                    "it holds {}-dimensional vectors; model `{}` gives {}",
+                    settings.dimensions,
+                    spec.model,
+                    models[model].embedder.dimension()
+                )));
             }
             indexes.by_name.insert(spec.name.clone(), indexes.list.len());
             indexes.list.push(ServedIndex {
@@ -85,21 +96,38 @@ impl Indexes {
         self.by_name.get(name).map(|&i| &self.list[i]).ok_or_else(|| {
             let mut names: Vec<&str> = self.list.iter().map(|i| i.name.as_str()).collect();
             names.sort_unstable();
-            let known = if names.is_empty() { "none; start the server with --index NAME=DIR".to_string() } else { names.join(", ") };
-            ApiError::not_found(format!("The index `{name}` does not exist on this server; it serves: {known}")).param("index").code("index_not_found")
+            let known = if names.is_empty() {
+                "none; start the server with --index NAME=DIR".to_string()
+            } else {
+                names.join(", ")
+            };
+            ApiError::not_found(format!(
+                "The index `{name}` does not exist on this server; it serves: {known}"
+            ))
+            .param("index")
+            .code("index_not_found")
         })
     }
 }
 
 impl ServedIndex {
     /// Unit vectors of `texts` with `prefix`, at the index's width, through the model's queue.
-    async fn embed(&self, state: &AppState, models: &Models, texts: Vec<String>, prefix: Option<String>, param: &str) -> AppResult<Embeddings> {
+    async fn embed(
+        &self,
+        state: &AppState,
+        models: &Models,
+        texts: Vec<String>,
+        prefix: Option<String>,
+        param: &str,
+    ) -> AppResult<Embeddings> {
         let model = &models.list[self.model];
         let input = EmbeddingInput::Texts(texts);
         check_inputs(&input, state.config.max_inputs).map_err(|e| e.param(param))?;
         let large = tokenize_off_runtime(&input);
         let (embedder, truncate) = (model.embedder.clone(), state.config.truncate);
-        let (pieces, cost) = cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate)).await??;
+        let (pieces, cost) =
+            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
+                .await??;
         let dimensions = (self.dimensions < model.embedder.dimension()).then_some(self.dimensions);
         let mut embeddings = model.run(pieces, cost, dimensions).await?;
         embeddings.vectors.iter_mut().for_each(|v| sembase_core::vectors::normalize(v));
@@ -180,21 +208,39 @@ pub struct SearchHit {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn search(State(state): State<Arc<AppState>>, request: Request) -> AppResult<Response> {
-    let (request, models): (SearchRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+pub(crate) async fn search(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (SearchRequest, _) =
+        read_json(&state, request, SchemaStatus::BadRequest).await?;
     let served = models.indexes.get(&request.index)?;
     let queries = match (request.query, request.queries) {
         (Some(q), None) => vec![q],
         (None, Some(qs)) if !qs.is_empty() => qs,
         (None, Some(_)) => return Err(ApiError::bad_request("'queries' is empty").param("queries")),
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give 'query' or 'queries', not both").param("query")),
-        (None, None) => return Err(ApiError::bad_request("give 'query' (a text) or 'queries' (texts)").param("query")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give 'query' or 'queries', not both").param("query"))
+        }
+        (None, None) => {
+            return Err(
+                ApiError::bad_request("give 'query' (a text) or 'queries' (texts)").param("query")
+            )
+        }
     };
     if request.top_k == 0 || request.top_k > MAX_TOP_K {
-        return Err(ApiError::bad_request(format!("'top_k' must be within 1..={MAX_TOP_K}")).param("top_k"));
+        return Err(
+            ApiError::bad_request(format!("'top_k' must be within 1..={MAX_TOP_K}")).param("top_k")
+        );
     }
-    let filter = request.filter.map(Filter::new).transpose().map_err(|e| ApiError::bad_request(e.to_string()).param("filter"))?;
-    let embeddings = served.embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries").await?;
+    let filter = request
+        .filter
+        .map(Filter::new)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()).param("filter"))?;
+    let embeddings = served
+        .embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries")
+        .await?;
     let tokens = embeddings.total_tokens();
     let (index, top_k) = (served.index.clone(), request.top_k);
     let found = cpu(true, move || {
@@ -208,10 +254,16 @@ pub(crate) async fn search(State(state): State<Arc<AppState>>, request: Request)
         .zip(found)
         .map(|(query, hits)| QueryHits {
             query,
-            hits: hits.into_iter().map(|h| SearchHit { id: h.id, score: h.score, text: h.text, metadata: h.metadata }).collect(),
+            hits: hits
+                .into_iter()
+                .map(|h| SearchHit { id: h.id, score: h.score, text: h.text, metadata: h.metadata })
+                .collect(),
         })
         .collect();
-    Ok(json(&SearchResponse { results, usage: Usage { prompt_tokens: tokens, total_tokens: tokens } }))
+    Ok(json(&SearchResponse {
+        results,
+        usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+    }))
 }
 
 /// `POST /v1/indexes/{name}/documents` body.
@@ -250,8 +302,13 @@ pub struct WriteResponse {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn upsert_documents(State(state): State<Arc<AppState>>, Path(name): Path<String>, request: Request) -> AppResult<Response> {
-    let (request, models): (UpsertRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+pub(crate) async fn upsert_documents(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (UpsertRequest, _) =
+        read_json(&state, request, SchemaStatus::BadRequest).await?;
     let served = models.indexes.get(&name)?;
     if request.documents.is_empty() {
         return Err(ApiError::bad_request("'documents' is empty").param("documents"));
@@ -260,17 +317,26 @@ pub(crate) async fn upsert_documents(State(state): State<Arc<AppState>>, Path(na
         .documents
         .iter()
         .enumerate()
-        .map(|(i, d)| CorpusDoc::from_json(d).map_err(|m| ApiError::bad_request(format!("documents[{i}]: {m}")).param("documents")))
+        .map(|(i, d)| {
+            CorpusDoc::from_json(d).map_err(|m| {
+                ApiError::bad_request(format!("documents[{i}]: {m}")).param("documents")
+            })
+        })
         .collect::<AppResult<_>>()?;
     let texts = docs.iter().map(CorpusDoc::embed_text).collect();
-    let embeddings = served.embed(&state, models, texts, served.document_prefix.clone(), "documents").await?;
-    let docs: Vec<Document> = docs.into_iter().zip(embeddings.vectors).map(|(d, v)| d.into_document(v)).collect();
+    let embeddings =
+        served.embed(&state, models, texts, served.document_prefix.clone(), "documents").await?;
+    let docs: Vec<Document> =
+        docs.into_iter().zip(embeddings.vectors).map(|(d, v)| d.into_document(v)).collect();
     let changed = docs.len();
     write(served, move |index| index.store_mut().upsert(&docs).map(|()| changed)).await
 }
 
 /// Runs a write on the blocking pool under the index's write lock.
-async fn write(served: &ServedIndex, change: impl FnOnce(&mut Index) -> sembase_index::Result<usize> + Send + 'static) -> AppResult<Response> {
+async fn write(
+    served: &ServedIndex,
+    change: impl FnOnce(&mut Index) -> sembase_index::Result<usize> + Send + 'static,
+) -> AppResult<Response> {
     let index = served.index.clone();
     let answer = cpu(true, move || {
         let mut index = index.write().unwrap_or_else(|p| p.into_inner());
@@ -294,7 +360,12 @@ async fn write(served: &ServedIndex, change: impl FnOnce(&mut Index) -> sembase_
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn delete_documents(State(state): State<Arc<AppState>>, Path(name): Path<String>, request: Request) -> AppResult<Response> {
-    let (request, models): (DeleteRequest, _) = read_json(&state, request, SchemaStatus::BadRequest).await?;
+pub(crate) async fn delete_documents(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> AppResult<Response> {
+    let (request, models): (DeleteRequest, _) =
+        read_json(&state, request, SchemaStatus::BadRequest).await?;
     write(models.indexes.get(&name)?, move |index| index.store_mut().delete(&request.ids)).await
 }

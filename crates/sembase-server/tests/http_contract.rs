@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use common::*;
-use serde_json::json;
 use sembase_server::{ModelSpec, ServerConfig};
+use serde_json::json;
 
 fn config() -> ServerConfig {
     ServerConfig::default()
@@ -18,7 +18,8 @@ fn config() -> ServerConfig {
 fn a_string_input_answers_openai_s_shape() {
     let model = FakeModel::new("fake", 8, 16);
     let server = TestServer::fake(config(), &model);
-    let reply = server.post_json("/v1/embeddings", &json!({"input": "hello world", "model": "fake"}));
+    let reply =
+        server.post_json("/v1/embeddings", &json!({"input": "hello world", "model": "fake"}));
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let body = reply.json();
@@ -65,7 +66,8 @@ fn base64_is_little_endian_f32_of_the_float_answer() {
     let model = FakeModel::new("fake", 8, 16);
     let server = TestServer::fake(config(), &model);
     for dimensions in [None, Some(3)] {
-        let mut request = json!({"input": ["hello there", "bye"], "model": "fake", "encoding_format": "base64"});
+        let mut request =
+            json!({"input": ["hello there", "bye"], "model": "fake", "encoding_format": "base64"});
         if let Some(d) = dimensions {
             request["dimensions"] = json!(d);
         }
@@ -75,7 +77,8 @@ fn base64_is_little_endian_f32_of_the_float_answer() {
         for (i, text) in ["hello there", "bye"].iter().enumerate() {
             let encoded = body["data"][i]["embedding"].as_str().expect("a base64 string");
             let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
-            let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let decoded: Vec<f32> =
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             let expected = model.expected(text, dimensions);
             assert_eq!(decoded.len(), dimensions.unwrap_or(8));
             assert_close(&decoded, &expected, "base64");
@@ -88,7 +91,8 @@ fn dimensions_truncate_and_renormalise() {
     let model = FakeModel::new("fake", 8, 16);
     let server = TestServer::fake(config(), &model);
     for d in [1, 5, 8] {
-        let reply = server.post_json("/v1/embeddings", &json!({"input": "some words here", "dimensions": d}));
+        let reply = server
+            .post_json("/v1/embeddings", &json!({"input": "some words here", "dimensions": d}));
         let v = &vectors(&reply)[0];
         assert_eq!(v.len(), d);
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -97,10 +101,19 @@ fn dimensions_truncate_and_renormalise() {
     }
     for d in [0, 9, 100000] {
         let reply = server.post_json("/v1/embeddings", &json!({"input": "x", "dimensions": d}));
-        reply.assert_error(400, "invalid_request_error", Some("dimensions"), None, &format!("dimensions {d}"));
+        reply.assert_error(
+            400,
+            "invalid_request_error",
+            Some("dimensions"),
+            None,
+            &format!("dimensions {d}"),
+        );
     }
     // null is the same as leaving it out
-    let reply = server.post_json("/v1/embeddings", &json!({"input": "x", "dimensions": null, "encoding_format": null, "user": "u-1"}));
+    let reply = server.post_json(
+        "/v1/embeddings",
+        &json!({"input": "x", "dimensions": null, "encoding_format": null, "user": "u-1"}),
+    );
     assert_eq!(vectors(&reply)[0].len(), 8);
 }
 
@@ -108,26 +121,43 @@ fn dimensions_truncate_and_renormalise() {
 fn requests_are_routed_by_model_and_the_first_is_the_default() {
     let small = FakeModel::new("small", 4, 16);
     let large = FakeModel::new("large", 12, 16);
-    let server = TestServer::start(config(), vec![ModelSpec::new(small.clone()), ModelSpec::new(large.clone())]);
+    let server = TestServer::start(
+        config(),
+        vec![ModelSpec::new(small.clone()), ModelSpec::new(large.clone())],
+    );
     let reply = server.post_json("/v1/embeddings", &json!({"input": "hi", "model": "large"}));
     assert_eq!(reply.json()["model"], "large");
     assert_close(&vectors(&reply)[0], &large.expected("hi", None), "large");
     let reply = server.post_json("/v1/embeddings", &json!({"input": "hi"}));
     assert_eq!(reply.json()["model"], "small");
     assert_close(&vectors(&reply)[0], &small.expected("hi", None), "default");
-    let reply = server.post_json("/v1/embeddings", &json!({"input": "hi", "model": "text-embedding-3-small"}));
-    reply.assert_error(404, "invalid_request_error", Some("model"), Some("model_not_found"), "unknown model");
+    let reply = server
+        .post_json("/v1/embeddings", &json!({"input": "hi", "model": "text-embedding-3-small"}));
+    reply.assert_error(
+        404,
+        "invalid_request_error",
+        Some("model"),
+        Some("model_not_found"),
+        "unknown model",
+    );
 
     let listing = server.get("/v1/models").json();
     assert_eq!(listing["object"], "list");
-    let ids: Vec<&str> = listing["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        listing["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["small", "large"]);
     assert_eq!(listing["data"][1]["object"], "model");
     assert_eq!(listing["data"][1]["owned_by"], "sembase");
     assert_eq!(listing["data"][1]["dimension"], 12);
     let one = server.get("/v1/models/large");
     assert_eq!(one.json()["id"], "large");
-    server.get("/v1/models/nope").assert_error(404, "invalid_request_error", Some("model"), Some("model_not_found"), "retrieve");
+    server.get("/v1/models/nope").assert_error(
+        404,
+        "invalid_request_error",
+        Some("model"),
+        Some("model_not_found"),
+        "retrieve",
+    );
     let health = server.get("/health");
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["models"], json!(["small", "large"]));
@@ -138,17 +168,22 @@ fn prompts_are_put_before_texts_and_unknown_ones_are_refused() {
     let model = FakeModel::new("e5", 8, 32);
     let spec = ModelSpec {
         embedder: model.clone(),
-        prompts: HashMap::from([("query".to_string(), "query: ".to_string()), ("passage".to_string(), "passage: ".to_string())]),
+        prompts: HashMap::from([
+            ("query".to_string(), "query: ".to_string()),
+            ("passage".to_string(), "passage: ".to_string()),
+        ]),
         default_prompt: Some("passage: ".to_string()),
     };
     let server = TestServer::start(config(), vec![spec]);
-    let reply = server.post_json("/v1/embeddings", &json!({"input": "how tall", "prompt_name": "query"}));
+    let reply =
+        server.post_json("/v1/embeddings", &json!({"input": "how tall", "prompt_name": "query"}));
     assert_close(&vectors(&reply)[0], &model.expected("query: how tall", None), "named prompt");
     let reply = server.post_json("/v1/embeddings", &json!({"input": "how tall"}));
     assert_close(&vectors(&reply)[0], &model.expected("passage: how tall", None), "default prompt");
     let reply = server.post_json("/v1/embeddings", &json!({"input": "x", "prompt_name": "title"}));
     reply.assert_error(400, "invalid_request_error", Some("prompt_name"), None, "unknown prompt");
-    let tokens = server.post_json("/tokenize", &json!({"inputs": "how tall", "prompt_name": "query"}));
+    let tokens =
+        server.post_json("/tokenize", &json!({"inputs": "how tall", "prompt_name": "query"}));
     assert_eq!(tokens.json(), json!([FakeModel::ids("query: how tall")]));
 }
 
@@ -174,10 +209,27 @@ fn no_truncate_refuses_over_long_inputs_naming_the_index() {
     let server = TestServer::fake(ServerConfig { truncate: false, ..config() }, &model);
     let long = "w1 w2 w3 w4 w5 w6 w7 w8 w9";
     let reply = server.post_json("/v1/embeddings", &json!({"input": ["ok", "fine", long]}));
-    reply.assert_error(400, "invalid_request_error", Some("input"), Some("input_too_long"), "long text");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().starts_with("input 2 has 11 tokens"), "{}", reply.text());
-    let reply = server.post_json("/v1/embeddings", &json!({"input": [[1, 2], [1, 2, 3, 4, 5, 6, 7]]}));
-    reply.assert_error(400, "invalid_request_error", Some("input"), Some("input_too_long"), "long ids");
+    reply.assert_error(
+        400,
+        "invalid_request_error",
+        Some("input"),
+        Some("input_too_long"),
+        "long text",
+    );
+    assert!(
+        reply.json()["error"]["message"].as_str().unwrap().starts_with("input 2 has 11 tokens"),
+        "{}",
+        reply.text()
+    );
+    let reply =
+        server.post_json("/v1/embeddings", &json!({"input": [[1, 2], [1, 2, 3, 4, 5, 6, 7]]}));
+    reply.assert_error(
+        400,
+        "invalid_request_error",
+        Some("input"),
+        Some("input_too_long"),
+        "long ids",
+    );
     assert!(reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 7 tokens"));
     let reply = server.post_json("/v1/embeddings", &json!({"input": ["w1 w2 w3 w4"]}));
     assert_eq!(reply.status, 200, "at the limit is fine");
@@ -189,21 +241,32 @@ fn token_ids_outside_the_vocabulary_fail_only_their_request() {
     let server = TestServer::fake(config(), &model);
     let reply = server.post_json("/v1/embeddings", &json!({"input": [[1, 2], [3, 99999]]}));
     reply.assert_error(400, "invalid_request_error", Some("input"), None, "bad id");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("input 1 has token id 99999"), "{}", reply.text());
+    assert!(
+        reply.json()["error"]["message"].as_str().unwrap().contains("input 1 has token id 99999"),
+        "{}",
+        reply.text()
+    );
     assert_eq!(server.post_json("/v1/embeddings", &json!({"input": [5, 6]})).status, 200);
 }
 
 #[test]
 fn api_key_guards_v1_and_tokenize_but_not_health_or_metrics() {
     let model = FakeModel::new("fake", 8, 16);
-    let server = TestServer::fake(ServerConfig { api_key: Some("s3cret".into()), ..config() }, &model);
+    let server =
+        TestServer::fake(ServerConfig { api_key: Some("s3cret".into()), ..config() }, &model);
     let body = json!({"input": "hi"}).to_string();
     let post = |headers: &[(&str, &str)], path: &str| {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
         request(server.addr, "POST", path, &all, body.as_bytes())
     };
-    post(&[], "/v1/embeddings").assert_error(401, "invalid_request_error", None, Some("invalid_api_key"), "missing");
+    post(&[], "/v1/embeddings").assert_error(
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+        "missing",
+    );
     post(&[("Authorization", "Bearer nope")], "/v1/embeddings").assert_error(
         401,
         "invalid_request_error",
@@ -211,11 +274,30 @@ fn api_key_guards_v1_and_tokenize_but_not_health_or_metrics() {
         Some("invalid_api_key"),
         "wrong",
     );
-    post(&[("Authorization", "Basic s3cret")], "/v1/embeddings").assert_error(401, "invalid_request_error", None, Some("invalid_api_key"), "scheme");
+    post(&[("Authorization", "Basic s3cret")], "/v1/embeddings").assert_error(
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+        "scheme",
+    );
     assert_eq!(post(&[("Authorization", "Bearer s3cret")], "/v1/embeddings").status, 200);
-    post(&[], "/tokenize").assert_error(401, "invalid_request_error", None, Some("invalid_api_key"), "tokenize");
-    server.get("/v1/models").assert_error(401, "invalid_request_error", None, Some("invalid_api_key"), "models");
-    let reply = request(server.addr, "GET", "/v1/models", &[("Authorization", "Bearer s3cret")], b"");
+    post(&[], "/tokenize").assert_error(
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+        "tokenize",
+    );
+    server.get("/v1/models").assert_error(
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+        "models",
+    );
+    let reply =
+        request(server.addr, "GET", "/v1/models", &[("Authorization", "Bearer s3cret")], b"");
     assert_eq!(reply.status, 200);
     assert_eq!(server.get("/health").status, 200);
     assert_eq!(server.get("/metrics").status, 200);
@@ -231,8 +313,20 @@ fn tokenize_answers_ids_per_input() {
     assert_eq!(reply.json(), json!([FakeModel::ids("a b c d e f")]), "not truncated");
     let reply = server.post_json("/tokenize", &json!({"inputs": ["a", "b c"]}));
     assert_eq!(reply.json(), json!([FakeModel::ids("a"), FakeModel::ids("b c")]));
-    server.post_json("/tokenize", &json!({"inputs": []})).assert_error(422, "invalid_request_error", Some("inputs"), None, "empty");
-    server.post_json("/tokenize", &json!({"inputs": 5})).assert_error(422, "invalid_request_error", Some("inputs"), None, "type");
+    server.post_json("/tokenize", &json!({"inputs": []})).assert_error(
+        422,
+        "invalid_request_error",
+        Some("inputs"),
+        None,
+        "empty",
+    );
+    server.post_json("/tokenize", &json!({"inputs": 5})).assert_error(
+        422,
+        "invalid_request_error",
+        Some("inputs"),
+        None,
+        "type",
+    );
     server.post_json("/tokenize", &json!({"inputs": "a", "model": "x"})).assert_error(
         404,
         "invalid_request_error",
@@ -280,7 +374,10 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "TYPE twice: {line}");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") || line.is_empty() {
@@ -288,14 +385,22 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
         }
         assert!(!line.starts_with('#'), "stray comment {line}");
         let (series, value) = line.rsplit_once(' ').expect("sample has a value");
-        let value: f64 = if value == "+Inf" { f64::INFINITY } else { value.parse().unwrap_or_else(|_| panic!("value in {line}")) };
+        let value: f64 = if value == "+Inf" {
+            f64::INFINITY
+        } else {
+            value.parse().unwrap_or_else(|_| panic!("value in {line}"))
+        };
         let name = series.split('{').next().unwrap();
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "name in {line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "name in {line}"
+        );
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
                 assert!(labels.starts_with('{') && labels.ends_with('}'), "labels in {line}");
                 for pair in labels[1..labels.len() - 1].split("\",") {
-                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("label in {line}"));
+                    let (k, v) =
+                        pair.split_once("=\"").unwrap_or_else(|| panic!("label in {line}"));
                     assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
                     assert!(!v.trim_end_matches('"').contains('"') || v.contains("\\\""), "{line}");
                 }
@@ -303,7 +408,10 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
         }
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|base| types.get(*base).map(String::as_str) == Some("histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|base| types.get(*base).map(String::as_str) == Some("histogram"))
+            })
             .unwrap_or(name);
         assert!(types.contains_key(family), "sample of an undeclared family: {line}");
         samples.insert(series.to_string(), value);
@@ -324,11 +432,24 @@ fn metrics_text_parses_and_counts_what_happened() {
     assert_eq!(reply.status, 200);
     assert!(reply.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let samples = parse_prometheus(&reply.text());
-    assert_eq!(samples["sembase_http_requests_total{route=\"/v1/embeddings\",status=\"200\"}"], 3.0);
-    assert_eq!(samples["sembase_http_requests_total{route=\"/v1/embeddings\",status=\"400\"}"], 1.0);
+    assert_eq!(
+        samples["sembase_http_requests_total{route=\"/v1/embeddings\",status=\"200\"}"],
+        3.0
+    );
+    assert_eq!(
+        samples["sembase_http_requests_total{route=\"/v1/embeddings\",status=\"400\"}"],
+        1.0
+    );
     assert_eq!(samples["sembase_http_requests_total{route=\"unmatched\",status=\"404\"}"], 1.0);
-    assert_eq!(samples["sembase_http_request_duration_seconds_count{route=\"/v1/embeddings\"}"], 4.0);
-    assert_eq!(samples["sembase_http_request_duration_seconds_bucket{route=\"/v1/embeddings\",le=\"+Inf\"}"], 4.0);
+    assert_eq!(
+        samples["sembase_http_request_duration_seconds_count{route=\"/v1/embeddings\"}"],
+        4.0
+    );
+    assert_eq!(
+        samples
+            ["sembase_http_request_duration_seconds_bucket{route=\"/v1/embeddings\",le=\"+Inf\"}"],
+        4.0
+    );
     assert_eq!(samples["sembase_embedded_tokens_total{model=\"fake\"}"], 3.0 * (4.0 + 3.0));
     assert_eq!(samples["sembase_embedded_inputs_total{model=\"fake\"}"], 6.0);
     assert_eq!(samples["sembase_batch_sequences_sum{model=\"fake\"}"], 6.0);

@@ -11,7 +11,12 @@ use crate::trainable::TrainableModel;
 use crate::trainer::TrainState;
 
 /// Writes a checkpoint directory at `dir` (replacing an older one).
-pub fn save(dir: &Path, model: &TrainableModel, optimizer: &AdamW, state: &TrainState) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    model: &TrainableModel,
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> Result<()> {
     durable::replace_dir(dir, |tmp| {
         model.encoder_vars().save(tmp.join("encoder.safetensors"))?;
         for (i, dense) in model.dense_modules().iter().enumerate() {
@@ -26,8 +31,8 @@ pub fn save(dir: &Path, model: &TrainableModel, optimizer: &AdamW, state: &Train
 pub fn load(dir: &Path, model: &TrainableModel, optimizer: &mut AdamW) -> Result<TrainState> {
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", state_path.display())))?;
     // VarMap::load sets every variable from the file and fails on a missing one.
     let mut encoder_vars = model.encoder_vars().clone();
     encoder_vars.load(dir.join("encoder.safetensors"))?;

@@ -51,7 +51,10 @@ pub struct Example {
 /// for SimCSE; for the others the TSV formats of the data README.
 pub fn load_examples(objective: Objective, path: &Path) -> Result<Vec<Example>> {
     let examples: Vec<Example> = match objective {
-        Objective::SimCse => read_sentences(path)?.into_iter().map(|s| Example { texts: vec![s], score: 0.0 }).collect(),
+        Objective::SimCse => read_sentences(path)?
+            .into_iter()
+            .map(|s| Example { texts: vec![s], score: 0.0 })
+            .collect(),
         Objective::Pairs => load_pairs(path)?
             .into_iter()
             .filter(|p| p.label)
@@ -67,7 +70,11 @@ pub fn load_examples(objective: Objective, path: &Path) -> Result<Vec<Example>> 
             .collect(),
     };
     if examples.len() < 2 {
-        return Err(TrainError::Data(format!("{}: {} usable rows; training needs at least 2", path.display(), examples.len())));
+        return Err(TrainError::Data(format!(
+            "{}: {} usable rows; training needs at least 2",
+            path.display(),
+            examples.len()
+        )));
     }
     Ok(examples)
 }
@@ -78,7 +85,9 @@ fn read_sentences(path: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = std::str::from_utf8(line)
-            .map_err(|_| TrainError::Data(format!("{}:{}: not valid UTF-8", path.display(), i + 1)))?
+            .map_err(|_| {
+                TrainError::Data(format!("{}:{}: not valid UTF-8", path.display(), i + 1))
+            })?
             .trim_end_matches('\r');
         if !line.trim().is_empty() {
             out.push(line.to_string());
@@ -90,7 +99,12 @@ fn read_sentences(path: &Path) -> Result<Vec<String>> {
 /// The batches of one epoch: a seeded shuffle, cut into batches of `size`.
 /// With `distinct_texts`, a row whose text is already in the batch waits for a
 /// later batch, so no text is its own in-batch negative; a final short batch is kept.
-pub fn epoch_batches(examples: &[Example], size: usize, seed: u64, distinct_texts: bool) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    examples: &[Example],
+    size: usize,
+    seed: u64,
+    distinct_texts: bool,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     if !distinct_texts {
@@ -127,7 +141,8 @@ mod tests {
 
     #[test]
     fn batches_are_seeded_and_cover_every_row_once() {
-        let rows: Vec<Example> = (0..10).map(|i| ex(&[&format!("a{i}"), &format!("b{i}")])).collect();
+        let rows: Vec<Example> =
+            (0..10).map(|i| ex(&[&format!("a{i}"), &format!("b{i}")])).collect();
         let one = epoch_batches(&rows, 4, 7, true);
         assert_eq!(one, epoch_batches(&rows, 4, 7, true));
         assert_ne!(one, epoch_batches(&rows, 4, 8, true));
@@ -140,7 +155,8 @@ mod tests {
     fn duplicate_texts_are_kept_out_of_one_batch() {
         let rows = vec![ex(&["q", "x"]), ex(&["q", "y"]), ex(&["r", "z"]), ex(&["s", "x"])];
         for batch in epoch_batches(&rows, 4, 1, true) {
-            let mut texts: Vec<&str> = batch.iter().flat_map(|&i| rows[i].texts.iter().map(String::as_str)).collect();
+            let mut texts: Vec<&str> =
+                batch.iter().flat_map(|&i| rows[i].texts.iter().map(String::as_str)).collect();
             let n = texts.len();
             texts.sort_unstable();
             texts.dedup();

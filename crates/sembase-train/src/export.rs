@@ -6,9 +6,9 @@ use std::path::Path;
 use sembase_core::pooling::PoolingMode;
 
 use crate::error::{Result, TrainError};
-use sembase_embed::durable::{self, write_json};
 use crate::trainable::TrainableModel;
 use crate::trainer::TrainState;
+use sembase_embed::durable::{self, write_json};
 
 /// What the model card says about a run.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +46,11 @@ impl ModelCard {
 
     fn markdown(&self) -> String {
         let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-        let dims = if self.dims.is_empty() { "full width only".to_string() } else { format!("{:?}", self.dims) };
+        let dims = if self.dims.is_empty() {
+            "full width only".to_string()
+        } else {
+            format!("{:?}", self.dims)
+        };
         format!(
             "# Fine-tuned with sembase\n\n- Base model: `{}`\n- Objective: `{}`\n- Training data: `{}`\n- Matryoshka widths: {}\n\n\
              ## Hyper-parameters\n```json\n{}\n```\n\n## Run\n```json\n{}\n```\n\n\
@@ -74,7 +78,14 @@ fn copy_if_present(from: &Path, to: &Path, name: &str) -> Result<()> {
 pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Result<()> {
     let source = &model.source.path;
     durable::replace_dir(out, |dir| {
-        for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "sentencepiece.bpe.model"] {
+        for name in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "sentencepiece.bpe.model",
+        ] {
             copy_if_present(source, dir, name)?;
         }
         model.encoder_vars().save(dir.join("model.safetensors"))?;
@@ -82,7 +93,8 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
             module(0, "", "sentence_transformers.models.Transformer"),
             module(1, "1_Pooling", "sentence_transformers.models.Pooling"),
         ];
-        std::fs::create_dir(dir.join("1_Pooling")).map_err(|e| TrainError::io(dir.join("1_Pooling"), e))?;
+        std::fs::create_dir(dir.join("1_Pooling"))
+            .map_err(|e| TrainError::io(dir.join("1_Pooling"), e))?;
         write_json(&dir.join("1_Pooling/config.json"), &pooling_config(model))?;
         for (i, dense) in model.dense_modules().iter().enumerate() {
             let path = format!("{}_Dense", i + 2);
@@ -93,11 +105,18 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         }
         if model.normalizes() {
             let idx = modules.len();
-            modules.push(module(idx, &format!("{idx}_Normalize"), "sentence_transformers.models.Normalize"));
+            modules.push(module(
+                idx,
+                &format!("{idx}_Normalize"),
+                "sentence_transformers.models.Normalize",
+            ));
         }
         write_json(&dir.join("modules.json"), &modules)?;
         let max_seq_length = model.source.max_seq_length.unwrap_or(512);
-        write_json(&dir.join("sentence_bert_config.json"), &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}))?;
+        write_json(
+            &dir.join("sentence_bert_config.json"),
+            &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}),
+        )?;
         write_json(
             &dir.join("config_sentence_transformers.json"),
             &serde_json::json!({

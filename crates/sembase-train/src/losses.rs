@@ -35,7 +35,12 @@ fn diagonal_cross_entropy(logits: &Tensor) -> Result<Tensor> {
 /// SimCSE): anchor `i` must pick candidate `i` among all `candidates` (the
 /// positives, then any hard negatives). `symmetric` adds the loss of positives
 /// picking their anchor among all anchors.
-pub fn in_batch_negatives(anchors: &Tensor, candidates: &Tensor, scale: f64, symmetric: bool) -> Result<Tensor> {
+pub fn in_batch_negatives(
+    anchors: &Tensor,
+    candidates: &Tensor,
+    scale: f64,
+    symmetric: bool,
+) -> Result<Tensor> {
     let forward = diagonal_cross_entropy(&(cosine_matrix(anchors, candidates)? * scale)?)?;
     if !symmetric {
         return Ok(forward);
@@ -54,7 +59,8 @@ pub fn cosent(a: &Tensor, b: &Tensor, scores: &[f32], scale: f64) -> Result<Tens
     let cos = (cosine_rows(a, b)? * scale)?;
     // diff[i][j] = cos_j - cos_i
     let diff = cos.unsqueeze(0)?.broadcast_sub(&cos.unsqueeze(1)?)?;
-    let keep: Vec<f32> = (0..n * n).map(|k| if scores[k / n] > scores[k % n] { 0.0 } else { -1e12 }).collect();
+    let keep: Vec<f32> =
+        (0..n * n).map(|k| if scores[k / n] > scores[k % n] { 0.0 } else { -1e12 }).collect();
     let keep = Tensor::from_vec(keep, (n, n), a.device())?;
     let masked = (diff + keep)?.flatten_all()?;
     let with_zero = Tensor::cat(&[&Tensor::zeros(1, DType::F32, a.device())?, &masked], 0)?;
@@ -77,7 +83,8 @@ where
     }
     let mut total: Option<Tensor> = None;
     for &d in dims {
-        let cut = tensors.iter().map(|t| t.narrow(1, 0, d)).collect::<candle_core::Result<Vec<_>>>()?;
+        let cut =
+            tensors.iter().map(|t| t.narrow(1, 0, d)).collect::<candle_core::Result<Vec<_>>>()?;
         let l = loss(&cut)?;
         total = Some(match total {
             Some(t) => (t + l)?,
@@ -100,8 +107,14 @@ mod tests {
     #[test]
     fn in_batch_negatives_prefers_aligned_pairs() {
         let anchors = t(&[[1.0, 0.0], [0.0, 1.0]]);
-        let aligned = in_batch_negatives(&anchors, &t(&[[1.0, 0.1], [0.1, 1.0]]), 20.0, false).unwrap().to_scalar::<f32>().unwrap();
-        let crossed = in_batch_negatives(&anchors, &t(&[[0.1, 1.0], [1.0, 0.1]]), 20.0, false).unwrap().to_scalar::<f32>().unwrap();
+        let aligned = in_batch_negatives(&anchors, &t(&[[1.0, 0.1], [0.1, 1.0]]), 20.0, false)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let crossed = in_batch_negatives(&anchors, &t(&[[0.1, 1.0], [1.0, 0.1]]), 20.0, false)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(aligned < 0.01 && crossed > 10.0, "aligned {aligned}, crossed {crossed}");
     }
 
@@ -129,7 +142,9 @@ mod tests {
     #[test]
     fn matryoshka_sums_the_loss_over_widths() {
         let x = Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &Device::Cpu).unwrap();
-        let width_sum = |ts: &[Tensor]| -> Result<Tensor> { Ok(Tensor::new(ts[0].dim(1)? as f32, &Device::Cpu)?) };
+        let width_sum = |ts: &[Tensor]| -> Result<Tensor> {
+            Ok(Tensor::new(ts[0].dim(1)? as f32, &Device::Cpu)?)
+        };
         let total = matryoshka(&[&x], &[4, 2, 1], width_sum).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(total, 7.0);
     }

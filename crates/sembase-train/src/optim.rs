@@ -47,7 +47,10 @@ pub struct AdamW {
 
 /// Biases and layer-norm parameters get no weight decay (as sentence-transformers does).
 fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm") || name.ends_with("norm.weight"))
+    !(name.ends_with(".bias")
+        || name.contains("LayerNorm")
+        || name.contains("layer_norm")
+        || name.ends_with("norm.weight"))
 }
 
 /// Per-step constants of the update.
@@ -68,15 +71,19 @@ struct StepCoefficients {
 
 /// The AdamW update of one parameter, as torch.optim.AdamW computes it.
 fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], c: StepCoefficients) {
-    theta.par_iter_mut().zip(m.par_iter_mut()).zip(v.par_iter_mut()).zip(grad.par_iter()).with_min_len(4096).for_each(
-        |(((w, m), v), g)| {
+    theta
+        .par_iter_mut()
+        .zip(m.par_iter_mut())
+        .zip(v.par_iter_mut())
+        .zip(grad.par_iter())
+        .with_min_len(4096)
+        .for_each(|(((w, m), v), g)| {
             let g = g * c.grad_scale;
             *m = c.beta1 * *m + (1.0 - c.beta1) * g;
             *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
             let denom = v.sqrt() * c.inv_sqrt_bias2 + c.eps;
             *w = *w * c.keep - c.step_size * *m / denom;
-        },
-    );
+        });
 }
 
 impl Slot {
@@ -122,15 +129,26 @@ impl InplaceOp2 for InPlaceUpdate<'_> {
         "sembase-adamw"
     }
 
-    fn cpu_fwd(&self, theta: &mut CpuStorage, theta_layout: &Layout, grad: &CpuStorage, grad_layout: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        theta: &mut CpuStorage,
+        theta_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<()> {
         let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (theta, grad) else {
             candle_core::bail!("adamw: the parameter and its gradient must be f32");
         };
         let n = theta_layout.shape().elem_count();
-        let (Some((theta_start, _)), Some((grad_start, _))) = (theta_layout.contiguous_offsets(), grad_layout.contiguous_offsets()) else {
+        let (Some((theta_start, _)), Some((grad_start, _))) =
+            (theta_layout.contiguous_offsets(), grad_layout.contiguous_offsets())
+        else {
             candle_core::bail!("adamw: the parameter and its gradient must be contiguous");
         };
-        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("adamw: moments poisoned".into()))?;
+        let mut moments = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw: moments poisoned".into()))?;
         let (m, v) = &mut *moments;
         if grad_layout.shape().elem_count() != n || m.len() != n {
             candle_core::bail!("adamw: parameter, gradient and moments differ in size");
@@ -162,13 +180,18 @@ impl AdamW {
     /// applies one update with learning rate `lr`; parameters without a gradient
     /// are left alone. Returns the global norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, max_grad_norm: f64) -> Result<f64> {
-        let grads: Vec<Option<Tensor>> = self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
+        let grads: Vec<Option<Tensor>> =
+            self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
         let mut squares = 0.0;
         for grad in grads.iter().flatten() {
             squares += squared_norm(grad)?;
         }
         let norm = squares.sqrt();
-        let grad_scale = if norm > max_grad_norm && norm.is_finite() { max_grad_norm / (norm + 1e-6) } else { 1.0 };
+        let grad_scale = if norm > max_grad_norm && norm.is_finite() {
+            max_grad_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -205,18 +228,31 @@ impl AdamW {
     /// Restores what [`save`](Self::save) wrote; every slot must be present.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
-        let missing = |name: &str| TrainError::MissingWeight { path: path.to_path_buf(), name: name.to_string() };
+        let missing = |name: &str| TrainError::MissingWeight {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        };
         for s in &mut self.slots {
             for (key, moment) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let name = format!("{key}.{}", s.name);
-                let saved = tensors.remove(&name).ok_or_else(|| missing(&name))?.flatten_all()?.to_vec1::<f32>()?;
+                let saved = tensors
+                    .remove(&name)
+                    .ok_or_else(|| missing(&name))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
                 if saved.len() != moment.len() {
-                    return Err(TrainError::Config(format!("{}: {name} has {} values, the model {}", path.display(), saved.len(), moment.len())));
+                    return Err(TrainError::Config(format!(
+                        "{}: {name} has {} values, the model {}",
+                        path.display(),
+                        saved.len(),
+                        moment.len()
+                    )));
                 }
                 *moment = saved;
             }
         }
-        self.step = tensors.remove("step").ok_or_else(|| missing("step"))?.to_vec1::<u32>()?[0] as usize;
+        self.step =
+            tensors.remove("step").ok_or_else(|| missing("step"))?.to_vec1::<u32>()?[0] as usize;
         Ok(())
     }
 }
@@ -247,7 +283,10 @@ mod tests {
     fn adamw_first_step_moves_each_weight_by_lr_against_the_gradient_sign() {
         // With bias correction, the first Adam update is lr * g / (|g| + eps) = lr * sign(g).
         let w = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let loss = (w.as_tensor() * Tensor::new(&[3.0f32, -0.5], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap();
+        let loss = (w.as_tensor() * Tensor::new(&[3.0f32, -0.5], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let config = AdamWConfig { weight_decay: 0.0, ..Default::default() };
         let mut opt = AdamW::new(vec![("w.bias".into(), w.clone())], config).unwrap();
@@ -263,7 +302,10 @@ mod tests {
         // which for a constant gradient is lr * sign(g) each: clipping shows up in the
         // moments, which must hold the clipped gradient.
         let w = Var::new(&[0.0f32, 0.0], &Device::Cpu).unwrap();
-        let loss = (w.as_tensor() * Tensor::new(&[30.0f32, 40.0], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap();
+        let loss = (w.as_tensor() * Tensor::new(&[30.0f32, 40.0], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let config = AdamWConfig { weight_decay: 0.0, ..Default::default() };
         let mut opt = AdamW::new(vec![("w.bias".into(), w.clone())], config).unwrap();

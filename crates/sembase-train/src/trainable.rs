@@ -39,11 +39,17 @@ impl TrainableModel {
     pub fn load(dir: &Path, max_length: usize, project: Option<usize>) -> Result<Self> {
         let source = ModelDir::open(dir)?;
         let encoder_vars = VarMap::new();
-        let encoder = load_encoder(VarBuilder::from_varmap(&encoder_vars, DType::F32, &Device::Cpu), &source.config, &CpuInference::default())?;
+        let encoder = load_encoder(
+            VarBuilder::from_varmap(&encoder_vars, DType::F32, &Device::Cpu),
+            &source.config,
+            &CpuInference::default(),
+        )?;
         fill_vars(&encoder_vars, &source.weight_files)?;
         let limit = encoder.max_tokens().min(source.max_seq_length.unwrap_or(usize::MAX));
         if max_length == 0 || max_length > limit {
-            return Err(TrainError::Config(format!("--max-length {max_length} is outside 1..={limit}")));
+            return Err(TrainError::Config(format!(
+                "--max-length {max_length} is outside 1..={limit}"
+            )));
         }
         let mut width = source.pooling.output_dim(encoder.hidden_size());
         let (mut dense, mut normalize) = (Vec::new(), false);
@@ -62,7 +68,15 @@ impl TrainableModel {
         }
         let modules = dense.iter().map(|d| PostModule::Dense(d.module.clone())).collect();
         let pad_id = source.config.pad_token_id.unwrap_or(0);
-        let pipeline = SentencePipeline::new(&source.tokenizer_file, max_length, encoder, source.pooling.clone(), modules, pad_id, Device::Cpu)?;
+        let pipeline = SentencePipeline::new(
+            &source.tokenizer_file,
+            max_length,
+            encoder,
+            source.pooling.clone(),
+            modules,
+            pad_id,
+            Device::Cpu,
+        )?;
         Ok(Self { source, encoder_vars, pipeline, dense, normalize })
     }
 
@@ -100,7 +114,12 @@ impl TrainableModel {
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out: Vec<(String, Var)> = Vec::new();
         let prefixed = |prefix: &str, map: &VarMap| -> Vec<(String, Var)> {
-            map.data().lock().expect("var map lock").iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect()
+            map.data()
+                .lock()
+                .expect("var map lock")
+                .iter()
+                .map(|(k, v)| (format!("{prefix}.{k}"), v.clone()))
+                .collect()
         };
         out.extend(prefixed("encoder", &self.encoder_vars));
         for (i, d) in self.dense.iter().enumerate() {
@@ -124,18 +143,38 @@ impl TrainableModel {
     /// An inference copy of the current weights (the fast CPU kernels, no gradients).
     pub fn snapshot(&self, name: &str) -> Result<LocalEmbedder> {
         let frozen = |map: &VarMap| -> std::collections::HashMap<String, Tensor> {
-            map.data().lock().expect("var map lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+            map.data()
+                .lock()
+                .expect("var map lock")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect()
         };
-        let encoder = load_encoder(VarBuilder::from_tensors(frozen(&self.encoder_vars), DType::F32, &Device::Cpu), &self.source.config, &CpuInference::default())?;
+        let encoder = load_encoder(
+            VarBuilder::from_tensors(frozen(&self.encoder_vars), DType::F32, &Device::Cpu),
+            &self.source.config,
+            &CpuInference::default(),
+        )?;
         let mut modules = self
             .dense
             .iter()
-            .map(|d| Ok(PostModule::Dense(Dense::load(VarBuilder::from_tensors(frozen(&d.vars), DType::F32, &Device::Cpu), &d.config)?)))
+            .map(|d| {
+                Ok(PostModule::Dense(Dense::load(
+                    VarBuilder::from_tensors(frozen(&d.vars), DType::F32, &Device::Cpu),
+                    &d.config,
+                )?))
+            })
             .collect::<Result<Vec<_>>>()?;
         if self.normalize {
             modules.push(PostModule::Normalize);
         }
-        Ok(LocalEmbedder::assemble(self.source.clone(), encoder, modules, name.to_string(), LoadOptions::default())?)
+        Ok(LocalEmbedder::assemble(
+            self.source.clone(),
+            encoder,
+            modules,
+            name.to_string(),
+            LoadOptions::default(),
+        )?)
     }
 }
 
@@ -143,7 +182,10 @@ impl TrainableModel {
 fn load_dense(dir: &Path) -> Result<TrainableDense> {
     let (config, weights) = DenseConfig::from_dir(dir)?;
     let vars = VarMap::new();
-    let module = Dense::load(VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu).pp("linear"), &config)?;
+    let module = Dense::load(
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu).pp("linear"),
+        &config,
+    )?;
     // SAFETY: a read-only memory map of a file not modified while training starts.
     let st = unsafe { MmapedSafetensors::multi(std::slice::from_ref(&weights))? };
     fill_from(&vars, &st, &[weights], "")?;
@@ -161,7 +203,10 @@ fn new_projection(in_features: usize, out_features: usize) -> Result<TrainableDe
     }))
     .expect("a valid Dense config");
     let vars = VarMap::new();
-    let module = Dense::load(VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu).pp("linear"), &config)?;
+    let module = Dense::load(
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu).pp("linear"),
+        &config,
+    )?;
     Ok(TrainableDense { config, vars, module })
 }
 
@@ -178,9 +223,10 @@ fn fill_from(vars: &VarMap, st: &MmapedSafetensors, files: &[PathBuf], prefix: &
     let data = vars.data().lock().expect("var map lock");
     for (name, var) in data.iter() {
         let full = format!("{prefix}{name}");
-        let tensor = st
-            .load(&full, &Device::Cpu)
-            .map_err(|_| TrainError::MissingWeight { path: files[0].clone(), name: full.clone() })?;
+        let tensor = st.load(&full, &Device::Cpu).map_err(|_| TrainError::MissingWeight {
+            path: files[0].clone(),
+            name: full.clone(),
+        })?;
         var.set(&tensor.to_dtype(DType::F32)?)?;
     }
     Ok(())

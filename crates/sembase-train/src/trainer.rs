@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use sembase_core::Mode;
-use sembase_eval::encode::{EvalModel, Encoder, Silent};
+use sembase_eval::encode::{Encoder, EvalModel, Silent};
 use sembase_eval::evaluate::{evaluate, Settings};
 use sembase_eval::results::Metrics;
 use sembase_eval::tasks::{Task, TaskSpec};
@@ -104,7 +104,9 @@ pub trait TrainObserver {
 pub enum Finish {
     Completed,
     /// Stopped early; the checkpoint directory allows `--resume`.
-    Interrupted { checkpoint: PathBuf },
+    Interrupted {
+        checkpoint: PathBuf,
+    },
 }
 
 /// A configured run over loaded examples, writing into `output`.
@@ -122,15 +124,26 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// Checks the settings and prepares the optimiser.
-    pub fn new(model: &'a TrainableModel, config: TrainConfig, examples: Vec<Example>, output: &Path, card: ModelCard) -> Result<Self> {
+    pub fn new(
+        model: &'a TrainableModel,
+        config: TrainConfig,
+        examples: Vec<Example>,
+        output: &Path,
+        card: ModelCard,
+    ) -> Result<Self> {
         if config.batch_size < 2 {
-            return Err(TrainError::Config("--batch-size must be at least 2 (in-batch negatives)".into()));
+            return Err(TrainError::Config(
+                "--batch-size must be at least 2 (in-batch negatives)".into(),
+            ));
         }
         if config.mini_batch == Some(0) {
             return Err(TrainError::Config("--mini-batch must be at least 1".into()));
         }
         if let Some(&d) = config.dims.iter().find(|&&d| d == 0 || d > model.dimension()) {
-            return Err(TrainError::Config(format!("--dims {d} is outside 1..={}", model.dimension())));
+            return Err(TrainError::Config(format!(
+                "--dims {d} is outside 1..={}",
+                model.dimension()
+            )));
         }
         if !(config.lr > 0.0 && config.lr.is_finite()) {
             return Err(TrainError::Config("--lr must be positive".into()));
@@ -138,7 +151,17 @@ impl<'a> Trainer<'a> {
         let eval_task = config.eval.as_ref().map(Task::load).transpose()?;
         let vars = model.named_vars();
         let optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
-        Ok(Self { model, config, examples, vars, optimizer, eval_task, output: output.to_path_buf(), card, state: TrainState::default() })
+        Ok(Self {
+            model,
+            config,
+            examples,
+            vars,
+            optimizer,
+            eval_task,
+            output: output.to_path_buf(),
+            card,
+            state: TrainState::default(),
+        })
     }
 
     /// Continues from a checkpoint written by an earlier run with the same settings.
@@ -149,7 +172,12 @@ impl<'a> Trainer<'a> {
 
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
         let distinct = matches!(self.config.objective, Objective::Pairs | Objective::Triplets);
-        epoch_batches(&self.examples, self.config.batch_size, self.config.seed.wrapping_add(epoch as u64), distinct)
+        epoch_batches(
+            &self.examples,
+            self.config.batch_size,
+            self.config.seed.wrapping_add(epoch as u64),
+            distinct,
+        )
     }
 
     /// Optimiser steps the whole run takes.
@@ -172,12 +200,20 @@ impl<'a> Trainer<'a> {
                 self.state.batch_in_epoch += 1;
                 self.state.loss.push((self.state.step, loss));
                 observer.on_step(self.state.step, total, loss);
-                let eval_due = self.config.eval_steps > 0 && self.state.step.is_multiple_of(self.config.eval_steps);
+                let eval_due = self.config.eval_steps > 0
+                    && self.state.step.is_multiple_of(self.config.eval_steps);
                 if eval_due && self.eval_task.is_some() {
                     self.evaluate_and_keep_best(observer)?;
                 }
-                if self.config.checkpoint_steps > 0 && self.state.step.is_multiple_of(self.config.checkpoint_steps) {
-                    checkpoint::save(&self.checkpoint_dir(), self.model, &self.optimizer, &self.state)?;
+                if self.config.checkpoint_steps > 0
+                    && self.state.step.is_multiple_of(self.config.checkpoint_steps)
+                {
+                    checkpoint::save(
+                        &self.checkpoint_dir(),
+                        self.model,
+                        &self.optimizer,
+                        &self.state,
+                    )?;
                 }
                 if observer.interrupted() {
                     let dir = self.checkpoint_dir();
@@ -202,7 +238,11 @@ impl<'a> Trainer<'a> {
 
     /// Where checkpoints go.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        let name = self.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let name = self
+            .output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
         self.output.with_file_name(format!("{name}.checkpoint"))
     }
 
@@ -212,7 +252,11 @@ impl<'a> Trainer<'a> {
         let scores: Vec<f32> = batch.iter().map(|&i| self.examples[i].score).collect();
         let chunk = self.config.mini_batch.unwrap_or(batch.len()).min(batch.len());
         let (loss, grads) = if chunk >= batch.len() {
-            let reps = columns.iter().enumerate().map(|(c, texts)| self.embed(texts, c, 0)).collect::<Result<Vec<_>>>()?;
+            let reps = columns
+                .iter()
+                .enumerate()
+                .map(|(c, texts)| self.embed(texts, c, 0))
+                .collect::<Result<Vec<_>>>()?;
             let loss = self.loss(&reps, &scores)?;
             let grads = loss.backward()?;
             (loss, grads)
@@ -230,8 +274,9 @@ impl<'a> Trainer<'a> {
     /// The text columns of a batch; SimCSE passes each sentence twice.
     fn columns(&self, batch: &[usize]) -> Vec<Vec<&str>> {
         let width = self.examples[batch[0]].texts.len();
-        let mut columns: Vec<Vec<&str>> =
-            (0..width).map(|c| batch.iter().map(|&i| self.examples[i].texts[c].as_str()).collect()).collect();
+        let mut columns: Vec<Vec<&str>> = (0..width)
+            .map(|c| batch.iter().map(|&i| self.examples[i].texts[c].as_str()).collect())
+            .collect();
         if self.config.objective == Objective::SimCse {
             columns.push(columns[0].clone());
         }
@@ -240,16 +285,28 @@ impl<'a> Trainer<'a> {
 
     /// Vectors of one column chunk, with dropout masks fixed by (seed, step, column, chunk).
     fn embed(&self, texts: &[&str], column: usize, chunk: usize) -> Result<Tensor> {
-        let mix = (self.config.seed << 20) ^ ((self.state.step as u64) << 8) ^ ((column as u64) << 4) ^ chunk as u64;
+        let mix = (self.config.seed << 20)
+            ^ ((self.state.step as u64) << 8)
+            ^ ((column as u64) << 4)
+            ^ chunk as u64;
         self.model.embed(texts, &Mode::training(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
     /// GradCache: vectors without a graph first, the loss's gradient with respect
     /// to them, then each chunk again with a graph, back-propagating that gradient.
-    fn cached_step(&self, columns: &[Vec<&str>], scores: &[f32], chunk: usize) -> Result<(Tensor, GradStore)> {
+    fn cached_step(
+        &self,
+        columns: &[Vec<&str>],
+        scores: &[f32],
+        chunk: usize,
+    ) -> Result<(Tensor, GradStore)> {
         let mut rep_vars = Vec::with_capacity(columns.len());
         for (c, texts) in columns.iter().enumerate() {
-            let parts = texts.chunks(chunk).enumerate().map(|(k, t)| Ok(self.embed(t, c, k)?.detach())).collect::<Result<Vec<_>>>()?;
+            let parts = texts
+                .chunks(chunk)
+                .enumerate()
+                .map(|(k, t)| Ok(self.embed(t, c, k)?.detach()))
+                .collect::<Result<Vec<_>>>()?;
             rep_vars.push(Var::from_tensor(&Tensor::cat(&parts, 0)?)?);
         }
         let reps: Vec<Tensor> = rep_vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -257,7 +314,9 @@ impl<'a> Trainer<'a> {
         let rep_grads = loss.backward()?;
         let mut total: Option<GradStore> = None;
         for (c, texts) in columns.iter().enumerate() {
-            let g = rep_grads.get(rep_vars[c].as_tensor()).ok_or_else(|| TrainError::Config("no gradient reached the vectors".into()))?;
+            let g = rep_grads
+                .get(rep_vars[c].as_tensor())
+                .ok_or_else(|| TrainError::Config("no gradient reached the vectors".into()))?;
             for (k, t) in texts.chunks(chunk).enumerate() {
                 let part = self.embed(t, c, k)?;
                 let surrogate = (part * g.narrow(0, k * chunk, t.len())?)?.sum_all()?;
@@ -288,8 +347,12 @@ impl<'a> Trainer<'a> {
         let scale = self.config.scale;
         let symmetric = self.config.symmetric;
         matryoshka(&refs, &self.config.dims, |r| match self.config.objective {
-            Objective::SimCse | Objective::Pairs => in_batch_negatives(&r[0], &r[1], scale, symmetric),
-            Objective::Triplets => in_batch_negatives(&r[0], &Tensor::cat(&[&r[1], &r[2]], 0)?, scale, false),
+            Objective::SimCse | Objective::Pairs => {
+                in_batch_negatives(&r[0], &r[1], scale, symmetric)
+            }
+            Objective::Triplets => {
+                in_batch_negatives(&r[0], &Tensor::cat(&[&r[1], &r[2]], 0)?, scale, false)
+            }
             Objective::Sts => cosent(&r[0], &r[1], scores, scale),
         })
     }
@@ -298,13 +361,23 @@ impl<'a> Trainer<'a> {
     fn evaluate_and_keep_best(&mut self, observer: &dyn TrainObserver) -> Result<()> {
         let Some(task) = &self.eval_task else { return Ok(()) };
         let embedder = self.model.snapshot("training")?;
-        let eval_model = EvalModel { embedder: Box::new(embedder), cache_id: String::new(), truncate_locally: true };
+        let eval_model = EvalModel {
+            embedder: Box::new(embedder),
+            cache_id: String::new(),
+            truncate_locally: true,
+        };
         let encoder = Encoder::new(&eval_model, None, &Silent);
-        let settings = Settings { query_prefix: self.card.prefix.clone(), doc_prefix: self.card.doc_prefix.clone(), dimensions: None };
+        let settings = Settings {
+            query_prefix: self.card.prefix.clone(),
+            doc_prefix: self.card.doc_prefix.clone(),
+            dimensions: None,
+        };
         let result = evaluate(&encoder, task, &settings)?;
         observer.on_eval(self.state.step, &result.metrics);
         let headline = headline_score(&result.kind, &result.metrics);
-        self.state.eval.push((self.state.step, serde_json::to_value(&result.metrics).unwrap_or_default()));
+        self.state
+            .eval
+            .push((self.state.step, serde_json::to_value(&result.metrics).unwrap_or_default()));
         if self.state.best.is_none_or(|(_, best)| headline > best) {
             self.state.best = Some((self.state.step, headline));
             export_model(self.model, &self.output, &self.card.with_state(&self.state))?;

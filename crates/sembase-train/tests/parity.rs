@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
-use sembase_train::losses::{cosent, in_batch_negatives};
 use sembase_core::Mode;
+use sembase_train::losses::{cosent, in_batch_negatives};
 use sembase_train::TrainableModel;
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -34,8 +34,12 @@ fn check(case: &Case, model: &TrainableModel, loss: candle_core::Tensor, what: &
     let grads = loss.backward().unwrap();
     let vars = model.named_vars();
     for (name, want) in &case.grads {
-        let (_, var) = vars.iter().find(|(n, _)| n == &format!("encoder.{name}")).unwrap_or_else(|| panic!("no variable {name}"));
-        let ours: Vec<f32> = grads.get(var.as_tensor()).expect("gradient").flatten_all().unwrap().to_vec1().unwrap();
+        let (_, var) = vars
+            .iter()
+            .find(|(n, _)| n == &format!("encoder.{name}"))
+            .unwrap_or_else(|| panic!("no variable {name}"));
+        let ours: Vec<f32> =
+            grads.get(var.as_tensor()).expect("gradient").flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(ours.len(), want.len(), "{what}: {name} size");
         let worst = ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "{what}: {name} gradient differs by {worst}");
@@ -44,20 +48,34 @@ fn check(case: &Case, model: &TrainableModel, loss: candle_core::Tensor, what: &
 
 #[test]
 fn in_batch_negatives_loss_and_gradients_match_pytorch() {
-    let reference: Reference = serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
     let a: Vec<&str> = reference.anchors.iter().map(String::as_str).collect();
     let p: Vec<&str> = reference.positives.iter().map(String::as_str).collect();
-    let loss = in_batch_negatives(&model.embed(&a, &Mode::training(0)).unwrap(), &model.embed(&p, &Mode::training(0)).unwrap(), reference.scale, false).unwrap();
+    let loss = in_batch_negatives(
+        &model.embed(&a, &Mode::training(0)).unwrap(),
+        &model.embed(&p, &Mode::training(0)).unwrap(),
+        reference.scale,
+        false,
+    )
+    .unwrap();
     check(&reference.in_batch_negatives, &model, loss, "in-batch negatives");
 }
 
 #[test]
 fn cosent_loss_and_gradients_match_pytorch() {
-    let reference: Reference = serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
     let a: Vec<&str> = reference.anchors.iter().map(String::as_str).collect();
     let p: Vec<&str> = reference.positives.iter().map(String::as_str).collect();
-    let loss = cosent(&model.embed(&a, &Mode::training(0)).unwrap(), &model.embed(&p, &Mode::training(0)).unwrap(), &reference.sts_scores, reference.scale).unwrap();
+    let loss = cosent(
+        &model.embed(&a, &Mode::training(0)).unwrap(),
+        &model.embed(&p, &Mode::training(0)).unwrap(),
+        &reference.sts_scores,
+        reference.scale,
+    )
+    .unwrap();
     check(&reference.cosent, &model, loss, "CoSENT");
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
-use sembase_train::{load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel, Trainer};
+use sembase_train::{
+    load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel,
+    Trainer,
+};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
@@ -16,10 +19,17 @@ fn fixture() -> PathBuf {
 fn fixture_with_dropout(tmp: &Path) -> PathBuf {
     let dir = tmp.join("tiny-dropout");
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    for f in ["tokenizer.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+    for f in [
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
     }
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("config.json")).unwrap()).unwrap();
     config["hidden_dropout_prob"] = 0.1.into();
     config["attention_probs_dropout_prob"] = 0.1.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -62,7 +72,11 @@ impl TrainObserver for StopAt {
 }
 
 fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
-    model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect()
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -72,19 +86,32 @@ fn loss_falls_and_the_export_loads_with_the_same_vectors() {
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     assert_eq!(examples.len(), 7, "label-0 rows are not positives");
     let out = tmp.path().join("out");
-    let mut trainer = Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default()).unwrap();
+    let mut trainer =
+        Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default())
+            .unwrap();
     assert_eq!(trainer.run(&Quiet).unwrap(), Finish::Completed);
     let losses: Vec<f32> = trainer.state.loss.iter().map(|(_, l)| *l).collect();
     let first: f32 = losses[..2].iter().sum();
     let last: f32 = losses[losses.len() - 2..].iter().sum();
     assert!(last < first, "loss did not fall: {losses:?}");
     let texts = ["the cat sat on a mat", "blue is the sky"];
-    let exported = LocalEmbedder::load(&out, "out", LoadOptions::default()).unwrap().embed(&texts, &EmbedOptions::default()).unwrap();
+    let exported = LocalEmbedder::load(&out, "out", LoadOptions::default())
+        .unwrap()
+        .embed(&texts, &EmbedOptions::default())
+        .unwrap();
     let live = model.snapshot("live").unwrap().embed(&texts, &EmbedOptions::default()).unwrap();
     for (a, b) in exported.vectors.iter().zip(&live.vectors) {
         assert!(cosine(a, b) > 0.99999);
     }
-    for f in ["config.json", "tokenizer.json", "model.safetensors", "modules.json", "1_Pooling/config.json", "README.md", "config_sentence_transformers.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+        "README.md",
+        "config_sentence_transformers.json",
+    ] {
         assert!(out.join(f).exists(), "export lacks {f}");
     }
 }
@@ -96,7 +123,14 @@ fn cached_negatives_give_the_same_update_as_one_batch() {
     let run = |mini_batch: Option<usize>| {
         let model = TrainableModel::load(&fixture(), 16, None).unwrap();
         let cfg = TrainConfig { mini_batch, max_steps: Some(2), ..config(Objective::Pairs) };
-        let mut trainer = Trainer::new(&model, cfg, examples.clone(), &tmp.path().join("o"), ModelCard::default()).unwrap();
+        let mut trainer = Trainer::new(
+            &model,
+            cfg,
+            examples.clone(),
+            &tmp.path().join("o"),
+            ModelCard::default(),
+        )
+        .unwrap();
         trainer.run(&Quiet).unwrap();
         (trainer.state.loss.clone(), weights(&model))
     };
@@ -118,21 +152,37 @@ fn an_interrupted_run_resumes_exactly() {
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     let straight = {
         let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let mut t = Trainer::new(&model, config(Objective::Pairs), examples.clone(), &tmp.path().join("a"), ModelCard::default()).unwrap();
+        let mut t = Trainer::new(
+            &model,
+            config(Objective::Pairs),
+            examples.clone(),
+            &tmp.path().join("a"),
+            ModelCard::default(),
+        )
+        .unwrap();
         t.run(&Quiet).unwrap();
         (t.state.loss.clone(), weights(&model))
     };
     let out = tmp.path().join("b");
     let checkpoint = {
         let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let mut t = Trainer::new(&model, config(Objective::Pairs), examples.clone(), &out, ModelCard::default()).unwrap();
+        let mut t = Trainer::new(
+            &model,
+            config(Objective::Pairs),
+            examples.clone(),
+            &out,
+            ModelCard::default(),
+        )
+        .unwrap();
         match t.run(&StopAt(3, Default::default())).unwrap() {
             Finish::Interrupted { checkpoint } => checkpoint,
             other => panic!("expected an interruption, got {other:?}"),
         }
     };
     let model = TrainableModel::load(&dir, 16, None).unwrap();
-    let mut t = Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default()).unwrap();
+    let mut t =
+        Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default())
+            .unwrap();
     t.resume(&checkpoint).unwrap();
     assert_eq!(t.state.step, 3);
     t.run(&Quiet).unwrap();
@@ -144,17 +194,31 @@ fn an_interrupted_run_resumes_exactly() {
 fn matryoshka_with_a_projection_exports_a_dense_module() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus.txt");
-    std::fs::write(&corpus, "the cat sat\na dog ran far\nthe sky is blue\nbird flew over the tree\nred sun\n").unwrap();
+    std::fs::write(
+        &corpus,
+        "the cat sat\na dog ran far\nthe sky is blue\nbird flew over the tree\nred sun\n",
+    )
+    .unwrap();
     let model = TrainableModel::load(&fixture(), 16, Some(8)).unwrap();
     assert_eq!(model.dimension(), 8);
     let cfg = TrainConfig { dims: vec![8, 4], max_steps: Some(3), ..config(Objective::SimCse) };
     let out = tmp.path().join("m");
-    let mut t = Trainer::new(&model, cfg, load_examples(Objective::SimCse, &corpus).unwrap(), &out, ModelCard { dims: vec![8, 4], ..Default::default() }).unwrap();
+    let mut t = Trainer::new(
+        &model,
+        cfg,
+        load_examples(Objective::SimCse, &corpus).unwrap(),
+        &out,
+        ModelCard { dims: vec![8, 4], ..Default::default() },
+    )
+    .unwrap();
     t.run(&Quiet).unwrap();
     assert!(out.join("2_Dense/model.safetensors").exists());
     let loaded = LocalEmbedder::load(&out, "m", LoadOptions::default()).unwrap();
     assert_eq!(loaded.dimension(), 8);
-    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config_sentence_transformers.json")).unwrap()).unwrap();
+    let card: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("config_sentence_transformers.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(card["sembase"]["matryoshka_dims"], serde_json::json!([8, 4]));
 }
 
@@ -164,9 +228,21 @@ fn evaluation_during_training_keeps_the_best_export() {
     let sts = tmp.path().join("dev.tsv");
     std::fs::write(&sts, "sentence1\tsentence2\tscore\nthe cat sat\ta cat sat\t5\nthe sky is blue\tthe dog ran\t0.5\nbig bird\ta big bird flew\t4\nred sun\tgreen tree\t1\n").unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
-    let cfg = TrainConfig { eval: Some(format!("sts:{}", sts.display()).parse().unwrap()), eval_steps: 2, max_steps: Some(4), ..config(Objective::Pairs) };
+    let cfg = TrainConfig {
+        eval: Some(format!("sts:{}", sts.display()).parse().unwrap()),
+        eval_steps: 2,
+        max_steps: Some(4),
+        ..config(Objective::Pairs)
+    };
     let out = tmp.path().join("best");
-    let mut t = Trainer::new(&model, cfg, load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap(), &out, ModelCard::default()).unwrap();
+    let mut t = Trainer::new(
+        &model,
+        cfg,
+        load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap(),
+        &out,
+        ModelCard::default(),
+    )
+    .unwrap();
     t.run(&Quiet).unwrap();
     assert_eq!(t.state.eval.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 4]);
     assert!(t.state.best.is_some() && out.join("model.safetensors").exists());
@@ -177,13 +253,30 @@ fn bad_settings_and_data_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
-    let bad = |cfg: TrainConfig| Trainer::new(&model, cfg, examples.clone(), tmp.path(), ModelCard::default()).err().expect("refused").to_string();
+    let bad = |cfg: TrainConfig| {
+        Trainer::new(&model, cfg, examples.clone(), tmp.path(), ModelCard::default())
+            .err()
+            .expect("refused")
+            .to_string()
+    };
     assert!(bad(TrainConfig { batch_size: 1, ..config(Objective::Pairs) }).contains("batch-size"));
     assert!(bad(TrainConfig { dims: vec![17], ..config(Objective::Pairs) }).contains("--dims 17"));
-    assert!(TrainableModel::load(&fixture(), 99, None).err().unwrap().to_string().contains("--max-length"));
+    assert!(TrainableModel::load(&fixture(), 99, None)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("--max-length"));
     let one = tmp.path().join("one.txt");
     std::fs::write(&one, "only one line\n").unwrap();
-    assert!(load_examples(Objective::SimCse, &one).err().unwrap().to_string().contains("at least 2"));
+    assert!(load_examples(Objective::SimCse, &one)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("at least 2"));
     std::fs::write(&one, b"ok\n\xff\xfe\n").unwrap();
-    assert!(load_examples(Objective::SimCse, &one).err().unwrap().to_string().contains(":2: not valid UTF-8"));
+    assert!(load_examples(Objective::SimCse, &one)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains(":2: not valid UTF-8"));
 }

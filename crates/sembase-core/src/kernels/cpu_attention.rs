@@ -46,7 +46,9 @@ impl CustomOp1 for CpuAttention<'_> {
         check_sequences(tokens, hidden, self.sequences, self.heads)?;
         if let Some(bias) = self.bias {
             let width = self.bias_width;
-            if bias.len() != self.heads * width * width || self.sequences.iter().any(|&(_, len)| len > width) {
+            if bias.len() != self.heads * width * width
+                || self.sequences.iter().any(|&(_, len)| len > width)
+            {
                 candle_core::bail!("cpu attention: bias has {} values, not {} heads x {width} x {width} covering every sequence", bias.len(), self.heads);
             }
         }
@@ -55,32 +57,54 @@ impl CustomOp1 for CpuAttention<'_> {
         let head_dim = hidden / self.heads;
         let mut out = vec![0f32; tokens * hidden];
         let shared = SharedOut(out.as_mut_ptr());
-        (0..self.sequences.len() * self.heads).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
-            let (b, h) = (task / self.heads, task % self.heads);
-            let (start, len) = self.sequences[b];
-            if len == 0 {
-                return;
-            }
-            let base = start * width + h * head_dim;
-            // SAFETY: rows start..start+len <= tokens and this head's columns lie inside
-            // each of the three `hidden`-wide parts of a row (checked by `check_sequences`).
-            unsafe { scaled_scores(q, k, Head { base, len, stride: width, head_dim }, self.scale, scores) };
-            for (i, row) in scores.chunks_mut(len).enumerate() {
-                if let Some(bias) = self.bias {
-                    let bias_row = &bias[(h * self.bias_width + i) * self.bias_width..][..len];
-                    row.iter_mut().zip(bias_row).for_each(|(s, b)| *s += b);
+        (0..self.sequences.len() * self.heads).into_par_iter().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, task| {
+                let (b, h) = (task / self.heads, task % self.heads);
+                let (start, len) = self.sequences[b];
+                if len == 0 {
+                    return;
                 }
-                softmax_in_place(row);
-            }
-            let out = shared;
-            // SAFETY: each (b, h) task writes rows start..start+len of its own head's
-            // columns, a region no other task touches (sequences do not overlap).
-            unsafe {
-                // context (len x d) = P (len x len) . V (len x d), written into (tokens, hidden)
-                let target = out.0.add(start * hidden + h * head_dim);
-                matmul(len, head_dim, len, target, hidden, false, View::rows(scores, len), View::rows(&v[base..], width), 1.0, gemm::Parallelism::None);
-            }
-        });
+                let base = start * width + h * head_dim;
+                // SAFETY: rows start..start+len <= tokens and this head's columns lie inside
+                // each of the three `hidden`-wide parts of a row (checked by `check_sequences`).
+                unsafe {
+                    scaled_scores(
+                        q,
+                        k,
+                        Head { base, len, stride: width, head_dim },
+                        self.scale,
+                        scores,
+                    )
+                };
+                for (i, row) in scores.chunks_mut(len).enumerate() {
+                    if let Some(bias) = self.bias {
+                        let bias_row = &bias[(h * self.bias_width + i) * self.bias_width..][..len];
+                        row.iter_mut().zip(bias_row).for_each(|(s, b)| *s += b);
+                    }
+                    softmax_in_place(row);
+                }
+                let out = shared;
+                // SAFETY: each (b, h) task writes rows start..start+len of its own head's
+                // columns, a region no other task touches (sequences do not overlap).
+                unsafe {
+                    // context (len x d) = P (len x len) . V (len x d), written into (tokens, hidden)
+                    let target = out.0.add(start * hidden + h * head_dim);
+                    matmul(
+                        len,
+                        head_dim,
+                        len,
+                        target,
+                        hidden,
+                        false,
+                        View::rows(scores, len),
+                        View::rows(&v[base..], width),
+                        1.0,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
@@ -99,7 +123,13 @@ pub(crate) struct Head {
 
 /// Checks that q, k and v have one `(tokens, hidden)` shape that `sequences` (in
 /// order, not overlapping) fits and `heads` divides; returns `(tokens, hidden)`.
-pub(crate) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usize, usize)], heads: usize) -> Result<(usize, usize)> {
+pub(crate) fn check_packed(
+    q: &Layout,
+    k: &Layout,
+    v: &Layout,
+    sequences: &[(usize, usize)],
+    heads: usize,
+) -> Result<(usize, usize)> {
     let (tokens, hidden) = q.shape().dims2()?;
     if k.shape() != q.shape() || v.shape() != q.shape() {
         candle_core::bail!("{OP}: q, k and v shapes differ");
@@ -110,7 +140,12 @@ pub(crate) fn check_packed(q: &Layout, k: &Layout, v: &Layout, sequences: &[(usi
 
 /// Checks that `sequences` (in order, not overlapping) fit `tokens` packed rows and
 /// that `heads` divides `hidden`.
-fn check_sequences(tokens: usize, hidden: usize, sequences: &[(usize, usize)], heads: usize) -> Result<()> {
+fn check_sequences(
+    tokens: usize,
+    hidden: usize,
+    sequences: &[(usize, usize)],
+    heads: usize,
+) -> Result<()> {
     let in_order = sequences.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
     if !in_order || sequences.iter().any(|&(start, len)| start + len > tokens) {
         candle_core::bail!("{OP}: sequences overlap or do not fit the {tokens} packed tokens");
@@ -125,10 +160,27 @@ fn check_sequences(tokens: usize, hidden: usize, sequences: &[(usize, usize)], h
 ///
 /// # Safety
 /// The block must lie inside `q` and `k` (rows `len`, `stride` apart, from `base`).
-pub(crate) unsafe fn scaled_scores(q: &[f32], k: &[f32], head: Head, scale: f32, scores: &mut Vec<f32>) {
+pub(crate) unsafe fn scaled_scores(
+    q: &[f32],
+    k: &[f32],
+    head: Head,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
     let Head { base, len, stride, head_dim } = head;
     scores.resize(len * len, 0.0);
-    matmul(len, len, head_dim, scores.as_mut_ptr(), len, false, View::rows(&q[base..], stride), View::columns(&k[base..], stride), scale, gemm::Parallelism::None);
+    matmul(
+        len,
+        len,
+        head_dim,
+        scores.as_mut_ptr(),
+        len,
+        false,
+        View::rows(&q[base..], stride),
+        View::columns(&k[base..], stride),
+        scale,
+        gemm::Parallelism::None,
+    );
 }
 
 /// Runs the kernel on the packed, fused `(tokens, 3 hidden)` f32 projection on the CPU;

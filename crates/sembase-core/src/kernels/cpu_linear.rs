@@ -35,9 +35,18 @@ impl CustomOp3 for CpuLinear {
         let (rows, in_dim) = x_layout.shape().dims2()?;
         let (w_in, out_dim) = w_layout.shape().dims2()?;
         if w_in != in_dim || b_layout.shape().dims1()? != out_dim {
-            candle_core::bail!("cpu linear: shapes {:?} x {:?} + {:?} do not fit", x_layout.shape(), w_layout.shape(), b_layout.shape());
+            candle_core::bail!(
+                "cpu linear: shapes {:?} x {:?} + {:?} do not fit",
+                x_layout.shape(),
+                w_layout.shape(),
+                b_layout.shape()
+            );
         }
-        let (x, w, b) = (contiguous_f32(x, x_layout, OP, "x")?, contiguous_f32(w, w_layout, OP, "weight")?, contiguous_f32(b, b_layout, OP, "bias")?);
+        let (x, w, b) = (
+            contiguous_f32(x, x_layout, OP, "x")?,
+            contiguous_f32(w, w_layout, OP, "weight")?,
+            contiguous_f32(b, b_layout, OP, "bias")?,
+        );
         let mut out = affine(x, rows, in_dim, View::rows(w, out_dim), b);
         if self.gelu {
             out.par_chunks_mut(out_dim * 16).for_each(gelu_erf_in_place);

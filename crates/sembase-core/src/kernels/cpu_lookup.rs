@@ -23,27 +23,37 @@ pub(crate) fn sum_of_rows(width: usize, lookups: &[(&[f32], &[u32])]) -> Result<
     for (values, ids) in lookups {
         let rows = values.len() / width;
         if values.len() % width != 0 || ids.len() != tokens {
-            return Err(mismatch(format!("embedding lookup: a table of {} values or {} ids do not fit width {width}", values.len(), ids.len())));
+            return Err(mismatch(format!(
+                "embedding lookup: a table of {} values or {} ids do not fit width {width}",
+                values.len(),
+                ids.len()
+            )));
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= rows) {
-            return Err(mismatch(format!("token id {id} is outside the embedding table's {rows} rows")));
+            return Err(mismatch(format!(
+                "token id {id} is outside the embedding table's {rows} rows"
+            )));
         }
     }
     let mut out = Vec::with_capacity(tokens * width);
-    out.spare_capacity_mut().par_chunks_mut(ROWS_PER_TASK * width).enumerate().for_each(|(task, chunk)| {
-        for (r, row) in chunk.chunks_mut(width).enumerate() {
-            let token = task * ROWS_PER_TASK + r;
-            let source = &first_values[first_ids[token] as usize * width..][..width];
-            row.iter_mut().zip(source).for_each(|(o, &v)| {
-                o.write(v);
-            });
-            for (values, ids) in rest {
-                let source = &values[ids[token] as usize * width..][..width];
-                // SAFETY: every element of `row` was written by the first table's pass.
-                row.iter_mut().zip(source).for_each(|(o, &v)| unsafe { *o.assume_init_mut() += v });
+    out.spare_capacity_mut().par_chunks_mut(ROWS_PER_TASK * width).enumerate().for_each(
+        |(task, chunk)| {
+            for (r, row) in chunk.chunks_mut(width).enumerate() {
+                let token = task * ROWS_PER_TASK + r;
+                let source = &first_values[first_ids[token] as usize * width..][..width];
+                row.iter_mut().zip(source).for_each(|(o, &v)| {
+                    o.write(v);
+                });
+                for (values, ids) in rest {
+                    let source = &values[ids[token] as usize * width..][..width];
+                    // SAFETY: every element of `row` was written by the first table's pass.
+                    row.iter_mut()
+                        .zip(source)
+                        .for_each(|(o, &v)| unsafe { *o.assume_init_mut() += v });
+                }
             }
-        }
-    });
+        },
+    );
     // SAFETY: the tasks above wrote all `tokens * width` elements.
     unsafe { out.set_len(tokens * width) };
     Ok(out)

@@ -29,15 +29,30 @@ impl CustomOp2 for LayerNormKernel<'_> {
         "sembase-residual-layer-norm"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout, r: &CpuStorage, r_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        r: &CpuStorage,
+        r_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         if x_layout.shape() != r_layout.shape() {
-            candle_core::bail!("residual layer norm: shapes {:?} and {:?} differ", x_layout.shape(), r_layout.shape());
+            candle_core::bail!(
+                "residual layer norm: shapes {:?} and {:?} differ",
+                x_layout.shape(),
+                r_layout.shape()
+            );
         }
         let dim = x_layout.shape().dims().last().copied().unwrap_or(0);
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
-            candle_core::bail!("residual layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
+            candle_core::bail!(
+                "residual layer norm: width {dim} does not fit the weight {} and bias {}",
+                self.weight.len(),
+                self.bias.len()
+            );
         }
-        let (x, r) = (contiguous_f32(x, x_layout, OP, "x")?, contiguous_f32(r, r_layout, OP, "residual")?);
+        let (x, r) =
+            (contiguous_f32(x, x_layout, OP, "x")?, contiguous_f32(r, r_layout, OP, "residual")?);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK).zip(r.par_chunks(dim * ROWS_PER_TASK)))
@@ -64,7 +79,11 @@ impl LayerNormKernel<'_> {
     pub(crate) fn normalise_rows(&self, values: &mut [f32], layout: &Layout) -> Result<()> {
         let dim = layout.shape().dims().last().copied().unwrap_or(0);
         if dim == 0 || self.weight.len() != dim || self.bias.len() != dim {
-            candle_core::bail!("layer norm: width {dim} does not fit the weight {} and bias {}", self.weight.len(), self.bias.len());
+            candle_core::bail!(
+                "layer norm: width {dim} does not fit the weight {} and bias {}",
+                self.weight.len(),
+                self.bias.len()
+            );
         }
         values.par_chunks_mut(dim * ROWS_PER_TASK).for_each(|rows| normalise(rows, self));
         Ok(())
@@ -130,7 +149,11 @@ pub fn layer_norm(x: &Tensor, op: LayerNormKernel<'_>) -> Result<Tensor> {
 }
 
 /// Runs the kernel on two f32 tensors of the same shape on the CPU.
-pub fn residual_layer_norm(x: &Tensor, residual: &Tensor, op: LayerNormKernel<'_>) -> Result<Tensor> {
+pub fn residual_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    op: LayerNormKernel<'_>,
+) -> Result<Tensor> {
     x.apply_op2_no_bwd(residual, &op)
 }
 
@@ -147,17 +170,45 @@ mod tests {
         let r = Tensor::randn(1f32, 1.0, (rows, dim), &dev).unwrap();
         let weight: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 / dim as f32).collect();
         let bias: Vec<f32> = (0..dim).map(|i| (i as f32 - 20.0) / 10.0).collect();
-        let fused = residual_layer_norm(&x, &r, LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        let fused = residual_layer_norm(
+            &x,
+            &r,
+            LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 },
+        )
+        .unwrap();
         let sum = (&x + &r).unwrap();
         let mean = sum.mean_keepdim(D::Minus1).unwrap();
         let centred = sum.broadcast_sub(&mean).unwrap();
-        let std = (centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-12).unwrap().sqrt().unwrap();
-        let (w, b) = (Tensor::new(weight.as_slice(), &dev).unwrap(), Tensor::new(bias.as_slice(), &dev).unwrap());
-        let reference = centred.broadcast_div(&std).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
-        let largest = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(largest(&fused, &reference) < 1e-5, "largest difference {}", largest(&fused, &reference));
-        let plain = layer_norm(&sum, LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
-        assert!(largest(&plain, &reference) < 1e-5, "without a residual: largest difference {}", largest(&plain, &reference));
+        let std = (centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-12)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        let (w, b) = (
+            Tensor::new(weight.as_slice(), &dev).unwrap(),
+            Tensor::new(bias.as_slice(), &dev).unwrap(),
+        );
+        let reference = centred
+            .broadcast_div(&std)
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let largest = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(
+            largest(&fused, &reference) < 1e-5,
+            "largest difference {}",
+            largest(&fused, &reference)
+        );
+        let plain =
+            layer_norm(&sum, LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 }).unwrap();
+        assert!(
+            largest(&plain, &reference) < 1e-5,
+            "without a residual: largest difference {}",
+            largest(&plain, &reference)
+        );
     }
 
     #[test]

@@ -193,7 +193,10 @@ mod tests {
             let total: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
             for (x, g) in row.iter().zip(&got) {
                 let want = ((x - max) as f64).exp() / total;
-                assert!((*g as f64 - want).abs() < 1e-6 * want.max(1e-3), "len {len}: softmax {g}, want {want}");
+                assert!(
+                    (*g as f64 - want).abs() < 1e-6 * want.max(1e-3),
+                    "len {len}: softmax {g}, want {want}"
+                );
             }
         }
         assert_eq!(max_of(&[]), f32::NEG_INFINITY);

@@ -45,10 +45,16 @@ impl Int8Kernel {
             "vnni" => Self::Vnni,
             "avx2" => Self::Avx2,
             "portable" => Self::Portable,
-            other => return Err(Error::Unsupported(format!("SEMBASE_INT8_KERNEL={other}: expected vnni, avx2 or portable"))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "SEMBASE_INT8_KERNEL={other}: expected vnni, avx2 or portable"
+                )))
+            }
         };
         if !wanted.supported() {
-            return Err(Error::Unsupported(format!("SEMBASE_INT8_KERNEL={name}: this CPU lacks the instructions")));
+            return Err(Error::Unsupported(format!(
+                "SEMBASE_INT8_KERNEL={name}: this CPU lacks the instructions"
+            )));
         }
         Ok(wanted)
     }
@@ -60,7 +66,9 @@ impl Int8Kernel {
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            Self::Vnni => is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f"),
+            Self::Vnni => {
+                is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -104,7 +112,9 @@ impl Int8Matrix {
             .zip(weight.par_chunks(in_dim * PANEL))
             .for_each(|((panel, (scales, sums)), rows)| {
                 let mut codes = vec![0i8; in_dim];
-                for (lane, ((row, scale), sum)) in rows.chunks(in_dim).zip(scales).zip(sums).enumerate() {
+                for (lane, ((row, scale), sum)) in
+                    rows.chunks(in_dim).zip(scales).zip(sums).enumerate()
+                {
                     (*scale, *sum) = quantise_weights(row, &mut codes);
                     for (k, &q) in codes.iter().enumerate() {
                         panel[((k / GROUP) * PANEL + lane) * GROUP + k % GROUP] = q;
@@ -120,12 +130,27 @@ impl Int8Matrix {
     }
 
     /// `x W^T + bias`, then GELU when asked, for `x` of `rows x in` f32 values.
-    pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> Vec<f32> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: &[f32],
+        gelu: bool,
+        kernel: Int8Kernel,
+    ) -> Vec<f32> {
         let stride = self.groups * GROUP;
         let codes = quantise_rows(x, rows, self.in_dim, stride);
         let channel_tasks = self.out_dim.div_ceil(PANEL * PANELS_PER_TASK);
         let mut out: Vec<f32> = Vec::with_capacity(rows * self.out_dim);
-        let inputs = TaskInputs { matrix: self, codes: &codes, rows, bias, gelu, kernel, out: SharedOut(out.as_mut_ptr()) };
+        let inputs = TaskInputs {
+            matrix: self,
+            codes: &codes,
+            rows,
+            bias,
+            gelu,
+            kernel,
+            out: SharedOut(out.as_mut_ptr()),
+        };
         // Tasks run block of rows by block of rows, each block through every channel task
         // in turn: a thread fills whole output rows while they are in cache, and a small
         // input still splits across threads by channels.
@@ -156,22 +181,38 @@ fn run_task_loop(inputs: &TaskInputs, row_block: usize, task: usize) {
     let TaskInputs { matrix, codes, rows, bias, gelu, kernel, out } = *inputs;
     let (stride, task_width) = (matrix.groups * GROUP, PANEL * PANELS_PER_TASK);
     let panel_bytes = matrix.groups * PANEL * GROUP;
-    let panels: Vec<&[i8]> = matrix.packed[task * panel_bytes * PANELS_PER_TASK..].chunks(panel_bytes).take(PANELS_PER_TASK).collect();
+    let panels: Vec<&[i8]> = matrix.packed[task * panel_bytes * PANELS_PER_TASK..]
+        .chunks(panel_bytes)
+        .take(PANELS_PER_TASK)
+        .collect();
     let first_channel = task * task_width;
     let width = task_width.min(matrix.out_dim - first_channel);
     let channels = first_channel..first_channel + width;
-    let channels = Channels { scales: &matrix.scales[channels.clone()], sums: &matrix.sums[channels.clone()], bias: &bias[channels] };
+    let channels = Channels {
+        scales: &matrix.scales[channels.clone()],
+        sums: &matrix.sums[channels.clone()],
+        bias: &bias[channels],
+    };
     let block_rows = row_block * ROWS_PER_BLOCK..rows.min((row_block + 1) * ROWS_PER_BLOCK);
     // Every kernel overwrites the sums of the rows and panels it is given.
     let mut block = [[0i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
     for first in block_rows.clone().step_by(ROWS_PER_PASS) {
         let n = ROWS_PER_PASS.min(block_rows.end - first);
-        dot_block(kernel, &panels, &codes.codes[first * stride..][..n * stride], n, stride, &mut block);
+        dot_block(
+            kernel,
+            &panels,
+            &codes.codes[first * stride..][..n * stride],
+            n,
+            stride,
+            &mut block,
+        );
         for (i, lanes) in block.iter().take(n).enumerate() {
             let r = first + i;
             // SAFETY: this task alone writes channels first_channel..+width of the rows of
             // its block, inside the rows x out_dim buffer; every value is written once.
-            let target = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * matrix.out_dim + first_channel), width) };
+            let target = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(r * matrix.out_dim + first_channel), width)
+            };
             let row = RowScale { scale: codes.scales[r], zero: codes.zeros[r] };
             dequantise(target, &lanes[..width], channels, row, gelu);
         }
@@ -196,10 +237,19 @@ impl CustomOp1 for Int8Op<'_> {
         "sembase-int8-linear"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, in_dim) = layout.shape().dims2()?;
         if in_dim != self.weights.in_dim || self.bias.len() != self.weights.out_dim {
-            candle_core::bail!("int8 linear: input {:?} does not fit a {}x{} matrix", layout.shape(), self.weights.out_dim, self.weights.in_dim);
+            candle_core::bail!(
+                "int8 linear: input {:?} does not fit a {}x{} matrix",
+                layout.shape(),
+                self.weights.out_dim,
+                self.weights.in_dim
+            );
         }
         let x = contiguous_f32(storage, layout, "int8 linear", "x")?;
         let y = self.weights.forward(x, rows, self.bias, self.gelu, self.kernel);
@@ -208,7 +258,13 @@ impl CustomOp1 for Int8Op<'_> {
 }
 
 /// `x W^T + bias` (then GELU when asked) with int8 weights, for f32 `x` of shape `(rows, in)` on the CPU.
-pub fn linear(x: &Tensor, weights: &Int8Matrix, bias: &[f32], gelu: bool, kernel: Int8Kernel) -> candle_core::Result<Tensor> {
+pub fn linear(
+    x: &Tensor,
+    weights: &Int8Matrix,
+    bias: &[f32],
+    gelu: bool,
+    kernel: Int8Kernel,
+) -> candle_core::Result<Tensor> {
     x.apply_op1_no_bwd(&Int8Op { weights, bias, gelu, kernel })
 }
 
@@ -290,10 +346,18 @@ struct RowScale {
 /// Turns one row's integer sums into outputs, `sx sw (sum - zx sum(qw)) + b`, then GELU
 /// when asked (in registers, before the store).
 #[inline(always)]
-fn dequantise(target: &mut [f32], lanes: &[i32], channels: Channels, row: RowScale, with_gelu: bool) {
+fn dequantise(
+    target: &mut [f32],
+    lanes: &[i32],
+    channels: Channels,
+    row: RowScale,
+    with_gelu: bool,
+) {
     let Channels { scales, sums, bias } = channels;
     let values = lanes.iter().zip(scales).zip(sums).zip(bias);
-    let value = |(((&sum, &w_scale), &w_sum), &b): (((&i32, &f32), &i32), &f32)| (sum - row.zero * w_sum) as f32 * row.scale * w_scale + b;
+    let value = |(((&sum, &w_scale), &w_sum), &b): (((&i32, &f32), &i32), &f32)| {
+        (sum - row.zero * w_sum) as f32 * row.scale * w_scale + b
+    };
     if with_gelu {
         target.iter_mut().zip(values).for_each(|(slot, v)| *slot = gelu(value(v)));
     } else {
@@ -323,7 +387,14 @@ type Block = [[i32; PANEL * PANELS_PER_TASK]; ROWS_PER_PASS];
 
 /// Integer sums of up to six activation rows against up to four panels of 16 channels,
 /// written over the first `rows` rows and `16 x panels` lanes of `out`.
-fn dot_block(kernel: Int8Kernel, panels: &[&[i8]], codes: &[u8], rows: usize, stride: usize, out: &mut Block) {
+fn dot_block(
+    kernel: Int8Kernel,
+    panels: &[&[i8]],
+    codes: &[u8],
+    rows: usize,
+    stride: usize,
+    out: &mut Block,
+) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Vnni` is only chosen when the CPU has AVX-512F and VNNI (`supported`);
@@ -353,14 +424,26 @@ fn dot_block(kernel: Int8Kernel, panels: &[&[i8]], codes: &[u8], rows: usize, st
 }
 
 /// The plain loop.
-fn dot_panel_portable(panel: &[i8], codes: &[u8], rows: usize, stride: usize, out: &mut Block, first_lane: usize) {
+fn dot_panel_portable(
+    panel: &[i8],
+    codes: &[u8],
+    rows: usize,
+    stride: usize,
+    out: &mut Block,
+    first_lane: usize,
+) {
     for (r, sums) in out.iter_mut().enumerate().take(rows) {
         let row = &codes[r * stride..][..stride];
         for (lane, sum) in sums[first_lane..first_lane + PANEL].iter_mut().enumerate() {
             *sum = panel
                 .chunks(PANEL * GROUP)
                 .zip(row.chunks(GROUP))
-                .map(|(weights, x)| x.iter().zip(&weights[lane * GROUP..][..GROUP]).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum::<i32>())
+                .map(|(weights, x)| {
+                    x.iter()
+                        .zip(&weights[lane * GROUP..][..GROUP])
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum::<i32>()
+                })
                 .sum();
         }
     }
@@ -370,10 +453,20 @@ fn dot_panel_portable(panel: &[i8], codes: &[u8], rows: usize, stride: usize, ou
 /// 6 x P accumulators, each `vpdpbusd` summing four byte products per lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dot_block_vnni<const P: usize>(panels: [&&[i8]; P], codes: &[u8], rows: usize, stride: usize, out: &mut Block) {
+unsafe fn dot_block_vnni<const P: usize>(
+    panels: [&&[i8]; P],
+    codes: &[u8],
+    rows: usize,
+    stride: usize,
+    out: &mut Block,
+) {
     use std::arch::x86_64::*;
     let groups = stride / GROUP;
-    assert!(panels.iter().all(|p| p.len() >= groups * PANEL * GROUP) && codes.len() >= rows * stride && rows <= ROWS_PER_PASS);
+    assert!(
+        panels.iter().all(|p| p.len() >= groups * PANEL * GROUP)
+            && codes.len() >= rows * stride
+            && rows <= ROWS_PER_PASS
+    );
     let mut acc = [[_mm512_setzero_si512(); P]; ROWS_PER_PASS];
     for g in 0..groups {
         let mut w = [_mm512_setzero_si512(); P];
@@ -382,7 +475,9 @@ unsafe fn dot_block_vnni<const P: usize>(panels: [&&[i8]; P], codes: &[u8], rows
         }
         for (r, sums) in acc.iter_mut().enumerate().take(rows) {
             // Four activation bytes, repeated across the register.
-            let x = _mm512_set1_epi32((codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned());
+            let x = _mm512_set1_epi32(
+                (codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned(),
+            );
             for (sum, w) in sums.iter_mut().zip(&w) {
                 *sum = _mm512_dpbusd_epi32(*sum, x, *w);
             }
@@ -399,10 +494,21 @@ unsafe fn dot_block_vnni<const P: usize>(panels: [&&[i8]; P], codes: &[u8], rows
 /// per channel, two sums of two products (k0+k1 and k2+k3 of a group), added up at the end.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_panel_avx2(panel: &[i8], codes: &[u8], rows: usize, stride: usize, out: &mut Block, first_lane: usize) {
+unsafe fn dot_panel_avx2(
+    panel: &[i8],
+    codes: &[u8],
+    rows: usize,
+    stride: usize,
+    out: &mut Block,
+    first_lane: usize,
+) {
     use std::arch::x86_64::*;
     let groups = stride / GROUP;
-    assert!(panel.len() >= groups * PANEL * GROUP && codes.len() >= rows * stride && rows <= ROWS_PER_PASS);
+    assert!(
+        panel.len() >= groups * PANEL * GROUP
+            && codes.len() >= rows * stride
+            && rows <= ROWS_PER_PASS
+    );
     // Four registers per row, four channels each (two partial sums per channel).
     let mut acc = [[_mm256_setzero_si256(); 4]; ROWS_PER_PASS];
     for g in 0..groups {
@@ -436,14 +542,19 @@ mod tests {
     use super::*;
 
     fn data(out_dim: usize, in_dim: usize, rows: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let w: Vec<f32> = (0..out_dim * in_dim).map(|i| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 0.2).collect();
-        let x: Vec<f32> = (0..rows * in_dim).map(|i| ((i * 104729 % 1009) as f32 / 1009.0 - 0.5) * 4.0).collect();
+        let w: Vec<f32> =
+            (0..out_dim * in_dim).map(|i| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 0.2).collect();
+        let x: Vec<f32> =
+            (0..rows * in_dim).map(|i| ((i * 104729 % 1009) as f32 / 1009.0 - 0.5) * 4.0).collect();
         let b: Vec<f32> = (0..out_dim).map(|i| i as f32 * 0.01).collect();
         (w, x, b)
     }
 
     fn kernels() -> Vec<Int8Kernel> {
-        [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::Vnni].into_iter().filter(|k| k.supported()).collect()
+        [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::Vnni]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
     }
 
     /// Odd sizes: channels not a multiple of 16 over two tasks of 64, inputs not a multiple
@@ -457,12 +568,21 @@ mod tests {
         for kernel in kernels() {
             let q = Int8Matrix::quantise(&w, out_dim, in_dim);
             let got = q.forward(&x, rows, &b, false, kernel);
-            assert_eq!(got, q.forward(&x, rows, &b, false, Int8Kernel::Portable), "{kernel:?} differs from the portable loop");
+            assert_eq!(
+                got,
+                q.forward(&x, rows, &b, false, Int8Kernel::Portable),
+                "{kernel:?} differs from the portable loop"
+            );
             for r in 0..rows {
                 for o in 0..out_dim {
-                    let exact: f32 = (0..in_dim).map(|k| x[r * in_dim + k] * w[o * in_dim + k]).sum::<f32>() + b[o];
+                    let exact: f32 =
+                        (0..in_dim).map(|k| x[r * in_dim + k] * w[o * in_dim + k]).sum::<f32>()
+                            + b[o];
                     let value = got[r * out_dim + o];
-                    assert!((value - exact).abs() < 0.05, "{kernel:?} row {r} channel {o}: {value} vs {exact}");
+                    assert!(
+                        (value - exact).abs() < 0.05,
+                        "{kernel:?} row {r} channel {o}: {value} vs {exact}"
+                    );
                 }
             }
         }
@@ -470,7 +590,17 @@ mod tests {
 
     #[test]
     fn rounding_and_range() {
-        assert_eq!([round_to_byte(-3.0), round_to_byte(0.49), round_to_byte(2.5), round_to_byte(3.5), round_to_byte(254.6), round_to_byte(900.0)], [0, 0, 2, 4, 255, 255]);
+        assert_eq!(
+            [
+                round_to_byte(-3.0),
+                round_to_byte(0.49),
+                round_to_byte(2.5),
+                round_to_byte(3.5),
+                round_to_byte(254.6),
+                round_to_byte(900.0)
+            ],
+            [0, 0, 2, 4, 255, 255]
+        );
         let values: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
         assert_eq!(range_with_zero(&values), (-10.0, 26.0));
         assert_eq!(range_with_zero(&[3.0, 5.0]), (0.0, 5.0));
@@ -479,7 +609,10 @@ mod tests {
     #[test]
     fn zero_rows_and_zero_weights() {
         let q = Int8Matrix::quantise(&[0.0; 8], 2, 4);
-        assert_eq!(q.forward(&[1.0, 2.0, 3.0, 4.0], 1, &[0.5, -0.5], false, Int8Kernel::detect()), vec![0.5, -0.5]);
+        assert_eq!(
+            q.forward(&[1.0, 2.0, 3.0, 4.0], 1, &[0.5, -0.5], false, Int8Kernel::detect()),
+            vec![0.5, -0.5]
+        );
         assert!(q.forward(&[], 0, &[0.0, 0.0], false, Int8Kernel::detect()).is_empty());
     }
 }

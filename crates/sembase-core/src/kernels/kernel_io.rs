@@ -6,7 +6,12 @@ use rayon::prelude::*;
 
 /// An op's contiguous f32 input as a slice of exactly its layout's elements; `op` and
 /// `what` name the op and the input in the error.
-pub(crate) fn contiguous_f32<'s>(storage: &'s CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'s [f32]> {
+pub(crate) fn contiguous_f32<'s>(
+    storage: &'s CpuStorage,
+    layout: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'s [f32]> {
     if !layout.is_contiguous() {
         candle_core::bail!("{op}: {what} must be contiguous");
     }
@@ -35,7 +40,10 @@ impl<'a> HostF32<'a> {
     pub(crate) fn of(t: &'a Tensor) -> Result<Self> {
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("training kernels read CPU tensors, not {:?}", t.device().location());
+            candle_core::bail!(
+                "training kernels read CPU tensors, not {:?}",
+                t.device().location()
+            );
         };
         let values = cpu.as_slice::<f32>()?;
         match layout.contiguous_offsets() {
@@ -105,13 +113,38 @@ impl View {
 /// # Safety
 /// `a`, `b` and `dst` must cover the m x k, k x n and m x n elements their steps reach.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_row_step: usize, accumulate: bool, a: View, b: View, scale: f32, parallelism: gemm::Parallelism) {
+pub(crate) unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row_step: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
     gemm::gemm(
-        m, n, k,
-        dst, 1, dst_row_step as isize, accumulate,
-        a.start, a.column_step, a.row_step,
-        b.start, b.column_step, b.row_step,
-        1.0, scale, false, false, false, parallelism,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row_step as isize,
+        accumulate,
+        a.start,
+        a.column_step,
+        a.row_step,
+        b.start,
+        b.column_step,
+        b.row_step,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
     );
 }
 
@@ -124,7 +157,14 @@ pub(crate) fn every_thread() -> gemm::Parallelism {
 }
 
 /// `a` (m x k) . `b` (k x n) into a new row-major m x n vector.
-pub(crate) fn product(m: usize, n: usize, k: usize, a: View, b: View, parallelism: gemm::Parallelism) -> Vec<f32> {
+pub(crate) fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; m * n];
     }
@@ -166,7 +206,18 @@ pub(crate) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32
             // SAFETY: as below; each task writes only columns first..first + width of
             // every row, which no other task touches.
             unsafe {
-                matmul(rows, width, k, out.0.add(first), n, true, View::rows(x, k), weight.columns_from(first), 1.0, gemm::Parallelism::None);
+                matmul(
+                    rows,
+                    width,
+                    k,
+                    out.0.add(first),
+                    n,
+                    true,
+                    View::rows(x, k),
+                    weight.columns_from(first),
+                    1.0,
+                    gemm::Parallelism::None,
+                );
             }
         });
         return out;
@@ -174,7 +225,18 @@ pub(crate) fn affine(x: &[f32], rows: usize, k: usize, weight: View, bias: &[f32
     // SAFETY: out (rows x n) and x (rows x k) are row-major slices of these sizes; the
     // caller builds `weight` from a slice holding k x n elements.
     unsafe {
-        matmul(rows, n, k, out.as_mut_ptr(), n, true, View::rows(x, k), weight, 1.0, every_thread());
+        matmul(
+            rows,
+            n,
+            k,
+            out.as_mut_ptr(),
+            n,
+            true,
+            View::rows(x, k),
+            weight,
+            1.0,
+            every_thread(),
+        );
     }
     out
 }
@@ -209,7 +271,9 @@ mod tests {
         (0..rows * n)
             .map(|i| {
                 let (r, c) = (i / n, i % n);
-                (0..k).fold(f64::from(bias[c]), |sum, j| sum + f64::from(x[r * k + j]) * f64::from(w[j * n + c])) as f32
+                (0..k).fold(f64::from(bias[c]), |sum, j| {
+                    sum + f64::from(x[r * k + j]) * f64::from(w[j * n + c])
+                }) as f32
             })
             .collect()
     }
@@ -226,6 +290,10 @@ mod tests {
             let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-3, "{rows}x{k}x{n}: largest difference {worst}");
         }
-        const { assert!(3 * 5 * 40 < SPLIT_COLUMNS_BELOW_MACS && 300 * 64 * 2048 > SPLIT_COLUMNS_BELOW_MACS) };
+        const {
+            assert!(
+                3 * 5 * 40 < SPLIT_COLUMNS_BELOW_MACS && 300 * 64 * 2048 > SPLIT_COLUMNS_BELOW_MACS
+            )
+        };
     }
 }

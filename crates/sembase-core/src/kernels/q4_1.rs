@@ -11,8 +11,8 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::weights::mapped_gguf::SharedBytes;
 use crate::error::{Error, Result};
+use crate::weights::mapped_gguf::SharedBytes;
 
 /// Weights per block.
 const BLOCK: usize = 32;
@@ -77,7 +77,8 @@ impl Q4_1Matrix {
 
     /// `x W^T` for `x` of `rows x in` values, row-major; returns `rows x out`.
     pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let quantised: Vec<QuantisedRow> = x.par_chunks(self.in_dim).take(rows).map(quantise_row).collect();
+        let quantised: Vec<QuantisedRow> =
+            x.par_chunks(self.in_dim).take(rows).map(quantise_row).collect();
         let blocks = self.in_dim / BLOCK;
         let row_bytes = blocks * BLOCK_BYTES;
         let avx2 = has_avx2();
@@ -180,11 +181,14 @@ fn header(block: &[u8]) -> (f32, f32) {
 
 fn dot_portable(weights: &[u8], row: &QuantisedRow) -> f32 {
     let mut total = 0f32;
-    for ((block, xs), &(dx, dx_sum)) in weights.chunks(BLOCK_BYTES).zip(row.values.chunks(BLOCK)).zip(&row.scales) {
+    for ((block, xs), &(dx, dx_sum)) in
+        weights.chunks(BLOCK_BYTES).zip(row.values.chunks(BLOCK)).zip(&row.scales)
+    {
         let (d, m) = header(block);
         let mut int_dot = 0i32;
         for (j, &byte) in block[4..].iter().enumerate() {
-            int_dot += i32::from(byte & 0x0F) * i32::from(xs[j]) + i32::from(byte >> 4) * i32::from(xs[j + 16]);
+            int_dot += i32::from(byte & 0x0F) * i32::from(xs[j])
+                + i32::from(byte >> 4) * i32::from(xs[j + 16]);
         }
         total += d * dx * int_dot as f32 + m * dx_sum;
     }
@@ -197,7 +201,10 @@ unsafe fn dot_avx2<const N: usize>(rows: [&QuantisedRow; N], weights: &[u8]) -> 
     use std::arch::x86_64::*;
     let blocks = weights.len() / BLOCK_BYTES;
     for row in rows {
-        assert!(row.scales.len() >= blocks && row.values.len() >= blocks * BLOCK, "activation row shorter than the weights");
+        assert!(
+            row.scales.len() >= blocks && row.values.len() >= blocks * BLOCK,
+            "activation row shorter than the weights"
+        );
     }
     let low_nibbles = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -235,7 +242,9 @@ unsafe fn dot_avx2<const N: usize>(rows: [&QuantisedRow; N], weights: &[u8]) -> 
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -269,13 +278,18 @@ mod tests {
     fn matches_the_dequantised_matmul() {
         let (out_dim, in_dim, rows) = (19, 96, 5);
         let (q, dense) = matrix(out_dim, in_dim);
-        let x: Vec<f32> = (0..rows * in_dim).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let x: Vec<f32> =
+            (0..rows * in_dim).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
         let y = q.matmul(&x, rows);
         for r in 0..rows {
             for o in 0..out_dim {
-                let exact: f32 = (0..in_dim).map(|k| x[r * in_dim + k] * dense[o * in_dim + k]).sum();
+                let exact: f32 =
+                    (0..in_dim).map(|k| x[r * in_dim + k] * dense[o * in_dim + k]).sum();
                 let got = y[r * out_dim + o];
-                assert!((got - exact).abs() <= 0.02 * (1.0 + exact.abs()), "row {r} col {o}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() <= 0.02 * (1.0 + exact.abs()),
+                    "row {r} col {o}: {got} vs {exact}"
+                );
             }
         }
     }
@@ -284,7 +298,8 @@ mod tests {
     fn simd_and_portable_paths_agree() {
         let (q, _) = matrix(3, 64);
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
-        let rows: Vec<QuantisedRow> = x.chunks(16).map(|part| quantise_row(&part.repeat(4))).collect();
+        let rows: Vec<QuantisedRow> =
+            x.chunks(16).map(|part| quantise_row(&part.repeat(4))).collect();
         for weight_row in q.bytes.chunks(2 * BLOCK_BYTES) {
             for count in 1..=rows.len() {
                 let portable = dot_rows(weight_row, &rows[..count], false);
@@ -313,4 +328,3 @@ mod tests {
         assert!(Q4_1Matrix::new(vec![0; 20].into(), 1, 30).is_err());
     }
 }
-

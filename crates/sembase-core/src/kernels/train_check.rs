@@ -11,7 +11,13 @@ pub fn largest(a: &Tensor, b: &Tensor) -> f32 {
 /// Asserts that `ours` and `theirs` (both computed from `vars`) agree within
 /// `forward_tol`, and that the gradients of one random weighted sum of each agree within
 /// `gradient_tol` for every named variable.
-pub fn assert_same_forward_and_gradients(ours: &Tensor, theirs: &Tensor, vars: &[(&str, &Var)], forward_tol: f32, gradient_tol: f32) {
+pub fn assert_same_forward_and_gradients(
+    ours: &Tensor,
+    theirs: &Tensor,
+    vars: &[(&str, &Var)],
+    forward_tol: f32,
+    gradient_tol: f32,
+) {
     assert!(largest(ours, theirs) < forward_tol, "forward differs by {}", largest(ours, theirs));
     let weights = Tensor::randn(0f32, 1.0, ours.shape(), ours.device()).unwrap();
     let ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();

@@ -41,7 +41,10 @@ impl TrainDropout {
     }
 
     fn masked(&self, mut values: Vec<f32>) -> Vec<f32> {
-        values.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, v)| self.apply(chunk * CHUNK, v));
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, v)| self.apply(chunk * CHUNK, v));
         values
     }
 }
@@ -75,14 +78,19 @@ mod tests {
     #[test]
     fn drops_about_the_rate_scales_the_rest_and_backward_uses_the_same_mask() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::ones(100_000, candle_core::DType::F32, &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::ones(100_000, candle_core::DType::F32, &dev).unwrap())
+            .unwrap();
         let y = dropout(x.as_tensor(), 0.1, 3).unwrap();
         let values = y.to_vec1::<f32>().unwrap();
         let dropped = values.iter().filter(|&&v| v == 0.0).count() as f64 / values.len() as f64;
         assert!((dropped - 0.1).abs() < 0.005, "dropped {dropped}");
         assert!(values.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
         let grad = y.sum_all().unwrap().backward().unwrap();
-        assert_eq!(grad.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), values, "y = x * mask, so dy/dx is the mask");
+        assert_eq!(
+            grad.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            values,
+            "y = x * mask, so dy/dx is the mask"
+        );
         let other = dropout(x.as_tensor(), 0.1, 4).unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(other, values, "the seed does not change the mask");
     }

@@ -27,7 +27,9 @@ impl CustomOp1 for TrainGelu {
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (x_host, mut dx) = (HostF32::of(x)?, HostF32::of(grad)?.to_vec());
-        dx.par_chunks_mut(CHUNK).zip(x_host.par_chunks(CHUNK)).for_each(|(g, x)| gelu_erf_backward(x, g));
+        dx.par_chunks_mut(CHUNK)
+            .zip(x_host.par_chunks(CHUNK))
+            .for_each(|(g, x)| gelu_erf_backward(x, g));
         Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
     }
 }

@@ -22,7 +22,11 @@ impl Dropout {
 
     /// The probability of dropping an element in this mode (0 outside training).
     pub fn rate(&self, mode: &Mode) -> f32 {
-        if mode.is_training() { self.p } else { 0.0 }
+        if mode.is_training() {
+            self.p
+        } else {
+            0.0
+        }
     }
 
     /// Identity outside training; in training, zeroes elements and rescales the rest.

@@ -33,7 +33,12 @@ impl Embedding {
 
     /// Like [`Embedding::load`], but reads the table in place from `mapped` when it is
     /// stored there as f32 (copying it otherwise).
-    pub fn load_mapped(vb: VarBuilder, rows: usize, dim: usize, mapped: Option<&MappedWeights>) -> Result<Self> {
+    pub fn load_mapped(
+        vb: VarBuilder,
+        rows: usize,
+        dim: usize,
+        mapped: Option<&MappedWeights>,
+    ) -> Result<Self> {
         let name = format!("{}.weight", vb.prefix());
         match mapped.and_then(|m| m.matrix::<f32>(&name, rows, dim)) {
             Some(matrix) => Ok(Self { table: Table::Mapped(matrix) }),
@@ -77,18 +82,33 @@ impl Embedding {
         let Some(&(first, first_ids)) = lookups.first() else {
             return Err(candle_core::Error::Msg("no embedding tables to look up".into()).into());
         };
-        let host_tables = lookups.iter().map(|(e, _)| e.host_values()).collect::<candle_core::Result<Option<Vec<_>>>>()?;
+        let host_tables = lookups
+            .iter()
+            .map(|(e, _)| e.host_values())
+            .collect::<candle_core::Result<Option<Vec<_>>>>()?;
         let Some(host_tables) = host_tables else {
-            return lookups[1..].iter().try_fold(first.forward(first_ids)?, |sum, (e, ids)| Ok(sum.add(&e.forward(ids)?)?));
+            return lookups[1..].iter().try_fold(first.forward(first_ids)?, |sum, (e, ids)| {
+                Ok(sum.add(&e.forward(ids)?)?)
+            });
         };
-        let ids = lookups.iter().map(|(_, ids)| ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()).collect::<candle_core::Result<Vec<_>>>()?;
-        let pairs: Vec<(&[f32], &[u32])> = host_tables.iter().zip(&ids).map(|(values, ids)| (&**values, ids.as_slice())).collect();
+        let ids = lookups
+            .iter()
+            .map(|(_, ids)| ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pairs: Vec<(&[f32], &[u32])> =
+            host_tables.iter().zip(&ids).map(|(values, ids)| (&**values, ids.as_slice())).collect();
         let mut dims = first_ids.dims().to_vec();
         dims.push(first.dim());
         if lookups.iter().any(|(e, _)| e.dim() != first.dim()) {
-            return Err(candle_core::Error::Msg("embedding tables to sum differ in width".into()).into());
+            return Err(
+                candle_core::Error::Msg("embedding tables to sum differ in width".into()).into()
+            );
         }
-        Ok(Tensor::from_vec(cpu_lookup::sum_of_rows(first.dim(), &pairs)?, dims, first_ids.device())?)
+        Ok(Tensor::from_vec(
+            cpu_lookup::sum_of_rows(first.dim(), &pairs)?,
+            dims,
+            first_ids.device(),
+        )?)
     }
 
     /// The table's values as host f32, when inference on the CPU can read them (mapped,
@@ -96,7 +116,9 @@ impl Embedding {
     fn host_values(&self) -> candle_core::Result<Option<TableValues<'_>>> {
         Ok(match &self.table {
             Table::Mapped(m) => Some(TableValues::Mapped(m.values())),
-            Table::Tensor(t) if on_cpu_in_f32(&[t]) && !t.track_op() => Some(TableValues::Host(HostF32::of(t)?)),
+            Table::Tensor(t) if on_cpu_in_f32(&[t]) && !t.track_op() => {
+                Some(TableValues::Host(HostF32::of(t)?))
+            }
             Table::Tensor(_) => None,
         })
     }

@@ -12,9 +12,9 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::{Activation, Linear, LinearWeights};
+use crate::error::{Error, Result};
 use crate::kernels::q4_1::Q4_1Matrix;
 use crate::weights::mapped_gguf::GgufTensor;
-use crate::error::{Error, Result};
 
 /// From this many activation rows on, dequantising a Q4_1 matrix to f32 for the call
 /// and running the f32 GEMM beats sembase's Q4_1 kernel. Both costs grow with the
@@ -42,7 +42,10 @@ impl GgufMatrix {
     /// The matrix `tensor` (already checked to be `(out, in)`) for use on `device`.
     pub fn new(tensor: GgufTensor, device: &Device) -> Result<Self> {
         let [out_dim, in_dim] = tensor.dims[..] else {
-            return Err(Error::Unsupported(format!("a quantised matrix of shape {:?}", tensor.dims)));
+            return Err(Error::Unsupported(format!(
+                "a quantised matrix of shape {:?}",
+                tensor.dims
+            )));
         };
         Ok(match (device.is_cpu(), tensor.dtype) {
             (true, GgmlDType::Q4_1) => Self::Q4_1(Q4_1Matrix::new(tensor.bytes, out_dim, in_dim)?),
@@ -54,7 +57,9 @@ impl GgufMatrix {
     /// `x W^T` over the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_dim = *dims.last().ok_or_else(|| Error::Unsupported("a quantised matmul of a scalar".into()))?;
+        let in_dim = *dims
+            .last()
+            .ok_or_else(|| Error::Unsupported("a quantised matmul of a scalar".into()))?;
         let rows = x.elem_count() / in_dim.max(1);
         match self {
             Self::Device(matmul) => Ok(matmul.forward(&x.contiguous()?)?),
@@ -83,10 +88,19 @@ impl GgufMatrix {
         match self {
             Self::Q4_1(weights) => {
                 let (out_dim, in_dim) = (weights.out_dim(), weights.in_dim());
-                Ok(Tensor::from_vec(weights.dequantise_transposed(), (in_dim, out_dim), &Device::Cpu)?.t()?)
+                Ok(Tensor::from_vec(
+                    weights.dequantise_transposed(),
+                    (in_dim, out_dim),
+                    &Device::Cpu,
+                )?
+                .t()?)
             }
-            Self::Mapped(tensor) => Ok(tensor.to_qtensor(&Device::Cpu)?.dequantize(&Device::Cpu)?),
-            Self::Device(_) => Err(Error::Unsupported("dequantising a matrix held on a device".into())),
+            Self::Mapped(tensor) => {
+                Ok(tensor.to_qtensor(&Device::Cpu)?.dequantize(&Device::Cpu)?)
+            }
+            Self::Device(_) => {
+                Err(Error::Unsupported("dequantising a matrix held on a device".into()))
+            }
         }
     }
 }

@@ -82,7 +82,8 @@ impl LinearWeights {
                 None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| Tensor::cat(&biases, 0)).transpose()?;
+        let bias =
+            parts.iter().any(|p| p.bias.is_some()).then(|| Tensor::cat(&biases, 0)).transpose()?;
         Ok(Self { weight: Tensor::cat(&weights, 0)?, bias })
     }
 }
@@ -108,11 +109,12 @@ impl Linear {
         let LinearWeights { weight, bias } = weights;
         // Inference weights on the CPU are stored transposed once, as the kernel reads
         // them; `weight` stays a (strided) view of that storage, so nothing is kept twice.
-        let weight = if !weight.track_op() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            weight.t()?.contiguous()?.t()?
-        } else {
-            weight
-        };
+        let weight =
+            if !weight.track_op() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+                weight.t()?.contiguous()?.t()?
+            } else {
+                weight
+            };
         Ok(Self { weights: LinearStore::Float { weight, bias, kernel_weights: OnceLock::new() } })
     }
 
@@ -180,24 +182,58 @@ impl Linear {
         let (y, activated) = match &self.weights {
             LinearStore::Int8(int8) => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
-                    return Err(Error::Unsupported("int8 weights run only for inference on f32 CPU inputs".into()));
+                    return Err(Error::Unsupported(
+                        "int8 weights run only for inference on f32 CPU inputs".into(),
+                    ));
                 }
-                (int8_linear::linear(&flat.contiguous()?, &int8.matrix, &int8.bias, gelu, int8.kernel)?, gelu)
+                (
+                    int8_linear::linear(
+                        &flat.contiguous()?,
+                        &int8.matrix,
+                        &int8.bias,
+                        gelu,
+                        int8.kernel,
+                    )?,
+                    gelu,
+                )
             }
             LinearStore::Mapped { weight, bias } => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
-                    return Err(Error::Unsupported("mapped half-precision weights run only for inference on f32 CPU inputs".into()));
+                    return Err(Error::Unsupported(
+                        "mapped half-precision weights run only for inference on f32 CPU inputs"
+                            .into(),
+                    ));
                 }
                 let kernel = KernelWeights::convert(&weight.to_tensor()?, bias.as_ref())?;
-                (cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?, gelu)
+                (
+                    cpu_linear::linear(
+                        &flat.contiguous()?,
+                        &kernel.weight_t,
+                        &kernel.bias,
+                        CpuLinear { gelu },
+                    )?,
+                    gelu,
+                )
             }
-            LinearStore::Float { weight, bias, kernel_weights } if kernel_applies(x, weight, bias.as_ref()) => {
+            LinearStore::Float { weight, bias, kernel_weights }
+                if kernel_applies(x, weight, bias.as_ref()) =>
+            {
                 let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
-                (cpu_linear::linear(&flat.contiguous()?, &kernel.weight_t, &kernel.bias, CpuLinear { gelu })?, gelu)
+                (
+                    cpu_linear::linear(
+                        &flat.contiguous()?,
+                        &kernel.weight_t,
+                        &kernel.bias,
+                        CpuLinear { gelu },
+                    )?,
+                    gelu,
+                )
             }
             LinearStore::Float { weight, bias, .. } => {
                 let y = match bias {
-                    Some(bias) if on_cpu_in_f32(&[&flat, weight, bias]) => train_linear::linear(&flat, weight, bias)?,
+                    Some(bias) if on_cpu_in_f32(&[&flat, weight, bias]) => {
+                        train_linear::linear(&flat, weight, bias)?
+                    }
                     Some(bias) => flat.matmul(&weight.t()?)?.broadcast_add(bias)?,
                     None => flat.matmul(&weight.t()?)?,
                 };
@@ -223,7 +259,11 @@ fn kernel_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
 
 /// The kernel's weights: made once and kept in `cache` for f32 weights, converted on each
 /// call for half-precision ones (so only one f32 matrix exists at a time).
-fn kernel_weights_of<'a>(weight: &Tensor, bias: Option<&Tensor>, cache: &'a OnceLock<KernelWeights>) -> Result<Cow<'a, KernelWeights>> {
+fn kernel_weights_of<'a>(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cache: &'a OnceLock<KernelWeights>,
+) -> Result<Cow<'a, KernelWeights>> {
     if weight.dtype() != DType::F32 {
         return Ok(Cow::Owned(KernelWeights::convert(weight, bias)?));
     }

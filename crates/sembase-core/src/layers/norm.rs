@@ -23,7 +23,8 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Loads `weight` and `bias` (older checkpoints: `gamma` and `beta`).
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        let (w, b) = if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        let (w, b) =
+            if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
         let weight = vb.get_with_hints(dim, w, candle_nn::Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, b, candle_nn::Init::Const(0.0))?;
         Ok(Self { weight, bias, eps, kernel_params: OnceLock::new() })
@@ -47,7 +48,10 @@ impl LayerNorm {
             return self.forward_differentiable(x);
         }
         match self.kernel_params(&[x])? {
-            Some((weight, bias)) => Ok(cpu_norm::layer_norm(&x.contiguous()?, LayerNormKernel { weight, bias, eps: self.eps as f32 })?),
+            Some((weight, bias)) => Ok(cpu_norm::layer_norm(
+                &x.contiguous()?,
+                LayerNormKernel { weight, bias, eps: self.eps as f32 },
+            )?),
             None => Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
         }
     }
@@ -55,8 +59,10 @@ impl LayerNorm {
     /// Scale and shift as host values when `inputs` can take the CPU inference kernel
     /// (f32 on the CPU, outside any gradient graph).
     fn kernel_params(&self, inputs: &[&Tensor]) -> Result<Option<(&[f32], &[f32])>> {
-        let tracked = inputs.iter().any(|t| t.track_op()) || self.weight.track_op() || self.bias.track_op();
-        let f32s = inputs.iter().chain([&&self.weight, &&self.bias]).all(|t| t.dtype() == DType::F32);
+        let tracked =
+            inputs.iter().any(|t| t.track_op()) || self.weight.track_op() || self.bias.track_op();
+        let f32s =
+            inputs.iter().chain([&&self.weight, &&self.bias]).all(|t| t.dtype() == DType::F32);
         if tracked || !f32s || !inputs.iter().all(|t| t.device().is_cpu()) {
             return Ok(None);
         }

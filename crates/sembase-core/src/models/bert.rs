@@ -8,9 +8,9 @@ use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
 use super::{CpuInference, TextEncoder};
 use crate::error::Result;
+use crate::layers::{Dropout, Embedding, LayerNorm};
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
-use crate::layers::{Dropout, Embedding, LayerNorm};
 use crate::weights::MappedWeights;
 
 /// BERT's weight names inside `encoder.layer.N`.
@@ -39,7 +39,9 @@ impl PositionScheme {
     pub fn ids(&self, mask: &Tensor) -> Result<Tensor> {
         let (b, s) = mask.dims2()?;
         match *self {
-            Self::FromZero => Ok(Tensor::arange(0u32, s as u32, mask.device())?.unsqueeze(0)?.repeat((b, 1))?),
+            Self::FromZero => {
+                Ok(Tensor::arange(0u32, s as u32, mask.device())?.unsqueeze(0)?.repeat((b, 1))?)
+            }
             Self::AfterPadding { pad } => {
                 let mask = mask.to_dtype(DType::F32)?;
                 let counted = (mask.cumsum(1)? * &mask)?;
@@ -72,16 +74,32 @@ impl TokenEmbeddings {
     /// Loads from `vb` (pointing at `embeddings`); `with_segments` adds the
     /// token-type table, always used with type 0 for single texts. Tables are read in
     /// place from `mapped` when given.
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, with_segments: bool, mapped: Option<&MappedWeights>) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &TransformerConfig,
+        positions: PositionScheme,
+        with_segments: bool,
+        mapped: Option<&MappedWeights>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let segment = if with_segments {
-            Some(Embedding::load_mapped(vb.pp("token_type_embeddings"), cfg.type_vocab_size, h, mapped)?)
+            Some(Embedding::load_mapped(
+                vb.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+                mapped,
+            )?)
         } else {
             None
         };
         Ok(Self {
             word: Embedding::load_mapped(vb.pp("word_embeddings"), cfg.vocab_size, h, mapped)?,
-            position: Embedding::load_mapped(vb.pp("position_embeddings"), cfg.max_position_embeddings, h, mapped)?,
+            position: Embedding::load_mapped(
+                vb.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+                mapped,
+            )?,
             segment,
             norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
@@ -127,9 +145,20 @@ impl BertModel {
     }
 
     /// Loads a BERT-shaped model with the given position numbering (XLM-R reuses this).
-    pub fn load_with_positions(vb: VarBuilder, cfg: &TransformerConfig, positions: PositionScheme, cpu: &CpuInference) -> Result<Self> {
+    pub fn load_with_positions(
+        vb: VarBuilder,
+        cfg: &TransformerConfig,
+        positions: PositionScheme,
+        cpu: &CpuInference,
+    ) -> Result<Self> {
         Ok(Self {
-            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, positions, true, cpu.mapped.as_ref())?,
+            embeddings: TokenEmbeddings::load(
+                vb.pp("embeddings"),
+                cfg,
+                positions,
+                true,
+                cpu.mapped.as_ref(),
+            )?,
             encoder: Encoder::load(vb.pp("encoder"), cfg, &BERT_LAYER_NAMES, cpu.int8)?,
             hidden_size: cfg.hidden_size,
         })

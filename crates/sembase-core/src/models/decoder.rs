@@ -10,15 +10,14 @@
 //! stays in the file either way. Names are the Hugging Face ones; the GGUF source maps
 //! them.
 
-
 use candle_core::{DType, Device, Tensor, D};
 
 use super::decoder_config::DecoderConfig;
 use super::TextEncoder;
 use crate::error::{Error, Result};
+use crate::layers::{softmax_last_dim, Activation, DecoderLinear, RmsNorm};
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
-use crate::layers::{softmax_last_dim, Activation, DecoderLinear, RmsNorm};
 use crate::weights::token_table::TokenTable;
 use crate::weights::DecoderWeights;
 
@@ -82,9 +81,16 @@ impl RopeTables {
     }
 
     /// Tables of shape `leading x half` for the given flattened positions.
-    fn from_positions(inv_freq: &[f64], positions: &[usize], leading: &[usize], layout: RopeLayout, device: &Device) -> Result<Self> {
+    fn from_positions(
+        inv_freq: &[f64],
+        positions: &[usize],
+        leading: &[usize],
+        layout: RopeLayout,
+        device: &Device,
+    ) -> Result<Self> {
         let half = inv_freq.len();
-        let angles: Vec<f64> = positions.iter().flat_map(|&p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
+        let angles: Vec<f64> =
+            positions.iter().flat_map(|&p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
         let cos: Vec<f32> = angles.iter().map(|a| a.cos() as f32).collect();
         let sin: Vec<f32> = angles.iter().map(|a| a.sin() as f32).collect();
         let mut shape = leading.to_vec();
@@ -121,7 +127,8 @@ impl RopeTables {
             }
             RopeLayout::Interleaved => {
                 let pairs = x.reshape((b, h, s, d / 2, 2))?;
-                let (x0, x1) = (pairs.narrow(4, 0, 1)?.squeeze(4)?, pairs.narrow(4, 1, 1)?.squeeze(4)?);
+                let (x0, x1) =
+                    (pairs.narrow(4, 0, 1)?.squeeze(4)?, pairs.narrow(4, 1, 1)?.squeeze(4)?);
                 let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
                 let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
                 Ok(Tensor::stack(&[&y0, &y1], 4)?.reshape((b, h, s, d))?)
@@ -187,7 +194,11 @@ impl Attention {
         let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, kv, group * s, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, heads, s, s))?.broadcast_add(bias)?;
         let probs = softmax_last_dim(&scores)?.reshape((b, kv, group * s, s))?;
-        let context = probs.matmul(&v)?.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((b, s, heads * d))?;
+        let context = probs.matmul(&v)?.reshape((b, heads, s, d))?.transpose(1, 2)?.reshape((
+            b,
+            s,
+            heads * d,
+        ))?;
         self.o.forward(&context)
     }
 }
@@ -243,16 +254,23 @@ pub struct DecoderModel {
 fn causal_padding_bias(mask: &Tensor) -> Result<Tensor> {
     const MASKED: f32 = -1e30;
     let (b, s) = mask.dims2()?;
-    let causal: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { MASKED } else { 0.0 })).collect();
+    let causal: Vec<f32> =
+        (0..s).flat_map(|i| (0..s).map(move |j| if j > i { MASKED } else { 0.0 })).collect();
     let causal = Tensor::from_vec(causal, (1, 1, s, s), mask.device())?;
-    let padding = ((mask.to_dtype(DType::F32)? - 1.0)? * -(MASKED as f64))?.reshape((b, 1, 1, s))?;
+    let padding =
+        ((mask.to_dtype(DType::F32)? - 1.0)? * -(MASKED as f64))?.reshape((b, 1, 1, s))?;
     Ok(causal.broadcast_add(&padding)?)
 }
 
 impl DecoderModel {
     /// Loads the stack from `w` (model body already located) with `opts`; the
     /// language-model head only when `with_lm_head`. `layout` is the RoPE pairing.
-    pub fn load(w: &DecoderWeights, cfg: &DecoderConfig, opts: DecoderOptions, with_lm_head: bool) -> Result<Self> {
+    pub fn load(
+        w: &DecoderWeights,
+        cfg: &DecoderConfig,
+        opts: DecoderOptions,
+        with_lm_head: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         let layout = if w.is_gguf() && cfg.model_type != "qwen2" && cfg.model_type != "qwen3" {
             RopeLayout::Interleaved
@@ -293,9 +311,13 @@ impl DecoderModel {
 
     /// Logits `(batch, vocab)` at each row's last real token (left or right padding).
     pub fn next_token_logits(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
+        let head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
         let states = self.forward_states(ids, mask)?;
-        let last = crate::pooling::Pooling::new(crate::pooling::PoolingMode::LastToken).forward(&states, mask)?;
+        let last = crate::pooling::Pooling::new(crate::pooling::PoolingMode::LastToken)
+            .forward(&states, mask)?;
         head.forward(&last)
     }
 
@@ -353,7 +375,14 @@ mod tests {
             let tables = RopeTables::new(&inv, 5, layout, &dev).unwrap();
             let fast = tables.apply(&x).unwrap();
             let slow = tables.apply(var.as_tensor()).unwrap();
-            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "{layout:?}: {diff}");
         }
     }
@@ -361,7 +390,14 @@ mod tests {
     #[test]
     fn bias_is_causal_and_masks_padding() {
         let mask = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu).unwrap();
-        let bias: Vec<Vec<f32>> = causal_padding_bias(&mask).unwrap().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let bias: Vec<Vec<f32>> = causal_padding_bias(&mask)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(bias[0][0], 0.0);
         assert!(bias[0][1] < -1e29);
         assert_eq!(bias[2][1], 0.0);

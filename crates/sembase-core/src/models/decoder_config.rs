@@ -104,16 +104,27 @@ impl DecoderConfig {
     pub fn validate(&self) -> Result<()> {
         let (heads, kv) = (self.num_attention_heads, self.kv_heads());
         if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
-            return Err(Error::Unsupported(format!("{heads} attention heads cannot share {kv} key/value heads")));
+            return Err(Error::Unsupported(format!(
+                "{heads} attention heads cannot share {kv} key/value heads"
+            )));
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
-            return Err(Error::Unsupported(format!("hidden_size {} is not a multiple of {heads} heads", self.hidden_size)));
+            return Err(Error::Unsupported(format!(
+                "hidden_size {} is not a multiple of {heads} heads",
+                self.hidden_size
+            )));
         }
         if !self.head_width().is_multiple_of(2) {
-            return Err(Error::Unsupported(format!("head width {} is odd; RoPE needs pairs", self.head_width())));
+            return Err(Error::Unsupported(format!(
+                "head width {} is odd; RoPE needs pairs",
+                self.head_width()
+            )));
         }
         if !matches!(self.hidden_act.as_str(), "silu" | "swish") {
-            return Err(Error::Unsupported(format!("decoder hidden_act {:?} (only silu/SwiGLU)", self.hidden_act)));
+            return Err(Error::Unsupported(format!(
+                "decoder hidden_act {:?} (only silu/SwiGLU)",
+                self.hidden_act
+            )));
         }
         Ok(())
     }
@@ -121,11 +132,19 @@ impl DecoderConfig {
     /// The rotary inverse frequencies, `head_width / 2` of them, after `rope_scaling`.
     pub fn rope_inv_freq(&self) -> Result<Vec<f64>> {
         let d = self.head_width();
-        let theta = self.rope_parameters.as_ref().and_then(|p| p.rope_theta).unwrap_or(self.rope_theta);
-        let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / d as f64)).collect();
-        let Some(scaling) = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()) else { return Ok(base) };
+        let theta =
+            self.rope_parameters.as_ref().and_then(|p| p.rope_theta).unwrap_or(self.rope_theta);
+        let base: Vec<f64> =
+            (0..d / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / d as f64)).collect();
+        let Some(scaling) = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()) else {
+            return Ok(base);
+        };
         let kind = scaling.rope_type.as_deref().or(scaling.kind.as_deref()).unwrap_or("default");
-        let factor = || scaling.factor.ok_or_else(|| Error::Unsupported(format!("rope_scaling {kind:?} without factor")));
+        let factor = || {
+            scaling
+                .factor
+                .ok_or_else(|| Error::Unsupported(format!("rope_scaling {kind:?} without factor")))
+        };
         match kind {
             "default" => Ok(base),
             "linear" => {
@@ -153,7 +172,9 @@ impl DecoderConfig {
                     })
                     .collect())
             }
-            other => Err(Error::Unsupported(format!("rope_scaling type {other:?} (supported: default, linear, llama3)"))),
+            other => Err(Error::Unsupported(format!(
+                "rope_scaling type {other:?} (supported: default, linear, llama3)"
+            ))),
         }
     }
 }
@@ -178,8 +199,10 @@ mod tests {
         let linear = config(r#"{"type":"linear","factor":4.0}"#).rope_inv_freq().unwrap();
         assert!((linear[1] * 4.0 - plain[1]).abs() < 1e-12);
         // llama3: the highest frequency is kept, the lowest divided by the factor.
-        let l3 = config(r#"{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
-                             "original_max_position_embeddings":64}"#)
+        let l3 = config(
+            r#"{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+                             "original_max_position_embeddings":64}"#,
+        )
         .rope_inv_freq()
         .unwrap();
         assert_eq!(l3[0], plain[0]);
@@ -187,7 +210,9 @@ mod tests {
         assert!(config(r#"{"type":"yarn","factor":2.0}"#).rope_inv_freq().is_err());
         // transformers 5: theta and scaling in `rope_parameters`.
         let mut v5 = config("null");
-        v5.rope_parameters = serde_json::from_str(r#"{"rope_type":"linear","factor":4.0,"rope_theta":100.0}"#).unwrap();
+        v5.rope_parameters =
+            serde_json::from_str(r#"{"rope_type":"linear","factor":4.0,"rope_theta":100.0}"#)
+                .unwrap();
         let v5 = v5.rope_inv_freq().unwrap();
         assert!((v5[1] * 4.0 - 100f64.powf(-0.25)).abs() < 1e-12);
     }

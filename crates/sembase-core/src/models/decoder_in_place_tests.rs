@@ -19,11 +19,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::layers::gguf_linear::GgufMatrix;
+use crate::models::load_decoder;
+use crate::vectors::cosine;
 use crate::weights::gguf_names::gguf_name;
 use crate::weights::MappedWeights;
 use crate::{Mode, PackedBatch};
-use crate::models::load_decoder;
-use crate::vectors::cosine;
 
 fn config() -> DecoderConfig {
     serde_json::from_value(serde_json::json!({
@@ -39,13 +39,20 @@ fn config() -> DecoderConfig {
 fn random_model(cfg: &DecoderConfig) -> (DecoderModel, VarMap) {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-    let model = load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), cfg, false).unwrap();
+    let model =
+        load_decoder(&DecoderWeights::from_var_builder_at(vb, "model"), cfg, false).unwrap();
     for (name, var) in vars.data().lock().unwrap().iter() {
         let salt = name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        let unit = |i: usize| ((i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let unit = |i: usize| {
+            ((i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32
+                / (1u64 << 24) as f32
+                - 0.5
+        };
         let values: Vec<f32> = match var.dims() {
             [_] => (0..var.elem_count()).map(|i| 1.0 + 0.4 * unit(i)).collect(),
-            [_, fan_in] => (0..var.elem_count()).map(|i| unit(i) * 2.0 / (*fan_in as f32).sqrt()).collect(),
+            [_, fan_in] => {
+                (0..var.elem_count()).map(|i| unit(i) * 2.0 / (*fan_in as f32).sqrt()).collect()
+            }
             other => panic!("{name}: unexpected shape {other:?}"),
         };
         var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
@@ -66,17 +73,26 @@ fn write_gguf(vars: &VarMap, matrices: GgmlDType, table: GgmlDType, path: &Path)
                 (_, 2) => matrices,
                 _ => GgmlDType::F32,
             };
-            (gguf_name(hf).unwrap_or_else(|| panic!("no GGUF name for {hf}")), QTensor::quantize(var.as_tensor(), dtype).unwrap())
+            (
+                gguf_name(hf).unwrap_or_else(|| panic!("no GGUF name for {hf}")),
+                QTensor::quantize(var.as_tensor(), dtype).unwrap(),
+            )
         })
         .collect();
     let named: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let arch = gguf_file::Value::String("qwen3".into());
-    gguf_file::write(&mut std::fs::File::create(path).unwrap(), &[("general.architecture", &arch)], &named).unwrap();
+    gguf_file::write(
+        &mut std::fs::File::create(path).unwrap(),
+        &[("general.architecture", &arch)],
+        &named,
+    )
+    .unwrap();
 }
 
 fn load_gguf(path: &Path, cfg: &DecoderConfig, dequantize: bool) -> DecoderModel {
     // SAFETY: the test's file is not changed while the model lives.
-    let (weights, arch) = unsafe { DecoderWeights::from_gguf(path, &Device::Cpu, dequantize) }.unwrap();
+    let (weights, arch) =
+        unsafe { DecoderWeights::from_gguf(path, &Device::Cpu, dequantize) }.unwrap();
     assert_eq!(arch, "qwen3");
     load_decoder(&weights, cfg, false).unwrap()
 }
@@ -90,10 +106,17 @@ fn states(model: &DecoderModel) -> Vec<Vec<f32>> {
 fn states_of_copies(model: &DecoderModel, copies: usize) -> Vec<Vec<f32>> {
     let ids: Vec<u32> = (0..14 * copies).map(|i| (i % 14 * 37 + 5) as u32 % 96).collect();
     let ids = Tensor::from_vec(ids, (2 * copies, 7), &Device::Cpu).unwrap();
-    let mask: Vec<u32> = (0..copies).flat_map(|_| [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).collect();
+    let mask: Vec<u32> =
+        (0..copies).flat_map(|_| [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]).collect();
     let mask = Tensor::from_vec(mask, (2 * copies, 7), &Device::Cpu).unwrap();
-    let out: Vec<Vec<Vec<f32>>> = model.forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference).unwrap().to_vec3().unwrap();
-    out.chunks(2).flat_map(|pair| pair[0].iter().chain(&pair[1][..4]).cloned().collect::<Vec<_>>()).collect()
+    let out: Vec<Vec<Vec<f32>>> = model
+        .forward(&PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(), &Mode::Inference)
+        .unwrap()
+        .to_vec3()
+        .unwrap();
+    out.chunks(2)
+        .flat_map(|pair| pair[0].iter().chain(&pair[1][..4]).cloned().collect::<Vec<_>>())
+        .collect()
 }
 
 fn worst_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
@@ -119,21 +142,35 @@ fn every_block_type_runs_quantised_and_matches_its_dequantised_model() {
         let quantised = load_gguf(&path, &cfg, false);
         let gate = &quantised.layers[0].gate;
         let kind_ok = match matrices {
-            GgmlDType::Q4_1 => matches!(gate, DecoderLinear::Quantized { matrix: GgufMatrix::Q4_1(_), .. }),
+            GgmlDType::Q4_1 => {
+                matches!(gate, DecoderLinear::Quantized { matrix: GgufMatrix::Q4_1(_), .. })
+            }
             _ => matches!(gate, DecoderLinear::Quantized { matrix: GgufMatrix::Mapped(_), .. }),
         };
         assert!(kind_ok, "{matrices:?}: the matrices were not kept quantised: {gate:?}");
-        assert!(matches!(quantised.embed, TokenTable::Blocks(_)), "{table:?}: the word table was copied out");
+        assert!(
+            matches!(quantised.embed, TokenTable::Blocks(_)),
+            "{table:?}: the word table was copied out"
+        );
         let dequantised_model = load_gguf(&path, &cfg, true);
         let dequantised = states(&dequantised_model);
         let from_file = worst_cosine(&dequantised, &reference);
         let kernels = worst_cosine(&states(&quantised), &dequantised);
         // 140 token rows: the dequantise-and-GEMM path (from 128 rows for Q4_1, 32 for
         // the others); 14 rows multiply the blocks.
-        let large_batch = worst_cosine(&states_of_copies(&quantised, 10), &states_of_copies(&dequantised_model, 10));
+        let large_batch = worst_cosine(
+            &states_of_copies(&quantised, 10),
+            &states_of_copies(&dequantised_model, 10),
+        );
         eprintln!("{matrices:?} matrices, {table:?} word table: dequantised/f32 {from_file:.6}, quantised/dequantised {kernels:.6}, large batch {large_batch:.6}");
-        assert!(from_file >= least, "{matrices:?}/{table:?} dequantised against the f32 model: {from_file} < {least}");
-        assert!(kernels >= 0.999, "{matrices:?} quantised matmuls against the same weights in f32: {kernels}");
+        assert!(
+            from_file >= least,
+            "{matrices:?}/{table:?} dequantised against the f32 model: {from_file} < {least}"
+        );
+        assert!(
+            kernels >= 0.999,
+            "{matrices:?} quantised matmuls against the same weights in f32: {kernels}"
+        );
         assert!(large_batch >= 0.999, "{matrices:?} quantised matmuls, 140 rows, against the same weights in f32: {large_batch}");
     }
 }
@@ -147,7 +184,16 @@ fn a_token_id_outside_a_gguf_word_table_is_an_error() {
     write_gguf(&vars, GgmlDType::Q8_0, GgmlDType::Q8_0, &path);
     let model = load_gguf(&path, &cfg, false);
     let ids = Tensor::new(&[[3u32, 96]], &Device::Cpu).unwrap();
-    let err = model.forward(&PackedBatch::from_mask(ids.clone(), Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap()).unwrap(), &Mode::Inference).unwrap_err();
+    let err = model
+        .forward(
+            &PackedBatch::from_mask(
+                ids.clone(),
+                Tensor::ones((1, 2), DType::U32, &Device::Cpu).unwrap(),
+            )
+            .unwrap(),
+            &Mode::Inference,
+        )
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidTokenId { id: 96, vocab: 96, .. }), "{err}");
 }
 
@@ -158,25 +204,47 @@ fn half_precision_safetensors_are_read_in_place_and_match_copied_tensors() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in [DType::BF16, DType::F16] {
         let path = dir.path().join(format!("{dtype:?}.safetensors"));
-        let tensors: HashMap<String, Tensor> =
-            vars.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().to_dtype(dtype).unwrap())).collect();
+        let tensors: HashMap<String, Tensor> = vars
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().to_dtype(dtype).unwrap()))
+            .collect();
         candle_core::safetensors::save(&tensors, &path).unwrap();
         // SAFETY: the test's file is not changed while the models live.
         let mapped = unsafe { MappedWeights::open(std::slice::from_ref(&path)) }.unwrap();
-        let in_place = load_decoder(&DecoderWeights::from_mapped(mapped.clone(), dtype, &Device::Cpu), &cfg, true).unwrap();
-        assert!(matches!(in_place.embed, TokenTable::Mapped(_)), "{dtype:?}: the word table was copied");
+        let in_place = load_decoder(
+            &DecoderWeights::from_mapped(mapped.clone(), dtype, &Device::Cpu),
+            &cfg,
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(in_place.embed, TokenTable::Mapped(_)),
+            "{dtype:?}: the word table was copied"
+        );
         for layer in &in_place.layers {
             for linear in [&layer.attention.q, &layer.attention.o, &layer.gate, &layer.down] {
-                assert!(matches!(linear, DecoderLinear::Dense(l) if l.is_mapped()), "{dtype:?}: a matrix was copied: {linear:?}");
+                assert!(
+                    matches!(linear, DecoderLinear::Dense(l) if l.is_mapped()),
+                    "{dtype:?}: a matrix was copied: {linear:?}"
+                );
             }
         }
-        let copied = load_decoder(&DecoderWeights::from_var_builder(mapped.var_builder(dtype, &Device::Cpu)), &cfg, true).unwrap();
+        let copied = load_decoder(
+            &DecoderWeights::from_var_builder(mapped.var_builder(dtype, &Device::Cpu)),
+            &cfg,
+            true,
+        )
+        .unwrap();
         assert!(matches!(copied.embed, TokenTable::Dense(_)));
         let agreement = worst_cosine(&states(&in_place), &states(&copied));
         assert!(agreement >= 0.99999, "{dtype:?}: in place against copied: {agreement}");
         let ids = Tensor::new(&[[5u32, 17, 3]], &Device::Cpu).unwrap();
         let mask = Tensor::ones((1, 3), DType::U32, &Device::Cpu).unwrap();
-        let logits = |m: &DecoderModel| m.next_token_logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
+        let logits =
+            |m: &DecoderModel| m.next_token_logits(&ids, &mask).unwrap().to_vec2::<f32>().unwrap();
         let tied_head = worst_cosine(&logits(&in_place), &logits(&copied));
         assert!(tied_head >= 0.99999, "{dtype:?}: logits through the tied head: {tied_head}");
     }

@@ -9,12 +9,12 @@ use candle_nn::VarBuilder;
 
 use super::config::TransformerConfig;
 use crate::error::{Error, Result};
-use crate::mode::Mode;
-use crate::packed::PackedBatch;
 use crate::kernels::cpu_attention::{self, CpuAttention};
 use crate::kernels::int8_linear::Int8Kernel;
 use crate::kernels::train_attention::{self, TrainAttention};
 use crate::layers::{softmax_last_dim, Activation, Dropout, LayerNorm, Linear, LinearWeights};
+use crate::mode::Mode;
+use crate::packed::PackedBatch;
 
 /// Where each weight of one encoder layer lives, relative to `encoder.layer.N`.
 #[derive(Debug, Clone, Copy)]
@@ -40,20 +40,34 @@ enum Projections {
 }
 
 impl Projections {
-    fn load(vb: &VarBuilder, names: &LayerWeightNames, hidden: usize, int8: Option<Int8Kernel>) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        names: &LayerWeightNames,
+        hidden: usize,
+        int8: Option<Int8Kernel>,
+    ) -> Result<Self> {
         let load = |name: &str| LinearWeights::load(vb.pp(name), hidden, hidden, true);
         let [query, key, value] = [load(names.query)?, load(names.key)?, load(names.value)?];
         if query.trains() || key.trains() || value.trains() {
-            return Ok(Self::Separate(Box::new([Linear::new(query)?, Linear::new(key)?, Linear::new(value)?])));
+            return Ok(Self::Separate(Box::new([
+                Linear::new(query)?,
+                Linear::new(key)?,
+                Linear::new(value)?,
+            ])));
         }
         // Stacked as stored, then laid out for the kernel once.
-        Ok(Self::Fused(Linear::new_maybe_int8(LinearWeights::stacked(&[query, key, value])?, int8)?))
+        Ok(Self::Fused(Linear::new_maybe_int8(
+            LinearWeights::stacked(&[query, key, value])?,
+            int8,
+        )?))
     }
 
     /// Queries, keys and values of `x` (any leading dimensions), each contiguous.
     fn separate(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         match self {
-            Self::Separate(maps) => Ok((maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?)),
+            Self::Separate(maps) => {
+                Ok((maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?))
+            }
             Self::Fused(qkv) => {
                 let all = qkv.forward(x)?;
                 let h = all.dim(D::Minus1)? / 3;
@@ -66,7 +80,10 @@ impl Projections {
     /// `(tokens, 3 hidden)` for packed `x`: each row's query, key and value side by side.
     fn fused(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Separate(maps) => Ok(Tensor::cat(&[maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?], 1)?),
+            Self::Separate(maps) => Ok(Tensor::cat(
+                &[maps[0].forward(x)?, maps[1].forward(x)?, maps[2].forward(x)?],
+                1,
+            )?),
             Self::Fused(qkv) => qkv.forward(x),
         }
     }
@@ -89,7 +106,12 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames, int8: Option<Int8Kernel>) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        cfg: &TransformerConfig,
+        names: &LayerWeightNames,
+        int8: Option<Int8Kernel>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let ff = cfg.intermediate_size;
         let eps = cfg.layer_norm_eps;
@@ -121,7 +143,8 @@ impl EncoderLayer {
             AttentionPlan::Ops { bias } => self.attend_with_ops(x, bias, mode)?,
             AttentionPlan::Packed(packing) => self.attend_with_kernel(x, packing, mode)?,
         };
-        let attended = self.hidden_dropout.forward(&self.attention_output.forward(&context)?, mode)?;
+        let attended =
+            self.hidden_dropout.forward(&self.attention_output.forward(&context)?, mode)?;
         let x = self.attention_norm.forward_residual(&attended, x)?;
         let inner = self.intermediate.forward_then(&x, Some(self.activation))?;
         let out = self.hidden_dropout.forward(&self.output.forward(&inner)?, mode)?;
@@ -153,7 +176,13 @@ impl EncoderLayer {
             let (q, k, v) = self.projections.separate(x)?;
             let dropout = self.attention_dropout.rate(mode);
             let seed = if dropout > 0.0 { mode.next_dropout_seed() } else { 0 };
-            let op = TrainAttention { heads: self.heads, sequences: packing.sequences.clone(), scale, dropout, seed };
+            let op = TrainAttention {
+                heads: self.heads,
+                sequences: packing.sequences.clone(),
+                scale,
+                dropout,
+                seed,
+            };
             return Ok(train_attention::attention(&q, &k, &v, op)?);
         }
         let op = CpuAttention {
@@ -190,7 +219,12 @@ struct Packing {
 }
 
 impl AttentionPlan {
-    fn new(x: &Tensor, batch: &PackedBatch, extra_bias: Option<&Tensor>, mode: &Mode) -> Result<Self> {
+    fn new(
+        x: &Tensor,
+        batch: &PackedBatch,
+        extra_bias: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Self> {
         // The training kernel has no extra bias (MPNet's relative positions are learned,
         // so their gradient would be needed); such models train through the ops.
         let differentiable = mode.is_training() || x.track_op();
@@ -212,9 +246,19 @@ impl Packing {
     fn new(batch: &PackedBatch, extra_bias: Option<&Tensor>) -> Result<Self> {
         let width = batch.width();
         let starts = batch.cu_seq_lengths();
-        let sequences: Vec<(usize, usize)> = starts.iter().zip(batch.lengths()).map(|(&start, &len)| (start, len)).collect();
-        let rows: Vec<u32> = batch.lengths().iter().enumerate().flat_map(|(b, &len)| (0..len).map(move |t| (b * width + t) as u32)).collect();
-        let rows = if rows.len() == batch.lengths().len() * width { None } else { Some(Tensor::new(rows, &Device::Cpu)?) };
+        let sequences: Vec<(usize, usize)> =
+            starts.iter().zip(batch.lengths()).map(|(&start, &len)| (start, len)).collect();
+        let rows: Vec<u32> = batch
+            .lengths()
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &len)| (0..len).map(move |t| (b * width + t) as u32))
+            .collect();
+        let rows = if rows.len() == batch.lengths().len() * width {
+            None
+        } else {
+            Some(Tensor::new(rows, &Device::Cpu)?)
+        };
         let bias = extra_bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
         Ok(Self { sequences: sequences.into(), width, rows, bias })
     }
@@ -234,7 +278,8 @@ impl Packing {
         let (_, hidden) = packed.dims2()?;
         let (batch, width) = (self.sequences.len(), self.width);
         let flat = match &self.rows {
-            Some(rows) => Tensor::zeros((batch * width, hidden), packed.dtype(), packed.device())?.index_add(rows, packed, 0)?,
+            Some(rows) => Tensor::zeros((batch * width, hidden), packed.dtype(), packed.device())?
+                .index_add(rows, packed, 0)?,
             None => packed.clone(),
         };
         Ok(flat.reshape((batch, width, hidden))?)
@@ -251,8 +296,14 @@ impl Encoder {
     /// Loads `cfg.num_hidden_layers` layers from `vb` (which points at `encoder`). With
     /// `int8`, each layer's linear maps are quantised as it loads (CPU inference only), so
     /// the float weights of at most one layer are ever held.
-    pub fn load(vb: VarBuilder, cfg: &TransformerConfig, names: &LayerWeightNames, int8: Option<Int8Kernel>) -> Result<Self> {
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &TransformerConfig,
+        names: &LayerWeightNames,
+        int8: Option<Int8Kernel>,
+    ) -> Result<Self> {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(Error::Unsupported(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -266,7 +317,13 @@ impl Encoder {
 
     /// Runs every layer over `x`, the embedded tokens of `batch`. `extra_bias`, of shape
     /// `(1, heads, seq, seq)`, is added to the attention scores (MPNet's relative positions).
-    pub fn forward(&self, x: &Tensor, batch: &PackedBatch, extra_bias: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: &PackedBatch,
+        extra_bias: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
         let plan = AttentionPlan::new(x, batch, extra_bias, mode)?;
         let mut hidden = match &plan {
             AttentionPlan::Packed(packing) => packing.pack(x)?,
@@ -301,8 +358,12 @@ mod tests {
         assert_eq!(&packing.sequences[..], &[(0, 2), (2, 3)]);
         let x = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((2, 3, 2)).unwrap();
         let packed = packing.pack(&x).unwrap();
-        assert_eq!(packed.to_vec2::<f32>().unwrap(), vec![vec![0., 1.], vec![2., 3.], vec![6., 7.], vec![8., 9.], vec![10., 11.]]);
-        let restored = packing.unpack(&packed).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            packed.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 1.], vec![2., 3.], vec![6., 7.], vec![8., 9.], vec![10., 11.]]
+        );
+        let restored =
+            packing.unpack(&packed).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(restored, vec![0., 1., 2., 3., 0., 0., 6., 7., 8., 9., 10., 11.]);
     }
 
@@ -318,9 +379,27 @@ mod tests {
         .unwrap();
         let vars = candle_nn::VarMap::new();
         let names = crate::models::bert::BERT_LAYER_NAMES;
-        let separate = Encoder::load(candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu), &config, &names, None).unwrap();
-        let tensors = vars.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect();
-        let fused = Encoder::load(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, &names, None).unwrap();
+        let separate = Encoder::load(
+            candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+            &config,
+            &names,
+            None,
+        )
+        .unwrap();
+        let tensors = vars
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let fused = Encoder::load(
+            candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+            &config,
+            &names,
+            None,
+        )
+        .unwrap();
         assert!(matches!(separate.layers[0].projections, Projections::Separate(_)));
         assert!(matches!(fused.layers[0].projections, Projections::Fused(_)));
         let x = Tensor::randn(0f32, 1.0, (2, 4, 12), &Device::Cpu).unwrap();
@@ -329,7 +408,8 @@ mod tests {
             let batch = PackedBatch::from_mask(mask.zeros_like().unwrap(), mask).unwrap();
             let a = separate.forward(&x, &batch, None, &Mode::Inference).unwrap();
             let b = fused.forward(&x, &batch, None, &Mode::Inference).unwrap();
-            let gap = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let gap =
+                (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(gap < 1e-5, "fused and separate projections differ by {gap}");
         }
     }
@@ -339,6 +419,9 @@ mod tests {
         let mask = Tensor::new(&[[0u32, 1, 1]], &Device::Cpu).unwrap();
         let batch = PackedBatch::from_mask(mask.zeros_like().unwrap(), mask).unwrap();
         let x = Tensor::zeros((1, 3, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(AttentionPlan::new(&x, &batch, None, &Mode::Inference).unwrap(), AttentionPlan::Ops { .. }));
+        assert!(matches!(
+            AttentionPlan::new(&x, &batch, None, &Mode::Inference).unwrap(),
+            AttentionPlan::Ops { .. }
+        ));
     }
 }

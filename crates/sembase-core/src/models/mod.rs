@@ -23,9 +23,9 @@ pub use decoder::DecoderModel;
 pub use decoder_config::DecoderConfig;
 
 use crate::error::{Error, Result};
+use crate::kernels::int8_linear;
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
-use crate::kernels::int8_linear;
 pub use crate::weights::{DecoderWeights, MappedWeights};
 
 /// A model that maps token ids to contextual token states.
@@ -55,14 +55,22 @@ pub struct CpuInference {
 /// with a task head keep the encoder under a prefix (`bert.`, `roberta.`, ...);
 /// it is found by looking for the word embeddings. `cpu` says what to prepare for CPU
 /// inference.
-pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference) -> Result<Box<dyn TextEncoder>> {
+pub fn load_encoder(
+    vb: VarBuilder,
+    cfg: &TransformerConfig,
+    cpu: &CpuInference,
+) -> Result<Box<dyn TextEncoder>> {
     let prefix = encoder_prefix(|name| vb.contains_tensor(name));
     let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
     Ok(match cfg.model_type.as_str() {
         "bert" => Box::new(bert::BertModel::load(vb, cfg, cpu)?),
         "xlm-roberta" | "roberta" | "camembert" => Box::new(xlm_roberta::load(vb, cfg, cpu)?),
         "mpnet" => Box::new(mpnet::MpnetModel::load(vb, cfg, cpu)?),
-        other => return Err(Error::Unsupported(format!("model_type {other:?} (supported: bert, xlm-roberta, roberta, mpnet)"))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "model_type {other:?} (supported: bert, xlm-roberta, roberta, mpnet)"
+            )))
+        }
     })
 }
 
@@ -70,17 +78,26 @@ pub fn load_encoder(vb: VarBuilder, cfg: &TransformerConfig, cpu: &CpuInference)
 /// encoder, found by asking `has` for the word embeddings under each; `""` when none has.
 pub fn encoder_prefix(has: impl Fn(&str) -> bool) -> &'static str {
     const PREFIXES: [&str; 6] = ["", "bert.", "roberta.", "xlm_roberta.", "mpnet.", "model."];
-    PREFIXES.into_iter().find(|p| has(&format!("{p}embeddings.word_embeddings.weight"))).unwrap_or("")
+    PREFIXES
+        .into_iter()
+        .find(|p| has(&format!("{p}embeddings.word_embeddings.weight")))
+        .unwrap_or("")
 }
 
 /// Builds the decoder named by `cfg.model_type` (`llama`, `mistral`, `qwen2`,
 /// `qwen3`) from `w`; the language-model head only when `with_lm_head`.
-pub fn load_decoder(w: &DecoderWeights, cfg: &DecoderConfig, with_lm_head: bool) -> Result<DecoderModel> {
+pub fn load_decoder(
+    w: &DecoderWeights,
+    cfg: &DecoderConfig,
+    with_lm_head: bool,
+) -> Result<DecoderModel> {
     match cfg.model_type.as_str() {
         "llama" | "mistral" => llama::load(w, cfg, with_lm_head),
         "qwen2" => qwen2::load(w, cfg, with_lm_head),
         "qwen3" => qwen3::load(w, cfg, with_lm_head),
-        other => Err(Error::Unsupported(format!("decoder model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"))),
+        other => Err(Error::Unsupported(format!(
+            "decoder model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"
+        ))),
     }
 }
 
@@ -88,7 +105,13 @@ pub fn load_decoder(w: &DecoderWeights, cfg: &DecoderConfig, with_lm_head: bool)
 /// safetensors (memory-mapped; f32 kept as f32, and bf16/f16 kept in their half
 /// precision, converted to f32 one matrix at a time as each matmul runs) or one GGUF
 /// file (quantised matmuls, or dequantised to f32 when `dequantize`).
-pub fn load_decoder_dir(dir: &Path, weight_files: &[PathBuf], device: &Device, dequantize: bool, with_lm_head: bool) -> Result<DecoderModel> {
+pub fn load_decoder_dir(
+    dir: &Path,
+    weight_files: &[PathBuf],
+    device: &Device,
+    dequantize: bool,
+    with_lm_head: bool,
+) -> Result<DecoderModel> {
     let cfg = DecoderConfig::from_dir(dir)?;
     match weight_files {
         [gguf] if gguf.extension().is_some_and(|e| e == "gguf") => {

@@ -9,9 +9,9 @@ use super::config::TransformerConfig;
 use super::encoder::{Encoder, LayerWeightNames};
 use super::{CpuInference, TextEncoder};
 use crate::error::Result;
+use crate::layers::Embedding;
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
-use crate::layers::Embedding;
 
 /// MPNet's weight names inside `encoder.layer.N`.
 const MPNET_LAYER_NAMES: LayerWeightNames = LayerWeightNames {
@@ -45,9 +45,19 @@ impl MpnetModel {
         let pad = cfg.pad_token_id.unwrap_or(1);
         let buckets = cfg.relative_attention_num_buckets;
         Ok(Self {
-            embeddings: TokenEmbeddings::load(vb.pp("embeddings"), cfg, PositionScheme::AfterPadding { pad }, false, cpu.mapped.as_ref())?,
+            embeddings: TokenEmbeddings::load(
+                vb.pp("embeddings"),
+                cfg,
+                PositionScheme::AfterPadding { pad },
+                false,
+                cpu.mapped.as_ref(),
+            )?,
             encoder: Encoder::load(vb.pp("encoder"), cfg, &MPNET_LAYER_NAMES, cpu.int8)?,
-            relative_bias: Embedding::load(vb.pp("encoder.relative_attention_bias"), buckets, cfg.num_attention_heads)?,
+            relative_bias: Embedding::load(
+                vb.pp("encoder.relative_attention_bias"),
+                buckets,
+                cfg.num_attention_heads,
+            )?,
             buckets,
             hidden_size: cfg.hidden_size,
         })
@@ -57,7 +67,9 @@ impl MpnetModel {
     fn position_bias(&self, seq: usize, device: &Device) -> Result<Tensor> {
         let buckets: Vec<u32> = (0..seq)
             .flat_map(|q| (0..seq).map(move |k| (q, k)))
-            .map(|(q, k)| relative_position_bucket(k as i64 - q as i64, self.buckets, MAX_DISTANCE) as u32)
+            .map(|(q, k)| {
+                relative_position_bucket(k as i64 - q as i64, self.buckets, MAX_DISTANCE) as u32
+            })
             .collect();
         let ids = Tensor::from_vec(buckets, (seq, seq), device)?;
         let bias = self.relative_bias.forward(&ids)?; // (seq, seq, heads)
@@ -77,7 +89,8 @@ fn relative_position_bucket(relative: i64, buckets: usize, max_distance: usize) 
     if n < max_exact {
         return base + n;
     }
-    let log_ratio = (n as f32 / max_exact as f32).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+    let log_ratio =
+        (n as f32 / max_exact as f32).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
     let large = max_exact + (log_ratio * (half - max_exact) as f32) as usize;
     base + large.min(half - 1)
 }
@@ -110,9 +123,25 @@ mod tests {
     #[test]
     fn buckets_match_the_reference_table() {
         // Values printed by transformers' MPNetEncoder.relative_position_bucket (32 buckets, max distance 128).
-        let cases = [(0, 0), (-1, 1), (1, 17), (-7, 7), (-8, 8), (-12, 9), (-20, 10), (-127, 15), (-500, 15), (8, 24), (500, 31)];
+        let cases = [
+            (0, 0),
+            (-1, 1),
+            (1, 17),
+            (-7, 7),
+            (-8, 8),
+            (-12, 9),
+            (-20, 10),
+            (-127, 15),
+            (-500, 15),
+            (8, 24),
+            (500, 31),
+        ];
         for (relative, expected) in cases {
-            assert_eq!(relative_position_bucket(relative, 32, 128), expected, "relative {relative}");
+            assert_eq!(
+                relative_position_bucket(relative, 32, 128),
+                expected,
+                "relative {relative}"
+            );
         }
     }
 }

@@ -29,7 +29,10 @@ struct GgufTensors {
 enum Source<'a> {
     /// Tensors from a `VarBuilder`; with `mapped`, half-precision matrices and tables
     /// are read in place from those files instead.
-    Vars { vb: VarBuilder<'a>, mapped: Option<MappedWeights> },
+    Vars {
+        vb: VarBuilder<'a>,
+        mapped: Option<MappedWeights>,
+    },
     Gguf(Arc<GgufTensors>),
 }
 
@@ -71,11 +74,16 @@ impl<'a> DecoderWeights<'a> {
     ///
     /// # Safety
     /// The file must not change while a model loaded from it is alive.
-    pub unsafe fn from_gguf(path: &Path, device: &Device, dequantize: bool) -> Result<(Self, String)> {
+    pub unsafe fn from_gguf(
+        path: &Path,
+        device: &Device,
+        dequantize: bool,
+    ) -> Result<(Self, String)> {
         // SAFETY: passed on to the caller.
         let file = unsafe { MappedGguf::open(path) }?;
         let arch = file.architecture()?;
-        let source = Source::Gguf(Arc::new(GgufTensors { file, dequantize, device: device.clone() }));
+        let source =
+            Source::Gguf(Arc::new(GgufTensors { file, dequantize, device: device.clone() }));
         Ok((Self { source, path: String::new() }, arch))
     }
 
@@ -86,7 +94,8 @@ impl<'a> DecoderWeights<'a> {
 
     /// The weights under `name`.
     pub fn pp(&self, name: &str) -> Self {
-        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+        let path =
+            if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
         Self { source: self.source.clone(), path }
     }
 
@@ -118,7 +127,9 @@ impl<'a> DecoderWeights<'a> {
     pub fn contains(&self, leaf: &str) -> bool {
         match &self.source {
             Source::Vars { vb, .. } => vb.contains_tensor(&self.full(leaf)),
-            Source::Gguf(g) => gguf_name(&self.full(leaf)).is_some_and(|name| g.file.contains(&name)),
+            Source::Gguf(g) => {
+                gguf_name(&self.full(leaf)).is_some_and(|name| g.file.contains(&name))
+            }
         }
     }
 
@@ -127,9 +138,17 @@ impl<'a> DecoderWeights<'a> {
         match &self.source {
             Source::Vars { vb, .. } => Ok(vb.get_with_hints(shape, &self.full(leaf), init)?),
             Source::Gguf(g) => {
-                let t = self.gguf_tensor(g, leaf)?.to_qtensor(&g.device)?.dequantize(&g.device)?.to_dtype(DType::F32)?;
+                let t = self
+                    .gguf_tensor(g, leaf)?
+                    .to_qtensor(&g.device)?
+                    .dequantize(&g.device)?
+                    .to_dtype(DType::F32)?;
                 if t.dims() != shape {
-                    return Err(Error::Unsupported(format!("weight {}: shape {:?}, expected {shape:?}", self.full(leaf), t.dims())));
+                    return Err(Error::Unsupported(format!(
+                        "weight {}: shape {:?}, expected {shape:?}",
+                        self.full(leaf),
+                        t.dims()
+                    )));
                 }
                 Ok(t)
             }
@@ -140,10 +159,16 @@ impl<'a> DecoderWeights<'a> {
     pub(crate) fn table(&self, rows: usize, dim: usize) -> Result<TokenTable> {
         match &self.source {
             Source::Gguf(g) => TokenTable::gguf(self.gguf_tensor(g, "weight")?, rows, dim),
-            Source::Vars { mapped, .. } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), rows, dim)) {
-                Some(table) => Ok(TokenTable::Mapped(table)),
-                None => Ok(TokenTable::Dense(self.dense("weight", &[rows, dim], candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?)),
-            },
+            Source::Vars { mapped, .. } => {
+                match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), rows, dim)) {
+                    Some(table) => Ok(TokenTable::Mapped(table)),
+                    None => Ok(TokenTable::Dense(self.dense(
+                        "weight",
+                        &[rows, dim],
+                        candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+                    )?)),
+                }
+            }
         }
     }
 
@@ -159,13 +184,30 @@ impl<'a> DecoderWeights<'a> {
     }
 
     /// A linear map `in_dim -> out_dim` (`weight` `(out, in)`, optional `bias`).
-    pub(crate) fn linear(&self, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<DecoderLinear> {
+    pub(crate) fn linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+    ) -> Result<DecoderLinear> {
         // Read only where needed: `Linear::load` reads its own bias.
-        let bias = || with_bias.then(|| self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0))).transpose();
+        let bias = || {
+            with_bias
+                .then(|| self.dense("bias", &[out_dim], candle_nn::Init::Const(0.0)))
+                .transpose()
+        };
         match &self.source {
-            Source::Vars { vb, mapped } => match mapped.as_ref().and_then(|m| m.half_matrix(&self.full("weight"), out_dim, in_dim)) {
+            Source::Vars { vb, mapped } => match mapped
+                .as_ref()
+                .and_then(|m| m.half_matrix(&self.full("weight"), out_dim, in_dim))
+            {
                 Some(weight) => Ok(DecoderLinear::Dense(Linear::new_mapped(weight, bias()?))),
-                None => Ok(DecoderLinear::Dense(Linear::load(vb.pp(&self.path), in_dim, out_dim, with_bias)?)),
+                None => Ok(DecoderLinear::Dense(Linear::load(
+                    vb.pp(&self.path),
+                    in_dim,
+                    out_dim,
+                    with_bias,
+                )?)),
             },
             Source::Gguf(g) => {
                 let t = self.gguf_tensor(g, "weight")?;
@@ -179,7 +221,10 @@ impl<'a> DecoderWeights<'a> {
                 }
                 let bias = bias()?;
                 if g.dequantize {
-                    let mut tensors = HashMap::from([("weight".to_string(), t.to_qtensor(&g.device)?.dequantize(&g.device)?)]);
+                    let mut tensors = HashMap::from([(
+                        "weight".to_string(),
+                        t.to_qtensor(&g.device)?.dequantize(&g.device)?,
+                    )]);
                     if let Some(b) = bias {
                         tensors.insert("bias".to_string(), b);
                     }

@@ -37,9 +37,18 @@ mod tests {
     #[test]
     fn gguf_names() {
         assert_eq!(gguf_name("embed_tokens.weight").as_deref(), Some("token_embd.weight"));
-        assert_eq!(gguf_name("layers.12.self_attn.k_norm.weight").as_deref(), Some("blk.12.attn_k_norm.weight"));
-        assert_eq!(gguf_name("layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(gguf_name("layers.0.self_attn.q_proj.bias").as_deref(), Some("blk.0.attn_q.bias"));
+        assert_eq!(
+            gguf_name("layers.12.self_attn.k_norm.weight").as_deref(),
+            Some("blk.12.attn_k_norm.weight")
+        );
+        assert_eq!(
+            gguf_name("layers.0.mlp.down_proj.weight").as_deref(),
+            Some("blk.0.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("layers.0.self_attn.q_proj.bias").as_deref(),
+            Some("blk.0.attn_q.bias")
+        );
         assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
         assert_eq!(gguf_name("layers.0.unknown.weight"), None);
     }

@@ -88,10 +88,13 @@ impl MappedGguf {
     /// # Safety
     /// The file must not change while any tensor read from it is alive.
     pub unsafe fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let file =
+            File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         // SAFETY: passed on to the caller.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| e.with_path(path))?;
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let content =
+            gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| e.with_path(path))?;
         Ok(Self { map: Arc::new(map), content: Arc::new(content), path: path.to_path_buf() })
     }
 
@@ -99,7 +102,9 @@ impl MappedGguf {
     pub fn architecture(&self) -> Result<String> {
         match self.content.metadata.get("general.architecture") {
             Some(value) => Ok(value.to_string()?.clone()),
-            None => Err(Error::Unsupported(format!("{}: no general.architecture", self.path.display()))),
+            None => {
+                Err(Error::Unsupported(format!("{}: no general.architecture", self.path.display())))
+            }
         }
     }
 
@@ -115,12 +120,22 @@ impl MappedGguf {
         let elements = info.shape.elem_count();
         let block = info.ggml_dtype.block_size();
         if !elements.is_multiple_of(block) {
-            return Err(self.damaged(name, format!("{elements} values do not fill whole blocks of {block}")));
+            return Err(self
+                .damaged(name, format!("{elements} values do not fill whole blocks of {block}")));
         }
         let len = elements / block * info.ggml_dtype.type_size();
-        let start = self.content.tensor_data_offset.checked_add(info.offset).and_then(|s| usize::try_from(s).ok());
-        let Some(start) = start.filter(|s| s.checked_add(len).is_some_and(|end| end <= self.map.len())) else {
-            return Err(self.damaged(name, format!("its {len} bytes run past the end of the {}-byte file", self.map.len())));
+        let start = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|s| usize::try_from(s).ok());
+        let Some(start) =
+            start.filter(|s| s.checked_add(len).is_some_and(|end| end <= self.map.len()))
+        else {
+            return Err(self.damaged(
+                name,
+                format!("its {len} bytes run past the end of the {}-byte file", self.map.len()),
+            ));
         };
         Ok(Some(GgufTensor {
             dtype: info.ggml_dtype,
@@ -159,12 +174,17 @@ mod tests {
         let gguf = unsafe { MappedGguf::open(&path) }.unwrap();
         assert_eq!(gguf.architecture().unwrap(), "llama");
         let q = gguf.tensor("q").unwrap().unwrap();
-        assert_eq!((q.dtype, q.dims.as_slice(), q.bytes.len()), (GgmlDType::Q8_0, &[2, 64][..], 4 * 34));
+        assert_eq!(
+            (q.dtype, q.dims.as_slice(), q.bytes.len()),
+            (GgmlDType::Q8_0, &[2, 64][..], 4 * 34)
+        );
         let back = q.to_qtensor(&Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
-        let err = (back - &values).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err =
+            (back - &values).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(err < 0.5, "Q8_0 round trip off by {err}");
         let f = gguf.tensor("f").unwrap().unwrap();
-        let floats: Vec<f32> = f.bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let floats: Vec<f32> =
+            f.bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         assert_eq!(floats, values.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         assert!(gguf.contains("q") && !gguf.contains("missing"));
         assert!(gguf.tensor("missing").unwrap().is_none());

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor, WithDType};
-use half::{bf16, f16};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use half::{bf16, f16};
 use safetensors::Dtype;
 
 use crate::error::Result;
@@ -45,7 +45,12 @@ impl MappedWeights {
     /// The `(rows, cols)` matrix `name`, when it is stored as little-endian `T` (f32,
     /// bf16 or f16) at an address this CPU can read `T` from; `None` otherwise (the
     /// caller then copies it).
-    pub fn matrix<T: WithDType>(&self, name: &str, rows: usize, cols: usize) -> Option<MappedMatrix<T>> {
+    pub fn matrix<T: WithDType>(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Option<MappedMatrix<T>> {
         let view = self.0.get(name).ok()?;
         let stored = match view.dtype() {
             Dtype::F32 => DType::F32,
@@ -74,11 +79,23 @@ impl MappedWeights {
 }
 
 impl SimpleBackend for MappedWeights {
-    fn get(&self, shape: Shape, name: &str, init: candle_nn::Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         SimpleBackend::get(&*self.0, shape, name, init, dtype, device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         SimpleBackend::get_unchecked(&*self.0, name, dtype, device)
     }
 
@@ -162,8 +179,12 @@ impl MappedHalf {
     /// Row `row` in f32, appended to `out`.
     pub fn extend_row(&self, row: usize, out: &mut Vec<f32>) {
         match self {
-            Self::Bf16(m) => out.extend(m.values()[row * m.cols()..][..m.cols()].iter().map(|v| v.to_f32())),
-            Self::F16(m) => out.extend(m.values()[row * m.cols()..][..m.cols()].iter().map(|v| v.to_f32())),
+            Self::Bf16(m) => {
+                out.extend(m.values()[row * m.cols()..][..m.cols()].iter().map(|v| v.to_f32()))
+            }
+            Self::F16(m) => {
+                out.extend(m.values()[row * m.cols()..][..m.cols()].iter().map(|v| v.to_f32()))
+            }
         }
     }
 }
@@ -191,7 +212,10 @@ mod tests {
         let mapped = unsafe { MappedWeights::open(&[path]) }.unwrap();
         let matrix = mapped.matrix::<f32>("table", 4, 3).expect("an f32 matrix is read in place");
         assert_eq!((matrix.rows(), matrix.cols()), (4, 3));
-        assert_eq!(matrix.values(), table.flatten_all().unwrap().to_vec1::<f32>().unwrap().as_slice());
+        assert_eq!(
+            matrix.values(),
+            table.flatten_all().unwrap().to_vec1::<f32>().unwrap().as_slice()
+        );
         assert!(mapped.matrix::<f32>("table", 3, 4).is_none(), "wrong shape");
         assert!(mapped.matrix::<f32>("half", 4, 3).is_none(), "f16 is not f32");
         assert!(mapped.matrix::<f32>("missing", 4, 3).is_none());
@@ -205,6 +229,9 @@ mod tests {
         assert!(mapped.half_matrix("table", 4, 3).is_none(), "f32 is not half precision");
         let brain = mapped.half_matrix("brain", 4, 3).expect("a bf16 matrix is read in place");
         assert_eq!(brain.dtype(), DType::BF16);
-        assert_eq!(brain.to_tensor().unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(), table.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            brain.to_tensor().unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
+            table.to_vec2::<f32>().unwrap()
+        );
     }
 }

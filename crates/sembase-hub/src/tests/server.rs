@@ -13,15 +13,9 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub enum Route {
     /// A body (with `Range` support) and extra headers.
-    Body {
-        body: Vec<u8>,
-        headers: Vec<(String, String)>,
-    },
+    Body { body: Vec<u8>, headers: Vec<(String, String)> },
     /// A 302 to `location` with extra headers.
-    Redirect {
-        location: String,
-        headers: Vec<(String, String)>,
-    },
+    Redirect { location: String, headers: Vec<(String, String)> },
 }
 
 /// One request as the server saw it.
@@ -65,38 +59,19 @@ impl Server {
                 }
             }
         });
-        Server {
-            url: format!("http://{addr}"),
-            state,
-            stop,
-            handle: Some(handle),
-        }
+        Server { url: format!("http://{addr}"), state, stop, handle: Some(handle) }
     }
 
     pub fn route(&self, path: &str, route: Route) {
-        self.state
-            .lock()
-            .unwrap()
-            .routes
-            .insert(path.to_string(), route);
+        self.state.lock().unwrap().routes.insert(path.to_string(), route);
     }
 
     pub fn body(&self, path: &str, body: &[u8]) {
-        self.route(
-            path,
-            Route::Body {
-                body: body.to_vec(),
-                headers: Vec::new(),
-            },
-        );
+        self.route(path, Route::Body { body: body.to_vec(), headers: Vec::new() });
     }
 
     pub fn drop_next(&self, path: &str, times: usize) {
-        self.state
-            .lock()
-            .unwrap()
-            .drops
-            .insert(path.to_string(), times);
+        self.state.lock().unwrap().drops.insert(path.to_string(), times);
     }
 
     pub fn log(&self) -> Vec<Seen> {
@@ -180,10 +155,8 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 .and_then(|s| s.parse::<usize>().ok());
             let (status, slice, mut extra) = match start {
                 Some(s) if s >= body.len() => {
-                    let extra = vec![(
-                        "Content-Range".to_string(),
-                        format!("bytes */{}", body.len()),
-                    )];
+                    let extra =
+                        vec![("Content-Range".to_string(), format!("bytes */{}", body.len()))];
                     let _ = out.write_all(head("416 Range Not Satisfiable", &extra, 0).as_bytes());
                     return;
                 }

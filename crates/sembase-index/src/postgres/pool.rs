@@ -53,9 +53,12 @@ impl Pool {
     /// loopback or a private network. Searches keep `ef_search` candidates.
     pub fn connect(url: &str, ef_search: usize) -> Result<Self> {
         if !(1..=MAX_EF_SEARCH).contains(&ef_search) {
-            return Err(IndexError::Invalid(format!("ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}")));
+            return Err(IndexError::Invalid(format!(
+                "ef_search must be between 1 and {MAX_EF_SEARCH}, not {ef_search}"
+            )));
         }
-        let config = Config::from_str(url).map_err(|e| IndexError::Database(format!("bad database URL: {e}")))?;
+        let config = Config::from_str(url)
+            .map_err(|e| IndexError::Database(format!("bad database URL: {e}")))?;
         let pool = Self { config, ef_search, idle: Mutex::new(Vec::new()) };
         let first = pool.open()?;
         pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(first);
@@ -77,7 +80,10 @@ impl Pool {
     /// yields `k` hits in exact distance order when the nearest rows do not match.
     fn open(&self) -> Result<Session> {
         let mut client = self.config.connect(NoTls)?;
-        client.batch_execute(&format!("SET hnsw.ef_search = {}; SET hnsw.iterative_scan = strict_order", self.ef_search))?;
+        client.batch_execute(&format!(
+            "SET hnsw.ef_search = {}; SET hnsw.iterative_scan = strict_order",
+            self.ef_search
+        ))?;
         Ok(Session { client, statements: HashMap::new() })
     }
 }

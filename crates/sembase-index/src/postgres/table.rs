@@ -125,7 +125,9 @@ impl Table {
 
 /// Creates the settings registry when it is missing.
 pub fn create_registry_sql() -> String {
-    format!("CREATE TABLE IF NOT EXISTS {REGISTRY} (name text PRIMARY KEY, settings jsonb NOT NULL)")
+    format!(
+        "CREATE TABLE IF NOT EXISTS {REGISTRY} (name text PRIMARY KEY, settings jsonb NOT NULL)"
+    )
 }
 
 /// Takes a transaction-scoped advisory lock named after the registry.

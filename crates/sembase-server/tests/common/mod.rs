@@ -76,7 +76,12 @@ impl FakeModel {
     /// The vector of some ids at full width.
     pub fn vector_of(&self, ids: &[u32]) -> Vec<f32> {
         let mut v: Vec<f32> = (0..self.dim)
-            .map(|k| ids.iter().enumerate().map(|(pos, &id)| ((id as usize * (k + 3) + pos * 7) % 101) as f32 - 50.0).sum())
+            .map(|k| {
+                ids.iter()
+                    .enumerate()
+                    .map(|(pos, &id)| ((id as usize * (k + 3) + pos * 7) % 101) as f32 - 50.0)
+                    .sum()
+            })
             .collect();
         normalize(&mut v);
         v
@@ -101,7 +106,11 @@ impl FakeModel {
         ids
     }
 
-    fn finish(&self, sequences: Vec<Vec<u32>>, options: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+    fn finish(
+        &self,
+        sequences: Vec<Vec<u32>>,
+        options: &EmbedOptions,
+    ) -> sembase_core::Result<Embeddings> {
         if let Some(d) = options.dimensions {
             if d == 0 || d > self.dim {
                 return Err(Error::InvalidDimensions { requested: d, max: self.dim });
@@ -144,20 +153,32 @@ impl Embedder for FakeModel {
             let text = format!("{}{text}", options.prefix.as_deref().unwrap_or(""));
             let ids = Self::ids(&text);
             if ids.len() > self.max_tokens && options.truncate == Truncation::Refuse {
-                return Err(Error::InputTooLong { index, tokens: ids.len(), limit: self.max_tokens });
+                return Err(Error::InputTooLong {
+                    index,
+                    tokens: ids.len(),
+                    limit: self.max_tokens,
+                });
             }
             sequences.push(self.truncated(ids));
         }
         self.finish(sequences, options)
     }
-    fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> sembase_core::Result<Embeddings> {
+    fn embed_tokens(
+        &self,
+        inputs: &[Vec<u32>],
+        options: &EmbedOptions,
+    ) -> sembase_core::Result<Embeddings> {
         let mut sequences = Vec::new();
         for (index, ids) in inputs.iter().enumerate() {
             if let Some(&id) = ids.iter().find(|&&id| id >= VOCAB) {
                 return Err(Error::InvalidTokenId { index, id, vocab: VOCAB as usize });
             }
             if ids.len() > self.max_tokens && options.truncate == Truncation::Refuse {
-                return Err(Error::InputTooLong { index, tokens: ids.len(), limit: self.max_tokens });
+                return Err(Error::InputTooLong {
+                    index,
+                    tokens: ids.len(),
+                    limit: self.max_tokens,
+                });
             }
             sequences.push(ids[..ids.len().min(self.max_tokens)].to_vec());
         }
@@ -182,7 +203,11 @@ impl TestServer {
     }
 
     /// [`start`](Self::start) with heads (or other attachments) on the models.
-    pub fn start_with(config: ServerConfig, models: Vec<ModelSpec>, attachments: Attachments) -> Self {
+    pub fn start_with(
+        config: ServerConfig,
+        models: Vec<ModelSpec>,
+        attachments: Attachments,
+    ) -> Self {
         let server = Server::new(config).expect("config");
         if !models.is_empty() {
             server.set_models_with(models, attachments).expect("models");
@@ -193,7 +218,11 @@ impl TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = server.clone();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 serving
@@ -212,7 +241,13 @@ impl TestServer {
     }
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Reply {
-        request(self.addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -229,7 +264,11 @@ impl TestServer {
     pub fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.server.metrics_text());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.server.metrics_text()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -256,8 +295,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -269,13 +309,22 @@ impl Reply {
     }
 
     /// Asserts the OpenAI error shape: exactly message/type/param/code, with the given values.
-    pub fn assert_error(&self, status: u16, kind: &str, param: Option<&str>, code: Option<&str>, context: &str) {
+    pub fn assert_error(
+        &self,
+        status: u16,
+        kind: &str,
+        param: Option<&str>,
+        code: Option<&str>,
+        context: &str,
+    ) {
         assert_eq!(self.status, status, "{context}: {}", self.text());
         assert_eq!(self.header("content-type"), Some("application/json"), "{context}");
         let body = self.json();
         let object = body.as_object().unwrap_or_else(|| panic!("{context}: not an object"));
         assert_eq!(object.len(), 1, "{context}: {body}");
-        let error = body["error"].as_object().unwrap_or_else(|| panic!("{context}: no error object: {body}"));
+        let error = body["error"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{context}: no error object: {body}"));
         let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["code", "message", "param", "type"], "{context}");
@@ -287,9 +336,17 @@ impl Reply {
 }
 
 /// Sends one request on a fresh connection and reads the answer.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")) {
+    if !headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    }) {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     for (k, v) in headers {
@@ -333,7 +390,9 @@ pub fn parse_reply(answer: &[u8]) -> Reply {
         })
         .collect();
     let mut body = answer[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
@@ -344,7 +403,9 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
         data = &data[line_end + 2..];
         if size == 0 {
             return out;
@@ -362,7 +423,12 @@ pub fn vectors(reply: &Reply) -> Vec<Vec<f32>> {
     let mut out = vec![Vec::new(); data.len()];
     for item in data {
         let index = item["index"].as_u64().unwrap() as usize;
-        out[index] = item["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        out[index] = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
     }
     out
 }
