@@ -11,19 +11,20 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A file-system step that failed, with the path it failed on.
+/// A file-system step that failed: what was being done, on which path, and why (the
+/// message says all three, so the cause is not repeated as a separate source).
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
+#[error("{action} {}: {source}", path.display())]
 pub struct FileError {
+    pub action: &'static str,
     pub path: PathBuf,
-    #[source]
     pub source: io::Error,
 }
 
 impl FileError {
-    /// Wraps `source`, naming `path`.
-    pub fn new(path: &Path, source: io::Error) -> Self {
-        Self { path: path.to_path_buf(), source }
+    /// Wraps `source`, saying that `action` on `path` failed.
+    pub fn new(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Self { action, path: path.to_path_buf(), source }
     }
 }
 
@@ -66,12 +67,13 @@ impl AtomicFile {
     pub fn create(target: &Path) -> Result<Self> {
         if target.file_name().is_none() {
             return Err(FileError::new(
+                "creating",
                 target,
                 io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
             ));
         }
         let temp = sibling(target, "tmp");
-        let file = File::create(&temp).map_err(|e| FileError::new(&temp, e))?;
+        let file = File::create(&temp).map_err(|e| FileError::new("creating", &temp, e))?;
         Ok(Self {
             target: target.to_path_buf(),
             temp,
@@ -86,7 +88,7 @@ impl AtomicFile {
             writer.into_inner().map_err(|e| e.into_error()).and_then(|file| file.sync_all());
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&self.temp);
-            return Err(FileError::new(&self.target, e));
+            return Err(FileError::new("writing", &self.target, e));
         }
         rename(&self.temp, &self.target).inspect_err(|_| {
             let _ = std::fs::remove_file(&self.temp);
@@ -119,7 +121,7 @@ pub fn write_with(
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<()> {
     let mut file = AtomicFile::create(target)?;
-    fill(&mut file).map_err(|e| FileError::new(target, e))?;
+    fill(&mut file).map_err(|e| FileError::new("writing", target, e))?;
     file.commit()
 }
 
@@ -138,19 +140,19 @@ pub fn write_json<T: serde::Serialize + ?Sized>(target: &Path, value: &T) -> Res
 
 /// Renames `from` onto `to` and syncs `to`'s directory, so the rename survives a crash.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| FileError::new(to, e))?;
+    std::fs::rename(from, to).map_err(|e| FileError::new("renaming into", to, e))?;
     sync_dir(parent_of(to))
 }
 
 /// Flushes a file that another library wrote to disk.
 pub fn sync_file(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| FileError::new(path, e))
+    File::open(path).and_then(|f| f.sync_all()).map_err(|e| FileError::new("syncing", path, e))
 }
 
 /// Flushes a directory's entries (new names, renames) to disk.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FileError::new(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FileError::new("syncing", dir, e))
 }
 
 /// Builds a directory with `fill` beside `target`, then swaps it in: an existing
@@ -161,9 +163,9 @@ pub fn replace_dir<E: From<FileError>>(
     fill: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
     let parent = parent_of(target);
-    std::fs::create_dir_all(parent).map_err(|e| FileError::new(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(|e| FileError::new("creating", parent, e))?;
     let temp = sibling(target, "tmp");
-    std::fs::create_dir(&temp).map_err(|e| FileError::new(&temp, e))?;
+    std::fs::create_dir(&temp).map_err(|e| FileError::new("creating", &temp, e))?;
     let filled = fill(&temp).and_then(|()| sync_tree(&temp).map_err(E::from));
     if let Err(e) = filled {
         let _ = std::fs::remove_dir_all(&temp);
@@ -177,8 +179,8 @@ pub fn replace_dir<E: From<FileError>>(
 
 /// Flushes every file and directory below `dir` (what other libraries wrote too).
 fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| FileError::new(dir, e))? {
-        let path = entry.map_err(|e| FileError::new(dir, e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| FileError::new("reading", dir, e))? {
+        let path = entry.map_err(|e| FileError::new("reading", dir, e))?.path();
         if path.is_dir() {
             sync_tree(&path)?;
         } else {
@@ -195,12 +197,13 @@ fn swap_in(new: &Path, target: &Path) -> Result<()> {
         return rename(new, target);
     }
     let old = sibling(target, "old");
-    std::fs::rename(target, &old).map_err(|e| FileError::new(target, e))?;
+    std::fs::rename(target, &old).map_err(|e| FileError::new("moving aside", target, e))?;
     if let Err(e) = std::fs::rename(new, target) {
         // The old directory goes back where it was; if even that fails, say where it is.
         return Err(match std::fs::rename(&old, target) {
-            Ok(()) => FileError::new(target, e),
+            Ok(()) => FileError::new("renaming into", target, e),
             Err(back) => FileError::new(
+                "renaming into",
                 target,
                 io::Error::new(
                     e.kind(),
@@ -278,7 +281,7 @@ mod tests {
         assert_eq!(entries(&target), ["b"]);
         let failed: Result<()> = replace_dir(&target, |d| {
             write_bytes(&d.join("c"), b"3")?;
-            Err(FileError::new(d, io::Error::other("fill failed")))
+            Err(FileError::new("filling", d, io::Error::other("fill failed")))
         });
         assert!(failed.is_err());
         assert_eq!(entries(&target), ["b"]);

@@ -8,6 +8,7 @@
 pub mod durable;
 pub mod embedder;
 pub mod error;
+pub mod gguf;
 pub mod vectors;
 
 pub use embedder::{EmbedOptions, Embedder, Embeddings, Truncation};

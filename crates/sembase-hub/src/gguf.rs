@@ -6,130 +6,25 @@
 //! in the file for sembase-core to load.
 
 use std::fs;
-use std::io::{self, BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
 
+use sembase_embed::gguf::{self, GgufHeader};
 use serde_json::{json, Map, Value};
 
 use crate::error::{HubError, Result};
 use crate::fsutil;
 use sembase_embed::durable;
 
-/// Longest string and array the reader accepts (a crafted file cannot make it
-/// allocate without bound).
-const MAX_STRING: u64 = 1 << 24;
-const MAX_ARRAY: u64 = 1 << 24;
-
-/// A GGUF header: metadata key/values and tensor names.
-pub(crate) struct Header {
-    pub metadata: Map<String, Value>,
-    pub tensors: Vec<String>,
-}
-
-struct Reader<R> {
-    r: R,
-}
-
-impl<R: Read> Reader<R> {
-    fn bytes<const N: usize>(&mut self) -> io::Result<[u8; N]> {
-        let mut b = [0u8; N];
-        self.r.read_exact(&mut b)?;
-        Ok(b)
-    }
-    fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(self.bytes()?))
-    }
-    fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(self.bytes()?))
-    }
-    fn string(&mut self) -> io::Result<String> {
-        let n = self.u64()?;
-        if n > MAX_STRING {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("string of {n} bytes")));
-        }
-        let mut b = vec![0u8; n as usize];
-        self.r.read_exact(&mut b)?;
-        String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-    /// One value of GGUF type `t`.
-    fn value(&mut self, t: u32, depth: usize) -> io::Result<Value> {
-        Ok(match t {
-            0 => json!(self.bytes::<1>()?[0]),
-            1 => json!(self.bytes::<1>()?[0] as i8),
-            2 => json!(u16::from_le_bytes(self.bytes()?)),
-            3 => json!(i16::from_le_bytes(self.bytes()?)),
-            4 => json!(self.u32()?),
-            5 => json!(i32::from_le_bytes(self.bytes()?)),
-            6 => json!(f32::from_le_bytes(self.bytes()?) as f64),
-            7 => json!(self.bytes::<1>()?[0] != 0),
-            8 => json!(self.string()?),
-            9 if depth < 4 => {
-                let inner = self.u32()?;
-                let n = self.u64()?;
-                if n > MAX_ARRAY {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("array of {n} values"),
-                    ));
-                }
-                Value::Array(
-                    (0..n).map(|_| self.value(inner, depth + 1)).collect::<io::Result<_>>()?,
-                )
-            }
-            10 => json!(self.u64()?),
-            11 => json!(i64::from_le_bytes(self.bytes()?)),
-            12 => json!(f64::from_le_bytes(self.bytes()?)),
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("value type {other}"),
-                ))
-            }
-        })
-    }
-}
-
 /// Reads the header of the GGUF file at `path`.
-pub(crate) fn read_header(path: &Path) -> Result<Header> {
-    let what = || path.display().to_string();
+pub(crate) fn read_header(path: &Path) -> Result<GgufHeader> {
     let file = fs::File::open(path).map_err(|e| HubError::io("open", path, e))?;
-    let mut r = Reader { r: BufReader::new(file) };
-    let parse = |r: &mut Reader<BufReader<fs::File>>| -> io::Result<Header> {
-        if &r.bytes::<4>()? != b"GGUF" {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a GGUF file"));
-        }
-        let version = r.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("GGUF version {version}"),
-            ));
-        }
-        let (tensor_count, kv_count) = (r.u64()?, r.u64()?);
-        let mut metadata = Map::new();
-        for _ in 0..kv_count {
-            let key = r.string()?;
-            let t = r.u32()?;
-            metadata.insert(key, r.value(t, 0)?);
-        }
-        let mut tensors = Vec::new();
-        for _ in 0..tensor_count.min(MAX_ARRAY) {
-            let name = r.string()?;
-            let dims = r.u32()?;
-            for _ in 0..dims {
-                r.u64()?;
-            }
-            r.u32()?; // type
-            r.u64()?; // offset
-            tensors.push(name);
-        }
-        Ok(Header { metadata, tensors })
-    };
-    parse(&mut r).map_err(|e| HubError::invalid(what(), e))
+    gguf::read_header(BufReader::new(file))
+        .map_err(|e| HubError::invalid(path.display().to_string(), e))
 }
 
 /// Hugging Face `config.json` for the decoder in `h`.
-pub(crate) fn config(h: &Header, what: &str) -> Result<Value> {
+pub(crate) fn config(h: &GgufHeader, what: &str) -> Result<Value> {
     let m = &h.metadata;
     let arch = m.get("general.architecture").and_then(Value::as_str).unwrap_or_default();
     let model_type = match arch {
@@ -161,7 +56,7 @@ pub(crate) fn config(h: &Header, what: &str) -> Result<Value> {
         "rope_theta": key("rope.freq_base").unwrap_or(json!(10000.0)),
         "vocab_size": key("vocab_size").unwrap_or(json!(tokens)),
         "hidden_act": "silu",
-        "tie_word_embeddings": !h.tensors.iter().any(|t| t == "output.weight"),
+        "tie_word_embeddings": !h.tensors.iter().any(|t| t.name == "output.weight"),
         "torch_dtype": "float32",
     });
     if let Some(head_dim) = key("attention.key_length") {
@@ -209,7 +104,7 @@ fn pre_tokenizer(pre: &str, what: &str) -> Result<Value> {
 }
 
 /// A `tokenizer.json` (byte-level BPE) from the GGUF's vocabulary and merges.
-pub(crate) fn tokenizer(h: &Header, what: &str) -> Result<Value> {
+pub(crate) fn tokenizer(h: &GgufHeader, what: &str) -> Result<Value> {
     let m = &h.metadata;
     let kind = m.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or_default();
     if kind != "gpt2" {
@@ -399,7 +294,10 @@ mod tests {
         let path = dir.path().join("m.gguf");
         fs::write(&path, &b).unwrap();
         let h = read_header(&path).unwrap();
-        assert_eq!(h.tensors, vec!["token_embd.weight"]);
+        assert_eq!(
+            h.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["token_embd.weight"]
+        );
         let cfg = config(&h, "m").unwrap();
         assert_eq!(cfg["model_type"], "llama");
         assert_eq!(cfg["num_key_value_heads"], 1);

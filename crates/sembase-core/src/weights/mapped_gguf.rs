@@ -2,16 +2,17 @@
 //! instead of all being copied at load, so a quantised model costs the pages its
 //! matmuls and word-table lookups touch, and nothing is held twice while loading.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Cursor;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use memmap2::Mmap;
+use sembase_embed::gguf::{read_header, GgufHeader, GgufTensorInfo};
 
 use crate::error::{Error, Result};
 
@@ -78,7 +79,9 @@ impl GgufTensor {
 #[derive(Clone)]
 pub struct MappedGguf {
     map: Arc<Mmap>,
-    content: Arc<gguf_file::Content>,
+    header: Arc<GgufHeader>,
+    /// Index of each tensor in the header's directory, by name.
+    by_name: Arc<HashMap<String, usize>>,
     path: PathBuf,
 }
 
@@ -93,15 +96,23 @@ impl MappedGguf {
         // SAFETY: passed on to the caller.
         let map = unsafe { Mmap::map(&file) }
             .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let content =
-            gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| e.with_path(path))?;
-        Ok(Self { map: Arc::new(map), content: Arc::new(content), path: path.to_path_buf() })
+        let header = read_header(&map[..]).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("GGUF header: {e}"),
+        })?;
+        let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Self {
+            map: Arc::new(map),
+            header: Arc::new(header),
+            by_name: Arc::new(by_name),
+            path: path.to_path_buf(),
+        })
     }
 
     /// The file's `general.architecture` (e.g. `llama`).
     pub fn architecture(&self) -> Result<String> {
-        match self.content.metadata.get("general.architecture") {
-            Some(value) => Ok(value.to_string()?.clone()),
+        match self.header.string("general.architecture") {
+            Some(value) => Ok(value.to_string()),
             None => {
                 Err(Error::Unsupported(format!("{}: no general.architecture", self.path.display())))
             }
@@ -110,25 +121,29 @@ impl MappedGguf {
 
     /// Whether the file holds a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.by_name.contains_key(name)
     }
 
     /// The tensor `name`, read in place; `None` when the file has no such tensor, an
     /// error when its bytes would run past the end of the file.
     pub fn tensor(&self, name: &str) -> Result<Option<GgufTensor>> {
-        let Some(info) = self.content.tensor_infos.get(name) else { return Ok(None) };
-        let elements = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
+        let Some(&index) = self.by_name.get(name) else { return Ok(None) };
+        let info = &self.header.tensors[index];
+        let dtype = block_type(info).map_err(|why| self.damaged(name, why))?;
+        // GGUF lists dimensions innermost first; candle, outermost first.
+        let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let Some(elements) = elements else {
+            return Err(self.damaged(name, format!("dimensions {:?} overflow", info.dims)));
+        };
+        let block = dtype.block_size();
         if !elements.is_multiple_of(block) {
             return Err(self
                 .damaged(name, format!("{elements} values do not fill whole blocks of {block}")));
         }
-        let len = elements / block * info.ggml_dtype.type_size();
-        let start = self
-            .content
-            .tensor_data_offset
-            .checked_add(info.offset)
-            .and_then(|s| usize::try_from(s).ok());
+        let len = elements / block * dtype.type_size();
+        let start =
+            self.header.data_offset.checked_add(info.offset).and_then(|s| usize::try_from(s).ok());
         let Some(start) =
             start.filter(|s| s.checked_add(len).is_some_and(|end| end <= self.map.len()))
         else {
@@ -138,8 +153,8 @@ impl MappedGguf {
             ));
         };
         Ok(Some(GgufTensor {
-            dtype: info.ggml_dtype,
-            dims: info.shape.dims().to_vec(),
+            dtype,
+            dims,
             bytes: SharedBytes { storage: Storage::Mapped(self.map.clone()), start, len },
         }))
     }
@@ -149,8 +164,31 @@ impl MappedGguf {
     }
 }
 
+/// The block type a tensor's GGML type number names (the numbers of ggml.h).
+fn block_type(info: &GgufTensorInfo) -> std::result::Result<GgmlDType, String> {
+    Ok(match info.type_id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        other => return Err(format!("GGML type {other} is not supported")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use candle_core::quantized::gguf_file;
     use candle_core::Tensor;
 
     use super::*;
