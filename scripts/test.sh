@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: builds once, pulls the models the
+# Runs the whole test suite on a fresh machine: checks formatting and lints, builds once, pulls the models the
 # tests need into the store (a no-op when they are there), prepares the Python
 # reference clients, starts a throwaway PostgreSQL + pgvector server, then runs the
 # Rust and Python tests.
@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 
 export SEMBASE_HOME="${SEMBASE_HOME:-$HOME/.cache/sembase}"
 export CARGO_TERM_COLOR=never
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 
 echo "== build"
 cargo build --release --workspace --all-targets

@@ -17,15 +17,16 @@ pub enum Mode {
     Training(DropoutState),
 }
 
-/// The generator a training pass draws its dropout masks from.
+/// The generator a training pass draws its dropout masks from (boxed: it is large, and
+/// inference passes carry none).
 #[derive(Debug)]
-pub struct DropoutState(Mutex<StdRng>);
+pub struct DropoutState(Box<Mutex<StdRng>>);
 
 impl Mode {
     /// Training with dropout masks drawn from `seed`: the same seed and the same
     /// sequence of forward passes give the same masks.
     pub fn training(seed: u64) -> Self {
-        Mode::Training(DropoutState(Mutex::new(StdRng::seed_from_u64(seed))))
+        Mode::Training(DropoutState(Box::new(Mutex::new(StdRng::seed_from_u64(seed)))))
     }
 
     /// Whether dropout is on.
