@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use sembase_core::models::{load_encoder, CpuInference, TransformerConfig};
+use sembase_core::models::{load_encoder, CpuInference, TextEncoder, TransformerConfig};
 use sembase_core::pooling::{Pooling, PoolingMode};
 use sembase_core::{Mode, PackedBatch};
 
@@ -31,6 +31,13 @@ fn batch() -> (Tensor, Tensor) {
     let ids = Tensor::new(&[[0u32, 5, 9, 13, 2], [0, 7, 2, 1, 1]], &Device::Cpu).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
     (ids, mask)
+}
+
+/// Mean-pooled vectors of `ids` under `mask`, from an inference pass.
+fn mean_pooled(encoder: &dyn TextEncoder, ids: &Tensor, mask: &Tensor) -> Vec<Vec<f32>> {
+    let batch = PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap();
+    let states = encoder.forward(&batch, &Mode::Inference).unwrap();
+    Pooling::new(PoolingMode::Mean).forward(&states, mask).unwrap().to_vec2().unwrap()
 }
 
 fn check_every_parameter_gets_a_gradient(model_type: &str) {
@@ -99,36 +106,11 @@ fn padding_does_not_change_the_real_tokens() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let encoder = load_encoder(vb, &tiny_config("mpnet"), &CpuInference::default()).unwrap();
-    let pool = Pooling::new(PoolingMode::Mean);
     let (ids, mask) = batch();
-    let padded: Vec<Vec<f32>> = pool
-        .forward(
-            &encoder
-                .forward(
-                    &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
-                    &Mode::Inference,
-                )
-                .unwrap(),
-            &mask,
-        )
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let padded = mean_pooled(encoder.as_ref(), &ids, &mask);
     let alone_ids = Tensor::new(&[[0u32, 7, 2]], &Device::Cpu).unwrap();
     let alone_mask = Tensor::new(&[[1u32, 1, 1]], &Device::Cpu).unwrap();
-    let alone: Vec<Vec<f32>> = pool
-        .forward(
-            &encoder
-                .forward(
-                    &PackedBatch::from_mask(alone_ids.clone(), alone_mask.clone()).unwrap(),
-                    &Mode::Inference,
-                )
-                .unwrap(),
-            &alone_mask,
-        )
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let alone = mean_pooled(encoder.as_ref(), &alone_ids, &alone_mask);
     for (x, y) in padded[1].iter().zip(&alone[0]) {
         assert!((x - y).abs() < 1e-5, "padded {x} vs alone {y}");
     }
@@ -161,33 +143,8 @@ fn inference_kernel_matches_the_differentiable_path() {
         )
         .unwrap();
         let (ids, mask) = batch();
-        let pool = Pooling::new(PoolingMode::Mean);
-        let a: Vec<Vec<f32>> = pool
-            .forward(
-                &trainable
-                    .forward(
-                        &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
-                        &Mode::Inference,
-                    )
-                    .unwrap(),
-                &mask,
-            )
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let b: Vec<Vec<f32>> = pool
-            .forward(
-                &inference
-                    .forward(
-                        &PackedBatch::from_mask(ids.clone(), mask.clone()).unwrap(),
-                        &Mode::Inference,
-                    )
-                    .unwrap(),
-                &mask,
-            )
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let a = mean_pooled(trainable.as_ref(), &ids, &mask);
+        let b = mean_pooled(inference.as_ref(), &ids, &mask);
         for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((x - y).abs() < 1e-5, "{model_type}: ops path {x} vs kernel {y}");
         }
