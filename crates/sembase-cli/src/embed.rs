@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::{EmbedOptions, Embedder, LocalEmbedder, Truncation};
@@ -12,6 +12,7 @@ use crate::embed_input::{read_inputs, InputFormat};
 use crate::embed_output::{write_jsonl, write_npy_header, write_npy_rows, OutputFormat};
 use crate::models::{load_local, ComputeArgs, Quantize};
 use sembase_embed::durable::AtomicFile;
+use sembase_embed::prompts::resolve_prompt;
 
 /// Inputs embedded per call into the model; batches are length-sorted within it.
 const CHUNK: usize = 4096;
@@ -104,18 +105,9 @@ fn prefix(model: &LocalEmbedder, args: &EmbedArgs) -> Result<Option<String>> {
     if let Some(p) = &args.prefix {
         return Ok(Some(p.clone()));
     }
-    if let Some(name) = &args.prompt {
-        let Some(p) = model.prompts().get(name) else {
-            let mut known: Vec<_> = model.prompts().keys().cloned().collect();
-            known.sort();
-            bail!(
-                "model has no prompt named {name:?} (it has: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
-            );
-        };
-        return Ok(Some(p.clone()));
-    }
-    Ok(model.default_prompt().map(str::to_string))
+    let prefix = resolve_prompt(model.prompts(), model.default_prompt(), args.prompt.as_deref())
+        .map_err(|e| anyhow::anyhow!("model {e}"))?;
+    Ok(prefix.map(str::to_string))
 }
 
 /// Makes an input index in a core error refer to the whole input (1-based line).

@@ -9,6 +9,7 @@ pub mod durable;
 pub mod embedder;
 pub mod error;
 pub mod gguf;
+pub mod prompts;
 pub mod vectors;
 
 pub use embedder::{EmbedOptions, Embedder, Embeddings, Truncation};

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sembase_core::{Embedder, Embeddings};
+use sembase_embed::prompts::resolve_prompt;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -55,19 +56,12 @@ impl Models {
 impl ServedModel {
     /// The text put before each input: the named prompt, or the model's default.
     fn prefix(&self, prompt_name: Option<&str>) -> AppResult<Option<String>> {
-        match prompt_name {
-            None => Ok(self.default_prompt.clone()),
-            Some(name) => self.prompts.get(name).cloned().map(Some).ok_or_else(|| {
-                let mut known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-                ApiError::bad_request(format!(
-                    "model `{}` has no prompt named {name:?} (it has: {known})",
-                    self.embedder.name()
-                ))
-                .param("prompt_name")
-            }),
-        }
+        resolve_prompt(&self.prompts, self.default_prompt.as_deref(), prompt_name)
+            .map(|prefix| prefix.map(str::to_string))
+            .map_err(|e| {
+                ApiError::bad_request(format!("model `{}` {e}", self.embedder.name()))
+                    .param("prompt_name")
+            })
     }
 
     /// Queues the job and waits for its vectors. Dropping the future (the client went
