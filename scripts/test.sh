@@ -21,6 +21,13 @@ for model in all-minilm-l6-v2 all-mpnet-base-v2 multilingual-e5-small smollm2-13
   target/release/sembase model pull "$model"
 done
 
+echo "== chromium for the page tests (tests/python/test_page.py)"
+# Debian's package; Playwright drives it (its own browser download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+
 echo "== python clients (.venv)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

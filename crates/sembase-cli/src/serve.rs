@@ -27,6 +27,13 @@ pub struct ServeArgs {
     /// (checked by fingerprint). The server holds its write lock. Repeatable.
     #[arg(long = "index", value_name = "NAME=DIR", value_parser = parse_named_dir)]
     indexes: Vec<(String, PathBuf)>,
+    /// A directory of evaluation reports (the `*.html` files `sembase eval --report`
+    /// writes), listed at GET /v1/reports and on the page, served at GET /reports/NAME.
+    #[arg(long, value_name = "DIR")]
+    reports: Option<PathBuf>,
+    /// Do not serve the page at / (the playground: compare, search, classify, reports).
+    #[arg(long)]
+    no_ui: bool,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -79,6 +86,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_inputs: args.max_inputs,
         max_body_bytes: args.max_body_bytes,
         truncate: !args.no_truncate,
+        ui: !args.no_ui,
+        reports: args.reports.clone(),
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -33,7 +33,8 @@ pub(crate) type AppResult<T> = Result<T, ApiError>;
 const INLINE_TOKENIZE_BYTES: usize = 16 << 10;
 
 impl AppState {
-    fn ready(&self) -> AppResult<&Models> {
+    /// The models, or 503 while they are still loading.
+    pub(crate) fn ready(&self) -> AppResult<&Models> {
         self.models
             .get()
             .ok_or_else(|| ApiError::unavailable("models are still loading", "model_loading"))

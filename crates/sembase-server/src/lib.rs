@@ -2,8 +2,10 @@
 //!
 //! Routes: `POST /v1/embeddings`, `POST /v1/classify` (task heads, see [`HeadSpec`]),
 //! `POST /v1/search` and `POST|DELETE /v1/indexes/{name}/documents` (corpus indexes, see [`IndexSpec`]),
-//! `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`, `GET /health`,
-//! `GET /metrics` (Prometheus), `GET /openapi.json`.
+//! `GET /v1/indexes`, `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`,
+//! `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`; evaluation reports
+//! at `GET /v1/reports` and `GET /reports/{name}` (see [`ServerConfig::reports`]); and
+//! the page at `GET /` (see [`ServerConfig::ui`]).
 //!
 //! Each model gets a worker thread fed by a queue (see [`batcher`](crate::batcher)):
 //! requests are tokenized in the handler, then merged with other waiting requests
@@ -30,10 +32,13 @@ pub mod error;
 mod handlers;
 pub mod metrics;
 mod openapi;
+mod reports;
 mod search;
+mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +75,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Cut inputs over the model's token limit (true), or refuse them with a 400 (false).
     pub truncate: bool,
+    /// Serve the page at `/` (and its files under `/ui/`); off, `/` answers 404.
+    pub ui: bool,
+    /// A directory of evaluation reports (`*.html`) to list and serve; none by default.
+    pub reports: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +91,8 @@ impl Default for ServerConfig {
             max_inputs: 2048,
             max_body_bytes: 8 << 20,
             truncate: true,
+            ui: true,
+            reports: None,
         }
     }
 }
@@ -96,6 +107,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_inputs", &self.max_inputs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("truncate", &self.truncate)
+            .field("ui", &self.ui)
+            .field("reports", &self.reports)
             .finish()
     }
 }
@@ -115,6 +128,14 @@ impl ServerConfig {
         }
         if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Err(ServerError::Config("the API key is empty".into()));
+        }
+        if let Some(dir) = &self.reports {
+            if !dir.is_dir() {
+                return Err(ServerError::Config(format!(
+                    "the reports directory {} is not a directory",
+                    dir.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -271,7 +292,10 @@ impl Server {
             ));
         let listing = Router::new()
             .route("/v1/models", get(handlers::list_models))
-            .route("/v1/models/{model}", get(handlers::get_model));
+            .route("/v1/models/{model}", get(handlers::get_model))
+            .route("/v1/indexes", get(search::list_indexes))
+            .route("/v1/reports", get(reports::list_reports))
+            .route("/reports/{name}", get(reports::report));
         let protected = work.merge(listing).route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             handlers::require_api_key,
@@ -280,6 +304,8 @@ impl Server {
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
             .route("/openapi.json", get(handlers::openapi));
+        // The page loads without a key; the API calls it makes still need one.
+        let open = if self.state.config.ui { open.merge(ui::routes()) } else { open };
         protected
             .merge(open)
             .fallback(handlers::not_found)

@@ -14,9 +14,10 @@ use crate::classify::{
 };
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::handlers;
+use crate::reports::{self, ReportList, ReportObject};
 use crate::search::{
-    self, DeleteRequest, QueryHits, SearchHit, SearchRequest, SearchResponse, UpsertRequest,
-    WriteResponse,
+    self, DeleteRequest, IndexList, IndexObject, QueryHits, SearchHit, SearchRequest,
+    SearchResponse, UpsertRequest, WriteResponse,
 };
 
 #[derive(OpenApi)]
@@ -29,10 +30,13 @@ use crate::search::{
         handlers::embeddings,
         classify::classify,
         search::search,
+        search::list_indexes,
         search::upsert_documents,
         search::delete_documents,
         handlers::list_models,
         handlers::get_model,
+        reports::list_reports,
+        reports::report,
         handlers::tokenize,
         handlers::health,
         handlers::metrics,
@@ -58,6 +62,10 @@ use crate::search::{
         UpsertRequest,
         DeleteRequest,
         WriteResponse,
+        IndexList,
+        IndexObject,
+        ReportList,
+        ReportObject,
         ModelList,
         ModelObject,
         TokenizeRequest,

@@ -1,5 +1,6 @@
 //! Corpus indexes (sembase-index) served beside the models: `POST /v1/search`,
-//! and document upserts and deletes on `/v1/indexes/{name}/documents`.
+//! `GET /v1/indexes` (what a client, such as the page, can search), and document
+//! upserts and deletes on `/v1/indexes/{name}/documents`.
 //!
 //! Queries and documents go through the index's model's batching queue with the
 //! prefixes and width the index recorded; searches share a read lock, writes take
@@ -264,6 +265,59 @@ pub(crate) async fn search(
         results,
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     }))
+}
+
+/// `GET /v1/indexes` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IndexList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The served indexes, in the order the server was given them.
+    pub data: Vec<IndexObject>,
+}
+
+/// A served index.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IndexObject {
+    /// The name to put in `index`.
+    pub name: String,
+    /// The served model that embeds its queries.
+    pub model: String,
+    /// Width of its vectors.
+    pub dimensions: usize,
+    /// Documents it holds now.
+    pub documents: usize,
+}
+
+/// The served indexes, so that a client can offer them without being told the names.
+#[utoipa::path(
+    get,
+    path = "/v1/indexes",
+    responses(
+        (status = 200, body = IndexList),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_indexes(State(state): State<Arc<AppState>>) -> AppResult<Response> {
+    let models = state.ready()?;
+    let mut data = Vec::with_capacity(models.indexes.list.len());
+    for served in &models.indexes.list {
+        let index = served.index.clone();
+        // A PostgreSQL store counts with a query: keep it off the runtime's threads.
+        let documents =
+            cpu(true, move || index.read().unwrap_or_else(|p| p.into_inner()).store().count())
+                .await?
+                .map_err(store_error)?;
+        data.push(IndexObject {
+            name: served.name.clone(),
+            model: models.list[served.model].embedder.name().to_string(),
+            dimensions: served.dimensions,
+            documents,
+        });
+    }
+    Ok(json(&IndexList { object: "list", data }))
 }
 
 /// `POST /v1/indexes/{name}/documents` body.
