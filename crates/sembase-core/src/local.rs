@@ -222,4 +222,9 @@ impl Embedder for LocalEmbedder {
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         self.pipeline.tokenizer().encode_full(text)
     }
+
+    fn encode(&self, text: &str, truncate: Truncation) -> Result<Vec<u32>> {
+        let mut ids = self.pipeline.tokenizer().encode_batch(&[text], truncate)?;
+        Ok(ids.pop().unwrap_or_default())
+    }
 }

@@ -55,4 +55,16 @@ pub trait Embedder: Send + Sync {
     fn embed_tokens(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings>;
     /// Token ids the model would see for `text` (special tokens included, not truncated).
     fn tokenize(&self, text: &str) -> Result<Vec<u32>>;
+    /// Token ids the model runs for `text`, special tokens included: cut at the token
+    /// limit the way [`embed`](Self::embed) cuts it, or refused with
+    /// [`crate::Error::InputTooLong`] under [`Truncation::Refuse`]. A server tokenizes
+    /// once with this and sends the ids. The default is for models whose tokenizer is
+    /// not at hand (a remote endpoint).
+    fn encode(&self, text: &str, truncate: Truncation) -> Result<Vec<u32>> {
+        let _ = (text, truncate);
+        Err(crate::Error::Unsupported(format!(
+            "{}: the tokenizer is not available here",
+            self.name()
+        )))
+    }
 }

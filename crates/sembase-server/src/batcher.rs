@@ -24,16 +24,6 @@ use tokio::sync::oneshot;
 
 use crate::metrics::ModelMetrics;
 
-/// One input of a job.
-#[derive(Debug, Clone)]
-pub(crate) enum Piece {
-    /// Token ids ready for the encoder (special tokens included); cut at the limit if longer.
-    Ids(Vec<u32>),
-    /// A text over the model's limit, prompt already prepended: the model truncates it
-    /// (keeping its closing special token, as `embed` does).
-    LongText(String),
-}
-
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum JobError {
@@ -45,7 +35,9 @@ pub(crate) enum JobError {
 
 /// One request's work.
 pub(crate) struct Job {
-    pub pieces: Vec<Piece>,
+    /// Each input's token ids, ready for the encoder (special tokens included, within
+    /// the model's limit).
+    pub pieces: Vec<Vec<u32>>,
     pub dimensions: Option<usize>,
     /// Tokens the job will feed the model (its cost against the batch budget).
     pub tokens: usize,
@@ -242,31 +234,20 @@ fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
     }
 }
 
-/// Runs every job of the batch through the model: one `embed_tokens` call for the
-/// token inputs (the model sorts them by length into passes within its own token
-/// budget, and packs away padding on the CPU) and one `embed` call for over-long
-/// texts. Results in job order.
+/// Runs every job of the batch through the model in one `embed_tokens` call (the model
+/// sorts the inputs by length into passes within its own token budget, and packs away
+/// padding on the CPU). Results in job order.
 fn compute(
     model: &dyn Embedder,
     jobs: &[Job],
     options: &EmbedOptions,
 ) -> Result<Vec<Embeddings>, Failure> {
     let mut ids: Vec<Vec<u32>> = Vec::new();
-    let mut id_owners: Vec<(usize, usize)> = Vec::new();
-    let mut texts: Vec<&str> = Vec::new();
-    let mut text_owners: Vec<(usize, usize)> = Vec::new();
+    let mut owners: Vec<(usize, usize)> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         for (p, piece) in job.pieces.iter().enumerate() {
-            match piece {
-                Piece::Ids(v) => {
-                    ids.push(v.clone());
-                    id_owners.push((j, p));
-                }
-                Piece::LongText(t) => {
-                    texts.push(t);
-                    text_owners.push((j, p));
-                }
-            }
+            ids.push(piece.clone());
+            owners.push((j, p));
         }
     }
     let mut results: Vec<Embeddings> = jobs
@@ -277,12 +258,8 @@ fn compute(
         })
         .collect();
     if !ids.is_empty() {
-        let out = guarded(|| model.embed_tokens(&ids, options), &id_owners)?;
-        scatter(&mut results, out, &id_owners);
-    }
-    if !texts.is_empty() {
-        let out = guarded(|| model.embed(&texts, options), &text_owners)?;
-        scatter(&mut results, out, &text_owners);
+        let out = guarded(|| model.embed_tokens(&ids, options), &owners)?;
+        scatter(&mut results, out, &owners);
     }
     Ok(results)
 }

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use sembase_core::{Embedder, Embeddings};
+use sembase_core::{Embedder, Embeddings, Truncation};
 use sembase_embed::prompts::resolve_prompt;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -21,7 +21,7 @@ use crate::api::{
     EmbeddingsResponse, EncodingFormat, Health, ModelList, ModelObject, SchemaStatus,
     TokenizeInputs, TokenizeRequest, Usage,
 };
-use crate::batcher::{Job, JobError, Piece};
+use crate::batcher::{Job, JobError};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::{AppState, Models, ServedModel};
@@ -69,7 +69,7 @@ impl ServedModel {
     /// away) closes the reply channel and the worker skips the job.
     pub(crate) async fn run(
         &self,
-        pieces: Vec<Piece>,
+        pieces: Vec<Vec<u32>>,
         tokens: usize,
         dimensions: Option<usize>,
     ) -> AppResult<Embeddings> {
@@ -162,7 +162,7 @@ pub(crate) fn prepare(
     input: EmbeddingInput,
     prefix: Option<&str>,
     truncate: bool,
-) -> AppResult<(Vec<Piece>, usize)> {
+) -> AppResult<(Vec<Vec<u32>>, usize)> {
     let limit = embedder.max_tokens();
     let too_long = |index: usize, tokens: usize| {
         ApiError::bad_request(format!(
@@ -171,7 +171,7 @@ pub(crate) fn prepare(
         .param("input")
         .code("input_too_long")
     };
-    let from_ids = |index: usize, mut ids: Vec<u32>| -> AppResult<(Piece, usize)> {
+    let from_ids = |index: usize, mut ids: Vec<u32>| -> AppResult<(Vec<u32>, usize)> {
         if ids.len() > limit {
             if !truncate {
                 return Err(too_long(index, ids.len()));
@@ -179,11 +179,11 @@ pub(crate) fn prepare(
             ids.truncate(limit);
         }
         let n = ids.len();
-        Ok((Piece::Ids(ids), n))
+        Ok((ids, n))
     };
     let mut pieces = Vec::with_capacity(input.len());
     let mut tokens = 0;
-    let mut push = |(piece, n): (Piece, usize)| {
+    let mut push = |(piece, n): (Vec<u32>, usize)| {
         pieces.push(piece);
         tokens += n;
     };
@@ -213,24 +213,20 @@ fn prepare_text(
     prefix: Option<&str>,
     truncate: bool,
     too_long: &dyn Fn(usize, usize) -> ApiError,
-) -> AppResult<(Piece, usize)> {
+) -> AppResult<(Vec<u32>, usize)> {
     let text = match prefix {
         Some(p) => format!("{p}{text}"),
         None => text,
     };
-    let ids = embedder
-        .tokenize(&text)
-        .map_err(|e| ApiError::internal(format!("could not tokenize input {index}: {e}")))?;
-    let limit = embedder.max_tokens();
-    if ids.len() <= limit {
-        let n = ids.len();
-        return Ok((Piece::Ids(ids), n));
-    }
-    if !truncate {
-        return Err(too_long(index, ids.len()));
-    }
-    // The model cuts it, keeping the closing special token as `embed` does.
-    Ok((Piece::LongText(text), limit))
+    // Tokenized once, here: an over-long text is cut the way `embed` cuts it (keeping
+    // its closing special token), and the model gets the ids.
+    let truncation = if truncate { Truncation::Truncate } else { Truncation::Refuse };
+    let ids = embedder.encode(&text, truncation).map_err(|e| match e {
+        sembase_core::Error::InputTooLong { tokens, .. } => too_long(index, tokens),
+        e => ApiError::internal(format!("could not tokenize input {index}: {e}")),
+    })?;
+    let n = ids.len();
+    Ok((ids, n))
 }
 
 /// Refuses empty inputs and too many of them, naming the index.

@@ -187,6 +187,17 @@ impl Embedder for FakeModel {
     fn tokenize(&self, text: &str) -> sembase_core::Result<Vec<u32>> {
         Ok(Self::ids(text))
     }
+    fn encode(&self, text: &str, truncate: Truncation) -> sembase_core::Result<Vec<u32>> {
+        let ids = Self::ids(text);
+        if ids.len() > self.max_tokens && truncate == Truncation::Refuse {
+            return Err(Error::InputTooLong {
+                index: 0,
+                tokens: ids.len(),
+                limit: self.max_tokens,
+            });
+        }
+        Ok(self.truncated(ids))
+    }
 }
 
 /// A server on a loopback port, run on its own runtime; stopped (gracefully) on drop.
