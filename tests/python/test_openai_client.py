@@ -9,17 +9,15 @@ import base64
 import json
 import math
 import os
-import queue
-import signal
 import struct
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from sembase_serve import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEMBASE = Path(os.environ.get("SEMBASE_BIN", REPO_ROOT / "target" / "release" / "sembase"))
@@ -61,29 +59,8 @@ def decode_base64(text):
 
 @pytest.fixture(scope="module")
 def server():
-    if not SEMBASE.exists():
-        pytest.fail(f"{SEMBASE} not found: run `cargo build --release -p sembase-cli` first")
-    proc = subprocess.Popen(
-        [str(SEMBASE), "serve", "--model", MODEL, "--port", "0", "--api-key", API_KEY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        proc.kill()
-        pytest.fail("sembase serve printed no ready line within 120 s")
-    if not line.startswith("listening on "):
-        proc.kill()
-        pytest.fail(f"sembase serve did not start: {line!r} {proc.stderr.read()}")
-    url = line.split("listening on ", 1)[1].strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    with serve(SEMBASE, "--model", MODEL, "--api-key", API_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ look at.
 import json
 import math
 import os
-import queue
-import signal
 import subprocess
-import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import pytest
+from sembase_serve import serve
 
 try:
     from playwright.sync_api import expect
@@ -119,29 +117,12 @@ def served(tmp_path_factory):
     )
     (reports / "notes.txt").write_text("not a report", encoding="utf-8")
 
-    proc = subprocess.Popen(
-        [str(SEMBASE), "serve", "--model", MODEL, "--port", "0", "--api-key", API_KEY,
-         "--index", f"{INDEX}={work / 'index'}", "--head", f"{HEAD}={work / 'head'}",
-         "--reports", str(reports)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        proc.kill()
-        pytest.fail("sembase serve printed no ready line within 120 s")
-    if not line.startswith("listening on "):
-        proc.kill()
-        pytest.fail(f"sembase serve did not start: {line!r} {proc.stderr.read()}")
-    url = line.split("listening on ", 1)[1].strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    with serve(
+        SEMBASE, "--model", MODEL, "--api-key", API_KEY,
+        "--index", f"{INDEX}={work / 'index'}", "--head", f"{HEAD}={work / 'head'}",
+        "--reports", str(reports),
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,37 @@
+"""Starting `sembase serve` for the Python tests: one process on a loopback port, its
+address read from the `listening on ...` line, stopped with SIGTERM (which must exit 0)."""
+import contextlib
+import queue
+import signal
+import subprocess
+import threading
+
+import pytest
+
+
+@contextlib.contextmanager
+def serve(sembase, *args):
+    """Runs `sembase serve --port 0 ARGS...` and yields its base URL."""
+    if not sembase.exists():
+        pytest.fail(f"{sembase} not found: run `cargo build --release -p sembase-cli` first")
+    proc = subprocess.Popen(
+        [str(sembase), "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail("sembase serve printed no ready line within 120 s")
+    if not line.startswith("listening on "):
+        proc.kill()
+        pytest.fail(f"sembase serve did not start: {line!r} {proc.stderr.read()}")
+    url = line.split("listening on ", 1)[1].strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
