@@ -8,6 +8,7 @@
 //! [`weights`] says where tensors are read from.
 
 pub mod batching;
+pub mod cross_encoder;
 pub mod dense;
 pub mod device;
 mod files;
@@ -29,6 +30,7 @@ pub mod weights;
 pub use sembase_embed::{embedder, error, vectors};
 
 pub use batching::BatchLimits;
+pub use cross_encoder::{is_cross_encoder, CrossEncoder, CrossEncoderDir};
 pub use embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 pub use error::{Error, Result};
 pub use local::{LoadOptions, LocalEmbedder};

@@ -60,6 +60,12 @@ pub struct LocalEmbedder {
 impl LocalEmbedder {
     /// Loads the model in `dir`, served under `name`. Weights are memory-mapped.
     pub fn load(dir: &Path, name: impl Into<String>, options: LoadOptions) -> Result<Self> {
+        if crate::cross_encoder::is_cross_encoder(dir) {
+            return Err(Error::Unsupported(format!(
+                "{} is a cross-encoder: it scores (query, document) pairs and makes no embeddings (use it with rerank)",
+                dir.display()
+            )));
+        }
         let model = ModelDir::open(dir)?;
         let decoder = is_decoder(&model.config.model_type);
         match options.int8 {

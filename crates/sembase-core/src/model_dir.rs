@@ -110,7 +110,7 @@ impl ModelDir {
 
 /// `model.safetensors`, the shard files named by `model.safetensors.index.json`,
 /// or a single `*.gguf` file (decoder models).
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);

@@ -1,7 +1,8 @@
 //! A batch of token sequences as the models take it: ids right-padded to the longest
 //! sequence, the padding mask, and each sequence's length kept on the host (the
 //! offsets of its packed rows, as TEI's `cu_seq_lengths`), so that kernels pack the
-//! real tokens without reading the mask back from the device.
+//! real tokens without reading the mask back from the device. Pairs read together by
+//! a cross-encoder also carry their segment (token type) ids.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -14,6 +15,8 @@ pub struct PackedBatch {
     mask: Tensor,
     lengths: Vec<usize>,
     right_padded: bool,
+    /// `(batch, width)` segment ids, `None` for single texts (segment 0 everywhere).
+    segments: Option<Tensor>,
 }
 
 impl PackedBatch {
@@ -34,7 +37,26 @@ impl PackedBatch {
             mask: Tensor::from_vec(mask, (sequences.len(), width), device)?,
             lengths: sequences.iter().map(|s| s.len()).collect(),
             right_padded: true,
+            segments: None,
         })
+    }
+
+    /// The batch with each sequence's segment ids (right-padded with 0); `segments[i]`
+    /// must be as long as sequence `i`.
+    pub fn with_segments(mut self, segments: &[&[u32]]) -> Result<Self> {
+        let width = self.width();
+        if segments.len() != self.lengths.len()
+            || segments.iter().zip(&self.lengths).any(|(s, &len)| s.len() != len)
+            || !self.right_padded
+        {
+            return Err(Error::tensor("segment ids do not match the batch's sequences"));
+        }
+        let padded: Vec<u32> = segments
+            .iter()
+            .flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(0, width - s.len())))
+            .collect();
+        self.segments = Some(Tensor::from_vec(padded, (segments.len(), width), self.ids.device())?);
+        Ok(self)
     }
 
     /// A batch from `(batch, width)` ids and a mask (1 real, 0 padding) laid out in any
@@ -52,7 +74,7 @@ impl PackedBatch {
             rows.iter().map(|row| row.iter().filter(|&&m| m != 0.0).count()).collect();
         let right_padded =
             rows.iter().zip(&lengths).all(|(row, &len)| row[..len].iter().all(|&m| m != 0.0));
-        Ok(Self { ids, mask, lengths, right_padded })
+        Ok(Self { ids, mask, lengths, right_padded, segments: None })
     }
 
     /// `(batch, width)` token ids.
@@ -63,6 +85,11 @@ impl PackedBatch {
     /// `(batch, width)` mask, 1 for a real token and 0 for padding.
     pub fn mask(&self) -> &Tensor {
         &self.mask
+    }
+
+    /// `(batch, width)` segment ids, when the sequences are pairs.
+    pub fn segments(&self) -> Option<&Tensor> {
+        self.segments.as_ref()
     }
 
     /// Real tokens of each sequence.
@@ -103,6 +130,14 @@ mod tests {
         assert_eq!(batch.lengths(), [3, 1]);
         assert_eq!(batch.cu_seq_lengths(), [0, 3, 4]);
         assert!(batch.is_right_padded());
+    }
+
+    #[test]
+    fn segments_are_padded_like_the_ids_and_must_match_them() {
+        let batch = PackedBatch::right_padded(&[&[5, 6, 7], &[8]], 0, &Device::Cpu).unwrap();
+        let paired = batch.clone().with_segments(&[&[0, 0, 1], &[0]]).unwrap();
+        assert_eq!(paired.segments().unwrap().to_vec2::<u32>().unwrap(), [[0, 0, 1], [0, 0, 0]]);
+        assert!(batch.with_segments(&[&[0, 0], &[0]]).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use sembase_embed::PairTokens;
 use serde::Deserialize;
+use tokenizers::utils::truncation::{truncate_encodings, TruncationParams, TruncationStrategy};
 use tokenizers::{
     Decoder, DecoderWrapper, Encoding, Model, ModelWrapper, Normalizer, NormalizerWrapper,
     PostProcessor, PostProcessorWrapper, PreTokenizer, PreTokenizerWrapper, TokenizerImpl,
@@ -30,6 +32,8 @@ pub struct TextTokenizer {
     pipeline: Arc<dyn Pipeline>,
     /// Special tokens the post-processor adds to a single text.
     added: usize,
+    /// Special tokens the post-processor adds to a pair.
+    added_to_pair: usize,
     max_tokens: usize,
 }
 
@@ -51,8 +55,8 @@ impl TextTokenizer {
             _ => prepared::<ModelWrapper>(&json),
         }
         .map_err(|e| failed(&*e))?;
-        let added = pipeline.added_tokens();
-        Ok(Self { pipeline, added, max_tokens })
+        let (added, added_to_pair) = (pipeline.added_tokens(false), pipeline.added_tokens(true));
+        Ok(Self { pipeline, added, added_to_pair, max_tokens })
     }
 
     /// The token limit.
@@ -90,6 +94,53 @@ impl TextTokenizer {
                     text_tokens.truncate(room, 0, TruncationDirection::Right);
                 }
                 self.with_special_tokens(text_tokens)
+            })
+            .collect()
+    }
+
+    /// Ids and segment ids of each (query, document) pair read together, as a
+    /// cross-encoder takes them. Over the limit, the longer text is cut first (the
+    /// `longest_first` truncation sentence-transformers asks of the tokenizers
+    /// library), or the pair is refused.
+    pub fn encode_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        truncation: Truncation,
+    ) -> Result<Vec<PairTokens>> {
+        let room = self.max_tokens.saturating_sub(self.added_to_pair);
+        pairs
+            .par_iter()
+            .enumerate()
+            .map(|(index, (query, document))| {
+                let (mut first, mut second) =
+                    (self.text_tokens(query)?, self.text_tokens(document)?);
+                let tokens = first.len() + second.len();
+                if tokens > room {
+                    if truncation == Truncation::Refuse {
+                        return Err(Error::InputTooLong {
+                            index,
+                            tokens: tokens + self.added_to_pair,
+                            limit: self.max_tokens,
+                        });
+                    }
+                    let params = TruncationParams {
+                        max_length: room,
+                        strategy: TruncationStrategy::LongestFirst,
+                        ..TruncationParams::default()
+                    };
+                    let (cut_first, cut_second) = truncate_encodings(first, Some(second), &params)
+                        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                    first = cut_first;
+                    second = cut_second.expect("a pair stays a pair");
+                }
+                let encoding = self
+                    .pipeline
+                    .with_pair_special_tokens(first, second)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(PairTokens {
+                    ids: encoding.get_ids().to_vec(),
+                    segments: encoding.get_type_ids().to_vec(),
+                })
             })
             .collect()
     }
@@ -145,8 +196,14 @@ trait Pipeline: Send + Sync {
     fn text_tokens(&self, text: &str) -> tokenizers::Result<Encoding>;
     /// `text_tokens` with the special tokens of a single text added.
     fn with_special_tokens(&self, text_tokens: Encoding) -> tokenizers::Result<Encoding>;
-    /// Number of special tokens added to a single text.
-    fn added_tokens(&self) -> usize;
+    /// `first` and `second` joined with the special tokens of a pair.
+    fn with_pair_special_tokens(
+        &self,
+        first: Encoding,
+        second: Encoding,
+    ) -> tokenizers::Result<Encoding>;
+    /// Number of special tokens added to a single text, or to a pair.
+    fn added_tokens(&self, pair: bool) -> usize;
     /// Vocabulary entries, added tokens included.
     fn vocab_size(&self) -> usize;
 }
@@ -167,8 +224,16 @@ where
         self.post_process(text_tokens, None, true)
     }
 
-    fn added_tokens(&self) -> usize {
-        self.get_post_processor().map_or(0, |p| p.added_tokens(false))
+    fn with_pair_special_tokens(
+        &self,
+        first: Encoding,
+        second: Encoding,
+    ) -> tokenizers::Result<Encoding> {
+        self.post_process(first, Some(second), true)
+    }
+
+    fn added_tokens(&self, pair: bool) -> usize {
+        self.get_post_processor().map_or(0, |p| p.added_tokens(pair))
     }
 
     fn vocab_size(&self) -> usize {

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use sembase_core::cross_encoder::tokenizer_gives_segments;
 use sembase_core::kernels::int8_linear::Int8Kernel;
+use sembase_core::tokenize::TextTokenizer;
 use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder, Truncation};
 use serde::Deserialize;
@@ -265,6 +267,54 @@ fn truncation_matches_the_tokenizers_library() {
 }
 
 /// Lines of a text file in the shared data, `every`-th line from the first.
+/// `pairs.json`: transformers' tokenization of (query, document) pairs, as a
+/// sentence-transformers CrossEncoder tokenizes them (see tools/make_pair_golden.py).
+#[derive(Deserialize)]
+struct PairGolden {
+    max_length: usize,
+    pairs: Vec<(usize, usize)>,
+    models: HashMap<String, PairModel>,
+}
+
+#[derive(Deserialize)]
+struct PairModel {
+    input_ids: Vec<Vec<u32>>,
+    token_type_ids: Option<Vec<Vec<u32>>>,
+}
+
+/// Pairs are joined, cut (longest first) and given segment ids exactly as transformers
+/// does for real tokenizers (WordPiece, Unigram, MPNet's), and sembase gives segment
+/// ids to the models whose tokenizer class returns them, and only to those.
+#[test]
+fn pair_tokens_match_transformers() {
+    let golden: PairGolden =
+        serde_json::from_slice(&std::fs::read(golden_dir().join("pairs.json")).unwrap()).unwrap();
+    let texts = sentences();
+    let pairs: Vec<(&str, &str)> =
+        golden.pairs.iter().map(|&(a, b)| (texts[a].as_str(), texts[b].as_str())).collect();
+    for (name, expected) in &golden.models {
+        let dir = pulled_model(name);
+        let tokenizer =
+            TextTokenizer::load(&dir.join("tokenizer.json"), golden.max_length).unwrap();
+        let encoded = tokenizer.encode_pairs(&pairs, Truncation::Truncate).unwrap();
+        for (i, (pair, ids)) in encoded.iter().zip(&expected.input_ids).enumerate() {
+            assert_eq!(&pair.ids, ids, "{name}: ids of pair {i}");
+            if let Some(types) = &expected.token_type_ids {
+                assert_eq!(&pair.segments, &types[i], "{name}: segment ids of pair {i}");
+            }
+        }
+        assert_eq!(
+            tokenizer_gives_segments(&dir).unwrap(),
+            expected.token_type_ids.is_some(),
+            "{name}: whether the model is given segment ids"
+        );
+        let refused = tokenizer.encode_pairs(&pairs, Truncation::Refuse);
+        let longest = expected.input_ids.iter().map(Vec::len).max().unwrap();
+        assert_eq!(longest, golden.max_length, "the fixture cuts some pairs");
+        assert!(matches!(refused, Err(sembase_core::Error::InputTooLong { .. })), "{name}");
+    }
+}
+
 fn data_lines(file: &str, every: usize) -> Vec<String> {
     read_shared(&data_root().join(file)).lines().step_by(every).map(str::to_string).collect()
 }

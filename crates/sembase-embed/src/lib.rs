@@ -10,7 +10,9 @@ pub mod embedder;
 pub mod error;
 pub mod gguf;
 pub mod prompts;
+pub mod reranker;
 pub mod vectors;
 
 pub use embedder::{EmbedOptions, Embedder, Embeddings, Truncation};
 pub use error::{Error, Result};
+pub use reranker::{PairTokens, Reranker, ScoreActivation};

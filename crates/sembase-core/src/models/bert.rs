@@ -72,7 +72,7 @@ pub struct TokenEmbeddings {
 
 impl TokenEmbeddings {
     /// Loads from `vb` (pointing at `embeddings`); `with_segments` adds the
-    /// token-type table, always used with type 0 for single texts. Tables are read in
+    /// token-type table: type 0 for single texts, the batch's segment ids for pairs. Tables are read in
     /// place from `mapped` when given.
     pub fn load(
         vb: VarBuilder,
@@ -117,11 +117,21 @@ impl TokenEmbeddings {
         self.positions.max_tokens(self.position.rows())
     }
 
-    /// `(batch, seq)` ids -> `(batch, seq, hidden)`.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: &Mode) -> Result<Tensor> {
+    /// `(batch, seq)` ids -> `(batch, seq, hidden)`; `segments` are the token type ids
+    /// of pairs (`None`: segment 0 everywhere).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        segments: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
         let positions = self.positions.ids(mask)?;
-        // Single texts: segment 0 everywhere (for models that have segments).
-        let types = self.segment.as_ref().map(|_| ids.zeros_like()).transpose()?;
+        let types = match (&self.segment, segments) {
+            (None, _) => None,
+            (Some(_), Some(given)) => Some(given.clone()),
+            (Some(_), None) => Some(ids.zeros_like()?),
+        };
         let mut lookups = vec![(&self.word, ids), (&self.position, &positions)];
         lookups.extend(self.segment.as_ref().zip(types.as_ref()));
         let x = Embedding::sum_of_lookups(&lookups)?;
@@ -167,7 +177,7 @@ impl BertModel {
 
 impl TextEncoder for BertModel {
     fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
-        let x = self.embeddings.forward(batch.ids(), batch.mask(), mode)?;
+        let x = self.embeddings.forward(batch.ids(), batch.mask(), batch.segments(), mode)?;
         self.encoder.forward(&x, batch, None, mode)
     }
 

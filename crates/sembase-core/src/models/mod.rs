@@ -11,6 +11,7 @@ pub mod llama;
 pub mod mpnet;
 pub mod qwen2;
 pub mod qwen3;
+pub mod score_head;
 pub mod xlm_roberta;
 
 use std::path::{Path, PathBuf};

@@ -98,7 +98,7 @@ fn relative_position_bucket(relative: i64, buckets: usize, max_distance: usize) 
 impl TextEncoder for MpnetModel {
     fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
         let ids = batch.ids();
-        let x = self.embeddings.forward(ids, batch.mask(), mode)?;
+        let x = self.embeddings.forward(ids, batch.mask(), None, mode)?;
         let bias = self.position_bias(batch.width(), ids.device())?;
         self.encoder.forward(&x, batch, Some(&bias), mode)
     }
