@@ -33,6 +33,10 @@ API_KEY = "page-test-key"
 INDEX = "support"
 HEAD = "topic"
 REPORT = "eval-demo.html"
+# A tiny random cross-encoder (a BERT of 2 layers over a 49-word vocabulary): its scores
+# mean nothing, but they are deterministic, which is all the page's plumbing needs.
+RERANKER_DIR = REPO_ROOT / "crates" / "sembase-core" / "tests" / "fixtures" / "tiny-bert-cross-encoder"
+RERANKER = RERANKER_DIR.name
 REPORT_TITLE = "Demo evaluation report"
 DIGITS = 4  # decimals the page prints a score with
 
@@ -118,7 +122,7 @@ def served(tmp_path_factory):
     (reports / "notes.txt").write_text("not a report", encoding="utf-8")
 
     with serve(
-        SEMBASE, "--model", MODEL, "--api-key", API_KEY,
+        SEMBASE, "--model", MODEL, "--model", str(RERANKER_DIR), "--api-key", API_KEY,
         "--index", f"{INDEX}={work / 'index'}", "--head", f"{HEAD}={work / 'head'}",
         "--reports", str(reports),
     ) as url:
@@ -270,6 +274,43 @@ def test_search_shows_the_api_hits_in_order(session, served):
     assert_local(session.requests)
 
 
+def test_search_rerank_shows_each_hits_rank_before_and_after(session, served):
+    query = "Where is my parcel?"
+    body = {"index": INDEX, "query": query, "top_k": 5, "rerank": {"model": RERANKER, "depth": 20}}
+    expected = api(served, "POST", "/v1/search", body).json()["results"][0]["hits"]
+    assert len(expected) == 5
+    assert [h["retrieval_rank"] for h in expected] != [1, 2, 3, 4, 5], "the reranker should reorder"
+    panel = session.tab("search")
+    panel.locator("#search-index option[value='support']").wait_for(state="attached")
+    # The reranker is offered for search only, not as a model to compare with.
+    rerank = panel.locator('[data-testid="search-rerank"]')
+    rerank.locator(f"option[value='{RERANKER}']").wait_for(state="attached")
+    assert session.page.locator(f"#compare-model option[value='{RERANKER}']").count() == 0
+    assert not panel.locator("#search-rerank-depth").is_visible()
+    rerank.select_option(RERANKER)
+    panel.locator("#search-rerank-depth").fill("20")
+    panel.locator("#search-top-k").fill("5")
+    panel.locator('[data-testid="search-query"]').fill(query)
+    panel.locator('[data-testid="search-run"]').click()
+    hits = panel.locator('[data-testid="search-hit"]')
+    expect(hits).to_have_count(5)
+    assert hits.evaluate_all("els => els.map(e => e.dataset.id)") == [h["id"] for h in expected]
+    before = panel.locator('[data-testid="hit-before-rank"]').all_inner_texts()
+    assert [int(b) for b in before] == [h["retrieval_rank"] for h in expected]
+    for i, hit in enumerate(expected):
+        shown = hits.nth(i).inner_text()
+        assert f"#{i + 1}" in shown and f"{hit['score']:.{DIGITS}f}" in shown, shown
+        assert f"{hit['retrieval_score']:.{DIGITS}f}" in shown, shown
+    # Off again: plain hits, no ranks before.
+    rerank.select_option("")
+    panel.locator('[data-testid="search-run"]').click()
+    plain = api(served, "POST", "/v1/search", {"index": INDEX, "query": query, "top_k": 5}).json()
+    expect(hits.first).to_have_attribute("data-id", plain["results"][0]["hits"][0]["id"])
+    expect(panel.locator('[data-testid="hit-before-rank"]')).to_have_count(0)
+    assert session.errors == []
+    assert_local(session.requests)
+
+
 def test_classify_shows_the_heads_label(session, served):
     text = "My parcel never arrived and tracking shows nothing."
     expected = api(served, "POST", "/v1/classify", {"input": text}).json()["data"][0]["heads"][HEAD]
@@ -351,6 +392,7 @@ def test_screenshots(browser, served, width, height, scheme):
         panel.locator("#search-index option[value='support']").wait_for(state="attached")
         panel.locator('[data-testid="search-query"]').fill("my package is late")
         panel.locator("#search-top-k").fill("5")
+        panel.locator('[data-testid="search-rerank"]').select_option(RERANKER)
         panel.locator('[data-testid="search-run"]').click()
         panel.locator('[data-testid="search-hit"]').first.wait_for()
         panel = s.tab("classify")

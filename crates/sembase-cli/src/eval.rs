@@ -1,6 +1,7 @@
 //! `sembase eval`: models side by side on sts, pairs and retrieval tasks.
 
 use std::io::IsTerminal;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
@@ -14,11 +15,17 @@ use sembase_eval::encode::{Encoder, EvalModel, Progress};
 use sembase_eval::evaluate::{evaluate_with, Search, Settings};
 use sembase_eval::remote::{is_remote, RemoteEmbedder, RemoteOptions};
 use sembase_eval::report::write_report;
-use sembase_eval::results::{format_value, short_task, EvalResults};
-use sembase_eval::tasks::{Task, TaskSpec};
+use sembase_eval::rerank::Rerank;
+use sembase_eval::results::{format_value, short_task, EvalResult, EvalResults, Metrics};
+use sembase_eval::tasks::{Task, TaskKind, TaskSpec};
 use sembase_index::AnnParams;
 
-use crate::models::{load_local, ComputeArgs, Quantize};
+use crate::models::{load_local, load_reranker, ComputeArgs, Quantize};
+
+/// Documents per query a cross-encoder reranks when `--rerank-depth` is not given:
+/// BEIR's reranking protocol (top 100), which is also the deepest cut-off measured
+/// (map@100, recall@100), so every figure sees the reranked order.
+const RERANK_DEPTH: usize = 100;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -69,6 +76,15 @@ pub struct EvalArgs {
     /// Do not read or write the embedding cache ($SEMBASE_HOME/cache).
     #[arg(long)]
     no_cache: bool,
+    /// A cross-encoder (store name or directory) that reranks each model's top
+    /// documents per query on retrieval tasks; "metrics" are then the reranked
+    /// figures and "before" the model's own.
+    #[arg(long, value_name = "MODEL")]
+    rerank: Option<String>,
+    /// Documents per query the cross-encoder reranks (default 100); the ones below
+    /// keep the model's order after them.
+    #[arg(long, value_name = "K", requires = "rerank")]
+    rerank_depth: Option<NonZeroUsize>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -105,8 +121,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             eprintln!("note: {}: {note}", spec.name);
             notes.push(format!("{}: {note}", short_task(&spec.name)));
         }
+        if args.rerank.is_some() && spec.kind != TaskKind::Retrieval {
+            bail!("--rerank applies to retrieval tasks only, not {}", spec.name);
+        }
         tasks.push(task);
     }
+    let reranker =
+        args.rerank.as_deref().map(|m| load_reranker(m, args.compute.batch_tokens)).transpose()?;
+    let rerank = reranker.as_ref().map(|r| Rerank {
+        reranker: r,
+        depth: args.rerank_depth.map_or(RERANK_DEPTH, NonZeroUsize::get),
+    });
 
     let widths: Vec<Option<usize>> = if args.dimensions.is_empty() {
         vec![None]
@@ -128,22 +153,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     doc_prefix: args.doc_prefix.clone(),
                     dimensions,
                 };
-                let result = evaluate_with(&encoder, task, &settings, search)
+                let result = evaluate_with(&encoder, task, &settings, search, rerank.as_ref())
                     .with_context(|| format!("{} on {}", model.name(), task.spec.name))?;
-                let figures: Vec<String> = result
-                    .metrics
-                    .0
-                    .iter()
-                    .map(|(n, v)| format!("{n} {}", format_value(*v)))
-                    .collect();
-                eprintln!(
-                    "{} {} @{}: {} ({:.1}s)",
-                    result.model,
-                    short_task(&result.task),
-                    result.dimensions,
-                    figures.join(", "),
-                    result.seconds
-                );
+                log_result(&result);
                 results.results.push(result);
             }
         }
@@ -162,6 +174,33 @@ pub fn run(args: EvalArgs) -> Result<()> {
         write_markdown(path, &results.markdown_table())?;
     }
     Ok(())
+}
+
+/// One line of figures per result, and for a reranked one a line with the
+/// figures before and what reranking cost.
+fn log_result(result: &EvalResult) {
+    let figures = |m: &Metrics| -> String {
+        m.0.iter().map(|(n, v)| format!("{n} {}", format_value(*v))).collect::<Vec<_>>().join(", ")
+    };
+    eprintln!(
+        "{} {} @{}: {} ({:.1}s)",
+        result.model,
+        short_task(&result.task),
+        result.dimensions,
+        figures(&result.metrics),
+        result.seconds
+    );
+    if let (Some(before), Some(info)) = (&result.before, &result.rerank) {
+        eprintln!(
+            "  reranked by {} (top {}: {} pairs in {:.1}s, {:.0} pairs/s); before: {}",
+            info.model,
+            info.depth,
+            info.pairs,
+            info.seconds,
+            info.pairs as f64 / info.seconds.max(1e-9),
+            figures(before)
+        );
+    }
 }
 
 /// Loads a local model or connects to a remote one.
@@ -237,7 +276,7 @@ impl CliProgress {
 impl Progress for CliProgress {
     fn start(&self, what: &str, total: usize) {
         if !self.terminal {
-            eprintln!("embedding {total} texts: {}", short_task(what));
+            eprintln!("{}: {total} to do", short_task(what));
             return;
         }
         let bar = ProgressBar::new(total as u64);

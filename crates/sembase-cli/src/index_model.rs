@@ -26,6 +26,11 @@ impl IndexModelArgs {
         self.compute.apply_threads();
     }
 
+    /// Padded tokens per forward pass, when given (also for a reranker beside the model).
+    pub fn batch_tokens(&self) -> Option<usize> {
+        self.compute.batch_tokens
+    }
+
     /// Loads the index's model (see [`load_index_model`]).
     pub fn load(&self, settings: &IndexSettings) -> Result<LocalEmbedder> {
         load_index_model(settings, self.model.as_deref(), self.compute.batch_tokens)
@@ -35,6 +40,7 @@ impl IndexModelArgs {
 /// Resolves `spec` through the store and returns its directory and identity.
 /// A directory is recorded by its absolute path, so the index works from anywhere.
 pub fn model_identity(spec: &str) -> Result<(PathBuf, ModelIdentity)> {
+    let spec = crate::models::named_spec(spec).1;
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
     let name = if Path::new(spec).is_dir() {
         std::fs::canonicalize(spec)?.display().to_string()

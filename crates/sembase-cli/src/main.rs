@@ -10,7 +10,9 @@ mod index;
 mod index_model;
 mod model;
 mod models;
+mod rerank;
 mod search;
+mod search_rerank;
 mod serve;
 mod train;
 
@@ -39,6 +41,8 @@ enum Command {
     Index(index::IndexCommand),
     /// Search an index with query texts.
     Search(search::SearchArgs),
+    /// Order candidates by a cross-encoder's relevance to a query.
+    Rerank(rerank::RerankArgs),
     /// Evaluate models side by side on sts, pairs and retrieval tasks.
     Eval(eval::EvalArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
@@ -56,6 +60,7 @@ fn main() {
         Command::Head(cmd) => head::run(cmd),
         Command::Index(cmd) => index::run(cmd),
         Command::Search(args) => search::run(args),
+        Command::Rerank(args) => rerank::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),

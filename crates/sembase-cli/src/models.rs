@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use sembase_core::kernels::int8_linear::Int8Kernel;
-use sembase_core::{BatchLimits, LoadOptions, LocalEmbedder};
+use sembase_core::{BatchLimits, CrossEncoder, LoadOptions, LocalEmbedder};
 
 /// Sets the number of compute threads; must run before any model work starts.
 pub fn set_threads(threads: Option<usize>) {
@@ -49,15 +49,80 @@ pub fn load_local(
     batch_tokens: Option<usize>,
     quantize: Option<Quantize>,
 ) -> Result<LocalEmbedder> {
-    let store = sembase_hub::Store::from_env()?;
-    let dir = store.resolve(spec)?;
-    let name = display_name(spec, &dir);
+    let (dir, name) = resolve(spec)?;
+    let options = load_options(max_seq_length, batch_tokens, quantize)?;
+    LocalEmbedder::load(&dir, name, options)
+        .with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// A model named on the command line, loaded as what its directory holds.
+pub enum AnyModel {
+    /// A sentence embedding model.
+    Embedder(LocalEmbedder),
+    /// A cross-encoder (a `*ForSequenceClassification` checkpoint): a reranker.
+    Reranker(CrossEncoder),
+}
+
+/// [`load_local`], except that a cross-encoder loads as a reranker instead of being refused.
+pub fn load_any(
+    spec: &str,
+    max_seq_length: Option<usize>,
+    quantize: Option<Quantize>,
+) -> Result<AnyModel> {
+    let (dir, name) = resolve(spec)?;
+    let options = load_options(max_seq_length, None, quantize)?;
+    let model = if sembase_core::is_cross_encoder(&dir) {
+        CrossEncoder::load(&dir, name, options).map(AnyModel::Reranker)
+    } else {
+        LocalEmbedder::load(&dir, name, options).map(AnyModel::Embedder)
+    };
+    model.with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// Resolves `spec` through the store and loads it as a cross-encoder (refusing a
+/// sentence embedding model), for `rerank`, `search --rerank` and `eval --rerank`.
+pub fn load_reranker(spec: &str, batch_tokens: Option<usize>) -> Result<CrossEncoder> {
+    let (dir, name) = resolve(spec)?;
+    let options = load_options(None, batch_tokens, None)?;
+    CrossEncoder::load(&dir, name, options)
+        .with_context(|| format!("loading cross-encoder {}", dir.display()))
+}
+
+/// The directory `spec` names (through the store) and the name it is known by.
+fn resolve(spec: &str) -> Result<(std::path::PathBuf, String)> {
+    let (given_name, spec) = named_spec(spec);
+    let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
+    let name = given_name.map_or_else(|| display_name(spec, &dir), str::to_string);
+    Ok((dir, name))
+}
+
+/// `NAME=SPEC` gives the model SPEC the name NAME (as `--index NAME=DIR` does for
+/// indexes); anything else, an existing path included, is a spec known by its own name.
+pub fn named_spec(spec: &str) -> (Option<&str>, &str) {
+    if Path::new(spec).exists() {
+        return (None, spec);
+    }
+    match spec.split_once('=') {
+        Some((name, rest)) if !name.is_empty() && !name.contains('/') && !rest.is_empty() => {
+            (Some(name), rest)
+        }
+        _ => (None, spec),
+    }
+}
+
+/// How a local model runs: on the device from the environment, in passes of at most
+/// `batch_tokens` padded tokens, with `quantize`d weights.
+fn load_options(
+    max_seq_length: Option<usize>,
+    batch_tokens: Option<usize>,
+    quantize: Option<Quantize>,
+) -> Result<LoadOptions> {
     let device = sembase_core::device::from_env()?;
     let mut batch = BatchLimits::for_device(&device);
     if let Some(tokens) = batch_tokens {
         batch.max_tokens = tokens.max(1);
     }
-    let options = LoadOptions {
+    Ok(LoadOptions {
         max_seq_length,
         batch,
         device,
@@ -66,9 +131,7 @@ pub fn load_local(
             None => None,
         },
         ..LoadOptions::default()
-    };
-    LocalEmbedder::load(&dir, name, options)
-        .with_context(|| format!("loading model {}", dir.display()))
+    })
 }
 
 /// The name a model is known by: the store name, or a directory's last component.
@@ -79,5 +142,18 @@ fn display_name(spec: &str, dir: &Path) -> String {
             .unwrap_or_else(|| spec.to_string())
     } else {
         spec.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_spec;
+
+    #[test]
+    fn a_name_can_be_given_before_the_spec() {
+        assert_eq!(named_spec("ce=models/ce"), (Some("ce"), "models/ce"));
+        assert_eq!(named_spec("all-minilm-l6-v2"), (None, "all-minilm-l6-v2"));
+        assert_eq!(named_spec("=models/ce"), (None, "=models/ce"));
+        assert_eq!(named_spec("models/a=b"), (None, "models/a=b"));
     }
 }

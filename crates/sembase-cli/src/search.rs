@@ -1,6 +1,8 @@
-//! `sembase search`: the nearest documents of an index for query texts (or vectors).
+//! `sembase search`: the nearest documents of an index for query texts (or vectors),
+//! optionally reordered by a cross-encoder (`--rerank`).
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,11 +10,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use sembase_index::index::embed_queries;
 use sembase_index::npy::read_npy_f32;
-use sembase_index::{Access, Filter, Hit, Index, Metadata};
+use sembase_index::{Access, Filter, Index, Metadata};
 use serde::Serialize;
 
 use crate::index_model::IndexModelArgs;
+use crate::models::load_reranker;
+use crate::search_rerank::{rerank_all, rerank_depth, Shown};
 use sembase_embed::durable::AtomicFile;
+use sembase_eval::results::RerankInfo;
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -44,6 +49,13 @@ pub struct SearchArgs {
     /// ann and postgres: candidates searched per query (HNSW ef) instead of the default.
     #[arg(long)]
     expansion_search: Option<usize>,
+    /// A cross-encoder (store name or directory) that reorders each query's top
+    /// candidates; hits' "score" is then its relevance.
+    #[arg(long, value_name = "MODEL", conflicts_with = "query_vectors")]
+    rerank: Option<String>,
+    /// Candidates retrieved per query for --rerank (default: the larger of --top-k and 50).
+    #[arg(long, value_name = "K", requires = "rerank")]
+    rerank_depth: Option<NonZeroUsize>,
     #[command(flatten)]
     model: IndexModelArgs,
 }
@@ -58,6 +70,11 @@ struct QueryResult<'a> {
 struct JsonHit<'a> {
     id: &'a str,
     score: f32,
+    /// Reranked: the cosine similarity of retrieval, and its 1-based rank there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retrieval_score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retrieval_rank: Option<usize>,
     text: &'a str,
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     metadata: &'a Metadata,
@@ -68,6 +85,15 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let index = Index::open_tuned(&args.index, Access::Read, args.expansion_search)
         .with_context(|| format!("opening {}", args.index.display()))?;
     let filter = args.filter.as_deref().map(parse_filter).transpose()?;
+    let reranker = args
+        .rerank
+        .as_deref()
+        .map(|spec| load_reranker(spec, args.model.batch_tokens()))
+        .transpose()?;
+    let depth = match &reranker {
+        None => args.top_k,
+        Some(_) => rerank_depth(args.rerank_depth, args.top_k)?,
+    };
     let (labels, vectors) = match (&args.query, &args.queries, &args.query_vectors) {
         (_, _, Some(path)) => {
             let vectors = read_npy_f32(path)?;
@@ -81,7 +107,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let started = Instant::now();
     let mut results = Vec::with_capacity(vectors.len());
     for chunk in vectors.chunks(args.batch.unwrap_or(vectors.len()).max(1)) {
-        results.extend(index.store().search(chunk, args.top_k, filter.as_ref())?);
+        results.extend(index.store().search(chunk, depth, filter.as_ref())?);
     }
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
@@ -89,8 +115,18 @@ pub fn run(args: SearchArgs) -> Result<()> {
         vectors.len(),
         vectors.len() as f64 / seconds.max(1e-9)
     );
+    let (results, rerank) = match &reranker {
+        None => (
+            results.into_iter().map(|h| h.into_iter().map(Shown::retrieved).collect()).collect(),
+            None,
+        ),
+        Some(model) => {
+            let (results, info) = rerank_all(model, depth, &labels, results, args.top_k)?;
+            (results, Some(info))
+        }
+    };
     if let Some(path) = &args.json {
-        write_json(path, &labels, &results, seconds)?;
+        write_json(path, &labels, &results, seconds, rerank.as_ref())?;
     } else {
         print_results(&labels, &results)?;
     }
@@ -140,11 +176,13 @@ fn parse_filter(json: &str) -> Result<Filter> {
     Ok(Filter::new(object.clone())?)
 }
 
+/// The `--json` document; reranked, with `"rerank": {"model", "depth", "pairs", "seconds"}`.
 fn write_json(
     path: &std::path::Path,
     labels: &[String],
-    results: &[Vec<Hit>],
+    results: &[Vec<Shown>],
     seconds: f64,
+    rerank: Option<&RerankInfo>,
 ) -> Result<()> {
     let results: Vec<QueryResult> = labels
         .iter()
@@ -153,30 +191,45 @@ fn write_json(
             query: q,
             hits: hits
                 .iter()
-                .map(|h| JsonHit {
-                    id: &h.id,
-                    score: h.score,
-                    text: &h.text,
-                    metadata: &h.metadata,
+                .map(|s| JsonHit {
+                    id: &s.hit.id,
+                    score: s.score,
+                    retrieval_score: s.retrieval_rank.map(|_| s.hit.score),
+                    retrieval_rank: s.retrieval_rank,
+                    text: &s.hit.text,
+                    metadata: &s.hit.metadata,
                 })
                 .collect(),
         })
         .collect();
+    let mut document = serde_json::json!({"results": results, "search_seconds": seconds});
+    if let Some(info) = rerank {
+        document["rerank"] = serde_json::to_value(info)?;
+    }
     let mut file = AtomicFile::create(path)?;
-    serde_json::to_writer(
-        &mut file,
-        &serde_json::json!({"results": results, "search_seconds": seconds}),
-    )?;
+    serde_json::to_writer(&mut file, &document)?;
     writeln!(file)?;
     Ok(file.commit()?)
 }
 
-fn print_results(labels: &[String], results: &[Vec<Hit>]) -> Result<()> {
+/// Each query, then its hits; a reranked hit also shows `(#R COSINE)`, where retrieval had it.
+fn print_results(labels: &[String], results: &[Vec<Shown>]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for (q, hits) in labels.iter().zip(results) {
         writeln!(out, "{q}")?;
-        for (rank, h) in hits.iter().enumerate() {
-            writeln!(out, "  {:>3}. {:.4}  {}  {}", rank + 1, h.score, h.id, h.text)?;
+        for (rank, s) in hits.iter().enumerate() {
+            let retrieval = match s.retrieval_rank {
+                Some(r) => format!("(#{r} {:.4})  ", s.hit.score),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "  {:>3}. {:.4}  {retrieval}{}  {}",
+                rank + 1,
+                s.score,
+                s.hit.id,
+                s.hit.text
+            )?;
         }
     }
     Ok(())

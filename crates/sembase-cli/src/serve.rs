@@ -1,21 +1,25 @@
-//! `sembase serve`: the OpenAI-compatible HTTP API over one or more models.
+//! `sembase serve`: the OpenAI-compatible HTTP API over one or more models (embedding
+//! models, and cross-encoders served as rerankers).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sembase_embed::Reranker;
 use sembase_heads::Head;
 use sembase_index::{Access, Index};
 use sembase_server::{Attachments, HeadSpec, IndexSpec, ModelSpec, Server, ServerConfig};
 
 use crate::index_model::model_identity;
-use crate::models::{load_local, set_threads, Quantize};
+use crate::models::{load_any, set_threads, AnyModel, Quantize};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A store name or model directory; repeat to serve several (the first answers
-    /// requests that name no model).
+    /// A store name or model directory (`NAME=SPEC` serves it under NAME); repeat to
+    /// serve several (the first answers requests that name no model). A cross-encoder (a *ForSequenceClassification
+    /// checkpoint) is served as a reranker: POST /v1/rerank, POST /rerank, and the
+    /// rerank stage of POST /v1/search (the first reranker answers requests that name none).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
     /// A classification head for POST /v1/classify, served under NAME: a directory
@@ -106,17 +110,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let specs = args.models.clone();
         let (max_seq_length, quantize) = (args.max_seq_length, args.quantize);
         std::thread::spawn(move || {
-            match load_models(&specs, max_seq_length, quantize).and_then(|models| {
+            match load_models(&specs, max_seq_length, quantize).and_then(|loaded| {
                 let indexes = indexes
                     .into_iter()
                     .map(|(name, index, model)| IndexSpec {
                         name,
                         index,
-                        model: models[model].embedder.name().to_string(),
+                        model: loaded[model].name().to_string(),
                     })
                     .collect();
+                let mut models = Vec::new();
+                let mut rerankers = Vec::new();
+                for model in loaded {
+                    match model {
+                        Served::Embedder(spec) => models.push(spec),
+                        Served::Reranker(reranker) => rerankers.push(reranker),
+                    }
+                }
                 loader
-                    .set_models_with(models, Attachments { heads, indexes })
+                    .set_models_with(models, Attachments { heads, indexes, rerankers })
                     .map_err(anyhow::Error::from)
             }) {
                 Ok(()) => println!("listening on http://{address}"),
@@ -146,19 +158,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
+/// A loaded `--model`, ready for the server.
+enum Served {
+    Embedder(ModelSpec),
+    Reranker(Arc<dyn Reranker>),
+}
+
+impl Served {
+    fn name(&self) -> &str {
+        match self {
+            Served::Embedder(spec) => spec.embedder.name(),
+            Served::Reranker(reranker) => reranker.name(),
+        }
+    }
+}
+
+/// Loads every `--model`, in order: embedding models with their prompts, cross-encoders
+/// as rerankers.
 fn load_models(
     specs: &[String],
     max_seq_length: Option<usize>,
     quantize: Option<Quantize>,
-) -> Result<Vec<ModelSpec>> {
+) -> Result<Vec<Served>> {
     specs
         .iter()
         .map(|spec| {
-            let model = load_local(spec, max_seq_length, None, quantize)?;
-            Ok(ModelSpec {
-                prompts: model.prompts().clone(),
-                default_prompt: model.default_prompt().map(str::to_string),
-                embedder: Arc::new(model),
+            Ok(match load_any(spec, max_seq_length, quantize)? {
+                AnyModel::Embedder(model) => Served::Embedder(ModelSpec {
+                    prompts: model.prompts().clone(),
+                    default_prompt: model.default_prompt().map(str::to_string),
+                    embedder: Arc::new(model),
+                }),
+                AnyModel::Reranker(model) => Served::Reranker(Arc::new(model)),
             })
         })
         .collect()

@@ -1,4 +1,4 @@
-//! `sembase train simcse|pairs|triplets|sts`: fine-tune a model and export it.
+//! `sembase train simcse|pairs|triplets|sts|cross-encoder`: fine-tune a model and export it.
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
@@ -10,11 +10,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use sembase_core::{CrossEncoder, LoadOptions};
 use sembase_eval::results::Metrics;
 use sembase_eval::training_report::{write_training_report, TrainingRun};
 use sembase_train::{
-    load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel,
-    Trainer,
+    load_cross_examples, load_examples, BiEncoderConfig, BiEncoderTraining, CrossEncoderTraining,
+    Finish, LoopConfig, ModelCard, Objective, TrainObserver, TrainableCrossEncoder, TrainableModel,
+    Trainee, Trainer,
 };
 
 use crate::models::set_threads;
@@ -29,6 +31,9 @@ pub enum ObjectiveArg {
     Triplets,
     /// CoSENT on scored pairs (TSV sentence1, sentence2, score or 0/1 label).
     Sts,
+    /// A cross-encoder (reranker): binary cross-entropy on pairs (label 0/1) or sts
+    /// (score / 5) TSV, a listwise softmax over triplets TSV; the header tells which.
+    CrossEncoder,
 }
 
 #[derive(Args)]
@@ -57,7 +62,7 @@ pub struct TrainArgs {
     /// Add a learned linear projection to N dimensions (a Dense module).
     #[arg(long)]
     project: Option<usize>,
-    /// Texts per batch (default 64).
+    /// Rows per batch (default 64; 16 for cross-encoder).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Texts per forward pass with cached in-batch negatives (GradCache), for large batches in bounded memory.
@@ -71,7 +76,7 @@ pub struct TrainArgs {
     epochs: Option<usize>,
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Token limit per input (default 32 for simcse, the model's limit otherwise).
+    /// Token limit per input, or per pair for cross-encoder (default 32 for simcse, the model's limit otherwise).
     #[arg(long)]
     max_length: Option<usize>,
     /// Share of the steps spent warming the learning rate up (default 0.1).
@@ -98,6 +103,10 @@ pub struct TrainArgs {
     /// Steps between checkpoints (0: only when interrupted).
     #[arg(long, default_value_t = 0)]
     checkpoint_steps: usize,
+    /// Distil this cross-encoder (store name or directory) into the model: MarginMSE on
+    /// triplets, KL divergence over in-batch candidates on pairs and sts (labels unused).
+    #[arg(long)]
+    teacher: Option<String>,
     /// Continue from a checkpoint directory (OUTPUT.checkpoint) of an earlier run.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -112,12 +121,14 @@ pub struct TrainArgs {
 }
 
 impl ObjectiveArg {
-    fn objective(self) -> Objective {
+    /// The bi-encoder objective; `None` for a cross-encoder.
+    fn objective(self) -> Option<Objective> {
         match self {
-            Self::Simcse => Objective::SimCse,
-            Self::Pairs => Objective::Pairs,
-            Self::Triplets => Objective::Triplets,
-            Self::Sts => Objective::Sts,
+            Self::Simcse => Some(Objective::SimCse),
+            Self::Pairs => Some(Objective::Pairs),
+            Self::Triplets => Some(Objective::Triplets),
+            Self::Sts => Some(Objective::Sts),
+            Self::CrossEncoder => None,
         }
     }
 }
@@ -176,14 +187,49 @@ impl TrainObserver for Console {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     set_threads(args.threads);
-    let objective = args.objective.objective();
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(&args.model)?;
+    match args.objective.objective() {
+        Some(objective) => run_bi_encoder(&args, &store, &dir, objective),
+        None => run_cross_encoder(&args, &dir),
+    }
+}
+
+/// The loop's settings from the flags, over the defaults given.
+fn loop_config(args: &TrainArgs, defaults: LoopConfig) -> LoopConfig {
+    LoopConfig {
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        lr: args.lr.unwrap_or(defaults.lr),
+        epochs: args.epochs.unwrap_or(defaults.epochs),
+        max_steps: args.max_steps,
+        warmup_ratio: args.warmup_ratio.unwrap_or(defaults.warmup_ratio),
+        max_grad_norm: args.max_grad_norm.unwrap_or(defaults.max_grad_norm),
+        seed: args.seed.unwrap_or(defaults.seed),
+        eval_steps: args.eval_steps,
+        checkpoint_steps: args.checkpoint_steps,
+    }
+}
+
+/// The hyper-parameters every objective records.
+fn loop_hyperparameters(config: &LoopConfig, max_length: usize) -> serde_json::Value {
+    serde_json::json!({
+        "batch_size": config.batch_size, "lr": config.lr, "epochs": config.epochs,
+        "max_steps": config.max_steps, "max_length": max_length, "warmup_ratio": config.warmup_ratio,
+        "max_grad_norm": config.max_grad_norm, "seed": config.seed,
+    })
+}
+
+fn run_bi_encoder(
+    args: &TrainArgs,
+    store: &sembase_hub::Store,
+    dir: &std::path::Path,
+    objective: Objective,
+) -> Result<()> {
     let max_length = match args.max_length.or(objective.default_max_length()) {
         Some(limit) => limit,
-        None => model_limit(&dir)?,
+        None => model_limit(dir)?,
     };
-    let model = TrainableModel::load(&dir, max_length, args.project)
+    let model = TrainableModel::load(dir, max_length, args.project)
         .with_context(|| format!("loading {}", dir.display()))?;
     let mut examples = load_examples(objective, &args.data)?;
     if let Some(prefix) = &args.prefix {
@@ -192,42 +238,104 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.temperature.is_some_and(|t| t.is_nan() || t <= 0.0) {
         bail!("--temperature must be positive");
     }
-    let defaults = TrainConfig::for_objective(objective);
-    let config = TrainConfig {
-        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+    let defaults = LoopConfig {
+        lr: if objective == Objective::SimCse { 3e-5 } else { LoopConfig::default().lr },
+        ..LoopConfig::default()
+    };
+    let config = loop_config(args, defaults);
+    let bi = BiEncoderConfig {
         mini_batch: args.mini_batch,
-        lr: args.lr.unwrap_or(defaults.lr),
-        epochs: args.epochs.unwrap_or(defaults.epochs),
-        max_steps: args.max_steps,
-        warmup_ratio: args.warmup_ratio.unwrap_or(defaults.warmup_ratio),
-        max_grad_norm: args.max_grad_norm.unwrap_or(defaults.max_grad_norm),
-        seed: args.seed.unwrap_or(defaults.seed),
-        scale: args.temperature.map_or(defaults.scale, |t| 1.0 / t),
+        scale: args.temperature.map_or(BiEncoderConfig::new(objective).scale, |t| 1.0 / t),
         symmetric: args.symmetric,
         dims: args.dims.clone(),
         eval: args.eval.as_deref().map(str::parse).transpose()?,
-        eval_steps: args.eval_steps,
-        checkpoint_steps: args.checkpoint_steps,
-        ..defaults
+        ..BiEncoderConfig::new(objective)
     };
-    let hyperparameters = serde_json::json!({
-        "batch_size": config.batch_size, "mini_batch": config.mini_batch, "lr": config.lr, "epochs": config.epochs,
-        "max_steps": config.max_steps, "max_length": max_length, "warmup_ratio": config.warmup_ratio,
-        "max_grad_norm": config.max_grad_norm, "seed": config.seed, "temperature": 1.0 / config.scale,
-        "symmetric": config.symmetric, "dims": config.dims, "project": args.project, "prefix": args.prefix,
-    });
-    let title = format!("{} on {} from {}", objective.name(), args.data.display(), args.model);
+    let mut hyperparameters = loop_hyperparameters(&config, max_length);
+    for (key, value) in [
+        ("mini_batch", serde_json::json!(bi.mini_batch)),
+        ("temperature", serde_json::json!(1.0 / bi.scale)),
+        ("symmetric", serde_json::json!(bi.symmetric)),
+        ("dims", serde_json::json!(bi.dims)),
+        ("project", serde_json::json!(args.project)),
+        ("prefix", serde_json::json!(args.prefix)),
+        ("teacher", serde_json::json!(args.teacher)),
+    ] {
+        hyperparameters[key] = value;
+    }
+    let load_teacher = |name: &String| -> Result<CrossEncoder> {
+        let path = store.resolve(name)?;
+        CrossEncoder::load(&path, name.as_str(), LoadOptions::default())
+            .with_context(|| format!("loading the teacher {}", path.display()))
+    };
+    let teacher = args.teacher.as_ref().map(load_teacher).transpose()?;
+    let objective_name = match &args.teacher {
+        Some(name) if objective == Objective::Triplets => {
+            format!("triplets, MarginMSE from {name}")
+        }
+        Some(name) => format!("{}, in-batch KL from {name}", objective.name()),
+        None => objective.name().to_string(),
+    };
     let card = ModelCard {
         base: args.model.clone(),
-        objective: objective.name().into(),
+        objective: objective_name.clone(),
         data: args.data.display().to_string(),
-        hyperparameters: hyperparameters.clone(),
+        hyperparameters,
         prefix: args.prefix.clone(),
         doc_prefix: args.doc_prefix.clone(),
         dims: args.dims.clone(),
         run: serde_json::Value::Null,
     };
-    let mut trainer = Trainer::new(&model, config, examples, &args.output, card)?;
+    let mut trainee = BiEncoderTraining::new(&model, bi, examples, card.clone())?;
+    if let Some(teacher) = &teacher {
+        trainee = trainee.with_teacher(teacher)?;
+    }
+    run_loop(args, &trainee, config, &card, &objective_name)
+}
+
+fn run_cross_encoder(args: &TrainArgs, dir: &std::path::Path) -> Result<()> {
+    let bi_encoder_only = [
+        ("--dims", !args.dims.is_empty()),
+        ("--project", args.project.is_some()),
+        ("--mini-batch", args.mini_batch.is_some()),
+        ("--temperature", args.temperature.is_some()),
+        ("--symmetric", args.symmetric),
+        ("--prefix", args.prefix.is_some()),
+        ("--doc-prefix", args.doc_prefix.is_some()),
+        ("--teacher", args.teacher.is_some()),
+    ];
+    if let Some((flag, _)) = bi_encoder_only.iter().find(|(_, given)| *given) {
+        bail!("{flag} applies to bi-encoder objectives, not cross-encoder");
+    }
+    let config = loop_config(args, LoopConfig { batch_size: 16, ..LoopConfig::default() });
+    let model = TrainableCrossEncoder::load(dir, args.max_length, config.seed)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let (objective, examples) = load_cross_examples(&args.data)?;
+    let mut hyperparameters = loop_hyperparameters(&config, model.max_length());
+    hyperparameters["loss"] = objective.name().into();
+    let card = ModelCard {
+        base: args.model.clone(),
+        objective: format!("cross-encoder ({})", objective.name()),
+        data: args.data.display().to_string(),
+        hyperparameters,
+        ..ModelCard::default()
+    };
+    let eval = args.eval.as_deref().map(str::parse).transpose()?;
+    let trainee =
+        CrossEncoderTraining::new(&model, objective, examples, eval.as_ref(), card.clone())?;
+    run_loop(args, &trainee, config, &card, "cross-encoder")
+}
+
+/// Runs the shared loop with progress, Ctrl-C and the `--json` / `--report` outputs.
+fn run_loop(
+    args: &TrainArgs,
+    trainee: &dyn Trainee,
+    config: LoopConfig,
+    card: &ModelCard,
+    objective: &str,
+) -> Result<()> {
+    let title = format!("{objective} on {} from {}", args.data.display(), args.model);
+    let mut trainer = Trainer::new(trainee, config, &args.output)?;
     if let Some(checkpoint) = &args.resume {
         trainer
             .resume(checkpoint)
@@ -265,7 +373,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             title: &title,
             loss: &state.loss,
             eval: &state.eval,
-            hyperparameters: &hyperparameters,
+            hyperparameters: &card.hyperparameters,
         };
         write_training_report(path, &run)?;
     }

@@ -212,6 +212,33 @@ fn no_truncate_and_api_key_from_the_environment() {
 }
 
 #[test]
+fn a_cross_encoder_directory_is_served_as_a_reranker() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sembase-core/tests/fixtures/tiny-bert-cross-encoder");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let server = Serve::start(&["--model", dir.to_str().unwrap()], &[]);
+    let models = request(server.addr, "GET", "/v1/models", &[], b"").json();
+    let kinds: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [(MODEL, "embedding"), ("tiny-bert-cross-encoder", "reranker")]);
+    let (query, document) = (&reference["pairs"][0][0], &reference["pairs"][0][1]);
+    let reply = server.post("/v1/rerank", &json!({ "query": query, "documents": [document] }), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let score = reply.json()["results"][0]["relevance_score"].as_f64().unwrap();
+    let expected = reference["scores"][0].as_f64().unwrap();
+    assert!((score - expected).abs() < 1e-4, "{score} vs {expected}");
+    // Requests that name no model still go to the embedding model.
+    assert_eq!(server.post("/v1/embeddings", &json!({ "input": "x" }), &[]).status, 200);
+    assert!(server.terminate().success());
+}
+
+#[test]
 fn a_model_that_cannot_load_is_a_clear_error() {
     let out = Command::new(SEMBASE)
         .args(["serve", "--model", "/nonexistent/model/dir", "--port", "0"])

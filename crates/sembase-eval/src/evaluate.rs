@@ -6,11 +6,12 @@ use sembase_embed::vectors::cosine;
 
 use crate::beir::RetrievalSet;
 use crate::encode::Encoder;
-use crate::error::Result;
+use crate::error::{EvalError, Result};
 use crate::metrics::{
     average_precision, best_accuracy, best_f1, pearson, spearman, QueryScores, RetrievalScores,
     MAP_CUTOFF,
 };
+use crate::rerank::Rerank;
 use crate::results::{EvalResult, Metrics};
 use crate::search::{id_ranks, ExactSearch};
 use crate::tasks::{Task, TaskData};
@@ -46,18 +47,30 @@ pub enum Search {
 
 /// Evaluates `task` and returns its result, timed.
 pub fn evaluate(encoder: &Encoder, task: &Task, settings: &Settings) -> Result<EvalResult> {
-    evaluate_with(encoder, task, settings, Search::Exact)
+    evaluate_with(encoder, task, settings, Search::Exact, None)
 }
 
-/// [`evaluate`], searching retrieval corpora as `search` says.
+/// [`evaluate`], searching retrieval corpora as `search` says and, with `rerank`,
+/// reranking each query's top documents: the result's `metrics` are then the
+/// reranked figures and `before` the bi-encoder's. `rerank` applies to retrieval
+/// tasks only.
 pub fn evaluate_with(
     encoder: &Encoder,
     task: &Task,
     settings: &Settings,
     search: Search,
+    rerank: Option<&Rerank>,
 ) -> Result<EvalResult> {
     encoder.check_dimensions(settings.dimensions)?;
+    if rerank.is_some() && !matches!(task.data, TaskData::Retrieval(_)) {
+        return Err(EvalError::Task {
+            spec: task.spec.name.clone(),
+            message: "reranking applies to retrieval tasks only".into(),
+        });
+    }
     let started = Instant::now();
+    let mut before = None;
+    let mut reranked = None;
     let metrics = match &task.data {
         TaskData::Sts(rows) => {
             let texts: Vec<&str> =
@@ -73,16 +86,32 @@ pub fn evaluate_with(
             let labels: Vec<bool> = rows.iter().map(|r| r.label).collect();
             pair_metrics(&similarities, &labels)
         }
-        TaskData::Retrieval(set) => match search {
-            Search::Exact => {
-                let queries = embed_queries(encoder, &task.spec.name, set, settings)?;
-                retrieval_metrics(
-                    &rank(encoder, &task.spec.name, set, settings, &queries, None)?,
-                    set,
-                )
+        TaskData::Retrieval(set) => {
+            let what = &task.spec.name;
+            let depth = MAP_CUTOFF.max(rerank.map_or(0, |r| r.depth));
+            let (rankings, search_figures) = match search {
+                Search::Exact => {
+                    let queries = embed_queries(encoder, what, set, settings)?;
+                    let rankings = rank(encoder, what, set, settings, &queries, depth, None)?;
+                    (rankings, Metrics::default())
+                }
+                Search::Ann(params) => ann_rankings(encoder, what, set, settings, params, depth)?,
+            };
+            let figures = |rankings: &[Vec<usize>]| {
+                let mut m = retrieval_metrics(rankings, set);
+                m.0.extend(search_figures.0.iter().cloned());
+                m
+            };
+            match rerank {
+                None => figures(&rankings),
+                Some(r) => {
+                    let (reordered, info) = r.rerank(set, &rankings, what, encoder.progress())?;
+                    before = Some(figures(&rankings));
+                    reranked = Some(info);
+                    figures(&reordered)
+                }
             }
-            Search::Ann(params) => ann_metrics(encoder, &task.spec.name, set, settings, params)?,
-        },
+        }
     };
     Ok(EvalResult {
         model: encoder.model().name().to_string(),
@@ -91,6 +120,8 @@ pub fn evaluate_with(
         dimensions: settings.dimensions.unwrap_or_else(|| encoder.model().embedder.dimension()),
         metrics,
         seconds: started.elapsed().as_secs_f64(),
+        before,
+        rerank: reranked,
     })
 }
 
@@ -127,8 +158,8 @@ pub fn pair_metrics(similarities: &[f64], labels: &[bool]) -> Metrics {
     m
 }
 
-/// The top documents (corpus indices, best first) of every judged query, by
-/// exact search of their vectors `queries`; every corpus vector is also kept
+/// The top `depth` documents (corpus indices, best first) of every judged query,
+/// by exact search of their vectors `queries`; every corpus vector is also kept
 /// in `keep` when given.
 pub fn rank(
     encoder: &Encoder,
@@ -136,11 +167,12 @@ pub fn rank(
     set: &RetrievalSet,
     settings: &Settings,
     queries: &[Vec<f32>],
+    depth: usize,
     mut keep: Option<&mut Vec<Vec<f32>>>,
 ) -> Result<Vec<Vec<usize>>> {
     let progress = encoder.progress();
     let ids: Vec<&str> = set.corpus.iter().map(|d| d.id.as_str()).collect();
-    let mut search = ExactSearch::new(queries, MAP_CUTOFF, id_ranks(&ids))?;
+    let mut search = ExactSearch::new(queries, depth, id_ranks(&ids))?;
     progress.start(&format!("{what} corpus"), set.corpus.len());
     for block in set.corpus.chunks(CORPUS_BLOCK) {
         let texts: Vec<String> = block.iter().map(|d| d.full_text()).collect();
@@ -179,17 +211,19 @@ pub fn embed_queries(
     queries
 }
 
-/// Retrieval measures of an HNSW graph's rankings, with what they cost against exact search.
-fn ann_metrics(
+/// An HNSW graph's top `depth` documents of every judged query, and what the
+/// graph costs against exact search (`exact_recall@10`, `ann_vs_exact@10`).
+fn ann_rankings(
     encoder: &Encoder,
     what: &str,
     set: &RetrievalSet,
     settings: &Settings,
     params: AnnParams,
-) -> Result<Metrics> {
+    depth: usize,
+) -> Result<(Vec<Vec<usize>>, Metrics)> {
     let queries = embed_queries(encoder, what, set, settings)?;
     let mut corpus = Vec::with_capacity(set.corpus.len());
-    let exact = rank(encoder, what, set, settings, &queries, Some(&mut corpus))?;
+    let exact = rank(encoder, what, set, settings, &queries, depth, Some(&mut corpus))?;
     let dim = queries.first().map_or(0, Vec::len);
     let graph = Graph::new(dim, Precision::F32, params)?;
     let items: Vec<(u64, Vec<f32>)> =
@@ -199,13 +233,13 @@ fn ann_metrics(
         .into_iter()
         .map(|q| {
             Ok(graph
-                .search_all(&unit(q), MAP_CUTOFF)?
+                .search_all(&unit(q), depth)?
                 .into_iter()
                 .map(|(doc, _)| doc as usize)
                 .collect())
         })
         .collect::<Result<_>>()?;
-    let mut m = retrieval_metrics(&ann, set);
+    let mut m = Metrics::default();
     if let Some(recall) = retrieval_metrics(&exact, set).get("recall@10") {
         m.0.push(("exact_recall@10".into(), recall));
     }
@@ -218,7 +252,7 @@ fn ann_metrics(
         })
         .sum();
     m.push_fraction("ann_vs_exact@10", found / exact.len().max(1) as f64);
-    Ok(m)
+    Ok((ann, m))
 }
 
 fn unit(mut v: Vec<f32>) -> Vec<f32> {

@@ -9,6 +9,8 @@
 //! - [`cache`] keeps embeddings on disk per (model, text, prefix, dimensions);
 //!   [`encode`] puts a model and the cache together.
 //! - [`remote`] is an [`sembase_embed::Embedder`] for OpenAI-compatible endpoints.
+//! - [`rerank`] reorders the top of retrieval rankings with a cross-encoder
+//!   (any [`sembase_embed::Reranker`]), so a second stage is measured like the first.
 //! - [`evaluate`] runs one task with one model; [`results`] and [`report`] turn
 //!   the figures into JSON, terminal/markdown tables and a self-contained HTML page.
 
@@ -20,6 +22,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod remote;
 pub mod report;
+pub mod rerank;
 pub mod results;
 pub mod search;
 mod svg;

@@ -63,8 +63,10 @@ fn chart_label(row: &Row) -> String {
     label.replace(".tsv", "")
 }
 
-/// The report as a string.
+/// The report as a string. A reranked result shows as two models, the bi-encoder
+/// alone and `MODEL + CROSS_ENCODER (top K)` (see [`EvalResults::with_stages`]).
 pub fn render(results: &EvalResults, notes: &[String]) -> String {
+    let results = &results.with_stages();
     let models = results.models();
     let rows = results.rows();
     let tasks: Vec<&str> = {
@@ -308,6 +310,7 @@ const DEFINITIONS: &str = r#"<h2>Definitions</h2>
 <dt>sts: spearman, pearson</dt><dd>Rank (average ranks for ties) and linear correlation of cosine similarity with the gold scores, x100.</dd>
 <dt>pairs: spearman, accuracy, f1, ap</dt><dd>Spearman of cosine against the 0/1 labels; the best accuracy and the best F1 over all cosine thresholds; average precision of cosine as a ranking of the positive pairs (sentence-transformers' BinaryClassificationEvaluator).</dd>
 <dt>retrieval: recall@k, mrr@10, ndcg@10, map@100</dt><dd>Exact cosine search over the whole corpus; pytrec_eval definitions with graded relevance (a document is relevant when its qrels grade is at least 1, nDCG gain is the grade). Averages are over the queries that have qrels.</dd>
+<dt>MODEL + CROSS_ENCODER (top K)</dt><dd>The model's top K documents of each query reordered by the cross-encoder's relevance score (query without the model's prefix, document as title + text); documents below K keep the model's order after them. Seconds include the model's retrieval.</dd>
 <dt>seconds</dt><dd>Wall time of one model on one task, embedding included; vectors found in the embedding cache are not recomputed.</dd>
 </dl>
 "#;
@@ -363,6 +366,8 @@ mod tests {
             dimensions: dims,
             metrics: Metrics(metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect()),
             seconds: 1.0,
+            before: None,
+            rerank: None,
         }
     }
 
@@ -370,6 +375,21 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn a_reranked_result_shows_before_and_after() {
+        let mut reranked = result("bi", "retrieval:x/r", "retrieval", 384, &[("ndcg@10", 60.0)]);
+        reranked.before = Some(Metrics(vec![("ndcg@10".into(), 40.0)]));
+        reranked.rerank = Some(crate::results::RerankInfo {
+            model: "ce".into(),
+            depth: 100,
+            pairs: 1000,
+            seconds: 0.5,
+        });
+        let html = render(&EvalResults { results: vec![reranked] }, &[]);
+        assert!(html.contains("<th>bi</th><th>bi + ce (top 100)</th>"), "{html}");
+        assert!(html.contains("<td>40.00</td><td class=\"best\">60.00</td>"), "{html}");
     }
 
     #[test]

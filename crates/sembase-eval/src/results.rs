@@ -4,7 +4,9 @@
 //! {"results": [{"model": "...", "task": "KIND:PATH", "kind": "sts|pairs|retrieval",
 //!   "dimensions": 384, "metrics": {"spearman": 82.03, ...}, "seconds": 12.3}]}
 //! ```
-//! Metric values are percentages; names are lower case.
+//! Metric values are percentages; names are lower case. A reranked retrieval
+//! result also has `"before"` (the bi-encoder's metrics) and `"rerank": {"model",
+//! "depth", "pairs", "seconds"}`; its `"metrics"` are the reranked figures.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -79,6 +81,48 @@ pub struct EvalResult {
     pub metrics: Metrics,
     /// Wall time of this result (embedding included; cached vectors are fast).
     pub seconds: f64,
+    /// With reranking: the bi-encoder's metrics, before the cross-encoder reordered its top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Metrics>,
+    /// With reranking: which cross-encoder, how deep, and what it cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<RerankInfo>,
+}
+
+/// The reranking stage of a result; a benchmark reads pairs/s from `pairs` and `seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankInfo {
+    /// The cross-encoder.
+    pub model: String,
+    /// Documents reranked at the top of each query's ranking.
+    pub depth: usize,
+    /// (query, document) pairs scored.
+    pub pairs: usize,
+    /// Wall time of reranking (tokenizing and scoring), part of the result's `seconds`.
+    pub seconds: f64,
+}
+
+impl EvalResult {
+    /// The result as rows of a table: itself, or for a reranked result the
+    /// bi-encoder alone (its metrics `before`, its seconds without reranking) and
+    /// then the two stages under `MODEL + CROSS_ENCODER (top K)`.
+    pub fn stages(&self) -> Vec<EvalResult> {
+        let (Some(before), Some(info)) = (&self.before, &self.rerank) else {
+            return vec![self.clone()];
+        };
+        let plain = EvalResult { before: None, rerank: None, ..self.clone() };
+        vec![
+            EvalResult {
+                metrics: before.clone(),
+                seconds: (self.seconds - info.seconds).max(0.0),
+                ..plain.clone()
+            },
+            EvalResult {
+                model: format!("{} + {} (top {})", self.model, info.model, info.depth),
+                ..plain
+            },
+        ]
+    }
 }
 
 /// A row of side-by-side tables: a task at every model's full width
@@ -113,6 +157,12 @@ impl EvalResults {
     /// Writes the document atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         Ok(durable::write_json(path, self)?)
+    }
+
+    /// Every result as its [`EvalResult::stages`], so that tables and reports put
+    /// a bi-encoder and its reranked figures side by side as two models.
+    pub fn with_stages(&self) -> EvalResults {
+        EvalResults { results: self.results.iter().flat_map(EvalResult::stages).collect() }
     }
 
     /// Models in first-seen order.
@@ -160,12 +210,14 @@ impl EvalResults {
     }
 
     /// Results grouped by kind (in sts, pairs, retrieval order) with each group's
-    /// metric names and cells: task, model, dims, one per metric, seconds.
+    /// metric names and cells: task, model, dims, one per metric, seconds. A
+    /// reranked result is two rows, before and after (see [`EvalResult::stages`]).
     fn tables(&self) -> Vec<(TaskKind, Vec<String>, Vec<Vec<String>>)> {
+        let staged = self.with_stages();
         let mut out = Vec::new();
         for kind in [TaskKind::Sts, TaskKind::Pairs, TaskKind::Retrieval] {
             let rows: Vec<&EvalResult> =
-                self.results.iter().filter(|r| r.kind == kind.as_str()).collect();
+                staged.results.iter().filter(|r| r.kind == kind.as_str()).collect();
             if rows.is_empty() {
                 continue;
             }
@@ -302,6 +354,8 @@ mod tests {
                 dimensions: 384,
                 metrics: Metrics(vec![("spearman".into(), 82.0312), ("pearson".into(), f64::NAN)]),
                 seconds: 1.25,
+                before: None,
+                rerank: None,
             }],
         }
     }
@@ -313,6 +367,53 @@ mod tests {
         let back: EvalResults = serde_json::from_str(&json).unwrap();
         assert_eq!(back.results[0].metrics.0[0], ("spearman".to_string(), 82.0312));
         assert!(back.results[0].metrics.0[1].1.is_nan());
+    }
+
+    #[test]
+    fn a_reranked_result_is_two_rows_and_keeps_both_in_json() {
+        let metrics = |v: f64| Metrics(vec![("ndcg@10".into(), v)]);
+        let results = EvalResults {
+            results: vec![EvalResult {
+                model: "bi".into(),
+                task: "retrieval:data/x".into(),
+                kind: "retrieval".into(),
+                dimensions: 384,
+                metrics: metrics(60.0),
+                seconds: 5.0,
+                before: Some(metrics(40.0)),
+                rerank: Some(RerankInfo {
+                    model: "ce".into(),
+                    depth: 50,
+                    pairs: 500,
+                    seconds: 2.0,
+                }),
+            }],
+        };
+        let rows = results.with_stages().results;
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].model.as_str(), rows[0].seconds), ("bi", 3.0));
+        assert_eq!(rows[0].metrics, metrics(40.0));
+        assert_eq!((rows[1].model.as_str(), rows[1].seconds), ("bi + ce (top 50)", 5.0));
+        assert_eq!(rows[1].metrics, metrics(60.0));
+        assert!(rows.iter().all(|r| r.before.is_none() && r.rerank.is_none()));
+        let table = results.terminal_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[3].contains("bi ") && lines[3].contains("40.00"), "{table}");
+        assert!(lines[4].contains("bi + ce (top 50)") && lines[4].contains("60.00"), "{table}");
+
+        let json = serde_json::to_value(&results).unwrap();
+        let r = &json["results"][0];
+        assert_eq!(r["metrics"]["ndcg@10"], 60.0);
+        assert_eq!(r["before"]["ndcg@10"], 40.0);
+        assert_eq!(
+            r["rerank"],
+            serde_json::json!({"model": "ce", "depth": 50, "pairs": 500, "seconds": 2.0})
+        );
+        let back: EvalResults = serde_json::from_value(json).unwrap();
+        assert_eq!(back, results);
+        // Results without reranking write neither key.
+        let plain = serde_json::to_string(&sample()).unwrap();
+        assert!(!plain.contains("before") && !plain.contains("rerank"), "{plain}");
     }
 
     #[test]

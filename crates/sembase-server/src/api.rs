@@ -111,7 +111,8 @@ pub struct ModelList {
     pub data: Vec<ModelObject>,
 }
 
-/// A served model, as OpenAI describes one.
+/// A served model, as OpenAI describes one (the fields after `owned_by` are sembase's;
+/// OpenAI clients ignore them).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelObject {
     /// The name to put in `model`.
@@ -122,10 +123,22 @@ pub struct ModelObject {
     pub created: u64,
     /// Always `sembase`.
     pub owned_by: &'static str,
-    /// Vector width (sembase extension).
-    pub dimension: usize,
-    /// Token limit per input (sembase extension).
+    /// What the model does, so that a client can tell which routes take it.
+    pub kind: ModelKind,
+    /// Vector width; embedding models only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<usize>,
+    /// Token limit per input (for a reranker: per query and document together).
     pub max_tokens: usize,
+}
+
+/// `embedding`: a model for `/v1/embeddings` (and search, heads); `reranker`: a
+/// cross-encoder for `/v1/rerank`, `/rerank` and search's rerank stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Embedding,
+    Reranker,
 }
 
 /// `POST /tokenize` body (TEI's shape; `model` and `prompt_name` are extensions).
@@ -290,6 +303,16 @@ pub enum SchemaStatus {
     Unprocessable,
 }
 
+impl SchemaStatus {
+    /// An invalid request, with this status.
+    pub fn error(self, message: impl Into<String>) -> ApiError {
+        match self {
+            SchemaStatus::BadRequest => ApiError::bad_request(message),
+            SchemaStatus::Unprocessable => ApiError::unprocessable(message),
+        }
+    }
+}
+
 /// Parses a JSON body; syntax errors are 400, schema errors name the top-level field.
 pub fn parse_json<T: DeserializeOwned>(
     body: &[u8],
@@ -321,10 +344,7 @@ pub fn parse_json<T: DeserializeOwned>(
         } else {
             format!("invalid '{path}': {inner}")
         };
-        let error = match schema_status {
-            SchemaStatus::BadRequest => ApiError::bad_request(message),
-            SchemaStatus::Unprocessable => ApiError::unprocessable(message),
-        };
+        let error = schema_status.error(message);
         match top_level_field(&path) {
             Some(field) => error.param(&field),
             None => error,

@@ -1,11 +1,17 @@
 //! The batching queue: one worker thread per model merges queued requests into
 //! batches bounded by a token budget, so that many small requests share forward passes.
 //!
-//! Requests arrive already tokenized (see `handlers`), so a job's cost in tokens is
-//! exact. The worker takes the oldest waiting job and every later one with the same
-//! `dimensions` while the batch stays within `max_batch_tokens` (a job larger than
-//! the budget runs alone), then calls the model once per kind of input in the batch.
-//! Jobs whose client went away (their reply channel is closed) are dropped unrun.
+//! Requests arrive already tokenized (see `handlers` and `rerank`), so a job's cost in
+//! tokens is exact. The worker takes the oldest waiting job and every later one with the
+//! same options (an embedding's `dimensions`) while the batch stays within
+//! `max_batch_tokens` (a job larger than the budget runs alone), then calls the model
+//! once for the whole batch. Jobs whose client went away (their reply channel is closed)
+//! are dropped unrun.
+//!
+//! The scheduler does not care what the model computes: embedders (token ids in,
+//! vectors out) and rerankers ((query, document) pairs in, logits out) share it
+//! through [`Queued`], so both kinds of request get the same budget, lingering,
+//! isolation of bad inputs and metrics.
 //!
 //! Before running a batch that is below the budget, the worker lingers briefly while
 //! jobs keep arriving (see [`Linger`]): when many clients wait on one batch, their next
@@ -19,7 +25,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sembase_core::{EmbedOptions, Embedder, Embeddings, Truncation};
+use sembase_core::{EmbedOptions, Embedder, Truncation};
+use sembase_embed::{PairTokens, Reranker};
 use tokio::sync::oneshot;
 
 use crate::metrics::ModelMetrics;
@@ -33,15 +40,81 @@ pub(crate) enum JobError {
     Internal(String),
 }
 
+/// A model a queue can feed: what one input of a job is, what the model gives back
+/// for it, and how a merged batch runs.
+pub(crate) trait Queued: Send + Sync + 'static {
+    /// One input, tokenized and within the model's limit.
+    type Input: Clone + Send + 'static;
+    /// The model's answer for one input.
+    type Output: Send + 'static;
+    /// Settings every job of a batch must share.
+    type Options: Copy + PartialEq + Send + 'static;
+    /// What an input is called in an error message (`input 3 has ...`).
+    const INPUT: &'static str;
+
+    fn name(&self) -> &str;
+    /// One output per input, in order (the worker refuses a batch answered otherwise).
+    fn run(
+        &self,
+        inputs: &[Self::Input],
+        options: Self::Options,
+    ) -> sembase_core::Result<Vec<Self::Output>>;
+}
+
+/// An embedding model, as its queue runs it: token ids in, a vector and its token count
+/// out; batches share `dimensions`. (A named type rather than `dyn Embedder`, whose
+/// lifetime the compiler cannot prove `Send` futures over.)
+pub(crate) struct Embedding(pub Arc<dyn Embedder>);
+
+impl Queued for Embedding {
+    type Input = Vec<u32>;
+    type Output = (Vec<f32>, usize);
+    type Options = Option<usize>;
+    const INPUT: &'static str = "input";
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn run(
+        &self,
+        inputs: &[Vec<u32>],
+        dimensions: Option<usize>,
+    ) -> sembase_core::Result<Vec<Self::Output>> {
+        let options = EmbedOptions { prefix: None, dimensions, truncate: Truncation::Truncate };
+        let out = self.0.embed_tokens(inputs, &options)?;
+        // A count that differs from the inputs' is caught by the worker (see `guarded`).
+        Ok(out.vectors.into_iter().zip(out.token_counts).collect())
+    }
+}
+
+/// A reranker, as its queue runs it: encoded pairs in, raw scores (logits) out; any
+/// jobs may merge.
+pub(crate) struct Reranking(pub Arc<dyn Reranker>);
+
+impl Queued for Reranking {
+    type Input = PairTokens;
+    type Output = f32;
+    type Options = ();
+    const INPUT: &'static str = "pair";
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn run(&self, pairs: &[PairTokens], (): ()) -> sembase_core::Result<Vec<f32>> {
+        self.0.score_pairs(pairs)
+    }
+}
+
 /// One request's work.
-pub(crate) struct Job {
-    /// Each input's token ids, ready for the encoder (special tokens included, within
-    /// the model's limit).
-    pub pieces: Vec<Vec<u32>>,
-    pub dimensions: Option<usize>,
+pub(crate) struct Job<M: Queued> {
+    pub inputs: Vec<M::Input>,
+    pub options: M::Options,
     /// Tokens the job will feed the model (its cost against the batch budget).
     pub tokens: usize,
-    pub reply: oneshot::Sender<Result<Embeddings, JobError>>,
+    /// One output per input, in order.
+    pub reply: oneshot::Sender<Result<Vec<M::Output>, JobError>>,
     pub enqueued: Instant,
 }
 
@@ -55,15 +128,15 @@ pub(crate) struct Linger {
 }
 
 /// The sending side of a model's queue.
-pub(crate) struct Batcher {
-    sender: mpsc::Sender<Job>,
+pub(crate) struct Batcher<M: Queued> {
+    sender: mpsc::Sender<Job<M>>,
     metrics: Arc<ModelMetrics>,
 }
 
-impl Batcher {
+impl<M: Queued> Batcher<M> {
     /// Starts the worker thread of `model`.
     pub fn start(
-        model: Arc<dyn Embedder>,
+        model: M,
         max_batch_tokens: usize,
         linger: Linger,
         metrics: Arc<ModelMetrics>,
@@ -77,7 +150,7 @@ impl Batcher {
     }
 
     /// Queues a job; gives it back if the worker is gone.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job<M>) -> Result<(), Job<M>> {
         let tokens = job.tokens;
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         self.metrics.queue_tokens.fetch_add(tokens, Ordering::Relaxed);
@@ -89,14 +162,14 @@ impl Batcher {
     }
 }
 
-fn worker(
-    model: Arc<dyn Embedder>,
-    receiver: mpsc::Receiver<Job>,
+fn worker<M: Queued>(
+    model: M,
+    receiver: mpsc::Receiver<Job<M>>,
     max_batch_tokens: usize,
     linger: Linger,
     metrics: Arc<ModelMetrics>,
 ) {
-    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut pending: VecDeque<Job<M>> = VecDeque::new();
     loop {
         if pending.is_empty() {
             match receiver.recv() {
@@ -111,16 +184,16 @@ fn worker(
         gather(&receiver, &mut pending, max_batch_tokens, linger);
         let batch = take_batch(&mut pending, max_batch_tokens, &metrics);
         if !batch.is_empty() {
-            run_batch(model.as_ref(), batch, &metrics);
+            run_batch(&model, batch, &metrics);
         }
     }
 }
 
 /// Waits for more jobs while they keep arriving (at most `linger.gap` apart, for
 /// `linger.max` in all) and the queue holds less than one batch's worth of tokens.
-fn gather(
-    receiver: &mpsc::Receiver<Job>,
-    pending: &mut VecDeque<Job>,
+fn gather<M: Queued>(
+    receiver: &mpsc::Receiver<Job<M>>,
+    pending: &mut VecDeque<Job<M>>,
     max_batch_tokens: usize,
     linger: Linger,
 ) {
@@ -146,12 +219,12 @@ fn gather(
 
 /// Removes abandoned jobs, then takes the next batch: the oldest job and the later ones
 /// with the same options, within the token budget.
-fn take_batch(
-    pending: &mut VecDeque<Job>,
+fn take_batch<M: Queued>(
+    pending: &mut VecDeque<Job<M>>,
     max_batch_tokens: usize,
     metrics: &ModelMetrics,
-) -> Vec<Job> {
-    let dequeued = |job: &Job| {
+) -> Vec<Job<M>> {
+    let dequeued = |job: &Job<M>| {
         metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         metrics.queue_tokens.fetch_sub(job.tokens, Ordering::Relaxed);
     };
@@ -163,7 +236,7 @@ fn take_batch(
         }
         !abandoned
     });
-    let Some(key) = pending.front().map(|job| job.dimensions) else {
+    let Some(key) = pending.front().map(|job| job.options) else {
         return Vec::new();
     };
     let mut batch = Vec::new();
@@ -171,7 +244,7 @@ fn take_batch(
     let mut i = 0;
     while i < pending.len() && tokens < max_batch_tokens {
         let job = &pending[i];
-        if job.dimensions == key && (batch.is_empty() || tokens + job.tokens <= max_batch_tokens) {
+        if job.options == key && (batch.is_empty() || tokens + job.tokens <= max_batch_tokens) {
             let job = pending.remove(i).expect("index checked");
             dequeued(&job);
             tokens += job.tokens;
@@ -191,29 +264,19 @@ enum Failure {
     All(String),
 }
 
-fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
+fn run_batch<M: Queued>(model: &M, mut jobs: Vec<Job<M>>, metrics: &ModelMetrics) {
     let started = Instant::now();
     for job in &jobs {
         metrics.record_wait(started.duration_since(job.enqueued).as_secs_f64());
     }
-    let options = EmbedOptions {
-        prefix: None,
-        dimensions: jobs[0].dimensions,
-        truncate: Truncation::Truncate,
-    };
     loop {
-        match compute(model, &jobs, &options) {
+        match compute(model, &jobs) {
             Ok(results) => {
-                let sequences = results.iter().map(|e| e.vectors.len()).sum();
-                let tokens = results.iter().map(Embeddings::total_tokens).sum();
-                metrics.record_batch(
-                    jobs.len(),
-                    sequences,
-                    tokens,
-                    started.elapsed().as_secs_f64(),
-                );
-                for (job, embeddings) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(embeddings));
+                let inputs = jobs.iter().map(|job| job.inputs.len()).sum();
+                let tokens = jobs.iter().map(|job| job.tokens).sum();
+                metrics.record_batch(jobs.len(), inputs, tokens, started.elapsed().as_secs_f64());
+                for (job, outputs) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(outputs));
                 }
                 return;
             }
@@ -234,53 +297,43 @@ fn run_batch(model: &dyn Embedder, mut jobs: Vec<Job>, metrics: &ModelMetrics) {
     }
 }
 
-/// Runs every job of the batch through the model in one `embed_tokens` call (the model
-/// sorts the inputs by length into passes within its own token budget, and packs away
-/// padding on the CPU). Results in job order.
-fn compute(
-    model: &dyn Embedder,
-    jobs: &[Job],
-    options: &EmbedOptions,
-) -> Result<Vec<Embeddings>, Failure> {
-    let mut ids: Vec<Vec<u32>> = Vec::new();
-    let mut owners: Vec<(usize, usize)> = Vec::new();
-    for (j, job) in jobs.iter().enumerate() {
-        for (p, piece) in job.pieces.iter().enumerate() {
-            ids.push(piece.clone());
-            owners.push((j, p));
-        }
-    }
-    let mut results: Vec<Embeddings> = jobs
+/// Runs every input of the batch through the model in one call (the model sorts the
+/// inputs by length into passes within its own token budget, and packs away padding on
+/// the CPU). Outputs per job, in job order.
+fn compute<M: Queued>(model: &M, jobs: &[Job<M>]) -> Result<Vec<Vec<M::Output>>, Failure> {
+    let inputs: Vec<M::Input> = jobs.iter().flat_map(|job| job.inputs.iter().cloned()).collect();
+    let owners: Vec<(usize, usize)> = jobs
         .iter()
-        .map(|job| Embeddings {
-            vectors: vec![Vec::new(); job.pieces.len()],
-            token_counts: vec![0; job.pieces.len()],
-        })
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i)))
         .collect();
-    if !ids.is_empty() {
-        let out = guarded(|| model.embed_tokens(&ids, options), &owners)?;
-        scatter(&mut results, out, &owners);
+    let mut outputs = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        guarded::<M>(|| model.run(&inputs, jobs[0].options), &owners)?
     }
-    Ok(results)
+    .into_iter();
+    Ok(jobs.iter().map(|job| outputs.by_ref().take(job.inputs.len()).collect()).collect())
 }
 
 /// Calls the model, turning a panic into a failure and an error naming an input
 /// into a failure of that input's job.
-fn guarded(
-    call: impl FnOnce() -> sembase_core::Result<Embeddings>,
+fn guarded<M: Queued>(
+    call: impl FnOnce() -> sembase_core::Result<Vec<M::Output>>,
     owners: &[(usize, usize)],
-) -> Result<Embeddings, Failure> {
+) -> Result<Vec<M::Output>, Failure> {
     let out = match catch_unwind(AssertUnwindSafe(call)) {
         Ok(out) => out,
         Err(_) => return Err(Failure::All("the model failed unexpectedly".into())),
     };
+    let noun = M::INPUT;
     let out = out.map_err(|error| {
         let located = match &error {
             sembase_core::Error::InvalidTokenId { index, id, vocab } => owners.get(*index).map(|&(job, input)| {
-                (job, format!("input {input} has token id {id}, outside the model's vocabulary of {vocab} entries"))
+                (job, format!("{noun} {input} has token id {id}, outside the model's vocabulary of {vocab} entries"))
             }),
             sembase_core::Error::InputTooLong { index, tokens, limit } => owners.get(*index).map(|&(job, input)| {
-                (job, format!("input {input} has {tokens} tokens, more than the model's limit of {limit}"))
+                (job, format!("{noun} {input} has {tokens} tokens, more than the model's limit of {limit}"))
             }),
             _ => None,
         };
@@ -289,28 +342,25 @@ fn guarded(
             None => Failure::All(format!("model error: {error}")),
         }
     })?;
-    if out.vectors.len() != owners.len() || out.token_counts.len() != owners.len() {
-        return Err(Failure::All("the model returned the wrong number of vectors".into()));
+    if out.len() != owners.len() {
+        return Err(Failure::All(format!(
+            "the model answered {} of {} {noun}s",
+            out.len(),
+            owners.len()
+        )));
     }
     Ok(out)
-}
-
-fn scatter(results: &mut [Embeddings], out: Embeddings, owners: &[(usize, usize)]) {
-    for ((vector, tokens), &(job, input)) in
-        out.vectors.into_iter().zip(out.token_counts).zip(owners)
-    {
-        results[job].vectors[input] = vector;
-        results[job].token_counts[input] = tokens;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job(tokens: usize) -> Job {
+    type TestJob = Job<Embedding>;
+
+    fn job(tokens: usize) -> TestJob {
         let (reply, _) = oneshot::channel();
-        Job { pieces: Vec::new(), dimensions: None, tokens, reply, enqueued: Instant::now() }
+        Job { inputs: Vec::new(), options: None, tokens, reply, enqueued: Instant::now() }
     }
 
     /// Sends `count` jobs of `tokens` each, `every` apart, from another thread.
@@ -318,7 +368,7 @@ mod tests {
         count: usize,
         tokens: usize,
         every: Duration,
-    ) -> (mpsc::Receiver<Job>, std::thread::JoinHandle<()>) {
+    ) -> (mpsc::Receiver<TestJob>, std::thread::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel();
         let feeder = std::thread::spawn(move || {
             for _ in 0..count {
@@ -361,7 +411,7 @@ mod tests {
     #[test]
     fn a_full_budget_or_no_linger_runs_at_once() {
         let (receiver, feeder) = trickle(3, 10, Duration::from_millis(200));
-        let mut pending: VecDeque<Job> = [job(1000)].into();
+        let mut pending: VecDeque<TestJob> = [job(1000)].into();
         let started = Instant::now();
         gather(
             &receiver,
@@ -369,7 +419,7 @@ mod tests {
             1000,
             Linger { max: Duration::from_secs(5), gap: Duration::from_secs(5) },
         );
-        let mut waiting: VecDeque<Job> = [job(1)].into();
+        let mut waiting: VecDeque<TestJob> = [job(1)].into();
         gather(
             &receiver,
             &mut waiting,

@@ -18,12 +18,13 @@ use tokio::sync::oneshot;
 
 use crate::api::{
     parse_json, EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest,
-    EmbeddingsResponse, EncodingFormat, Health, ModelList, ModelObject, SchemaStatus,
+    EmbeddingsResponse, EncodingFormat, Health, ModelKind, ModelList, ModelObject, SchemaStatus,
     TokenizeInputs, TokenizeRequest, Usage,
 };
-use crate::batcher::{Job, JobError};
+use crate::batcher::{Batcher, Job, JobError, Queued};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rerank::ServedReranker;
 use crate::{AppState, Models, ServedModel};
 
 pub(crate) type AppResult<T> = Result<T, ApiError>;
@@ -41,16 +42,73 @@ impl AppState {
     }
 }
 
+/// Where a served model is: its kind, and its place in that kind's list of [`Models`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub kind: ModelKind,
+    pub index: usize,
+}
+
 impl Models {
-    /// The model a request names; the first one when it names none.
-    fn find(&self, name: Option<&str>) -> AppResult<&ServedModel> {
-        match name {
-            None => Ok(&self.list[0]),
-            Some(name) => self.by_name.get(name).map(|&i| &self.list[i]).ok_or_else(|| {
-                let known: Vec<&str> = self.list.iter().map(|m| m.embedder.name()).collect();
-                ApiError::model_not_found(name, &known)
-            }),
+    /// The embedding model a request names; the first one when it names none.
+    pub(crate) fn find(&self, name: Option<&str>) -> AppResult<&ServedModel> {
+        self.locate(name, ModelKind::Embedding).map(|i| &self.list[i])
+    }
+
+    /// The reranker a request names; the first one when it names none.
+    pub(crate) fn reranker(&self, name: Option<&str>) -> AppResult<&ServedReranker> {
+        self.locate(name, ModelKind::Reranker).map(|i| &self.rerankers[i])
+    }
+
+    /// The place of the model named `name` (or of the first model of `kind`) in its list;
+    /// 404 when there is none, 400 when it is of the other kind.
+    fn locate(&self, name: Option<&str>, kind: ModelKind) -> AppResult<usize> {
+        let Some(name) = name else {
+            if self.names_of(kind).is_empty() {
+                let message = match kind {
+                    ModelKind::Embedding => {
+                        "this server serves no embedding model (start it with --model MODEL)"
+                    }
+                    ModelKind::Reranker => {
+                        "this server serves no reranker (start it with --model CROSS_ENCODER_DIR)"
+                    }
+                };
+                return Err(ApiError::not_found(message).param("model").code("model_not_found"));
+            }
+            return Ok(0);
+        };
+        match self.by_name.get(name) {
+            None => Err(ApiError::model_not_found(name, &self.names())),
+            Some(entry) if entry.kind == kind => Ok(entry.index),
+            Some(_) => {
+                let known = self.names_of(kind);
+                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                let message = match kind {
+                    ModelKind::Embedding => format!(
+                        "The model `{name}` is a reranker (a cross-encoder): it scores (query, document) pairs and makes no embeddings; use POST /v1/rerank. Embedding models here: {known}"
+                    ),
+                    ModelKind::Reranker => format!(
+                        "The model `{name}` is an embedding model, not a reranker; use POST /v1/embeddings. Rerankers here: {known}"
+                    ),
+                };
+                Err(ApiError::bad_request(message).param("model").code("wrong_model_kind"))
+            }
         }
+    }
+
+    /// The names of the served models of one kind, in the order given.
+    fn names_of(&self, kind: ModelKind) -> Vec<&str> {
+        match kind {
+            ModelKind::Embedding => self.list.iter().map(|m| m.embedder.name()).collect(),
+            ModelKind::Reranker => self.rerankers.iter().map(|r| r.reranker.name()).collect(),
+        }
+    }
+
+    /// Every served model's name: the embedding models, then the rerankers.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        let mut names = self.names_of(ModelKind::Embedding);
+        names.extend(self.names_of(ModelKind::Reranker));
+        names
     }
 }
 
@@ -65,30 +123,39 @@ impl ServedModel {
             })
     }
 
-    /// Queues the job and waits for its vectors. Dropping the future (the client went
-    /// away) closes the reply channel and the worker skips the job.
+    /// Queues the job and waits for its vectors.
     pub(crate) async fn run(
         &self,
         pieces: Vec<Vec<u32>>,
         tokens: usize,
         dimensions: Option<usize>,
     ) -> AppResult<Embeddings> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job { pieces, dimensions, tokens, reply, enqueued: Instant::now() };
-        if self.batcher.submit(job).is_err() {
-            return Err(ApiError::unavailable(
-                "the model's worker has stopped",
-                "model_unavailable",
-            ));
-        }
-        match answer.await {
-            Ok(Ok(embeddings)) => Ok(embeddings),
-            Ok(Err(JobError::BadInput(message))) => {
-                Err(ApiError::bad_request(message).param("input"))
-            }
-            Ok(Err(JobError::Internal(message))) => Err(ApiError::internal(message)),
-            Err(_) => Err(ApiError::internal("the model's worker stopped before answering")),
-        }
+        let outputs = queue(&self.batcher, pieces, tokens, dimensions, "input").await?;
+        let (vectors, token_counts) = outputs.into_iter().unzip();
+        Ok(Embeddings { vectors, token_counts })
+    }
+}
+
+/// Queues a job on a model's batcher and waits for its outputs. Dropping the future (the
+/// client went away) closes the reply channel and the worker skips the job. An input the
+/// model refuses is the fault of the request field `param`.
+pub(crate) async fn queue<M: Queued>(
+    batcher: &Batcher<M>,
+    inputs: Vec<M::Input>,
+    tokens: usize,
+    options: M::Options,
+    param: &str,
+) -> AppResult<Vec<M::Output>> {
+    let (reply, answer) = oneshot::channel();
+    let job = Job { inputs, options, tokens, reply, enqueued: Instant::now() };
+    if batcher.submit(job).is_err() {
+        return Err(ApiError::unavailable("the model's worker has stopped", "model_unavailable"));
+    }
+    match answer.await {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(JobError::BadInput(message))) => Err(ApiError::bad_request(message).param(param)),
+        Ok(Err(JobError::Internal(message))) => Err(ApiError::internal(message)),
+        Err(_) => Err(ApiError::internal("the model's worker stopped before answering")),
     }
 }
 
@@ -147,12 +214,15 @@ pub(crate) async fn cpu<T: Send + 'static>(
 /// Whether the texts of `input` are large enough to tokenize on the blocking pool.
 pub(crate) fn tokenize_off_runtime(input: &EmbeddingInput) -> bool {
     match input {
-        EmbeddingInput::Text(t) => t.len() > INLINE_TOKENIZE_BYTES,
-        EmbeddingInput::Texts(v) => {
-            v.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES
-        }
+        EmbeddingInput::Text(t) => large_text(t.len()),
+        EmbeddingInput::Texts(v) => large_text(v.iter().map(String::len).sum()),
         _ => false,
     }
+}
+
+/// Whether this many bytes of text are worth tokenizing on the blocking pool.
+pub(crate) fn large_text(bytes: usize) -> bool {
+    bytes > INLINE_TOKENIZE_BYTES
 }
 
 /// The request's inputs as queue pieces: texts tokenized (with the prompt), over-long
@@ -373,7 +443,7 @@ pub(crate) async fn tokenize(
         return Err(bad(format!("inputs[{i}] is an empty string")));
     }
     let prefix = model.prefix(request.prompt_name.as_deref())?;
-    let large = texts.iter().map(String::len).sum::<usize>() > INLINE_TOKENIZE_BYTES;
+    let large = large_text(texts.iter().map(String::len).sum());
     let embedder = model.embedder.clone();
     let ids = cpu(large, move || {
         texts
@@ -389,14 +459,28 @@ pub(crate) async fn tokenize(
     Ok(json(&ids))
 }
 
-fn model_object(state: &AppState, model: &ServedModel) -> ModelObject {
-    ModelObject {
-        id: model.embedder.name().to_string(),
-        object: "model",
-        created: state.started_unix,
-        owned_by: "sembase",
-        dimension: model.embedder.dimension(),
-        max_tokens: model.embedder.max_tokens(),
+impl Models {
+    /// The `/v1/models` entry of the model at `entry`.
+    fn object(&self, state: &AppState, entry: Entry) -> ModelObject {
+        let (id, dimension, max_tokens) = match entry.kind {
+            ModelKind::Embedding => {
+                let embedder = &self.list[entry.index].embedder;
+                (embedder.name(), Some(embedder.dimension()), embedder.max_tokens())
+            }
+            ModelKind::Reranker => {
+                let reranker = &self.rerankers[entry.index].reranker;
+                (reranker.name(), None, reranker.max_tokens())
+            }
+        };
+        ModelObject {
+            id: id.to_string(),
+            object: "model",
+            created: state.started_unix,
+            owned_by: "sembase",
+            kind: entry.kind,
+            dimension,
+            max_tokens,
+        }
     }
 }
 
@@ -413,7 +497,11 @@ fn model_object(state: &AppState, model: &ServedModel) -> ModelObject {
 )]
 pub(crate) async fn list_models(State(state): State<Arc<AppState>>) -> AppResult<Response> {
     let models = state.ready()?;
-    let data = models.list.iter().map(|m| model_object(&state, m)).collect();
+    let data = models
+        .names()
+        .into_iter()
+        .map(|name| models.object(&state, models.by_name[name]))
+        .collect();
     Ok(json(&ModelList { object: "list", data }))
 }
 
@@ -435,8 +523,11 @@ pub(crate) async fn get_model(
     Path(name): Path<String>,
 ) -> AppResult<Response> {
     let models = state.ready()?;
-    let model = models.find(Some(&name))?;
-    Ok(json(&model_object(&state, model)))
+    let entry = models
+        .by_name
+        .get(&name)
+        .ok_or_else(|| ApiError::model_not_found(&name, &models.names()))?;
+    Ok(json(&models.object(&state, *entry)))
 }
 
 /// 200 once every model is loaded, 503 before.
@@ -450,7 +541,7 @@ pub(crate) async fn get_model(
 )]
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Response> {
     let models = state.ready()?;
-    let names = models.list.iter().map(|m| m.embedder.name().to_string()).collect();
+    let names = models.names().into_iter().map(str::to_string).collect();
     Ok(json(&Health { status: "ok", models: names }))
 }
 

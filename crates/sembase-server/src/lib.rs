@@ -1,16 +1,17 @@
 //! sembase-server: an OpenAI-compatible HTTP API over [`sembase_core::Embedder`]s.
 //!
-//! Routes: `POST /v1/embeddings`, `POST /v1/classify` (task heads, see [`HeadSpec`]),
+//! Routes: `POST /v1/embeddings`, `POST /v1/rerank` and TEI's `POST /rerank`
+//! (cross-encoders, see [`Attachments::rerankers`]), `POST /v1/classify` (task heads, see [`HeadSpec`]),
 //! `POST /v1/search` and `POST|DELETE /v1/indexes/{name}/documents` (corpus indexes, see [`IndexSpec`]),
 //! `GET /v1/indexes`, `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`,
 //! `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`; evaluation reports
 //! at `GET /v1/reports` and `GET /reports/{name}` (see [`ServerConfig::reports`]); and
 //! the page at `GET /` (see [`ServerConfig::ui`]).
 //!
-//! Each model gets a worker thread fed by a queue (see [`batcher`](crate::batcher)):
-//! requests are tokenized in the handler, then merged with other waiting requests
-//! into batches of at most `max_batch_tokens` tokens, so a burst of small requests
-//! shares forward passes while the async runtime stays free for I/O.
+//! Each model (embedder or reranker) gets a worker thread fed by a queue (see
+//! [`batcher`](crate::batcher)): requests are tokenized in the handler, then merged
+//! with other waiting requests into batches of at most `max_batch_tokens` tokens, so a
+//! burst of small requests shares forward passes while the async runtime stays free for I/O.
 //!
 //! ```no_run
 //! # async fn run(model: std::sync::Arc<dyn sembase_core::Embedder>) -> Result<(), sembase_server::ServerError> {
@@ -33,6 +34,7 @@ mod handlers;
 pub mod metrics;
 mod openapi;
 mod reports;
+mod rerank;
 mod search;
 mod ui;
 
@@ -45,6 +47,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::routing::{get, post};
 use axum::Router;
 use sembase_core::Embedder;
+use sembase_embed::Reranker;
+
+use crate::api::ModelKind;
 
 pub use classify::HeadSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
@@ -69,11 +74,12 @@ pub struct ServerConfig {
     pub max_batch_wait: Duration,
     /// Embedding and tokenize requests handled at once; more get 429.
     pub max_concurrent_requests: usize,
-    /// Inputs per request.
+    /// Inputs per request (texts to embed, or documents to rerank).
     pub max_inputs: usize,
     /// Bytes per request body (413 above).
     pub max_body_bytes: usize,
-    /// Cut inputs over the model's token limit (true), or refuse them with a 400 (false).
+    /// Cut inputs (and rerank pairs) over the model's token limit (true), or refuse them
+    /// with a 400 (false). A rerank request's `truncate` overrides it.
     pub truncate: bool,
     /// Serve the page at `/` (and its files under `/ui/`); off, `/` answers 404.
     pub ui: bool,
@@ -158,13 +164,17 @@ impl ModelSpec {
     }
 }
 
-/// What is served on top of the models (see [`Server::set_models_with`]).
+/// What is served beside the embedding models (see [`Server::set_models_with`]).
 #[derive(Default)]
 pub struct Attachments {
     /// Classification heads for `POST /v1/classify`; each one's base model must be served.
     pub heads: Vec<HeadSpec>,
     /// Corpus indexes for `POST /v1/search`; each one's model must be served.
     pub indexes: Vec<IndexSpec>,
+    /// Cross-encoders for `POST /v1/rerank`, `POST /rerank` and the rerank stage of
+    /// `POST /v1/search`, listed with the models; the first answers requests that name
+    /// none. Their names share one namespace with the embedding models'.
+    pub rerankers: Vec<Arc<dyn Reranker>>,
 }
 
 /// A loaded model with its queue.
@@ -172,13 +182,16 @@ pub(crate) struct ServedModel {
     pub embedder: Arc<dyn Embedder>,
     pub prompts: HashMap<String, String>,
     pub default_prompt: Option<String>,
-    pub batcher: Batcher,
+    pub batcher: Batcher<batcher::Embedding>,
 }
 
-/// The served models, in the order given; the first answers requests that name none.
+/// The served models, in the order given; the first embedder answers embedding
+/// requests that name no model, the first reranker rerank requests.
 pub(crate) struct Models {
     pub list: Vec<ServedModel>,
-    pub by_name: HashMap<String, usize>,
+    pub rerankers: Vec<rerank::ServedReranker>,
+    /// Every model's name, embedders and rerankers alike.
+    pub by_name: HashMap<String, handlers::Entry>,
     pub heads: classify::Heads,
     pub indexes: search::Indexes,
 }
@@ -227,30 +240,39 @@ impl Server {
         models: Vec<ModelSpec>,
         attachments: Attachments,
     ) -> Result<(), ServerError> {
-        if models.is_empty() {
+        if models.is_empty() && attachments.rerankers.is_empty() {
             return Err(ServerError::NoModels);
         }
         if self.state.models.get().is_some() {
             return Err(ServerError::AlreadyLoaded);
         }
+        let entry = |kind, index| handlers::Entry { kind, index };
+        let embedders = models
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| (spec.embedder.name(), entry(ModelKind::Embedding, i)));
+        let rerankers = attachments
+            .rerankers
+            .iter()
+            .enumerate()
+            .map(|(i, reranker)| (reranker.name(), entry(ModelKind::Reranker, i)));
         let mut by_name = HashMap::new();
-        for (i, spec) in models.iter().enumerate() {
-            if by_name.insert(spec.embedder.name().to_string(), i).is_some() {
-                return Err(ServerError::DuplicateModel(spec.embedder.name().to_string()));
+        for (name, entry) in embedders.chain(rerankers) {
+            if by_name.insert(name.to_string(), entry).is_some() {
+                return Err(ServerError::DuplicateModel(name.to_string()));
             }
         }
         let heads = classify::Heads::bind(attachments.heads, &models)?;
         let indexes = search::Indexes::bind(attachments.indexes, &models)?;
+        let mut rerankers = Vec::with_capacity(attachments.rerankers.len());
+        for reranker in attachments.rerankers {
+            let batcher = self.start_batcher(batcher::Reranking(reranker.clone()))?;
+            let metrics = self.state.metrics.model(reranker.name());
+            rerankers.push(rerank::ServedReranker { reranker, batcher, metrics });
+        }
         let mut list = Vec::with_capacity(models.len());
         for spec in models {
-            let metrics = self.state.metrics.model(spec.embedder.name());
-            let linger = Linger { max: self.state.config.max_batch_wait, gap: BATCH_ARRIVAL_GAP };
-            let batcher = Batcher::start(
-                spec.embedder.clone(),
-                self.state.config.max_batch_tokens,
-                linger,
-                metrics,
-            )?;
+            let batcher = self.start_batcher(batcher::Embedding(spec.embedder.clone()))?;
             list.push(ServedModel {
                 embedder: spec.embedder,
                 prompts: spec.prompts,
@@ -260,8 +282,16 @@ impl Server {
         }
         self.state
             .models
-            .set(Models { list, by_name, heads, indexes })
+            .set(Models { list, by_name, rerankers, heads, indexes })
             .map_err(|_| ServerError::AlreadyLoaded)
+    }
+
+    /// Starts the worker thread and queue of a model, under the server's batch settings.
+    fn start_batcher<M: batcher::Queued>(&self, model: M) -> Result<Batcher<M>, ServerError> {
+        let config = &self.state.config;
+        let linger = Linger { max: config.max_batch_wait, gap: BATCH_ARRIVAL_GAP };
+        let metrics = self.state.metrics.model(model.name());
+        Ok(Batcher::start(model, config.max_batch_tokens, linger, metrics)?)
     }
 
     /// True once models are set.
@@ -279,6 +309,8 @@ impl Server {
         let state = self.state.clone();
         let work = Router::new()
             .route("/v1/embeddings", post(handlers::embeddings))
+            .route("/v1/rerank", post(rerank::routes::rerank))
+            .route("/rerank", post(rerank::routes::tei_rerank))
             .route("/v1/classify", post(classify::classify))
             .route("/v1/search", post(search::search))
             .route(

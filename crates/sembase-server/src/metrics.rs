@@ -60,6 +60,8 @@ pub struct ModelMetrics {
     tokens_total: AtomicU64,
     inputs_total: AtomicU64,
     dropped_total: AtomicU64,
+    reranks_total: AtomicU64,
+    pairs_total: AtomicU64,
     histograms: Mutex<ModelHistograms>,
 }
 
@@ -80,6 +82,8 @@ impl ModelMetrics {
             tokens_total: AtomicU64::new(0),
             inputs_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            reranks_total: AtomicU64::new(0),
+            pairs_total: AtomicU64::new(0),
             histograms: Mutex::new(ModelHistograms {
                 batch_sequences: Histogram::new(SEQUENCES),
                 batch_tokens: Histogram::new(TOKENS),
@@ -109,6 +113,12 @@ impl ModelMetrics {
     /// A queued request was dropped because its client went away.
     pub fn record_dropped(&self) {
         self.dropped_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A rerank (of any route) asked the model to score this many (query, document) pairs.
+    pub fn record_rerank(&self, pairs: usize) {
+        self.reranks_total.fetch_add(1, Ordering::Relaxed);
+        self.pairs_total.fetch_add(pairs as u64, Ordering::Relaxed);
     }
 
     /// Requests dropped so far because their client went away.
@@ -192,7 +202,7 @@ impl Metrics {
         let labels: Vec<(String, &Arc<ModelMetrics>)> =
             models.iter().map(|(name, m)| (format!("model=\"{}\"", escape(name)), m)).collect();
         type Read = fn(&ModelMetrics) -> u64;
-        let scalars: [(&str, &str, &str, Read); 5] = [
+        let scalars: [(&str, &str, &str, Read); 7] = [
             ("sembase_queue_depth", "gauge", "Requests waiting for the model.", |m| {
                 m.queue_depth.load(Ordering::Relaxed) as u64
             }),
@@ -205,12 +215,27 @@ impl Metrics {
             (
                 "sembase_embedded_tokens_total",
                 "counter",
-                "Tokens embedded (after truncation, special tokens included).",
+                "Tokens embedded, or read by a reranker in its pairs (after truncation, special tokens included).",
                 |m| m.tokens_total.load(Ordering::Relaxed),
             ),
-            ("sembase_embedded_inputs_total", "counter", "Inputs embedded.", |m| {
-                m.inputs_total.load(Ordering::Relaxed)
-            }),
+            (
+                "sembase_embedded_inputs_total",
+                "counter",
+                "Inputs embedded, or pairs scored by a reranker.",
+                |m| m.inputs_total.load(Ordering::Relaxed),
+            ),
+            (
+                "sembase_rerank_requests_total",
+                "counter",
+                "Rerank requests (POST /v1/rerank, POST /rerank, and searches with a rerank stage).",
+                |m| m.reranks_total.load(Ordering::Relaxed),
+            ),
+            (
+                "sembase_rerank_pairs_total",
+                "counter",
+                "(query, document) pairs those requests asked the reranker to score.",
+                |m| m.pairs_total.load(Ordering::Relaxed),
+            ),
             (
                 "sembase_dropped_requests_total",
                 "counter",

@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::{
     EmbeddingInput, EmbeddingObject, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse,
-    EncodingFormat, Health, ModelList, ModelObject, TokenizeInputs, TokenizeRequest, Usage,
+    EncodingFormat, Health, ModelKind, ModelList, ModelObject, TokenizeInputs, TokenizeRequest,
+    Usage,
 };
 use crate::classify::{
     self, Classification, ClassifyRequest, ClassifyResponse, HeadOutput, Strings,
@@ -15,8 +16,12 @@ use crate::classify::{
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::handlers;
 use crate::reports::{self, ReportList, ReportObject};
+use crate::rerank::routes::{
+    self as rerank, DocumentText, Rank, RerankDocument, RerankRequest, RerankResponse,
+    RerankResult, TeiRerankRequest,
+};
 use crate::search::{
-    self, DeleteRequest, IndexList, IndexObject, QueryHits, SearchHit, SearchRequest,
+    self, DeleteRequest, IndexList, IndexObject, QueryHits, RerankStage, SearchHit, SearchRequest,
     SearchResponse, UpsertRequest, WriteResponse,
 };
 
@@ -24,10 +29,12 @@ use crate::search::{
 #[openapi(
     info(
         title = "sembase",
-        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract, task heads (classifiers) and corpus search on top."
+        description = "Self-hosted text embeddings with OpenAI's /v1/embeddings contract, cross-encoder reranking (/v1/rerank, TEI's /rerank), task heads (classifiers) and corpus search on top."
     ),
     paths(
         handlers::embeddings,
+        rerank::rerank,
+        rerank::tei_rerank,
         classify::classify,
         search::search,
         search::list_indexes,
@@ -50,12 +57,20 @@ use crate::search::{
         EmbeddingObject,
         EmbeddingValue,
         Usage,
+        RerankRequest,
+        RerankDocument,
+        DocumentText,
+        RerankResponse,
+        RerankResult,
+        TeiRerankRequest,
+        Rank,
         ClassifyRequest,
         Strings,
         ClassifyResponse,
         Classification,
         HeadOutput,
         SearchRequest,
+        RerankStage,
         SearchResponse,
         QueryHits,
         SearchHit,
@@ -68,6 +83,7 @@ use crate::search::{
         ReportObject,
         ModelList,
         ModelObject,
+        ModelKind,
         TokenizeRequest,
         TokenizeInputs,
         Health,

@@ -2,6 +2,11 @@
 //! `GET /v1/indexes` (what a client, such as the page, can search), and document
 //! upserts and deletes on `/v1/indexes/{name}/documents`.
 //!
+//! A search may add a second stage (`rerank`): the index retrieves `depth` candidates
+//! per query with the bi-encoder, a served cross-encoder reads each with the query and
+//! the best `top_k` by its score are answered, each with its score and rank from the
+//! first stage, so that a client can show what reranking changed.
+//!
 //! Queries and documents go through the index's model's batching queue with the
 //! prefixes and width the index recorded; searches share a read lock, writes take
 //! the write lock, and both run on the blocking pool (writes flush to disk).
@@ -12,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use sembase_core::Embeddings;
+use sembase_embed::reranker::ranked;
 use sembase_index::{CorpusDoc, Document, Filter, Index, IndexError, Metadata};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,10 +27,14 @@ use crate::error::{ApiError, ServerError};
 use crate::handlers::{
     check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
 };
+use crate::rerank::{Group, ServedReranker};
 use crate::{AppState, ModelSpec, Models};
 
-/// Hits per query a request may ask for.
+/// Hits per query a request may ask for (and candidates a rerank stage may read).
 const MAX_TOP_K: usize = 1000;
+/// Candidates per query a rerank stage reads when the request does not say (or `top_k`,
+/// when that is more).
+const DEFAULT_RERANK_DEPTH: usize = 50;
 
 /// An index to serve under a name (what `--index NAME=DIR` gives), opened for writing.
 pub struct IndexSpec {
@@ -162,6 +172,43 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Metadata>,
+    /// Reorder the candidates with a cross-encoder before answering.
+    #[serde(default)]
+    pub rerank: Option<RerankStage>,
+}
+
+/// The rerank stage of a search.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RerankStage {
+    /// A served reranker; the first one given to the server when omitted.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Candidates per query the index retrieves for the reranker: from `top_k` to 1000
+    /// (and at most the server's `max_inputs`); default the larger of 50 and `top_k`.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub depth: Option<usize>,
+}
+
+impl RerankStage {
+    /// The reranker and the depth, checked against `top_k` and the server's limits.
+    fn resolve<'m>(
+        &self,
+        models: &'m Models,
+        top_k: usize,
+        max_inputs: usize,
+    ) -> AppResult<(&'m ServedReranker, usize)> {
+        let served = models.reranker(self.model.as_deref()).map_err(|e| e.param("rerank"))?;
+        let most = MAX_TOP_K.min(max_inputs);
+        let depth = self.depth.unwrap_or(DEFAULT_RERANK_DEPTH.max(top_k).min(most));
+        if depth < top_k || depth > most {
+            return Err(ApiError::bad_request(format!(
+                "'rerank.depth' must be within top_k..={most} ({top_k}..={most} here), got {depth}"
+            ))
+            .param("rerank"));
+        }
+        Ok((served, depth))
+    }
 }
 
 fn default_top_k() -> usize {
@@ -172,7 +219,7 @@ fn default_top_k() -> usize {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     pub results: Vec<QueryHits>,
-    /// Tokens embedded for the queries.
+    /// Tokens the models read: the queries embedded, plus the pairs a rerank stage scored.
     pub usage: Usage,
 }
 
@@ -187,8 +234,15 @@ pub struct QueryHits {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchHit {
     pub id: String,
-    /// Cosine similarity to the query.
+    /// Cosine similarity to the query; with a rerank stage, the reranker's relevance score.
     pub score: f32,
+    /// With a rerank stage: the cosine similarity the index found it with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval_score: Option<f32>,
+    /// With a rerank stage: its rank among the index's candidates (1 is the nearest),
+    /// before reranking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval_rank: Option<usize>,
     pub text: String,
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     #[schema(value_type = Object)]
@@ -202,9 +256,9 @@ pub struct SearchHit {
     request_body = SearchRequest,
     responses(
         (status = 200, description = "Hits per query, in query order", body = SearchResponse),
-        (status = 400, description = "Malformed request (no query, bad top_k or filter)", body = crate::error::ErrorResponse),
+        (status = 400, description = "Malformed request (no query, bad top_k, filter or rerank depth; an embedding model named as the reranker)", body = crate::error::ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
-        (status = 404, description = "Unknown index (`index_not_found`)", body = crate::error::ErrorResponse),
+        (status = 404, description = "Unknown index (`index_not_found`) or reranker (`model_not_found`)", body = crate::error::ErrorResponse),
         (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
     ),
     security(("bearer" = []))
@@ -239,32 +293,91 @@ pub(crate) async fn search(
         .map(Filter::new)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()).param("filter"))?;
+    let stage = match &request.rerank {
+        Some(stage) => Some(stage.resolve(models, request.top_k, state.config.max_inputs)?),
+        None => None,
+    };
     let embeddings = served
         .embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries")
         .await?;
-    let tokens = embeddings.total_tokens();
-    let (index, top_k) = (served.index.clone(), request.top_k);
+    let mut tokens = embeddings.total_tokens();
+    let index = served.index.clone();
+    let candidates = stage.map_or(request.top_k, |(_, depth)| depth);
     let found = cpu(true, move || {
         let index = index.read().unwrap_or_else(|p| p.into_inner());
-        index.store().search(&embeddings.vectors, top_k, filter.as_ref())
+        index.store().search(&embeddings.vectors, candidates, filter.as_ref())
     })
     .await?
     .map_err(store_error)?;
-    let results = queries
+    let mut results: Vec<QueryHits> = queries
         .into_iter()
         .zip(found)
         .map(|(query, hits)| QueryHits {
             query,
             hits: hits
                 .into_iter()
-                .map(|h| SearchHit { id: h.id, score: h.score, text: h.text, metadata: h.metadata })
+                .map(|h| SearchHit {
+                    id: h.id,
+                    score: h.score,
+                    retrieval_score: None,
+                    retrieval_rank: None,
+                    text: h.text,
+                    metadata: h.metadata,
+                })
                 .collect(),
         })
         .collect();
+    if let Some((reranker, _)) = stage {
+        tokens += rerank_hits(reranker, &mut results, request.top_k, state.config.truncate).await?;
+    }
     Ok(json(&SearchResponse {
         results,
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     }))
+}
+
+/// Reorders each query's hits by the reranker's relevance and keeps the first `top_k`;
+/// a hit keeps its first-stage score and rank beside. Returns the tokens the reranker read.
+async fn rerank_hits(
+    reranker: &ServedReranker,
+    results: &mut [QueryHits],
+    top_k: usize,
+    truncate: bool,
+) -> AppResult<usize> {
+    let groups = results
+        .iter()
+        .map(|r| Group {
+            query: r.query.clone(),
+            documents: r.hits.iter().map(|h| h.text.clone()).collect(),
+        })
+        .collect();
+    let refuse = |too_long: crate::rerank::TooLong| {
+        let id = &results[too_long.group].hits[too_long.document].id;
+        ApiError::bad_request(format!(
+            "document `{id}` and query {} make {} tokens together, more than the reranker's limit of {} (the server refuses over-long inputs instead of truncating them)",
+            too_long.group, too_long.tokens, too_long.limit
+        ))
+        .param("rerank")
+        .code("input_too_long")
+    };
+    let scored = reranker.score(groups, truncate, refuse).await?;
+    let activation = reranker.reranker.activation();
+    for (result, logits) in results.iter_mut().zip(&scored.logits) {
+        let mut hits: Vec<Option<SearchHit>> =
+            std::mem::take(&mut result.hits).into_iter().map(Some).collect();
+        result.hits = ranked(logits)
+            .into_iter()
+            .take(top_k)
+            .filter_map(|i| {
+                let mut hit = hits[i].take()?;
+                hit.retrieval_score = Some(hit.score);
+                hit.retrieval_rank = Some(i + 1);
+                hit.score = activation.apply(logits[i]);
+                Some(hit)
+            })
+            .collect();
+    }
+    Ok(scored.tokens)
 }
 
 /// `GET /v1/indexes` answer.

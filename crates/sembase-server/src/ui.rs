@@ -63,6 +63,8 @@ mod tests {
             "search-query",
             "search-run",
             "search-hit",
+            "search-rerank",
+            "hit-before-rank",
             "classify-input",
             "classify-run",
             "classify-label",

@@ -17,16 +17,14 @@ fn post_in_thread(
     addr: std::net::SocketAddr,
     body: serde_json::Value,
 ) -> std::thread::JoinHandle<Reply> {
-    std::thread::spawn(move || {
-        request(addr, "POST", "/v1/embeddings", &[], body.to_string().as_bytes())
-    })
+    spawn_post(addr, "/v1/embeddings", body)
 }
 
 /// Holds the worker inside a model call with one request, so later ones queue.
 fn hold_worker(server: &TestServer, model: &Arc<FakeModel>) -> std::thread::JoinHandle<Reply> {
     model.close();
     let first = post_in_thread(server.addr, json!({"input": "first one"}));
-    server.wait_for("the worker at the gate", || model.waiting.load(Ordering::SeqCst) == 1);
+    server.wait_for("the worker at the gate", || model.gate.waiting.load(Ordering::SeqCst) == 1);
     first
 }
 

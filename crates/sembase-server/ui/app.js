@@ -192,7 +192,9 @@
 
   async function loadModels() {
     const list = await api('GET', '/v1/models');
-    const names = list.data.map((m) => m.id);
+    // Rerankers score (query, document) pairs and make no embeddings: they go to search.
+    const names = list.data.filter((m) => m.kind !== 'reranker').map((m) => m.id);
+    showRerankers(list.data.filter((m) => m.kind === 'reranker').map((m) => m.id));
     const keepA = modelA.value;
     const keepB = modelB.value;
     modelA.replaceChildren(...names.map((n) => el('option', { value: n }, n)));
@@ -270,7 +272,21 @@
 
   const searchPanel = $('#panel-search');
   const indexSelect = $('#search-index');
+  const rerankSelect = $('#search-rerank');
   const searchRun = $('[data-testid="search-run"]', searchPanel);
+
+  /** Offers the served rerankers (the control stays hidden when there are none). */
+  function showRerankers(names) {
+    const keep = rerankSelect.value;
+    rerankSelect.replaceChildren(el('option', { value: '' }, 'off'), ...names.map((n) => el('option', { value: n }, n)));
+    if (names.includes(keep)) rerankSelect.value = keep;
+    $('#search-rerank-field').hidden = names.length === 0;
+    $('#search-depth-field').hidden = !rerankSelect.value;
+  }
+
+  rerankSelect.addEventListener('change', () => {
+    $('#search-depth-field').hidden = !rerankSelect.value;
+  });
 
   async function loadIndexes() {
     const list = await api('GET', '/v1/indexes');
@@ -297,6 +313,11 @@
         query: $('#search-query').value,
         top_k: Number($('#search-top-k').value) || 10,
       };
+      if (rerankSelect.value) {
+        body.rerank = { model: rerankSelect.value };
+        const depth = Number($('#search-rerank-depth').value);
+        if (depth) body.rerank.depth = depth;
+      }
       const filter = $('#search-filter').value.trim();
       if (filter) {
         try {
@@ -312,11 +333,12 @@
         out.replaceChildren(el('p', { class: 'muted' }, 'No document matched.'));
         return;
       }
-      out.replaceChildren(el('ol', { class: 'hits' }, ...hits.map((hit) => {
+      out.replaceChildren(el('ol', { class: 'hits' }, ...hits.map((hit, i) => {
         const bar = el('span', { class: 'bar', 'aria-hidden': 'true' });
         bar.style.setProperty('--fill', `${Math.round(Math.max(0, Math.min(1, hit.score)) * 100)}%`);
         return el('li', { class: 'card hit', dataset: { testid: 'search-hit', id: hit.id } },
           el('div', { class: 'hit-head' },
+            ...rankBeforeAndAfter(hit, i + 1),
             el('span', { class: 'score' }, score(hit.score)), bar,
             el('code', { class: 'id' }, hit.id)),
           el('p', { class: 'hit-text' }, hit.text),
@@ -324,6 +346,21 @@
       })));
     });
   });
+
+  /** A reranked hit's place now and in the index's own order, and its score there. */
+  function rankBeforeAndAfter(hit, rank) {
+    if (hit.retrieval_rank === undefined) return [];
+    const moved = hit.retrieval_rank - rank; // > 0: the reranker moved it up
+    const direction = moved > 0 ? 'up' : moved < 0 ? 'down' : 'same';
+    return [
+      el('span', { class: 'rank', title: 'Rank after reranking' }, `#${rank}`),
+      el('span', { class: `moved ${direction}`, title: 'Rank by the embedding model, before reranking' },
+        'was #', el('span', { dataset: { testid: 'hit-before-rank' } }, String(hit.retrieval_rank)),
+        moved ? ` ${moved > 0 ? '▲' : '▼'}${Math.abs(moved)}` : ''),
+      el('span', { class: 'retrieval muted', title: 'Cosine similarity from the embedding model' },
+        `cosine ${score(hit.retrieval_score)}`),
+    ];
+  }
 
   // ---- classify ------------------------------------------------------------------
 

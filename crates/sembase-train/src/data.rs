@@ -1,11 +1,11 @@
 //! Training examples for each objective, and the seeded batch order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use sembase_eval::tasks::{load_pairs, load_sts, load_triplets};
+use sembase_eval::tasks::{load_pairs, load_sts, load_triplets, Triplet};
 
 use crate::error::{Result, TrainError};
 
@@ -79,6 +79,118 @@ pub fn load_examples(objective: Objective, path: &Path) -> Result<Vec<Example>> 
     Ok(examples)
 }
 
+/// How a cross-encoder learns from a file, decided by the file's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossObjective {
+    /// Binary cross-entropy on each pair's logit: pairs files give 0/1 targets, sts
+    /// files soft targets (score / 5).
+    Binary,
+    /// Softmax cross-entropy over each query's group [positive, negatives...]
+    /// (triplets files; rows sharing an anchor and a positive form one group).
+    Listwise,
+}
+
+impl CrossObjective {
+    /// The name used in model cards.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Binary => "binary cross-entropy",
+            Self::Listwise => "listwise softmax cross-entropy",
+        }
+    }
+}
+
+/// The TSV formats of the data README, told apart by their header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsvFormat {
+    /// `sentence1 sentence2 label`
+    Pairs,
+    /// `sentence1 sentence2 score`
+    Sts,
+    /// `anchor positive negative`
+    Triplets,
+}
+
+/// Reads the header line of `path` to tell which format it holds.
+pub fn tsv_format(path: &Path) -> Result<TsvFormat> {
+    let text = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let header = text
+        .split(|&b| b == b'\n')
+        .map(|line| String::from_utf8_lossy(line).trim().to_lowercase())
+        .find(|line| !line.is_empty())
+        .unwrap_or_default();
+    let columns: Vec<&str> = header.split('\t').map(str::trim).collect();
+    match columns.as_slice() {
+        ["anchor", ..] => Ok(TsvFormat::Triplets),
+        [_, _, "label"] => Ok(TsvFormat::Pairs),
+        [_, _, "score"] => Ok(TsvFormat::Sts),
+        _ => Err(TrainError::Data(format!(
+            "{}: the first line must be a header naming the format: sentence1<TAB>sentence2<TAB>label (pairs), ...<TAB>score (sts) or anchor<TAB>positive<TAB>negative (triplets)",
+            path.display()
+        ))),
+    }
+}
+
+/// Loads the rows a cross-encoder trains on and the objective their format implies.
+/// Binary rows hold `[query, document]` with the target in `score`; listwise rows hold
+/// `[query, positive, negatives...]`.
+pub fn load_cross_examples(path: &Path) -> Result<(CrossObjective, Vec<Example>)> {
+    let pair = |a: String, b: String, score: f32| Example { texts: vec![a, b], score };
+    let (objective, examples) = match tsv_format(path)? {
+        TsvFormat::Pairs => (
+            CrossObjective::Binary,
+            load_pairs(path)?
+                .into_iter()
+                .map(|p| pair(p.sentence1, p.sentence2, if p.label { 1.0 } else { 0.0 }))
+                .collect(),
+        ),
+        TsvFormat::Sts => {
+            let rows = load_sts(path)?;
+            if let Some(bad) = rows.iter().find(|p| !(0.0..=5.0).contains(&p.score)) {
+                return Err(TrainError::Data(format!(
+                    "{}: score {} is outside 0..5 (targets are score / 5)",
+                    path.display(),
+                    bad.score
+                )));
+            }
+            let rows =
+                rows.into_iter().map(|p| pair(p.sentence1, p.sentence2, (p.score / 5.0) as f32));
+            (CrossObjective::Binary, rows.collect())
+        }
+        TsvFormat::Triplets => (CrossObjective::Listwise, query_groups(load_triplets(path)?)),
+    };
+    if examples.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: {} usable rows; training needs at least 2",
+            path.display(),
+            examples.len()
+        )));
+    }
+    Ok((objective, examples))
+}
+
+/// Triplets sharing an anchor and a positive become one group, in first-seen order,
+/// each negative once.
+fn query_groups(triplets: Vec<Triplet>) -> Vec<Example> {
+    let mut groups: Vec<Example> = Vec::new();
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    for t in triplets {
+        let key = (t.anchor.clone(), t.positive.clone());
+        match index.get(&key) {
+            Some(&g) => {
+                if !groups[g].texts[2..].contains(&t.negative) {
+                    groups[g].texts.push(t.negative);
+                }
+            }
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Example { texts: vec![t.anchor, t.positive, t.negative], score: 0.0 });
+            }
+        }
+    }
+    groups
+}
+
 /// One sentence per line; empty lines are skipped, invalid UTF-8 is an error with its line.
 fn read_sentences(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
@@ -149,6 +261,33 @@ mod tests {
         let mut all: Vec<usize> = one.into_iter().flatten().collect();
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_header_picks_the_cross_encoder_objective_and_triplets_group_by_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let pairs = write("p.tsv", "sentence1\tsentence2\tlabel\na\tb\t1\nc\td\t0\n");
+        let (objective, rows) = load_cross_examples(&pairs).unwrap();
+        assert_eq!(objective, CrossObjective::Binary);
+        assert_eq!(rows.iter().map(|r| r.score).collect::<Vec<_>>(), [1.0, 0.0]);
+        let sts = write("s.tsv", "sentence1\tsentence2\tscore\na\tb\t4\nc\td\t0.5\n");
+        let (_, rows) = load_cross_examples(&sts).unwrap();
+        assert_eq!(rows.iter().map(|r| r.score).collect::<Vec<_>>(), [0.8, 0.1]);
+        let triplets =
+            write("t.tsv", "anchor\tpositive\tnegative\nq\tp\tn1\nq\tp\tn2\nq\tp\tn1\nr\ts\tn1\n");
+        let (objective, rows) = load_cross_examples(&triplets).unwrap();
+        assert_eq!(objective, CrossObjective::Listwise);
+        assert_eq!(rows[0].texts, ["q", "p", "n1", "n2"]);
+        assert_eq!(rows[1].texts, ["r", "s", "n1"]);
+        let headless = write("h.tsv", "a\tb\t1\nc\td\t0\n");
+        assert!(load_cross_examples(&headless).unwrap_err().to_string().contains("header"));
+        let wide = write("w.tsv", "sentence1\tsentence2\tscore\na\tb\t7\nc\td\t0\n");
+        assert!(load_cross_examples(&wide).unwrap_err().to_string().contains("outside 0..5"));
     }
 
     #[test]

@@ -44,17 +44,17 @@ impl ModelCard {
         card
     }
 
-    fn markdown(&self) -> String {
+    /// The README: the run's settings and results, then how to load the model (`usage`).
+    pub(crate) fn markdown(&self, usage: &str) -> String {
         let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
         let dims = if self.dims.is_empty() {
-            "full width only".to_string()
+            String::new()
         } else {
-            format!("{:?}", self.dims)
+            format!("- Matryoshka widths: {:?}\n", self.dims)
         };
         format!(
-            "# Fine-tuned with sembase\n\n- Base model: `{}`\n- Objective: `{}`\n- Training data: `{}`\n- Matryoshka widths: {}\n\n\
-             ## Hyper-parameters\n```json\n{}\n```\n\n## Run\n```json\n{}\n```\n\n\
-             Load it with `sembase serve --model DIR` or `SentenceTransformer(DIR)`.\n",
+            "# Fine-tuned with sembase\n\n- Base model: `{}`\n- Objective: `{}`\n- Training data: `{}`\n{}\n\
+             ## Hyper-parameters\n```json\n{}\n```\n\n## Run\n```json\n{}\n```\n\n{usage}\n",
             self.base,
             self.objective,
             self.data,
@@ -63,6 +63,21 @@ impl ModelCard {
             pretty(&self.run)
         )
     }
+}
+
+/// The tokenizer's files a model directory may hold, other than `tokenizer_config.json`.
+const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+];
+
+/// Copies the tokenizer's files (those present, `tokenizer_config.json` aside) from `from` to `to`.
+pub(crate) fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    TOKENIZER_FILES.iter().try_for_each(|name| copy_if_present(from, to, name))
 }
 
 /// Copies `name` from `from` to `to` when it exists.
@@ -78,14 +93,8 @@ fn copy_if_present(from: &Path, to: &Path, name: &str) -> Result<()> {
 pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Result<()> {
     let source = &model.source.path;
     durable::replace_dir(out, |dir| {
-        for name in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "vocab.txt",
-            "sentencepiece.bpe.model",
-        ] {
+        copy_tokenizer_files(source, dir)?;
+        for name in ["config.json", "tokenizer_config.json"] {
             copy_if_present(source, dir, name)?;
         }
         model.encoder_vars().save(dir.join("model.safetensors"))?;
@@ -126,11 +135,13 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
                 "sembase": {"matryoshka_dims": card.dims},
             }),
         )?;
-        Ok(durable::write_bytes(&dir.join("README.md"), card.markdown().as_bytes())?)
+        let usage = "Load it with `sembase serve --model DIR` or `SentenceTransformer(DIR)`.";
+        Ok(durable::write_bytes(&dir.join("README.md"), card.markdown(usage).as_bytes())?)
     })
 }
 
-fn module(idx: usize, path: &str, kind: &str) -> serde_json::Value {
+/// One entry of `modules.json`.
+pub(crate) fn module(idx: usize, path: &str, kind: &str) -> serde_json::Value {
     serde_json::json!({"idx": idx, "name": idx.to_string(), "path": path, "type": kind})
 }
 

@@ -1,7 +1,10 @@
 //! Contrastive and ranking losses over sentence vectors, with their
-//! Matryoshka form (the same loss summed over truncated widths).
+//! Matryoshka form (the same loss summed over truncated widths), and the losses
+//! of a cross-encoder's logits (binary and listwise) and of a bi-encoder distilled
+//! from one (MarginMSE, KL divergence over in-batch candidates).
 
 use candle_core::{DType, Tensor, D};
+use candle_nn::ops::log_softmax;
 
 use crate::error::Result;
 
@@ -65,6 +68,62 @@ pub fn cosent(a: &Tensor, b: &Tensor, scores: &[f32], scale: f64) -> Result<Tens
     let masked = (diff + keep)?.flatten_all()?;
     let with_zero = Tensor::cat(&[&Tensor::zeros(1, DType::F32, a.device())?, &masked], 0)?;
     log_sum_exp(&with_zero)
+}
+
+/// Mean binary cross-entropy of `logits` `(n,)` against targets in `[0, 1]` (soft
+/// targets allowed), as `torch.nn.functional.binary_cross_entropy_with_logits` and
+/// sentence-transformers' BinaryCrossEntropyLoss compute it; in the stable form
+/// `max(x, 0) - x y + ln(1 + e^-|x|)`, which never exponentiates a large logit.
+pub fn binary_cross_entropy(logits: &Tensor, targets: &[f32]) -> Result<Tensor> {
+    let y = Tensor::from_slice(targets, targets.len(), logits.device())?;
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((logits.relu()? - (logits * y)?)? + softplus)?.mean_all()?)
+}
+
+/// Listwise softmax cross-entropy: `logits` `(n,)` hold consecutive groups of
+/// `group_sizes`, each a query's positive first and its negatives after; the loss is
+/// the mean over groups of `-log softmax(group)[0]`. Groups may differ in size.
+pub fn listwise_softmax(logits: &Tensor, group_sizes: &[usize]) -> Result<Tensor> {
+    let mut start = 0;
+    let mut per_group = Vec::with_capacity(group_sizes.len());
+    for &size in group_sizes {
+        let group = logits.narrow(0, start, size)?;
+        per_group.push((log_sum_exp(&group)? - group.get(0)?)?);
+        start += size;
+    }
+    Ok(Tensor::stack(&per_group, 0)?.mean_all()?)
+}
+
+/// MarginMSE (Hofstätter et al.; sentence-transformers' MarginMSELoss): the student's
+/// margin `scale * (cos(a, p) - cos(a, n))` regressed onto the teacher's logit margin
+/// `teacher_margins` `(n,)`, mean squared error. Cosines live in [-1, 1] and logits do
+/// not; the logit scale of the contrastive losses gives the cosine margins the range
+/// the in-batch losses already train them to.
+pub fn margin_mse(
+    anchors: &Tensor,
+    positives: &Tensor,
+    negatives: &Tensor,
+    teacher_margins: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let student = ((cosine_rows(anchors, positives)? - cosine_rows(anchors, negatives)?)? * scale)?;
+    Ok((student - teacher_margins)?.sqr()?.mean_all()?)
+}
+
+/// KL divergence from the teacher's distribution over each anchor's in-batch candidates
+/// (the softmax of its logits `teacher` `(n, m)`) to the student's (the softmax of
+/// `scale` times the cosines), summed over candidates and averaged over anchors, as
+/// sentence-transformers' DistillKLDivLoss at temperature 1.
+pub fn distill_kl(
+    anchors: &Tensor,
+    candidates: &Tensor,
+    teacher: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let student = log_softmax(&(cosine_matrix(anchors, candidates)? * scale)?, D::Minus1)?;
+    let target = log_softmax(teacher, D::Minus1)?;
+    let per_entry = (target.exp()? * (target - student)?)?;
+    Ok((per_entry.sum_all()? / anchors.dim(0)? as f64)?)
 }
 
 fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
@@ -137,6 +196,52 @@ mod tests {
         // Equal scores give no ordered pair: log(1 + 0) = 0.
         let none = cosent(&a, &b, &[1.0, 1.0], 20.0).unwrap().to_scalar::<f32>().unwrap();
         assert!(none.abs() < 1e-6);
+    }
+
+    #[test]
+    fn binary_cross_entropy_matches_hand_computed_values() {
+        let logits = Tensor::new(&[0.0f32, 2.0, -30.0], &Device::Cpu).unwrap();
+        let loss =
+            binary_cross_entropy(&logits, &[1.0, 0.25, 0.0]).unwrap().to_scalar::<f32>().unwrap();
+        // -ln(0.5); -(0.25 ln s(2) + 0.75 ln(1 - s(2))); ~0 for a confident right answer.
+        let s2 = 1.0 / (1.0 + (-2f32).exp());
+        let want = (2f32.ln() - (0.25 * s2.ln() + 0.75 * (1.0 - s2).ln()) + 0.0) / 3.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn listwise_softmax_averages_groups_of_any_size() {
+        let logits = Tensor::new(&[1.0f32, 0.0, 0.0, 2.0, 2.0], &Device::Cpu).unwrap();
+        let loss = listwise_softmax(&logits, &[3, 2]).unwrap().to_scalar::<f32>().unwrap();
+        let first = (1f32.exp() + 2.0).ln() - 1.0;
+        let second = 2f32.ln();
+        assert!((loss - (first + second) / 2.0).abs() < 1e-6, "{loss}");
+    }
+
+    #[test]
+    fn margin_mse_matches_hand_computed_value() {
+        // cos(a, p) = 1, cos(a, n) = 0: student margin 2 * 1; teacher margins 1 and 3.
+        let a = t(&[[1.0, 0.0], [0.0, 1.0]]);
+        let p = t(&[[2.0, 0.0], [0.0, 3.0]]);
+        let n = t(&[[0.0, 1.0], [1.0, 0.0]]);
+        let margins = Tensor::new(&[1f32, 3.0], &Device::Cpu).unwrap();
+        let loss = margin_mse(&a, &p, &n, &margins, 2.0).unwrap().to_scalar::<f32>().unwrap();
+        assert!((loss - 1.0).abs() < 1e-6, "{loss}");
+    }
+
+    #[test]
+    fn distill_kl_is_zero_when_the_student_agrees_and_matches_a_hand_computed_value() {
+        let a = t(&[[1.0, 0.0], [0.0, 1.0]]);
+        let cos = [[1.0f32, 0.0], [0.0, 1.0]]; // cosine matrix of a with itself
+        let teacher = Tensor::new(&cos, &Device::Cpu).unwrap();
+        let same = distill_kl(&a, &a, &teacher, 1.0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
+        // Uniform teacher: KL(u || softmax([1, 0])) = -ln 2 - (ln s(1) + ln s(-1)) / 2.
+        let uniform = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        let kl = distill_kl(&a, &a, &uniform, 1.0).unwrap().to_scalar::<f32>().unwrap();
+        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let want = -(2f32.ln()) - (s(1.0).ln() + s(-1.0).ln()) / 2.0;
+        assert!((kl - want).abs() < 1e-6, "{kl} vs {want}");
     }
 
     #[test]

@@ -1,73 +1,50 @@
-//! The training loop: batches, loss, gradients (optionally through cached
-//! in-batch negatives), AdamW with warm-up and decay, clipping, evaluation
-//! with best-model export, checkpoints and exact resume.
+//! The training loop, shared by every kind of model sembase trains: the seeded
+//! batch order, AdamW with warm-up and decay, clipping, evaluation with best-model
+//! export, checkpoints and exact resume. What is trained (its variables, the loss of
+//! a batch, its evaluation and export) is a [`Trainee`], so this code exists once.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
-use sembase_core::Mode;
-use sembase_eval::encode::{Encoder, EvalModel, Silent};
-use sembase_eval::evaluate::{evaluate, Settings};
+use candle_core::Var;
 use sembase_eval::results::Metrics;
-use sembase_eval::tasks::{Task, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
-use crate::data::{epoch_batches, Example, Objective};
 use crate::error::{Result, TrainError};
-use crate::export::{export_model, ModelCard};
-use crate::losses::{cosent, in_batch_negatives, matryoshka};
 use crate::optim::{linear_schedule, AdamW, AdamWConfig};
-use crate::trainable::TrainableModel;
 
-/// Settings of a run (defaults follow the SimCSE paper and sentence-transformers).
+/// The loop's settings (defaults follow sentence-transformers' supervised training).
 #[derive(Debug, Clone)]
-pub struct TrainConfig {
-    pub objective: Objective,
+pub struct LoopConfig {
+    /// Rows per batch (pairs, triplets, or a query's group).
     pub batch_size: usize,
-    /// Texts per forward pass with cached in-batch negatives (GradCache); `None`
-    /// computes the whole batch in one pass.
-    pub mini_batch: Option<usize>,
+    /// Peak learning rate.
     pub lr: f64,
     pub epochs: usize,
     pub max_steps: Option<usize>,
     pub warmup_ratio: f64,
     pub max_grad_norm: f64,
+    /// Seeds the batch order and the dropout masks.
     pub seed: u64,
-    /// Logit scale of the contrastive losses (1 / temperature).
-    pub scale: f64,
-    /// Pairs: also make each positive pick its anchor.
-    pub symmetric: bool,
-    /// Matryoshka widths; empty trains the full width only.
-    pub dims: Vec<usize>,
-    /// Evaluated every `eval_steps` steps (and at the end); the best is exported.
-    pub eval: Option<TaskSpec>,
+    /// Steps between evaluations (0: only at the end); the best is exported.
     pub eval_steps: usize,
     /// Steps between checkpoints (0: only on interruption).
     pub checkpoint_steps: usize,
 }
 
-impl TrainConfig {
-    /// The settings a caller gets without choosing: the SimCSE paper's for `simcse`
-    /// (learning rate 3e-5), sentence-transformers' for the supervised objectives (2e-5);
-    /// batches of 64, one epoch, 10% warm-up, gradients clipped at norm 1, temperature
-    /// 0.05 (logit scale 20), seed 42.
-    pub fn for_objective(objective: Objective) -> Self {
+impl Default for LoopConfig {
+    /// Batches of 64, learning rate 2e-5, one epoch, 10% warm-up, gradients clipped at
+    /// norm 1, seed 42.
+    fn default() -> Self {
         Self {
-            objective,
             batch_size: 64,
-            mini_batch: None,
-            lr: if objective == Objective::SimCse { 3e-5 } else { 2e-5 },
+            lr: 2e-5,
             epochs: 1,
             max_steps: None,
             warmup_ratio: 0.1,
             max_grad_norm: 1.0,
             seed: 42,
-            scale: 20.0,
-            symmetric: false,
-            dims: Vec::new(),
-            eval: None,
             eval_steps: 0,
             checkpoint_steps: 0,
         }
@@ -109,75 +86,81 @@ pub enum Finish {
     },
 }
 
-/// A configured run over loaded examples, writing into `output`.
+/// One evaluation of the current weights.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub metrics: Metrics,
+    /// The score that decides the best export (higher is better).
+    pub headline: f64,
+}
+
+/// The score that decides the best export: Spearman for sts and pairs, nDCG@10 for
+/// retrieval; a missing or undefined value never wins.
+pub fn headline_score(kind: &str, metrics: &Metrics) -> f64 {
+    let name = if kind == "retrieval" { "ndcg@10" } else { "spearman" };
+    metrics.get(name).filter(|v| v.is_finite()).unwrap_or(f64::NEG_INFINITY)
+}
+
+/// What a run trains: a model with its data, loss, evaluation and export. The loop
+/// calls it and owns everything else.
+pub trait Trainee {
+    /// Every trainable variable under a unique, stable name: the optimiser's slots and
+    /// the checkpoint's keys.
+    fn named_vars(&self) -> Vec<(String, Var)>;
+    /// Refuses a batch size its loss cannot use (the in-batch losses need two rows).
+    fn check_batch_size(&self, _size: usize) -> Result<()> {
+        Ok(())
+    }
+    /// The batches (row indices) of one epoch, shuffled by `seed`.
+    fn batches(&self, size: usize, seed: u64) -> Vec<Vec<usize>>;
+    /// The loss of `rows` and its gradients. Dropout masks come from `dropout_seed`, a
+    /// function of the run's seed and the step only, so a resumed step replays exactly.
+    fn gradients(&self, rows: &[usize], dropout_seed: u64) -> Result<(f32, GradStore)>;
+    /// Whether an evaluation task is set.
+    fn evaluates(&self) -> bool;
+    /// Scores the current weights on the evaluation task (called only when [`Self::evaluates`]).
+    fn evaluate(&self) -> Result<Evaluation>;
+    /// Writes the model as it is now to `out`, atomically, recording `state` in its card.
+    fn export(&self, out: &Path, state: &TrainState) -> Result<()>;
+}
+
+/// A configured run of a [`Trainee`], writing into `output`.
 pub struct Trainer<'a> {
-    model: &'a TrainableModel,
-    config: TrainConfig,
-    examples: Vec<Example>,
-    vars: Vec<(String, Var)>,
+    trainee: &'a dyn Trainee,
+    config: LoopConfig,
     optimizer: AdamW,
-    eval_task: Option<Task>,
     output: PathBuf,
-    card: ModelCard,
     pub state: TrainState,
 }
 
 impl<'a> Trainer<'a> {
-    /// Checks the settings and prepares the optimiser.
-    pub fn new(
-        model: &'a TrainableModel,
-        config: TrainConfig,
-        examples: Vec<Example>,
-        output: &Path,
-        card: ModelCard,
-    ) -> Result<Self> {
-        if config.batch_size < 2 {
-            return Err(TrainError::Config(
-                "--batch-size must be at least 2 (in-batch negatives)".into(),
-            ));
+    /// Checks the settings and prepares the optimiser over the trainee's variables.
+    pub fn new(trainee: &'a dyn Trainee, config: LoopConfig, output: &Path) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(TrainError::Config("--batch-size must be at least 1".into()));
         }
-        if config.mini_batch == Some(0) {
-            return Err(TrainError::Config("--mini-batch must be at least 1".into()));
-        }
-        if let Some(&d) = config.dims.iter().find(|&&d| d == 0 || d > model.dimension()) {
-            return Err(TrainError::Config(format!(
-                "--dims {d} is outside 1..={}",
-                model.dimension()
-            )));
-        }
+        trainee.check_batch_size(config.batch_size)?;
         if !(config.lr > 0.0 && config.lr.is_finite()) {
             return Err(TrainError::Config("--lr must be positive".into()));
         }
-        let eval_task = config.eval.as_ref().map(Task::load).transpose()?;
-        let vars = model.named_vars();
-        let optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let optimizer = AdamW::new(trainee.named_vars(), AdamWConfig::default())?;
         Ok(Self {
-            model,
+            trainee,
             config,
-            examples,
-            vars,
             optimizer,
-            eval_task,
             output: output.to_path_buf(),
-            card,
             state: TrainState::default(),
         })
     }
 
     /// Continues from a checkpoint written by an earlier run with the same settings.
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
-        self.state = checkpoint::load(dir, self.model, &mut self.optimizer)?;
+        self.state = checkpoint::load(dir, &self.trainee.named_vars(), &mut self.optimizer)?;
         Ok(())
     }
 
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let distinct = matches!(self.config.objective, Objective::Pairs | Objective::Triplets);
-        epoch_batches(
-            &self.examples,
-            self.config.batch_size,
-            self.config.seed.wrapping_add(epoch as u64),
-            distinct,
-        )
+        self.trainee.batches(self.config.batch_size, self.config.seed.wrapping_add(epoch as u64))
     }
 
     /// Optimiser steps the whole run takes.
@@ -202,23 +185,16 @@ impl<'a> Trainer<'a> {
                 observer.on_step(self.state.step, total, loss);
                 let eval_due = self.config.eval_steps > 0
                     && self.state.step.is_multiple_of(self.config.eval_steps);
-                if eval_due && self.eval_task.is_some() {
+                if eval_due && self.trainee.evaluates() {
                     self.evaluate_and_keep_best(observer)?;
                 }
                 if self.config.checkpoint_steps > 0
                     && self.state.step.is_multiple_of(self.config.checkpoint_steps)
                 {
-                    checkpoint::save(
-                        &self.checkpoint_dir(),
-                        self.model,
-                        &self.optimizer,
-                        &self.state,
-                    )?;
+                    self.save_checkpoint()?;
                 }
                 if observer.interrupted() {
-                    let dir = self.checkpoint_dir();
-                    checkpoint::save(&dir, self.model, &self.optimizer, &self.state)?;
-                    return Ok(Finish::Interrupted { checkpoint: dir });
+                    return Ok(Finish::Interrupted { checkpoint: self.save_checkpoint()? });
                 }
             }
             if self.state.batch_in_epoch >= batches.len() {
@@ -227,11 +203,11 @@ impl<'a> Trainer<'a> {
             }
         }
         let last_evaluated = self.state.eval.last().map(|(s, _)| *s) == Some(self.state.step);
-        if self.eval_task.is_some() && !last_evaluated {
+        if self.trainee.evaluates() && !last_evaluated {
             self.evaluate_and_keep_best(observer)?;
         }
-        if self.eval_task.is_none() {
-            export_model(self.model, &self.output, &self.card.with_state(&self.state))?;
+        if !self.trainee.evaluates() {
+            self.trainee.export(&self.output, &self.state)?;
         }
         Ok(Finish::Completed)
     }
@@ -246,148 +222,34 @@ impl<'a> Trainer<'a> {
         self.output.with_file_name(format!("{name}.checkpoint"))
     }
 
+    fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = self.checkpoint_dir();
+        checkpoint::save(&dir, &self.trainee.named_vars(), &self.optimizer, &self.state)?;
+        Ok(dir)
+    }
+
     /// One optimiser step on the rows `batch`; returns the loss.
     fn train_step(&mut self, batch: &[usize], lr: f64) -> Result<f32> {
-        let columns = self.columns(batch);
-        let scores: Vec<f32> = batch.iter().map(|&i| self.examples[i].score).collect();
-        let chunk = self.config.mini_batch.unwrap_or(batch.len()).min(batch.len());
-        let (loss, grads) = if chunk >= batch.len() {
-            let reps = columns
-                .iter()
-                .enumerate()
-                .map(|(c, texts)| self.embed(texts, c, 0))
-                .collect::<Result<Vec<_>>>()?;
-            let loss = self.loss(&reps, &scores)?;
-            let grads = loss.backward()?;
-            (loss, grads)
-        } else {
-            self.cached_step(&columns, &scores, chunk)?
-        };
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, value });
+        let dropout_seed = (self.config.seed << 20) ^ ((self.state.step as u64) << 8);
+        let (loss, grads) = self.trainee.gradients(batch, dropout_seed)?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, value: loss });
         }
         self.optimizer.step(&grads, lr, self.config.max_grad_norm)?;
-        Ok(value)
-    }
-
-    /// The text columns of a batch; SimCSE passes each sentence twice.
-    fn columns(&self, batch: &[usize]) -> Vec<Vec<&str>> {
-        let width = self.examples[batch[0]].texts.len();
-        let mut columns: Vec<Vec<&str>> = (0..width)
-            .map(|c| batch.iter().map(|&i| self.examples[i].texts[c].as_str()).collect())
-            .collect();
-        if self.config.objective == Objective::SimCse {
-            columns.push(columns[0].clone());
-        }
-        columns
-    }
-
-    /// Vectors of one column chunk, with dropout masks fixed by (seed, step, column, chunk).
-    fn embed(&self, texts: &[&str], column: usize, chunk: usize) -> Result<Tensor> {
-        let mix = (self.config.seed << 20)
-            ^ ((self.state.step as u64) << 8)
-            ^ ((column as u64) << 4)
-            ^ chunk as u64;
-        self.model.embed(texts, &Mode::training(mix.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-    }
-
-    /// GradCache: vectors without a graph first, the loss's gradient with respect
-    /// to them, then each chunk again with a graph, back-propagating that gradient.
-    fn cached_step(
-        &self,
-        columns: &[Vec<&str>],
-        scores: &[f32],
-        chunk: usize,
-    ) -> Result<(Tensor, GradStore)> {
-        let mut rep_vars = Vec::with_capacity(columns.len());
-        for (c, texts) in columns.iter().enumerate() {
-            let parts = texts
-                .chunks(chunk)
-                .enumerate()
-                .map(|(k, t)| Ok(self.embed(t, c, k)?.detach()))
-                .collect::<Result<Vec<_>>>()?;
-            rep_vars.push(Var::from_tensor(&Tensor::cat(&parts, 0)?)?);
-        }
-        let reps: Vec<Tensor> = rep_vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let loss = self.loss(&reps, scores)?;
-        let rep_grads = loss.backward()?;
-        let mut total: Option<GradStore> = None;
-        for (c, texts) in columns.iter().enumerate() {
-            let g = rep_grads
-                .get(rep_vars[c].as_tensor())
-                .ok_or_else(|| TrainError::Config("no gradient reached the vectors".into()))?;
-            for (k, t) in texts.chunks(chunk).enumerate() {
-                let part = self.embed(t, c, k)?;
-                let surrogate = (part * g.narrow(0, k * chunk, t.len())?)?.sum_all()?;
-                let grads = surrogate.backward()?;
-                total = Some(match total {
-                    None => grads,
-                    Some(mut acc) => {
-                        for (_, var) in &self.vars {
-                            if let Some(new) = grads.get(var.as_tensor()) {
-                                let sum = match acc.get(var.as_tensor()) {
-                                    Some(old) => (old + new)?,
-                                    None => new.clone(),
-                                };
-                                acc.insert(var.as_tensor(), sum);
-                            }
-                        }
-                        acc
-                    }
-                });
-            }
-        }
-        Ok((loss.detach(), total.expect("at least one chunk")))
-    }
-
-    /// The objective's loss on column vectors (Matryoshka over `dims` when set).
-    fn loss(&self, reps: &[Tensor], scores: &[f32]) -> Result<Tensor> {
-        let refs: Vec<&Tensor> = reps.iter().collect();
-        let scale = self.config.scale;
-        let symmetric = self.config.symmetric;
-        matryoshka(&refs, &self.config.dims, |r| match self.config.objective {
-            Objective::SimCse | Objective::Pairs => {
-                in_batch_negatives(&r[0], &r[1], scale, symmetric)
-            }
-            Objective::Triplets => {
-                in_batch_negatives(&r[0], &Tensor::cat(&[&r[1], &r[2]], 0)?, scale, false)
-            }
-            Objective::Sts => cosent(&r[0], &r[1], scores, scale),
-        })
+        Ok(loss)
     }
 
     /// Evaluates the current weights; exports the model when the headline score improves.
     fn evaluate_and_keep_best(&mut self, observer: &dyn TrainObserver) -> Result<()> {
-        let Some(task) = &self.eval_task else { return Ok(()) };
-        let embedder = self.model.snapshot("training")?;
-        let eval_model = EvalModel {
-            embedder: Box::new(embedder),
-            cache_id: String::new(),
-            truncate_locally: true,
-        };
-        let encoder = Encoder::new(&eval_model, None, &Silent);
-        let settings = Settings {
-            query_prefix: self.card.prefix.clone(),
-            doc_prefix: self.card.doc_prefix.clone(),
-            dimensions: None,
-        };
-        let result = evaluate(&encoder, task, &settings)?;
-        observer.on_eval(self.state.step, &result.metrics);
-        let headline = headline_score(&result.kind, &result.metrics);
+        let evaluation = self.trainee.evaluate()?;
+        observer.on_eval(self.state.step, &evaluation.metrics);
         self.state
             .eval
-            .push((self.state.step, serde_json::to_value(&result.metrics).unwrap_or_default()));
-        if self.state.best.is_none_or(|(_, best)| headline > best) {
-            self.state.best = Some((self.state.step, headline));
-            export_model(self.model, &self.output, &self.card.with_state(&self.state))?;
+            .push((self.state.step, serde_json::to_value(&evaluation.metrics).unwrap_or_default()));
+        if self.state.best.is_none_or(|(_, best)| evaluation.headline > best) {
+            self.state.best = Some((self.state.step, evaluation.headline));
+            self.trainee.export(&self.output, &self.state)?;
         }
         Ok(())
     }
-}
-
-/// The score that decides the best checkpoint: Spearman for sts and pairs, nDCG@10 for retrieval.
-fn headline_score(kind: &str, metrics: &Metrics) -> f64 {
-    let name = if kind == "retrieval" { "ndcg@10" } else { "spearman" };
-    metrics.get(name).filter(|v| v.is_finite()).unwrap_or(f64::NEG_INFINITY)
 }

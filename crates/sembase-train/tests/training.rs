@@ -2,13 +2,16 @@
 //! load back with the same vectors, cached negatives equal the plain batch,
 //! an interrupted run resumes exactly, Matryoshka + projection export a Dense.
 
+mod common;
+use common::{Quiet, StopAt};
+
 use std::path::{Path, PathBuf};
 
 use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
 use sembase_train::{
-    load_examples, Finish, ModelCard, Objective, TrainConfig, TrainObserver, TrainableModel,
-    Trainer,
+    load_examples, BiEncoderConfig, BiEncoderTraining, Example, Finish, LoopConfig, ModelCard,
+    Objective, TrainableModel, Trainer,
 };
 
 fn fixture() -> PathBuf {
@@ -46,29 +49,24 @@ the sun was green\tthe tree is slow\t0\n\
 a dog was fast\tthe fast dog ran\t1\n\
 the bird is small\ta small bird\t1\n";
 
-/// The objective's defaults, with small batches and a high rate for the tiny model.
-fn config(objective: Objective) -> TrainConfig {
-    TrainConfig { batch_size: 4, lr: 1e-3, epochs: 3, ..TrainConfig::for_objective(objective) }
+/// Small batches and a high rate for the tiny model.
+fn config() -> LoopConfig {
+    LoopConfig { batch_size: 4, lr: 1e-3, epochs: 3, ..LoopConfig::default() }
+}
+
+/// The objective's settings and examples, trained on `model` with a default card.
+fn trainee<'a>(
+    model: &'a TrainableModel,
+    bi: BiEncoderConfig,
+    examples: Vec<Example>,
+) -> BiEncoderTraining<'a> {
+    BiEncoderTraining::new(model, bi, examples, ModelCard::default()).unwrap()
 }
 
 fn pairs_file(tmp: &Path) -> PathBuf {
     let path = tmp.join("pairs.tsv");
     std::fs::write(&path, PAIRS).unwrap();
     path
-}
-
-struct Quiet;
-impl TrainObserver for Quiet {}
-
-/// Stops the run after `at` steps, as Ctrl-C would.
-struct StopAt(usize, std::cell::Cell<usize>);
-impl TrainObserver for StopAt {
-    fn on_step(&self, step: usize, _: usize, _: f32) {
-        self.1.set(step);
-    }
-    fn interrupted(&self) -> bool {
-        self.1.get() >= self.0
-    }
 }
 
 fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
@@ -86,9 +84,8 @@ fn loss_falls_and_the_export_loads_with_the_same_vectors() {
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     assert_eq!(examples.len(), 7, "label-0 rows are not positives");
     let out = tmp.path().join("out");
-    let mut trainer =
-        Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default())
-            .unwrap();
+    let pairs = trainee(&model, BiEncoderConfig::new(Objective::Pairs), examples);
+    let mut trainer = Trainer::new(&pairs, config(), &out).unwrap();
     assert_eq!(trainer.run(&Quiet).unwrap(), Finish::Completed);
     let losses: Vec<f32> = trainer.state.loss.iter().map(|(_, l)| *l).collect();
     let first: f32 = losses[..2].iter().sum();
@@ -122,15 +119,10 @@ fn cached_negatives_give_the_same_update_as_one_batch() {
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     let run = |mini_batch: Option<usize>| {
         let model = TrainableModel::load(&fixture(), 16, None).unwrap();
-        let cfg = TrainConfig { mini_batch, max_steps: Some(2), ..config(Objective::Pairs) };
-        let mut trainer = Trainer::new(
-            &model,
-            cfg,
-            examples.clone(),
-            &tmp.path().join("o"),
-            ModelCard::default(),
-        )
-        .unwrap();
+        let bi = BiEncoderConfig { mini_batch, ..BiEncoderConfig::new(Objective::Pairs) };
+        let pairs = trainee(&model, bi, examples.clone());
+        let cfg = LoopConfig { max_steps: Some(2), ..config() };
+        let mut trainer = Trainer::new(&pairs, cfg, &tmp.path().join("o")).unwrap();
         trainer.run(&Quiet).unwrap();
         (trainer.state.loss.clone(), weights(&model))
     };
@@ -150,39 +142,27 @@ fn an_interrupted_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = fixture_with_dropout(tmp.path());
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let bi = || BiEncoderConfig::new(Objective::Pairs);
     let straight = {
         let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let mut t = Trainer::new(
-            &model,
-            config(Objective::Pairs),
-            examples.clone(),
-            &tmp.path().join("a"),
-            ModelCard::default(),
-        )
-        .unwrap();
+        let pairs = trainee(&model, bi(), examples.clone());
+        let mut t = Trainer::new(&pairs, config(), &tmp.path().join("a")).unwrap();
         t.run(&Quiet).unwrap();
         (t.state.loss.clone(), weights(&model))
     };
     let out = tmp.path().join("b");
     let checkpoint = {
         let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let mut t = Trainer::new(
-            &model,
-            config(Objective::Pairs),
-            examples.clone(),
-            &out,
-            ModelCard::default(),
-        )
-        .unwrap();
+        let pairs = trainee(&model, bi(), examples.clone());
+        let mut t = Trainer::new(&pairs, config(), &out).unwrap();
         match t.run(&StopAt(3, Default::default())).unwrap() {
             Finish::Interrupted { checkpoint } => checkpoint,
             other => panic!("expected an interruption, got {other:?}"),
         }
     };
     let model = TrainableModel::load(&dir, 16, None).unwrap();
-    let mut t =
-        Trainer::new(&model, config(Objective::Pairs), examples, &out, ModelCard::default())
-            .unwrap();
+    let pairs = trainee(&model, bi(), examples);
+    let mut t = Trainer::new(&pairs, config(), &out).unwrap();
     t.resume(&checkpoint).unwrap();
     assert_eq!(t.state.step, 3);
     t.run(&Quiet).unwrap();
@@ -201,16 +181,16 @@ fn matryoshka_with_a_projection_exports_a_dense_module() {
     .unwrap();
     let model = TrainableModel::load(&fixture(), 16, Some(8)).unwrap();
     assert_eq!(model.dimension(), 8);
-    let cfg = TrainConfig { dims: vec![8, 4], max_steps: Some(3), ..config(Objective::SimCse) };
-    let out = tmp.path().join("m");
-    let mut t = Trainer::new(
+    let bi = BiEncoderConfig { dims: vec![8, 4], ..BiEncoderConfig::new(Objective::SimCse) };
+    let simcse = BiEncoderTraining::new(
         &model,
-        cfg,
+        bi,
         load_examples(Objective::SimCse, &corpus).unwrap(),
-        &out,
         ModelCard { dims: vec![8, 4], ..Default::default() },
     )
     .unwrap();
+    let out = tmp.path().join("m");
+    let mut t = Trainer::new(&simcse, LoopConfig { max_steps: Some(3), ..config() }, &out).unwrap();
     t.run(&Quiet).unwrap();
     assert!(out.join("2_Dense/model.safetensors").exists());
     let loaded = LocalEmbedder::load(&out, "m", LoadOptions::default()).unwrap();
@@ -228,21 +208,15 @@ fn evaluation_during_training_keeps_the_best_export() {
     let sts = tmp.path().join("dev.tsv");
     std::fs::write(&sts, "sentence1\tsentence2\tscore\nthe cat sat\ta cat sat\t5\nthe sky is blue\tthe dog ran\t0.5\nbig bird\ta big bird flew\t4\nred sun\tgreen tree\t1\n").unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
-    let cfg = TrainConfig {
+    let bi = BiEncoderConfig {
         eval: Some(format!("sts:{}", sts.display()).parse().unwrap()),
-        eval_steps: 2,
-        max_steps: Some(4),
-        ..config(Objective::Pairs)
+        ..BiEncoderConfig::new(Objective::Pairs)
     };
+    let pairs =
+        trainee(&model, bi, load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap());
     let out = tmp.path().join("best");
-    let mut t = Trainer::new(
-        &model,
-        cfg,
-        load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap(),
-        &out,
-        ModelCard::default(),
-    )
-    .unwrap();
+    let cfg = LoopConfig { eval_steps: 2, max_steps: Some(4), ..config() };
+    let mut t = Trainer::new(&pairs, cfg, &out).unwrap();
     t.run(&Quiet).unwrap();
     assert_eq!(t.state.eval.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 4]);
     assert!(t.state.best.is_some() && out.join("model.safetensors").exists());
@@ -253,14 +227,13 @@ fn bad_settings_and_data_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = TrainableModel::load(&fixture(), 16, None).unwrap();
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
-    let bad = |cfg: TrainConfig| {
-        Trainer::new(&model, cfg, examples.clone(), tmp.path(), ModelCard::default())
-            .err()
-            .expect("refused")
-            .to_string()
-    };
-    assert!(bad(TrainConfig { batch_size: 1, ..config(Objective::Pairs) }).contains("batch-size"));
-    assert!(bad(TrainConfig { dims: vec![17], ..config(Objective::Pairs) }).contains("--dims 17"));
+    let pairs = trainee(&model, BiEncoderConfig::new(Objective::Pairs), examples.clone());
+    let refused = |cfg: LoopConfig| Trainer::new(&pairs, cfg, tmp.path()).err().expect("refused");
+    assert!(refused(LoopConfig { batch_size: 1, ..config() }).to_string().contains("batch-size"));
+    assert!(refused(LoopConfig { lr: 0.0, ..config() }).to_string().contains("--lr"));
+    let bi = BiEncoderConfig { dims: vec![17], ..BiEncoderConfig::new(Objective::Pairs) };
+    let wide = BiEncoderTraining::new(&model, bi, examples, ModelCard::default());
+    assert!(wide.err().expect("refused").to_string().contains("--dims 17"));
     assert!(TrainableModel::load(&fixture(), 99, None)
         .err()
         .unwrap()

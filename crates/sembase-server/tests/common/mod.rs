@@ -15,6 +15,43 @@ pub const CLS: u32 = 101;
 pub const SEP: u32 = 102;
 pub const VOCAB: u32 = 5000;
 
+/// Where a model's calls can be held, so that requests queue up deterministically.
+pub struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+    /// Calls currently waiting at the gate.
+    pub waiting: AtomicUsize,
+}
+
+/// An open gate.
+impl Default for Gate {
+    fn default() -> Self {
+        Self { open: Mutex::new(true), changed: Condvar::new(), waiting: AtomicUsize::new(0) }
+    }
+}
+
+impl Gate {
+    /// Makes calls wait until `open`.
+    pub fn close(&self) {
+        *self.open.lock().unwrap() = false;
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    /// Returns once the gate is open.
+    pub fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.changed.wait(open).unwrap();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A model whose tokens are words and whose vectors are a fixed function of the ids.
 /// It counts forward calls and can be held at a gate to build up a queue.
 pub struct FakeModel {
@@ -23,10 +60,7 @@ pub struct FakeModel {
     max_tokens: usize,
     pub calls: AtomicUsize,
     pub inputs: AtomicUsize,
-    gate: Mutex<bool>,
-    gate_changed: Condvar,
-    /// Calls currently waiting at the gate.
-    pub waiting: AtomicUsize,
+    pub gate: Gate,
 }
 
 impl FakeModel {
@@ -37,29 +71,17 @@ impl FakeModel {
             max_tokens,
             calls: AtomicUsize::new(0),
             inputs: AtomicUsize::new(0),
-            gate: Mutex::new(true),
-            gate_changed: Condvar::new(),
-            waiting: AtomicUsize::new(0),
+            gate: Gate::default(),
         })
     }
 
     /// Makes model calls wait until `open`.
     pub fn close(&self) {
-        *self.gate.lock().unwrap() = false;
+        self.gate.close();
     }
 
     pub fn open(&self) {
-        *self.gate.lock().unwrap() = true;
-        self.gate_changed.notify_all();
-    }
-
-    fn pass_gate(&self) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.gate.lock().unwrap();
-        while !*open {
-            open = self.gate_changed.wait(open).unwrap();
-        }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.gate.open();
     }
 
     /// Ids of a text: [CLS] one id per whitespace-separated word [SEP], not truncated.
@@ -116,7 +138,7 @@ impl FakeModel {
                 return Err(Error::InvalidDimensions { requested: d, max: self.dim });
             }
         }
-        self.pass_gate();
+        self.gate.pass();
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inputs.fetch_add(sequences.len(), Ordering::SeqCst);
         let mut vectors = Vec::new();
@@ -220,7 +242,7 @@ impl TestServer {
         attachments: Attachments,
     ) -> Self {
         let server = Server::new(config).expect("config");
-        if !models.is_empty() {
+        if !models.is_empty() || !attachments.rerankers.is_empty() {
             server.set_models_with(models, attachments).expect("models");
         }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -344,6 +366,18 @@ impl Reply {
         assert_eq!(error["param"].as_str(), param, "{context}: {body}");
         assert_eq!(error["code"].as_str(), code, "{context}: {body}");
     }
+}
+
+/// Posts a JSON body from another thread (so that requests can wait in the queue together).
+pub fn spawn_post(
+    addr: SocketAddr,
+    path: &'static str,
+    body: serde_json::Value,
+) -> std::thread::JoinHandle<Reply> {
+    std::thread::spawn(move || {
+        let headers = [("Content-Type", "application/json")];
+        request(addr, "POST", path, &headers, body.to_string().as_bytes())
+    })
 }
 
 /// Sends one request on a fresh connection and reads the answer.
