@@ -7,6 +7,7 @@ zh/retrieval/lcqmc through each store.
     .venv-bench/bin/python bench/index_bench.py [--sembase BIN] [--data DIR] [--cache DIR]
                          [--postgres URL] [--queries 1000] [--single-queries 200]
                          [--ef 64 128 256] [--skip-zh] [--reuse-indexes] [--json OUT]
+                         [--stores NAME ...] [--queue-workers 1 2 3 --queue-docs 6000]
 
 (This script uses only the standard library: any python3 runs it too.) Models come from the
 store, $SEMBASE_HOME (default ~/.cache/sembase: `target/release/sembase model pull NAME`), the
@@ -19,15 +20,25 @@ What it does, in one run:
    not in the corpus (the first --queries of them).
 2. Embeds both once with all-minilm-l6-v2 (`sembase embed ... .npy`) into --cache
    (default $SEMBASE_HOME/cache/index-bench); later runs reuse the files.
-3. For each store (flat f32, flat f16, flat int8, ann, and pgvector when
-   --postgres URL is given: the `postgres` hook) builds an index from the cached
+3. For each store (flat f32, flat f16, flat int8, ann, and with --postgres URL
+   pgvector at f32 (`vector`), f16 (`halfvec`) and bit (`binary_quantize`,
+   re-ranked on the full vectors): the `postgres` hook; --stores picks some,
+   flat-f32 always runs as the reference) builds an index from the cached
    vectors (`sembase index build --vectors`), and searches every query vector
    (`sembase search --query-vectors`, top 10). Prints build seconds, bytes per
-   vector (size of the index directory; for pgvector the rows live in the
-   database and are not counted), queries/s of the search itself (model time
-   excluded) with all queries in one call and with one query per call (the
-   first --single-queries), recall@10 against flat f32 (exact) and both QPS
-   ratios against flat f32. ann and pgvector are searched at each --ef.
+   vector (the index directory plus, for pgvector, the table with every index;
+   also the table's rows and the HNSW index alone), queries/s of the search
+   itself (model time excluded) with all queries in one call and with one query
+   per call (the first --single-queries), recall@10 against flat f32 (exact) and
+   both QPS ratios against flat f32. ann and pgvector are searched at each --ef
+   (for bit, the candidates re-ranked: at least 10 per hit).
+3b. With --postgres and --queue-workers: a queued build (`index build --queue`)
+   of the first --queue-docs corpus sentences, embedded by 1, 2, 3... `index
+   work` processes started together (each with cores/workers threads, at least
+   one), timed from queueing to the last worker's exit (model loading and the
+   HNSW build included), with the rate of the embedding phase from `index
+   status` and the rate per worker; then the projected time for 10M and 100M
+   documents at the one-worker rate, and the storage per pgvector precision.
 4. zh/retrieval/lcqmc with multilingual-e5-small: corpus and queries embedded
    once (`passage: ` / `query: ` prefixes, cached), one index per store, every
    query searched; prints recall@10 against the qrels per store.
@@ -141,10 +152,63 @@ def build(sembase, out_dir, name, corpus, vectors, model, store, extra=(), reuse
     report = out_dir / f"{name}.build.json"
     if reuse and index.exists() and report.exists():
         return index, json.loads(report.read_text())
-    shutil.rmtree(index, ignore_errors=True)
+    drop(sembase, index)
     run([sembase, "index", "build", "--model", model, "--corpus", corpus, "--vectors", vectors,
          "--output", index, "--store", store, "--json", report, *extra])
     return index, json.loads(report.read_text())
+
+
+def drop(sembase, index):
+    """Removes an index of an earlier run: its directory, and its table when in PostgreSQL."""
+    if (index / "index.json").exists():
+        run([sembase, "index", "drop", "--index", index])
+    shutil.rmtree(index, ignore_errors=True)
+
+
+def queue_scaling(args, out_dir, en_rows):
+    """Queued builds of the first --queue-docs sentences by 1, 2, 3... workers,
+    then projections to 10M and 100M documents."""
+    corpus, _ = make_texts(Path(args.data), args.cache_dir, args.queries)
+    docs = out_dir / "queue_corpus.txt"
+    with open(corpus, encoding="utf-8") as f:
+        write_lines(docs, [line.rstrip("\n") for _, line in zip(range(args.queue_docs), f)])
+    cores = os.cpu_count()
+    rows = []
+    for workers in args.queue_workers:
+        index = out_dir / f"queue-{workers}"
+        drop(args.sembase, index)
+        threads = max(1, cores // workers)
+        start = time.time()
+        run([args.sembase, "index", "build", "--queue", "--chunk-size", args.chunk_size, "--model", MODEL,
+             "--corpus", docs, "--output", index, "--store", args.postgres, "--table", f"sembase_bench_queue_{workers}"])
+        procs = [subprocess.Popen([args.sembase, "index", "work", "--index", index, "--threads", str(threads)],
+                                  stderr=subprocess.DEVNULL) for _ in range(workers)]
+        if any(p.wait() != 0 for p in procs):
+            sys.exit(f"a worker of the {workers}-worker build failed")
+        wall = time.time() - start
+        status = json.loads(subprocess.run([args.sembase, "index", "status", "--index", index, "--json"],
+                                           check=True, capture_output=True, text=True).stdout)
+        rate = status["rows_per_second"]
+        rows.append({"workers": workers, "threads_each": threads, "documents": status["rows"],
+                     "wall_seconds": round(wall, 1), "rows_per_second_wall": round(status["rows"] / wall, 1),
+                     "rows_per_second_embedding": round(rate, 1),
+                     "rows_per_second_per_worker": round(rate / workers, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        drop(args.sembase, index)
+    projections = []
+    if rows:
+        one = rows[0]["rows_per_second_embedding"]
+        for n in (10_000_000, 100_000_000):
+            p = {"documents": n, "days_one_machine": round(n / one / 86400, 1),
+                 "hours_ten_machines": round(n / one / 10 / 3600, 1)}
+            for r in en_rows:
+                if r["store"].startswith("pgvector") and "table_bytes_per_vector" in r:
+                    name = r["store"].split(" ")[0]
+                    p[f"{name}_gb"] = round(n * r["bytes_per_vector"] / 1e9, 1)
+                    p[f"{name}_hnsw_gb"] = round(n * r["vector_index_bytes_per_vector"] / 1e9, 1)
+            projections.append(p)
+            print(json.dumps(p), flush=True)
+    return rows, projections
 
 
 def search(sembase, index, query_vectors, out, extra=()):
@@ -167,7 +231,11 @@ def english(args, cache, out_dir):
     stores = [("flat-f32", "flat", ["--precision", "f32"]), ("flat-f16", "flat", ["--precision", "f16"]),
               ("flat-int8", "flat", ["--precision", "int8"]), ("ann-f32", "ann", ["--precision", "f32"])]
     if args.postgres:  # the `postgres` hook: pgvector HNSW (cosine) in a real PostgreSQL server
-        stores.append(("pgvector", args.postgres, ["--table", "sembase_bench_en"]))
+        stores += [("pgvector", args.postgres, ["--table", "sembase_bench_en"]),
+                   ("pgvector-f16", args.postgres, ["--table", "sembase_bench_en_f16", "--precision", "f16"]),
+                   ("pgvector-bit", args.postgres, ["--table", "sembase_bench_en_bit", "--precision", "bit"])]
+    if args.stores:
+        stores = [s for s in stores if s[0] == "flat-f32" or s[0] in args.stores]
     rows, exact, flat_qps = [], None, {}
     for name, store, extra in stores:
         index, report = build(args.sembase, out_dir, name, corpus, corpus_npy, MODEL, store, extra, args.reuse_indexes)
@@ -190,6 +258,9 @@ def english(args, cache, out_dir):
                 "qps_batch_vs_flat": round(qps / flat_qps["batch"], 2),
                 "qps_one_at_a_time_vs_flat": round(single_qps / flat_qps["single"], 2),
             })
+            for part in ("table_bytes", "vector_index_bytes"):
+                if part in report:
+                    rows[-1][part.replace("_bytes", "_bytes_per_vector")] = round(report[part] / n_docs, 1)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -244,7 +315,15 @@ def main():
     ap.add_argument("--reuse-indexes", action="store_true",
                     help="keep indexes (and their build times) from an earlier run; only search again")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--stores", nargs="+", default=None,
+                    help="only these stores (flat-f32 always runs: it is the reference), e.g. pgvector pgvector-f16 pgvector-bit")
+    ap.add_argument("--queue-workers", type=int, nargs="+", default=[],
+                    help="with --postgres: time queued builds with these numbers of `index work` processes")
+    ap.add_argument("--queue-docs", type=int, default=6000, help="sentences in each queued build")
+    ap.add_argument("--chunk-size", type=int, default=500, help="chunk size of the queued builds")
     args = ap.parse_args()
+    if args.queue_workers and not args.postgres:
+        sys.exit("--queue-workers needs --postgres URL")
     # The model store, as sembase finds it: $SEMBASE_HOME, else ~/.cache/sembase.
     home = os.environ.get("SEMBASE_HOME") or os.path.expanduser("~/.cache/sembase")
     for model in [MODEL] + ([] if args.skip_zh else [ZH_MODEL]):
@@ -256,7 +335,9 @@ def main():
     cache.mkdir(parents=True, exist_ok=True)
     out_dir = cache / "run"
     out_dir.mkdir(exist_ok=True)
+    args.cache_dir = cache
     en = english(args, cache, out_dir)
+    queue, projections = queue_scaling(args, out_dir, en) if args.queue_workers else ([], [])
     zh = [] if args.skip_zh else chinese(args, cache, out_dir)
     print(f"\nEnglish, {en[0]['documents']} sentences, all-minilm-l6-v2, {args.queries} queries (STS-B test), top 10; "
           f"recall against flat f32 (exact); QPS on {os.cpu_count()} cores, batch = all queries in one call, "
@@ -266,13 +347,28 @@ def main():
     print(" | ".join(cols))
     for r in en:
         print(" | ".join(str(r[c]) for c in cols))
+    pg = [r for r in en if "table_bytes_per_vector" in r]
+    if pg:
+        print("\npgvector: bytes per vector in the table's rows and in the HNSW index alone")
+        for r in pg:
+            print(f"{r['store']}: {r['table_bytes_per_vector']} table + {r['vector_index_bytes_per_vector']} HNSW "
+                  f"({r['bytes_per_vector']} with every index), recall@10 {r['recall@10_vs_exact']}")
+    if queue:
+        print(f"\nqueued builds of {args.queue_docs} sentences (chunks of {args.chunk_size}) on {os.cpu_count()} cores; "
+              "embedding-phase rate from `index status`, wall time from queueing to the last worker's exit")
+        for r in queue:
+            print(f"{r['workers']} workers x {r['threads_each']} threads: {r['rows_per_second_embedding']} rows/s "
+                  f"({r['rows_per_second_per_worker']} per worker), {r['wall_seconds']}s wall")
+        for p in projections:
+            print("projection: " + json.dumps(p))
     if zh:
         print("\nzh/retrieval/lcqmc, multilingual-e5-small (query:/passage: prefixes), recall@10 against the qrels")
         for r in zh:
             print(f"{r['store']}: recall@10 {r['recall@10']} ({r['queries']} queries, {r['documents']} documents, "
                   f"build {r['build_seconds']}s, {r['qps_batch']} queries/s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"english": en, "lcqmc": zh}, indent=1))
+        Path(args.json).write_text(json.dumps({"english": en, "queue": queue, "projections": projections,
+                                               "lcqmc": zh}, indent=1))
 
 
 if __name__ == "__main__":

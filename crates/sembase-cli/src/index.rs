@@ -1,4 +1,5 @@
-//! `sembase index build|add|delete`: make an index of a corpus and change it by id.
+//! `sembase index build|add|delete`: make an index of a corpus and change it by
+//! id; `work` and `status` for queued builds are in [`crate::index_queue`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,26 +8,33 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sembase_core::Embedder;
-use sembase_index::index::settings_for;
+use sembase_index::index::{read_spec, settings_for};
 use sembase_index::npy::read_npy_f32;
+use sembase_index::postgres::DiskUsage;
 use sembase_index::{
-    build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, Precision,
-    StoreSpec,
+    build_index, read_corpus, Access, AnnParams, BuildVectors, Index, PostgresStore, StoreSpec,
 };
 
 use crate::embed::progress_bar;
 use crate::index_model::{default_prefixes, model_identity, IndexModelArgs};
+use crate::index_queue::{StatusArgs, WorkArgs};
 use crate::models::{load_local, ComputeArgs};
 use sembase_embed::durable::AtomicFile;
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
     /// Embed a corpus into a new index directory.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Add or replace documents (by id) in an index.
     Add(AddArgs),
     /// Remove documents by id from an index.
     Delete(DeleteArgs),
+    /// Remove a whole index: its directory and, for postgres, its table, settings and queue.
+    Drop(DropArgs),
+    /// Embed the chunks of a queued build (postgres store); run on any number of machines.
+    Work(WorkArgs),
+    /// Where a queued build is: chunks done / claimed / waiting, rows, rate, time left.
+    Status(StatusArgs),
 }
 
 #[derive(Args)]
@@ -43,9 +51,10 @@ pub struct BuildArgs {
     /// `flat` (exact), `ann` (HNSW graph) or a `postgres://` URL.
     #[arg(long, default_value = "flat")]
     store: String,
-    /// Stored vector precision: f32, f16 or int8 (flat and ann).
+    /// Stored vector precision: f32, f16 or int8 (flat and ann); f32 (vector), f16
+    /// (halfvec) or bit (binary_quantize, re-ranked on the full vectors) for postgres.
     #[arg(long, default_value = "f32")]
-    precision: Precision,
+    precision: String,
     /// Keep the first N dimensions (Matryoshka); default: the model's width.
     #[arg(long)]
     dimensions: Option<usize>,
@@ -74,6 +83,18 @@ pub struct BuildArgs {
     /// postgres: the table name (default: the output directory's name).
     #[arg(long)]
     table: Option<String>,
+    /// postgres: stage the corpus in the database and return; `sembase index work`
+    /// processes embed it, chunk by chunk, on any number of machines.
+    #[arg(long)]
+    queue: bool,
+    /// With --queue: documents per chunk (the unit of work, and of work redone
+    /// when a worker dies).
+    #[arg(long, default_value_t = 1000, requires = "queue")]
+    chunk_size: usize,
+    /// With --queue: re-embed the existing index of --table (e.g. with a new
+    /// model); it keeps serving until the new one is swapped in, complete.
+    #[arg(long, requires = "queue")]
+    replace: bool,
     /// Write {"documents", "seconds", "bytes"} as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
@@ -97,6 +118,13 @@ pub struct AddArgs {
 }
 
 #[derive(Args)]
+pub struct DropArgs {
+    /// The index directory.
+    #[arg(long)]
+    index: PathBuf,
+}
+
+#[derive(Args)]
 pub struct DeleteArgs {
     /// The index directory.
     #[arg(long)]
@@ -111,9 +139,12 @@ pub struct DeleteArgs {
 
 pub fn run(cmd: IndexCommand) -> Result<()> {
     match cmd {
-        IndexCommand::Build(args) => build(args),
+        IndexCommand::Build(args) => build(*args),
         IndexCommand::Add(args) => add(args),
         IndexCommand::Delete(args) => delete(args),
+        IndexCommand::Drop(args) => drop_index(args),
+        IndexCommand::Work(args) => crate::index_queue::work(args),
+        IndexCommand::Status(args) => crate::index_queue::status(args),
     }
 }
 
@@ -141,7 +172,24 @@ fn build(args: BuildArgs) -> Result<()> {
         delta_limit: args.delta_limit,
     };
     let table = args.table.unwrap_or_else(|| table_name(&args.output));
-    let spec = StoreSpec::parse(&args.store, args.precision, params, &table)?;
+    let spec = StoreSpec::parse(&args.store, &args.precision, params, &table)?;
+    if args.queue {
+        if args.vectors.is_some() {
+            bail!("--vectors cannot be used with --queue: the workers embed the corpus");
+        }
+        let queued =
+            Index::queue(&args.output, settings, spec, &docs, args.chunk_size, args.replace)?;
+        let dir = args.output.display();
+        eprintln!(
+            "queued {} documents in {} chunks for table {table}: run `sembase index work --index \
+             {dir}` on any number of machines (`sembase index status --index {dir}` shows progress)",
+            queued.rows, queued.chunks
+        );
+        let seconds = started.elapsed().as_secs_f64();
+        let report = serde_json::json!({"documents": queued.rows, "chunks": queued.chunks,
+            "queued": true, "seconds": seconds, "store": "postgres"});
+        return write_report(args.json.as_deref(), &report);
+    }
     eprintln!(
         "building a {} index of {} documents with {} ({} dimensions, query prefix {:?}, document prefix {:?})",
         spec.kind(),
@@ -162,13 +210,23 @@ fn build(args: BuildArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let bytes = dir_bytes(index.dir())? + store_bytes(index.spec())?;
+    let database = database_usage(index.spec())?;
+    let bytes = dir_bytes(index.dir())? + database.map_or(0, |d| d.total);
     eprintln!(
         "{total} documents in {seconds:.1}s, {bytes} bytes on disk: {}",
         index.dir().display()
     );
-    if let Some(path) = &args.json {
-        let report = serde_json::json!({"documents": total, "seconds": seconds, "bytes": bytes, "store": index.spec().kind()});
+    let mut report = serde_json::json!({"documents": total, "seconds": seconds, "bytes": bytes, "store": index.spec().kind()});
+    if let Some(usage) = database {
+        report["table_bytes"] = usage.table.into();
+        report["vector_index_bytes"] = usage.vector_index.into();
+    }
+    write_report(args.json.as_deref(), &report)
+}
+
+/// Writes `report` as one line of JSON to `path`, when given.
+fn write_report(path: Option<&Path>, report: &serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
         let mut file = AtomicFile::create(path)?;
         writeln!(file, "{report}")?;
         file.commit()?;
@@ -217,6 +275,18 @@ fn delete(args: DeleteArgs) -> Result<()> {
     Ok(())
 }
 
+/// Removes the database's part of the index first: a directory left behind
+/// after that can be removed by hand, a table left behind could not be found again.
+fn drop_index(args: DropArgs) -> Result<()> {
+    let dir = &args.index;
+    if let StoreSpec::Postgres { url, table, .. } = read_spec(dir)? {
+        PostgresStore::remove(&url, &table)?;
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    eprintln!("dropped {}", dir.display());
+    Ok(())
+}
+
 /// A PostgreSQL table name from a directory name: lower-case letters, digits
 /// and underscores, starting with a letter.
 fn table_name(dir: &Path) -> String {
@@ -226,12 +296,14 @@ fn table_name(dir: &Path) -> String {
     format!("sembase_{clean}")
 }
 
-/// Bytes a store keeps outside the index directory: a PostgreSQL table's size
-/// with its TOAST data and indexes.
-fn store_bytes(spec: &StoreSpec) -> Result<u64> {
+/// Bytes a store keeps in a database (a PostgreSQL table's rows, TOAST data and
+/// indexes); `None` for the file stores.
+fn database_usage(spec: &StoreSpec) -> Result<Option<DiskUsage>> {
     Ok(match spec {
-        StoreSpec::Postgres { url, table } => PostgresStore::open(url, table)?.disk_bytes()?,
-        StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => 0,
+        StoreSpec::Postgres { url, table, .. } => {
+            Some(PostgresStore::open(url, table)?.disk_usage()?)
+        }
+        StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => None,
     })
 }
 

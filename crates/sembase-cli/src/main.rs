@@ -8,6 +8,7 @@ mod head;
 mod heap;
 mod index;
 mod index_model;
+mod index_queue;
 mod model;
 mod models;
 mod rerank;
@@ -36,7 +37,7 @@ enum Command {
     /// Classifiers on frozen embeddings: train, eval, predict.
     #[command(subcommand)]
     Head(head::HeadCommand),
-    /// Corpus indexes: build, add, delete.
+    /// Corpus indexes: build, add, delete; work and status for queued builds.
     #[command(subcommand)]
     Index(index::IndexCommand),
     /// Search an index with query texts.

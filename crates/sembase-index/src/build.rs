@@ -61,7 +61,7 @@ pub fn build_index(
 /// was created there (its `index.json` exists), its PostgreSQL table, which
 /// would otherwise block the next build under the same name.
 fn discard(scratch: &Path, spec: &StoreSpec) {
-    if let StoreSpec::Postgres { url, table } = spec {
+    if let StoreSpec::Postgres { url, table, .. } = spec {
         if scratch.join(INDEX_FILE).exists() {
             let _ = PostgresStore::remove(url, table);
         }

@@ -14,7 +14,8 @@ use crate::corpus::CorpusDoc;
 use crate::error::{IndexError, Result};
 use crate::flat::FlatStore;
 use crate::graph::AnnParams;
-use crate::postgres::PostgresStore;
+use crate::postgres::queue::{enqueue, Queued};
+use crate::postgres::{PgPrecision, PostgresStore};
 use crate::segments::{Access, Segments};
 use crate::store::{Document, Filter, Hit, IndexSettings, Metric, VectorStore};
 use crate::vectors::Precision;
@@ -37,24 +38,36 @@ pub enum StoreSpec {
         #[serde(flatten)]
         params: AnnParams,
     },
-    /// A PostgreSQL table with a pgvector HNSW index.
-    Postgres { url: String, table: String },
+    /// A PostgreSQL table with a pgvector HNSW index. The precision is what the
+    /// index was created with; the database's registry is what readers go by
+    /// (a re-embedded index may have another).
+    Postgres {
+        url: String,
+        table: String,
+        #[serde(default)]
+        precision: PgPrecision,
+    },
 }
 
 impl StoreSpec {
     /// The store of a `--store` argument: `flat`, `ann` or a `postgres://` URL
-    /// (`table` names its table).
+    /// (`table` names its table), with its `--precision` (f32, f16 or int8 for the
+    /// file stores; f32, f16 or bit for postgres).
     pub fn parse(
         store: &str,
-        precision: Precision,
+        precision: &str,
         params: AnnParams,
         table: &str,
     ) -> Result<StoreSpec> {
         match store {
-            "flat" => Ok(StoreSpec::Flat { precision }),
-            "ann" => Ok(StoreSpec::Ann { precision, params }),
+            "flat" => Ok(StoreSpec::Flat { precision: precision.parse()? }),
+            "ann" => Ok(StoreSpec::Ann { precision: precision.parse()?, params }),
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(StoreSpec::Postgres { url: url.to_string(), table: table.to_string() })
+                Ok(StoreSpec::Postgres {
+                    url: url.to_string(),
+                    table: table.to_string(),
+                    precision: precision.parse()?,
+                })
             }
             other => Err(IndexError::Invalid(format!(
                 "unknown store {other:?}: use flat, ann or a postgres:// URL"
@@ -100,25 +113,40 @@ impl Index {
     /// Creates an empty index in `dir`, which must not exist or be empty, and
     /// opens it for writing.
     pub fn create(dir: &Path, settings: IndexSettings, spec: StoreSpec) -> Result<Index> {
-        if dir.exists()
-            && std::fs::read_dir(dir).map_err(|e| IndexError::io(dir, e))?.next().is_some()
-        {
-            return Err(IndexError::Invalid(format!(
-                "{} already exists and is not empty",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        check_empty(dir)?;
         match &spec {
             StoreSpec::Flat { .. } | StoreSpec::Ann { .. } => Segments::create(dir)?,
-            StoreSpec::Postgres { url, table } => {
-                drop(PostgresStore::create(url, table, &settings)?)
+            StoreSpec::Postgres { url, table, precision } => {
+                drop(PostgresStore::create(url, table, &settings, *precision)?)
             }
         }
-        let file = IndexFile { format: FORMAT, settings, store: spec };
-        let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
-        durable::write_bytes(&dir.join(INDEX_FILE), &json)?;
+        write_index_file(dir, settings, spec)?;
         Index::open(dir, Access::Write)
+    }
+
+    /// Queues a build of `docs` into the PostgreSQL store of `spec` for
+    /// `sembase index work` ([`queue`](crate::postgres::queue)), in chunks of
+    /// `chunk_size`, and writes `dir` (which must not exist or be empty), the
+    /// directory workers and readers open. With `replace`, the build re-embeds the
+    /// existing index of that table and is swapped in for it when complete.
+    pub fn queue(
+        dir: &Path,
+        settings: IndexSettings,
+        spec: StoreSpec,
+        docs: &[CorpusDoc],
+        chunk_size: usize,
+        replace: bool,
+    ) -> Result<Queued> {
+        let StoreSpec::Postgres { url, table, precision } = &spec else {
+            return Err(IndexError::Invalid(format!(
+                "a queued build needs a postgres store, not {}: the file stores are built by                  one process (`sembase index build` without --queue)",
+                spec.kind()
+            )));
+        };
+        check_empty(dir)?;
+        let queued = enqueue(url, table, &settings, *precision, docs, chunk_size, replace)?;
+        write_index_file(dir, settings, spec)?;
+        Ok(queued)
     }
 
     /// Opens the index in `dir`; `Access::Write` takes its write lock.
@@ -133,16 +161,7 @@ impl Index {
         access: Access,
         expansion_search: Option<usize>,
     ) -> Result<Index> {
-        let path = dir.join(INDEX_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
-        let file: IndexFile = serde_json::from_slice(&bytes)
-            .map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        if file.format != FORMAT {
-            return Err(IndexError::Corrupt {
-                path,
-                message: format!("layout version {} (this build reads {FORMAT})", file.format),
-            });
-        }
+        let file = read_index_file(dir)?;
         let settings = file.settings;
         let store: Box<dyn VectorStore> = match &file.store {
             StoreSpec::Flat { precision } => {
@@ -155,7 +174,7 @@ impl Index {
                 };
                 Box::new(AnnStore::open(dir, settings, *precision, params, access)?)
             }
-            StoreSpec::Postgres { url, table } => {
+            StoreSpec::Postgres { url, table, .. } => {
                 Box::new(PostgresStore::open_tuned(url, table, expansion_search)?)
             }
         };
@@ -208,6 +227,46 @@ impl Index {
         let vectors = embed_queries(embedder, self.settings(), queries)?;
         self.store.search(&vectors, k, filter)
     }
+}
+
+/// Which store an index directory names, without opening it (the table of a
+/// queued build does not exist before the build is done).
+pub fn read_spec(dir: &Path) -> Result<StoreSpec> {
+    Ok(read_index_file(dir)?.store)
+}
+
+/// Reads and checks `index.json`.
+fn read_index_file(dir: &Path) -> Result<IndexFile> {
+    let path = dir.join(INDEX_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| IndexError::io(&path, e))?;
+    let file: IndexFile = serde_json::from_slice(&bytes)
+        .map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
+    if file.format != FORMAT {
+        return Err(IndexError::Corrupt {
+            path,
+            message: format!("layout version {} (this build reads {FORMAT})", file.format),
+        });
+    }
+    Ok(file)
+}
+
+/// Writes `index.json` into `dir`.
+fn write_index_file(dir: &Path, settings: IndexSettings, store: StoreSpec) -> Result<()> {
+    let file = IndexFile { format: FORMAT, settings, store };
+    let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
+    Ok(durable::write_bytes(&dir.join(INDEX_FILE), &json)?)
+}
+
+/// Creates `dir` unless it exists; refuses one that is not empty.
+fn check_empty(dir: &Path) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(|e| IndexError::io(dir, e))?.next().is_some()
+    {
+        return Err(IndexError::Invalid(format!(
+            "{} already exists and is not empty",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))
 }
 
 /// Settings for an index built by `embedder` (known by `model`), with the

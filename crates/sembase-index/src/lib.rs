@@ -8,6 +8,8 @@
 //!   (a usearch HNSW [`graph`]; see there why usearch), both over immutable
 //!   [`segment`] files committed through a [`manifest`] swapped atomically
 //!   ([`segments`]), with one writer at a time ([`lock`]).
+//! - [`postgres`]: PostgreSQL + pgvector (f32, f16 or bit vectors), shared by
+//!   any number of processes, and filled by many workers through a [`Queue`].
 //! - [`identity`] fingerprints a model directory so that queries embedded by
 //!   another model are refused; [`npy`] reads precomputed vectors.
 
@@ -32,7 +34,8 @@ pub mod segments;
 pub mod store;
 pub mod vectors;
 
-pub use self::postgres::PostgresStore;
+pub use self::postgres::queue::Queue;
+pub use self::postgres::{PgPrecision, PostgresStore};
 pub use build::{build_index, BuildVectors};
 pub use corpus::{read_corpus, CorpusDoc};
 pub use error::{IndexError, Result};

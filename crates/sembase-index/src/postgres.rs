@@ -1,6 +1,7 @@
 //! PostgreSQL + pgvector: an index kept as one table (`id text` primary key,
-//! `text`, `metadata jsonb`, `embedding vector(N)`) with an HNSW index for cosine
-//! distance, its settings recorded in the `sembase_indexes` table.
+//! `text`, `metadata jsonb`, `embedding vector(N)` or `halfvec(N)`) with an HNSW
+//! index ([`precision`] says which), its settings recorded in the
+//! `sembase_indexes` table. [`queue`] fills one from many workers.
 //!
 //! Several processes (say, `sembase serve` replicas) may open one index at once:
 //! every write is one transaction, readers see committed rows only, and writers
@@ -8,6 +9,8 @@
 //! the server still reports is retried).
 
 mod pool;
+pub mod precision;
+pub mod queue;
 mod table;
 
 use postgres::error::SqlState;
@@ -21,7 +24,8 @@ use crate::store::{
 
 use pool::Pool;
 pub use pool::EF_SEARCH;
-use table::Table;
+pub use precision::PgPrecision;
+use table::{Layout, Table};
 
 /// Rows sent per INSERT statement inside one upsert transaction.
 const UPSERT_CHUNK: usize = 1000;
@@ -34,42 +38,59 @@ const WRITE_ATTEMPTS: usize = 5;
 /// An index in a PostgreSQL database with the pgvector extension.
 pub struct PostgresStore {
     settings: IndexSettings,
+    layout: Layout,
     table: Table,
     pool: Pool,
 }
 
+/// Where an index's bytes are in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// The table's rows with their TOAST data.
+    pub table: u64,
+    /// The HNSW index: what a search walks, best kept in memory.
+    pub vector_index: u64,
+    /// Everything: rows, TOAST and every index (the primary key's too).
+    pub total: u64,
+}
+
 impl PostgresStore {
     /// Creates the index `table` in the database at `url` for vectors made with
-    /// `settings`; fails if an index or table of that name exists. Installs the
-    /// `vector` extension when it is missing (which needs the right to).
-    pub fn create(url: &str, table: &str, settings: &IndexSettings) -> Result<Self> {
+    /// `settings`, kept at `precision`; fails if an index or table of that name
+    /// exists. Installs the `vector` extension when it is missing (which needs the
+    /// right to).
+    pub fn create(
+        url: &str,
+        table: &str,
+        settings: &IndexSettings,
+        precision: PgPrecision,
+    ) -> Result<Self> {
         let table = Table::new(table)?;
         let pool = Pool::connect(url, EF_SEARCH)?;
-        let recorded =
-            serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        let layout = Layout { precision, dimensions: settings.dimensions };
         registry_write(&pool, |tx| {
-            tx.execute(&table::register_sql(), &[&table.name(), &Json(&recorded)]).map_err(
-                |e| {
-                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                        IndexError::Invalid(format!(
-                            "the database already holds an index named {:?}",
-                            table.name()
-                        ))
-                    } else {
-                        e.into()
-                    }
-                },
-            )?;
-            Ok(tx.batch_execute(&table.create_sql(settings.dimensions))?)
+            if queue::building(tx, &table)? {
+                return Err(IndexError::Invalid(format!(
+                    "a queued build of {:?} is in progress (sembase index status)",
+                    table.name()
+                )));
+            }
+            register(tx, &table, settings, precision, false)?;
+            Ok(tx.batch_execute(&format!(
+                "{}; {}",
+                table.create_sql(layout),
+                table.create_hnsw_sql(layout)
+            ))?)
         })?;
-        Ok(Self { settings: settings.clone(), table, pool })
+        Ok(Self { settings: settings.clone(), layout, table, pool })
     }
 
-    /// Removes the index `table` (its table and recorded settings) from the
-    /// database at `url`, if it is there.
+    /// Removes the index `table` (its table, recorded settings and any queued
+    /// build with its tables) from the database at `url`, if it is there.
     pub fn remove(url: &str, table: &str) -> Result<()> {
         let table = Table::new(table)?;
         registry_write(&Pool::connect(url, EF_SEARCH)?, |tx| {
+            queue::forget(tx, &table)?;
             tx.batch_execute(&table.drop_sql())?;
             tx.execute(&table::unregister_sql(), &[&table.name()])?;
             Ok(())
@@ -97,15 +118,24 @@ impl PostgresStore {
                     }
                 },
             )?;
-        let Json(settings): Json<IndexSettings> = row.ok_or_else(|| no_index(&table))?.get(0);
-        Ok(Self { settings, table, pool })
+        let row = row.ok_or_else(|| no_index(&table))?;
+        let Json(settings): Json<IndexSettings> = row.get(0);
+        let precision: PgPrecision = row.get::<_, String>(1).parse()?;
+        let layout = Layout { precision, dimensions: settings.dimensions };
+        Ok(Self { settings, layout, table, pool })
     }
 
-    /// The table's size on disk (rows, TOAST and indexes), in bytes.
-    pub fn disk_bytes(&self) -> Result<u64> {
+    /// How the vectors are kept.
+    pub fn precision(&self) -> PgPrecision {
+        self.layout.precision
+    }
+
+    /// The index's size on disk, in bytes.
+    pub fn disk_usage(&self) -> Result<DiskUsage> {
         let mut session = self.pool.get()?;
-        let bytes: i64 = session.client().query_one(&self.table.size_sql(), &[])?.get(0);
-        Ok(bytes.max(0) as u64)
+        let row = session.client().query_one(&self.table.size_sql(), &[])?;
+        let bytes = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(DiskUsage { table: bytes(0), vector_index: bytes(1), total: bytes(2) })
     }
 
     /// Runs `write` in a transaction and commits it, again from the start when the
@@ -140,7 +170,7 @@ impl VectorStore for PostgresStore {
         check_widths(docs.iter().map(|d| d.vector.as_slice()), self.settings.dimensions)?;
         let mut sorted: Vec<&Document> = docs.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        let dimensions = self.settings.dimensions;
+        let layout = self.layout;
         self.write(|tx, table| {
             // Into an empty table, building the graph once after loading is several
             // times faster than inserting row by row into it.
@@ -148,22 +178,9 @@ impl VectorStore for PostgresStore {
             if bulk {
                 tx.batch_execute(&table.drop_hnsw_sql())?;
             }
-            let statement = tx.prepare(&table.upsert_sql())?;
-            for chunk in sorted.chunks(UPSERT_CHUNK) {
-                let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
-                let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
-                let metadata: Vec<Json<&Metadata>> =
-                    chunk.iter().map(|d| Json(&d.metadata)).collect();
-                let vectors: Vec<pgvector::Vector> =
-                    chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
-                tx.execute(&statement, &[&ids, &texts, &metadata, &vectors])?;
-            }
+            upsert_rows(tx, table, &sorted)?;
             if bulk {
-                let memory = table::hnsw_build_memory_kb(sorted.len(), dimensions);
-                tx.batch_execute(&format!(
-                    "SET LOCAL maintenance_work_mem = '{memory}kB'; {}",
-                    table.create_hnsw_sql()
-                ))?;
+                tx.batch_execute(&table.build_hnsw_sql(layout, sorted.len()))?;
             }
             Ok(())
         })
@@ -188,7 +205,7 @@ impl VectorStore for PostgresStore {
             return Ok(vec![Vec::new(); queries.len()]);
         }
         let mut session = self.pool.get()?;
-        let statement = session.statement(&self.table.search_sql(filter.is_some()))?;
+        let statement = session.statement(&self.table.search_sql(self.layout, filter.is_some()))?;
         let limit = (k + TIE_SLACK) as i64;
         let filter = filter.map(|f| Json(f.fields()));
         let client = session.client();
@@ -245,8 +262,56 @@ fn registry_write(
         ))
     })?;
     tx.batch_execute(&table::create_registry_sql())?;
+    tx.batch_execute(&queue::create_builds_sql())?;
     write(&mut tx)?;
     Ok(tx.commit()?)
+}
+
+/// Upserts `docs` into `table`, in their order (sorted by id, so that
+/// concurrent writers lock rows in one order), a statement per [`UPSERT_CHUNK`].
+fn upsert_rows(
+    tx: &mut Transaction<'_>,
+    table: &Table,
+    docs: &[&Document],
+) -> Result<(), postgres::Error> {
+    let statement = tx.prepare(&table.upsert_sql())?;
+    for chunk in docs.chunks(UPSERT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
+        let texts: Vec<&str> = chunk.iter().map(|d| d.text.as_str()).collect();
+        let metadata: Vec<Json<&Metadata>> = chunk.iter().map(|d| Json(&d.metadata)).collect();
+        let vectors: Vec<pgvector::Vector> =
+            chunk.iter().map(|d| pgvector::Vector::from(d.vector.clone())).collect();
+        tx.execute(&statement, &[&ids, &texts, &metadata, &vectors])?;
+    }
+    Ok(())
+}
+
+/// Records `settings` and `precision` for `table` in the registry (whose lock
+/// the transaction holds); `replace` overwrites what is recorded under the name.
+fn register(
+    tx: &mut Transaction<'_>,
+    table: &Table,
+    settings: &IndexSettings,
+    precision: PgPrecision,
+    replace: bool,
+) -> Result<()> {
+    let recorded =
+        serde_json::to_value(settings).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    tx.execute(
+        &table::register_sql(replace),
+        &[&table.name(), &Json(&recorded), &precision.name()],
+    )
+    .map_err(|e| {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            IndexError::Invalid(format!(
+                "the database already holds an index named {:?}",
+                table.name()
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
 }
 
 /// The server's message when there is one (the error's own text says only "db error").

@@ -1,13 +1,14 @@
 //! The SQL of one index's table: a checked table name and the statements that
 //! create, fill, search and count it.
 
+use super::precision::{PgPrecision, BIT_CANDIDATES_PER_HIT};
 use crate::error::{IndexError, Result};
 
 /// The table that records every index's settings, keyed by table name.
 pub const REGISTRY: &str = "sembase_indexes";
 
-/// Longest accepted table name: PostgreSQL cuts identifiers at 63 bytes and the
-/// HNSW index's name adds a suffix.
+/// Longest accepted table name: PostgreSQL cuts identifiers at 63 bytes, and the
+/// names made from it add up to 13 (`_staging_pkey`, see [`Table::with_suffix`]).
 const MAX_NAME: usize = 50;
 
 /// HNSW graph degree (pgvector's default).
@@ -16,13 +17,20 @@ const HNSW_M: usize = 16;
 /// recall on 100k+ rows of real text.
 const HNSW_EF_CONSTRUCTION: usize = 128;
 
-/// Memory for building the HNSW graph of `rows` vectors `dimensions` wide in
-/// one pass: the vector and about `4 * HNSW_M` neighbour slots of 16 bytes per
-/// row, plus a quarter, between 64 MB and 2 GB (past that pgvector builds on
-/// disk: slower, same graph). In kB, as `maintenance_work_mem` counts.
-pub fn hnsw_build_memory_kb(rows: usize, dimensions: usize) -> usize {
-    let bytes = rows * (4 * dimensions + 64 * HNSW_M) * 5 / 4;
+/// Memory for building the HNSW graph of `rows` vectors in one pass: the
+/// indexed vector and about `4 * HNSW_M` neighbour slots of 16 bytes per row,
+/// plus a quarter, between 64 MB and 2 GB (past that pgvector builds on disk:
+/// slower, same graph). In kB, as `maintenance_work_mem` counts.
+pub fn hnsw_build_memory_kb(rows: usize, layout: Layout) -> usize {
+    let bytes = rows * (layout.precision.indexed_bytes(layout.dimensions) + 64 * HNSW_M) * 5 / 4;
     (bytes / 1024).clamp(64 << 10, 2 << 20)
+}
+
+/// What a table's vectors look like: their stored form and width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub precision: PgPrecision,
+    pub dimensions: usize,
 }
 
 /// A valid table name: `[a-z_][a-z0-9_]*`, at most 50 bytes, not the registry.
@@ -46,33 +54,55 @@ impl Table {
         Ok(Self { name: name.to_owned() })
     }
 
+    /// `{name}_{suffix}`: another table of the same index, such as the one a
+    /// queued build fills.
+    pub fn with_suffix(&self, suffix: &str) -> Table {
+        Table { name: format!("{}_{suffix}", self.name) }
+    }
+
     /// The plain name (also the registry's key).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Creates the table and its HNSW index for `dimensions`-wide vectors.
-    pub fn create_sql(&self, dimensions: usize) -> String {
+    /// Creates the table, without its HNSW index (see [`Table::create_hnsw_sql`]).
+    pub fn create_sql(&self, layout: Layout) -> String {
         format!(
             "CREATE TABLE \"{}\" (id text PRIMARY KEY, text text NOT NULL, \
-             metadata jsonb NOT NULL, embedding vector({dimensions}) NOT NULL); {}",
+             metadata jsonb NOT NULL, embedding {} NOT NULL)",
             self.name,
-            self.create_hnsw_sql()
+            layout.precision.column_type(layout.dimensions)
         )
     }
 
+    /// The HNSW index's name.
+    pub fn hnsw_name(&self) -> String {
+        format!("{}_hnsw", self.name)
+    }
+
     /// Builds the HNSW index over the rows there are.
-    pub fn create_hnsw_sql(&self) -> String {
-        let t = &self.name;
+    pub fn create_hnsw_sql(&self, layout: Layout) -> String {
         format!(
-            "CREATE INDEX \"{t}_hnsw\" ON \"{t}\" USING hnsw (embedding vector_cosine_ops) \
-             WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+            "CREATE INDEX \"{}\" ON \"{}\" USING hnsw ({}) \
+             WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
+            self.hnsw_name(),
+            self.name,
+            layout.precision.hnsw_key(layout.dimensions)
+        )
+    }
+
+    /// Builds the HNSW index over `rows` rows with the memory to do it in one pass.
+    pub fn build_hnsw_sql(&self, layout: Layout, rows: usize) -> String {
+        format!(
+            "SET LOCAL maintenance_work_mem = '{}kB'; {}",
+            hnsw_build_memory_kb(rows, layout),
+            self.create_hnsw_sql(layout)
         )
     }
 
     /// Drops the HNSW index (to build it again after a bulk load).
     pub fn drop_hnsw_sql(&self) -> String {
-        format!("DROP INDEX \"{}_hnsw\"", self.name)
+        format!("DROP INDEX \"{}\"", self.hnsw_name())
     }
 
     /// Whether the table has no rows.
@@ -102,14 +132,30 @@ impl Table {
     }
 
     /// The `$2` nearest rows to the vector `$1` by cosine distance (through the
-    /// HNSW index), with their score; `filtered` adds `metadata @> $3`.
-    pub fn search_sql(&self, filtered: bool) -> String {
+    /// HNSW index), with their score; `filtered` adds `metadata @> $3`. A `bit`
+    /// index takes [`BIT_CANDIDATES_PER_HIT`] times as many rows by Hamming
+    /// distance, or `hnsw.ef_search` if more (so one knob, `--expansion-search`,
+    /// trades speed for recall in every precision), and re-ranks them by cosine
+    /// on their full vectors.
+    pub fn search_sql(&self, layout: Layout, filtered: bool) -> String {
         let filter = if filtered { "WHERE metadata @> $3::jsonb " } else { "" };
-        format!(
-            "SELECT id, text, metadata, (1 - (embedding <=> $1::vector))::real FROM \"{}\" {filter}\
-             ORDER BY embedding <=> $1::vector LIMIT $2::bigint",
-            self.name
-        )
+        let t = &self.name;
+        let query = layout.precision.query();
+        let order = layout.precision.index_order(layout.dimensions);
+        let score = format!("(1 - (embedding <=> {query}))::real");
+        match layout.precision {
+            PgPrecision::F32 | PgPrecision::F16 => format!(
+                "SELECT id, text, metadata, {score} FROM \"{t}\" {filter}\
+                 ORDER BY {order} LIMIT $2::bigint"
+            ),
+            PgPrecision::Bit => format!(
+                "SELECT id, text, metadata, {score} FROM (\
+                 SELECT id, text, metadata, embedding FROM \"{t}\" {filter}\
+                 ORDER BY {order} LIMIT greatest($2::bigint * {BIT_CANDIDATES_PER_HIT}, \
+                 current_setting('hnsw.ef_search')::bigint)) candidates \
+                 ORDER BY embedding <=> {query} LIMIT $2::bigint"
+            ),
+        }
     }
 
     /// Counts the rows.
@@ -117,16 +163,25 @@ impl Table {
         format!("SELECT count(*) FROM \"{}\"", self.name)
     }
 
-    /// The table's size on disk with its indexes and TOAST, in bytes.
+    /// The table's size on disk in bytes: rows with TOAST, the HNSW index, and
+    /// everything with every index.
     pub fn size_sql(&self) -> String {
-        format!("SELECT pg_total_relation_size('\"{}\"')", self.name)
+        format!(
+            "SELECT pg_table_size('\"{t}\"'), coalesce(pg_relation_size(to_regclass('\"{h}\"')), 0), \
+             pg_total_relation_size('\"{t}\"')",
+            t = self.name,
+            h = self.hnsw_name()
+        )
     }
 }
 
-/// Creates the settings registry when it is missing.
+/// Creates the settings registry when it is missing, and adds the `precision`
+/// column to one made before there was a choice.
 pub fn create_registry_sql() -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {REGISTRY} (name text PRIMARY KEY, settings jsonb NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS {REGISTRY} (name text PRIMARY KEY, settings jsonb NOT NULL, \
+         precision text NOT NULL DEFAULT 'f32'); \
+         ALTER TABLE {REGISTRY} ADD COLUMN IF NOT EXISTS precision text NOT NULL DEFAULT 'f32'"
     )
 }
 
@@ -135,9 +190,16 @@ pub fn lock_registry_sql() -> String {
     format!("SELECT pg_advisory_xact_lock(hashtext('{REGISTRY}'))")
 }
 
-/// Records the settings `$2` of table `$1`.
-pub fn register_sql() -> String {
-    format!("INSERT INTO {REGISTRY} (name, settings) VALUES ($1, $2)")
+/// Records the settings `$2` and precision `$3` of table `$1`; `replace` allows
+/// the name to be recorded already (a re-embedded index swapped in).
+pub fn register_sql(replace: bool) -> String {
+    let conflict = if replace {
+        " ON CONFLICT (name) DO UPDATE SET settings = EXCLUDED.settings, \
+         precision = EXCLUDED.precision"
+    } else {
+        ""
+    };
+    format!("INSERT INTO {REGISTRY} (name, settings, precision) VALUES ($1, $2, $3){conflict}")
 }
 
 /// Forgets the settings of table `$1`.
@@ -145,9 +207,13 @@ pub fn unregister_sql() -> String {
     format!("DELETE FROM {REGISTRY} WHERE name = $1")
 }
 
-/// Reads the settings of table `$1`.
+/// Reads the settings and precision of table `$1` (`f32` from a registry made
+/// before the column existed, which a reader does not alter).
 pub fn settings_sql() -> String {
-    format!("SELECT settings FROM {REGISTRY} WHERE name = $1")
+    format!(
+        "SELECT settings, coalesce(to_jsonb(r) ->> 'precision', 'f32') FROM {REGISTRY} r \
+         WHERE name = $1"
+    )
 }
 
 #[cfg(test)]
@@ -165,16 +231,21 @@ mod tests {
 
     #[test]
     fn build_memory_grows_with_rows_within_bounds() {
-        assert_eq!(hnsw_build_memory_kb(100, 384), 64 << 10);
-        let mid = hnsw_build_memory_kb(139_219, 384);
+        let layout = |precision| Layout { precision, dimensions: 384 };
+        assert_eq!(hnsw_build_memory_kb(100, layout(PgPrecision::F32)), 64 << 10);
+        let mid = hnsw_build_memory_kb(139_219, layout(PgPrecision::F32));
         assert!((400 << 10..500 << 10).contains(&mid), "{mid} kB");
-        assert_eq!(hnsw_build_memory_kb(100_000_000, 768), 2 << 20);
+        assert!(hnsw_build_memory_kb(139_219, layout(PgPrecision::Bit)) < mid / 2);
+        assert_eq!(hnsw_build_memory_kb(100_000_000, layout(PgPrecision::F32)), 2 << 20);
     }
 
     #[test]
     fn filter_adds_containment() {
         let t = Table::new("docs").unwrap();
-        assert!(t.search_sql(true).contains("WHERE metadata @> $3::jsonb ORDER BY"));
-        assert!(!t.search_sql(false).contains("WHERE"));
+        for precision in [PgPrecision::F32, PgPrecision::F16, PgPrecision::Bit] {
+            let layout = Layout { precision, dimensions: 8 };
+            assert!(t.search_sql(layout, true).contains("WHERE metadata @> $3::jsonb ORDER BY"));
+            assert!(!t.search_sql(layout, false).contains("WHERE"));
+        }
     }
 }
