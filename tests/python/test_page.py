@@ -37,6 +37,10 @@ REPORT = "eval-demo.html"
 # mean nothing, but they are deterministic, which is all the page's plumbing needs.
 RERANKER_DIR = REPO_ROOT / "crates" / "sembase-core" / "tests" / "fixtures" / "tiny-bert-cross-encoder"
 RERANKER = RERANKER_DIR.name
+# A second embedding model for side-by-side comparison: the tiny random BERT of the
+# training tests, served under its own name (`--model NAME=DIR`).
+SECOND_MODEL = "tiny-bert"
+SECOND_MODEL_DIR = REPO_ROOT / "crates" / "sembase-train" / "tests" / "fixtures" / "tiny-bert"
 REPORT_TITLE = "Demo evaluation report"
 DIGITS = 4  # decimals the page prints a score with
 
@@ -122,7 +126,8 @@ def served(tmp_path_factory):
     (reports / "notes.txt").write_text("not a report", encoding="utf-8")
 
     with serve(
-        SEMBASE, "--model", MODEL, "--model", str(RERANKER_DIR), "--api-key", API_KEY,
+        SEMBASE, "--model", MODEL, "--model", str(RERANKER_DIR),
+        "--model", f"{SECOND_MODEL}={SECOND_MODEL_DIR}", "--api-key", API_KEY,
         "--index", f"{INDEX}={work / 'index'}", "--head", f"{HEAD}={work / 'head'}",
         "--reports", str(reports),
     ) as url:
@@ -241,6 +246,28 @@ def test_compare_shows_the_score_of_the_api_vectors(session, served):
     ids = api(served, "POST", "/tokenize", {"inputs": texts}).json()
     counts = [int(t) for t in panel.locator(".legend .tokens").evaluate_all("els => els.map(e => e.dataset.tokens)")]
     assert counts == [len(x) for x in ids]
+    assert session.errors == []
+    assert_local(session.requests)
+
+
+def test_compare_shows_two_models_side_by_side(session, served):
+    texts = ["How do I reset my password?", "the cat sat on a mat"]
+    panel = session.page.locator("#panel-compare")
+    inputs = panel.locator('[data-testid="compare-input"]')
+    for i, text in enumerate(texts):
+        inputs.nth(i).fill(text)
+    session.page.wait_for_selector(f"#compare-model-b option[value='{SECOND_MODEL}']", state="attached")
+    panel.locator("#compare-model-b").select_option(SECOND_MODEL)
+    panel.locator('[data-testid="compare-run"]').click()
+    for model in (MODEL, SECOND_MODEL):
+        card = panel.locator(f"figure[data-model='{model}']")
+        cell = card.locator('[data-testid="similarity"][data-row="0"][data-col="1"]')
+        cell.wait_for()
+        answer = api(served, "POST", "/v1/embeddings", {"model": model, "input": texts}).json()
+        expected = cosine(answer["data"][0]["embedding"], answer["data"][1]["embedding"])
+        assert abs(float(cell.inner_text()) - expected) <= 0.5 * 10**-DIGITS + 1e-6, (model, cell.inner_text(), expected)
+    assert panel.locator("figure[data-model]").count() == 2
+    panel.locator("#compare-model-b").select_option("")
     assert session.errors == []
     assert_local(session.requests)
 
