@@ -48,7 +48,8 @@ pub struct BuildArgs {
     /// The new index directory (must not exist or be empty).
     #[arg(long)]
     output: PathBuf,
-    /// `flat` (exact), `ann` (HNSW graph) or a `postgres://` URL.
+    /// `flat` (exact), `ann` (HNSW graph) or a `postgres://` URL; the URL may set
+    /// `pool_max_conns` (16), `connect_timeout` (10 s) and `statement_timeout` (60s).
     #[arg(long, default_value = "flat")]
     store: String,
     /// Stored vector precision: f32, f16 or int8 (flat and ann); f32 (vector), f16

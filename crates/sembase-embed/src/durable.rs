@@ -65,6 +65,13 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Starts writing `target`; its directory must exist.
     pub fn create(target: &Path) -> Result<Self> {
+        Self::create_with_mode(target, None)
+    }
+
+    /// [`create`](Self::create), the file getting Unix permission bits `mode`
+    /// (e.g. `0o600`) when given. The temporary file is created with them, so the
+    /// contents are never readable by others, not even before the rename.
+    pub fn create_with_mode(target: &Path, mode: Option<u32>) -> Result<Self> {
         if target.file_name().is_none() {
             return Err(FileError::new(
                 "creating",
@@ -73,7 +80,7 @@ impl AtomicFile {
             ));
         }
         let temp = sibling(target, "tmp");
-        let file = File::create(&temp).map_err(|e| FileError::new("creating", &temp, e))?;
+        let file = create_file(&temp, mode).map_err(|e| FileError::new("creating", &temp, e))?;
         Ok(Self {
             target: target.to_path_buf(),
             temp,
@@ -114,13 +121,37 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Creates (truncating) `path`, with permission bits `mode` when given (Unix only;
+/// elsewhere the platform's defaults apply).
+fn create_file(path: &Path, mode: Option<u32>) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    options.open(path)
+}
+
 /// Writes `target` from whatever `fill` writes; on any error the target is left as
 /// it was and no temporary file remains.
 pub fn write_with(
     target: &Path,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<()> {
-    let mut file = AtomicFile::create(target)?;
+    write_with_mode(target, None, fill)
+}
+
+/// [`write_with`], the file getting permission bits `mode` when given (see
+/// [`AtomicFile::create_with_mode`]).
+fn write_with_mode(
+    target: &Path,
+    mode: Option<u32>,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
+    let mut file = AtomicFile::create_with_mode(target, mode)?;
     fill(&mut file).map_err(|e| FileError::new("writing", target, e))?;
     file.commit()
 }
@@ -128,6 +159,12 @@ pub fn write_with(
 /// Writes `bytes` to `target`.
 pub fn write_bytes(target: &Path, bytes: &[u8]) -> Result<()> {
     write_with(target, |w| w.write_all(bytes))
+}
+
+/// Writes `bytes` to `target` readable and writable by its owner only (mode
+/// 0600 on Unix): for files that hold secrets such as a database password.
+pub fn write_private(target: &Path, bytes: &[u8]) -> Result<()> {
+    write_with_mode(target, Some(0o600), |w| w.write_all(bytes))
 }
 
 /// Writes `value` as pretty JSON with a final newline to `target`.
@@ -245,6 +282,24 @@ mod tests {
         assert!(err.to_string().contains("out.json") && err.to_string().contains("boom"), "{err}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "first");
         assert_eq!(entries(dir.path()), ["out.json"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_readable_by_its_owner_only_even_when_it_replaces_an_open_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret.json");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        write_bytes(&target, b"open").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&target, b"secret").unwrap();
+        assert_eq!(mode(&target), 0o600);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret");
+        assert_eq!(entries(dir.path()), ["secret.json"]);
+        let fresh = dir.path().join("fresh.json");
+        write_private(&fresh, b"x").unwrap();
+        assert_eq!(mode(&fresh), 0o600);
     }
 
     #[test]

@@ -95,15 +95,27 @@ pub enum HubError {
         message: String,
     },
 
-    /// A file's sha256 is not the expected one; the file was discarded.
-    #[error("{file}: sha256 {actual} does not match the expected {expected}; the download was discarded")]
+    /// A file's digest is not the expected one; the file was discarded.
+    #[error("{file}: {kind} {actual} does not match the expected {expected}; the download was discarded")]
     Checksum {
         /// The file's name.
         file: String,
+        /// Which digest: `sha256` or `git blob sha1`.
+        kind: &'static str,
         /// The expected digest (hex).
         expected: String,
         /// The digest of what arrived (hex).
         actual: String,
+    },
+
+    /// Neither a pin nor the source gives a digest for a file, so it cannot be
+    /// checked; it was discarded.
+    #[error("{file}: {url} gives no sha256 or git blob id to check the file against; sembase installs verified files only (pull the model from a local directory you trust instead)")]
+    Unverifiable {
+        /// The file's name.
+        file: String,
+        /// Where it was fetched from.
+        url: String,
     },
 
     /// A file's size is not the expected one.

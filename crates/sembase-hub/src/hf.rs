@@ -8,9 +8,12 @@ use serde_json::{json, Value};
 
 use crate::error::{HubError, Result};
 use crate::fsutil;
-use crate::http::{encode_path, encode_segment, Expect, Http};
+use crate::http::{encode_path, encode_segment, Http};
 use crate::ProgressEvent;
+use recorded::recorded;
 use sembase_embed::durable;
+
+mod recorded;
 
 /// Top-level files of a sentence-transformers / HF directory that an install takes
 /// when the repo has them (`config.json` and `tokenizer.json` are required).
@@ -208,10 +211,12 @@ fn short(commit: &str) -> &str {
 /// Downloads what an install needs from the Hub into `staging`; returns the
 /// source record.
 ///
-/// `GET {endpoint}/api/models/{repo}/revision/{rev}` gives the commit (`sha`)
-/// and the file list (`siblings[].rfilename`); each file then comes from
+/// `GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true` gives the
+/// commit (`sha`) and the file list (`siblings[].rfilename`) with what the Hub
+/// records of each file ([`recorded`]); each file then comes from
 /// `GET {endpoint}/{repo}/resolve/{commit}/{file}` into `downloads` (kept
-/// there between attempts for resuming) and is moved into `staging` at the end.
+/// there between attempts for resuming), is checked against that record, and
+/// is moved into `staging` at the end.
 pub(crate) fn download_repo(
     http: &Http,
     endpoint: &str,
@@ -221,8 +226,11 @@ pub(crate) fn download_repo(
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<Value> {
     let endpoint = endpoint.trim_end_matches('/');
-    let api =
-        format!("{endpoint}/api/models/{}/revision/{}", id.repo, encode_segment(id.revision()));
+    let api = format!(
+        "{endpoint}/api/models/{}/revision/{}?blobs=true",
+        id.repo,
+        encode_segment(id.revision())
+    );
     let (_, body) = http.get_bytes(&api, &[]).map_err(|e| match e {
         HubError::HttpStatus { status, .. } if matches!(status, 401 | 403 | 404) => {
             HubError::RepoNotFound {
@@ -246,15 +254,9 @@ pub(crate) fn download_repo(
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
         .ok_or_else(|| HubError::invalid(&api, "no commit sha in the answer"))?
         .to_string();
-    let files: Vec<String> = info
-        .get("siblings")
-        .and_then(Value::as_array)
-        .map(|s| {
-            s.iter()
-                .filter_map(|f| f.get("rfilename").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let siblings = info.get("siblings").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let recorded = recorded(siblings);
+    let files: Vec<String> = recorded.keys().cloned().collect();
     if let Some(bad) =
         files.iter().find(|f| f.starts_with('/') || f.split('/').any(|s| s == ".." || s.is_empty()))
     {
@@ -269,7 +271,8 @@ pub(crate) fn download_repo(
                 fsutil::create_dir_all(parent)?;
             }
             let url = format!("{endpoint}/{}/resolve/{commit}/{}", id.repo, encode_path(file));
-            http.download(&url, &dest, &Expect::default(), progress)?;
+            let expect = recorded.get(file).cloned().unwrap_or_default();
+            http.download(&url, &dest, file, &expect, progress)?;
             Ok(dest)
         };
         let what = format!("Hugging Face repo {}@{}", id.repo, short(&commit));

@@ -11,6 +11,7 @@ use ureq::tls::{RootCerts, TlsConfig};
 
 use crate::error::{HubError, Result};
 use crate::fsutil;
+use crate::verify::{self, hex, hex_digest, Expect};
 use crate::ProgressEvent;
 use sembase_embed::durable;
 
@@ -18,15 +19,6 @@ use sembase_embed::durable;
 const ATTEMPTS: usize = 4;
 /// How many redirects are followed.
 const MAX_REDIRECTS: usize = 10;
-
-/// What a download must be.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Expect {
-    /// The exact size, when known beforehand.
-    pub size: Option<u64>,
-    /// The sha256 (lower-case hex), when known beforehand (a pin).
-    pub sha256: Option<String>,
-}
 
 /// A response after redirects, with the verification headers seen on the way.
 struct Answer {
@@ -129,33 +121,41 @@ impl Http {
         Ok((answer.url, body))
     }
 
-    /// Downloads `url` to `dest`, resumably and verified.
+    /// Downloads `url` to `dest` (named `label` in errors and progress),
+    /// resumably and verified.
     ///
     /// Bytes go to `dest` + `.part`; an existing `.part` is resumed with a
     /// `Range` request (kept only when the server answers 206), and a transfer
     /// that breaks off is resumed up to a few times. The size is checked against
     /// `expect.size`, `Content-Length`/`Content-Range` and `X-Linked-Size`; the
-    /// sha256 against `expect.sha256`, or else a 64-hex `X-Linked-Etag`/`ETag`.
-    /// On a mismatch the `.part` is deleted. Only a verified file is renamed to
-    /// `dest`, so an existing `dest` is taken as already done.
+    /// content against `expect`'s digests, the sha256 falling back to a 64-hex
+    /// `X-Linked-Etag`/`ETag`. With no digest at all the download is refused
+    /// before its body is read ([`HubError::Unverifiable`]). On a mismatch the
+    /// `.part` is deleted. Only a verified file is renamed to `dest`, so an
+    /// existing `dest` is checked again and kept.
     pub(crate) fn download(
         &self,
         url: &str,
         dest: &Path,
+        label: &str,
         expect: &Expect,
         progress: &dyn Fn(ProgressEvent),
     ) -> Result<()> {
-        let label = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if dest.is_file() {
-            return check_file(dest, &label, expect);
+            if expect.has_digest() {
+                return verify::check_file(dest, label, url, expect);
+            }
+            // Verified by a header last time: fetch it again to see the header.
+            fsutil::remove_quietly(dest);
         }
-        let part = dest.with_file_name(format!("{label}.part"));
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let part = dest.with_file_name(format!("{name}.part"));
         let mut last_err = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(100 * attempt as u64));
             }
-            match self.attempt(url, &part, &label, expect, progress) {
+            match self.attempt(url, &part, label, expect, progress) {
                 Ok(()) => {
                     durable::rename(&part, dest)?;
                     return Ok(());
@@ -183,9 +183,9 @@ impl Http {
         if expect.size.is_some_and(|s| offset > s) {
             offset = 0;
         }
-        if offset > 0 && expect.size == Some(offset) {
+        if offset > 0 && expect.size == Some(offset) && expect.has_digest() {
             // Complete already (an earlier call stopped before the rename).
-            return check_file(part, label, expect).map_err(Attempt::Retry);
+            return verify::check_file(part, label, url, expect).map_err(Attempt::Retry);
         }
         let headers: Vec<(&str, String)> =
             if offset > 0 { vec![("Range", format!("bytes={offset}-"))] } else { Vec::new() };
@@ -248,7 +248,14 @@ impl Http {
                 }));
             }
         };
-        let expected_sha = expect.sha256.clone().or(answer.sha256.clone());
+        let expect =
+            Expect { sha256: expect.sha256.clone().or(answer.sha256.clone()), ..expect.clone() };
+        if !expect.has_digest() {
+            return Err(Attempt::Fail(HubError::Unverifiable {
+                file: label.to_string(),
+                url: answer.url,
+            }));
+        }
 
         // Hash what is kept, then append the body.
         let mut hasher = Sha256::new();
@@ -307,35 +314,8 @@ impl Http {
         }
         progress(ProgressEvent { file: label.to_string(), done, total: Some(done) });
         let sha256 = hex(&hasher.finalize());
-        if let Some(expected) = expected_sha.filter(|e| *e != sha256) {
-            fsutil::remove_quietly(part);
-            return Err(Attempt::Fail(HubError::Checksum {
-                file: label.to_string(),
-                expected,
-                actual: sha256,
-            }));
-        }
-        Ok(())
+        verify::check(part, label, &answer.url, &sha256, &expect).map_err(Attempt::Fail)
     }
-}
-
-/// Checks a complete file against what is expected; a file that fails is deleted.
-pub(crate) fn check_file(dest: &Path, label: &str, expect: &Expect) -> Result<()> {
-    let size = fs::metadata(dest).map_err(|e| HubError::io("read", dest, e))?.len();
-    let sha256 = sha256_file(dest)?;
-    if let Some(expected) = expect.size.filter(|&s| s != size) {
-        fsutil::remove_quietly(dest);
-        return Err(HubError::Size { file: label.to_string(), expected, actual: size });
-    }
-    if let Some(expected) = expect.sha256.as_ref().filter(|s| **s != sha256) {
-        fsutil::remove_quietly(dest);
-        return Err(HubError::Checksum {
-            file: label.to_string(),
-            expected: expected.clone(),
-            actual: sha256,
-        });
-    }
-    Ok(())
 }
 
 /// How one download attempt failed.
@@ -346,30 +326,11 @@ enum Attempt {
     Fail(HubError),
 }
 
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The sha256 of a file, as lower-case hex.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|e| HubError::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    fsutil::pump(&mut f, |b| {
-        hasher.update(b);
-        Ok(())
-    })
-    .map_err(|e| HubError::io("read", path, e))?;
-    Ok(hex(&hasher.finalize()))
-}
-
 /// The sha256 an entity tag stands for, if it is one: 64 hex digits, optionally
 /// quoted and weak-prefixed (the Hub's tag for LFS files).
 pub(crate) fn etag_sha256(tag: &str) -> Option<String> {
     let tag = tag.trim();
-    let tag = tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"');
-    (tag.len() == 64 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| tag.to_ascii_lowercase())
+    hex_digest(tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"'), 64)
 }
 
 /// `bytes START-END/TOTAL` -> `(START, Some(TOTAL))` (`None` for `*`).

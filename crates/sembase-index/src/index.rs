@@ -250,11 +250,12 @@ fn read_index_file(dir: &Path) -> Result<IndexFile> {
     Ok(file)
 }
 
-/// Writes `index.json` into `dir`.
+/// Writes `index.json` into `dir`, readable by its owner only: a postgres
+/// store's URL may carry the database password.
 fn write_index_file(dir: &Path, settings: IndexSettings, store: StoreSpec) -> Result<()> {
     let file = IndexFile { format: FORMAT, settings, store };
     let json = serde_json::to_vec_pretty(&file).expect("settings serialise");
-    Ok(durable::write_bytes(&dir.join(INDEX_FILE), &json)?)
+    Ok(durable::write_private(&dir.join(INDEX_FILE), &json)?)
 }
 
 /// Creates `dir` unless it exists; refuses one that is not empty.

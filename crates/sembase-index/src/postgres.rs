@@ -8,6 +8,7 @@
 //! lock rows in id order so that overlapping batches do not deadlock (a conflict
 //! the server still reports is retried).
 
+pub mod limits;
 mod pool;
 pub mod precision;
 pub mod queue;
@@ -317,6 +318,13 @@ fn register(
 /// The server's message when there is one (the error's own text says only "db error").
 fn db_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::QUERY_CANCELED => format!(
+            "{}: {} (a statement running past statement_timeout is cancelled: \
+             set a longer one with statement_timeout= in the database URL, default {})",
+            db.severity(),
+            db.message(),
+            limits::DEFAULT_STATEMENT_TIMEOUT
+        ),
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),
     }

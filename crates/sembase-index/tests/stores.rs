@@ -350,3 +350,16 @@ fn every_vector_added_to_a_graph_is_reachable() {
         &unreachable[..unreachable.len().min(10)]
     );
 }
+
+/// index.json can hold a database password (a postgres store's URL): only its
+/// owner may read it. Every store kind writes it through the same function.
+#[cfg(unix)]
+#[test]
+fn index_json_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("mode");
+    Index::create(&dir, settings(), StoreSpec::Flat { precision: Precision::F32 }).unwrap();
+    let mode = std::fs::metadata(dir.join("index.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

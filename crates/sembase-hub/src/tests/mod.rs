@@ -15,7 +15,7 @@ use crate::mirror::{Build, Wheel};
 use crate::*;
 
 fn sha(bytes: &[u8]) -> String {
-    http::hex(&Sha256::digest(bytes))
+    verify::hex(&Sha256::digest(bytes))
 }
 
 /// Deterministic filler bytes.
@@ -60,43 +60,83 @@ fn repo_files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Serves the Hub's answer for `repo` at revision `main`: commit and file list.
-fn serve_listing(server: &Server, repo: &str, commit: &str, files: &[&str]) {
-    let siblings: Vec<_> = files.iter().map(|f| json!({"rfilename": f})).collect();
+/// The git blob id of `bytes`, as `git hash-object` gives it.
+fn git_sha1(bytes: &[u8]) -> String {
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()));
+    h.update(bytes);
+    verify::hex(&h.finalize())
+}
+
+/// Serves the Hub's answer for `repo` at revision `main`: commit and file list
+/// (`siblings`, each at least `{"rfilename"}`).
+fn serve_listing(server: &Server, repo: &str, commit: &str, siblings: Vec<serde_json::Value>) {
     let info = json!({"id": repo, "sha": commit, "siblings": siblings});
-    server.body(&format!("/api/models/{repo}/revision/main"), info.to_string().as_bytes());
+    server
+        .body(&format!("/api/models/{repo}/revision/main?blobs=true"), info.to_string().as_bytes());
+}
+
+/// What the test Hub's file list says about each file.
+#[derive(Clone, Copy, PartialEq)]
+enum Listing {
+    /// Sizes and digests, as the Hub answers `?blobs=true`.
+    Recorded,
+    /// Names only (a server that ignores `?blobs=true`).
+    NamesOnly,
+}
+
+fn is_lfs(file: &str) -> bool {
+    file.ends_with(".safetensors") || file.ends_with(".bin")
 }
 
 /// Serves `files` as Hub repo `repo` at revision `main` (commit `commit`). Files
-/// ending in `.safetensors` or `.bin` are "LFS": their resolve URL redirects to
-/// `/cdn/<sha256>` and carries `X-Linked-Etag`/`X-Linked-Size`; `bad_etag`
-/// files advertise a wrong digest.
+/// ending in `.safetensors` or `.bin` are "LFS": the listing records their
+/// sha256, their resolve URL redirects to `/cdn/<sha256>` and carries
+/// `X-Linked-Etag`/`X-Linked-Size`; the others are recorded by git blob id. The
+/// digests recorded (listing and header) for `bad` files are wrong.
 fn serve_repo(
     server: &Server,
     repo: &str,
     commit: &str,
     files: &[(&str, Vec<u8>)],
-    bad_etag: &[&str],
+    bad: &[&str],
+    listing: Listing,
 ) {
-    let names: Vec<&str> = files.iter().map(|(f, _)| *f).collect();
-    serve_listing(server, repo, commit, &names);
+    let recorded = |file: &str, body: &[u8]| {
+        if bad.contains(&file) {
+            b"something else".to_vec()
+        } else {
+            body.to_vec()
+        }
+    };
+    let siblings = files
+        .iter()
+        .map(|(file, body)| match (listing, is_lfs(file)) {
+            (Listing::NamesOnly, _) => json!({"rfilename": file}),
+            (Listing::Recorded, true) => json!({"rfilename": file, "size": body.len(), "blobId": git_sha1(b"pointer"),
+                "lfs": {"sha256": sha(&recorded(file, body)), "size": body.len(), "pointerSize": 134}}),
+            (Listing::Recorded, false) => {
+                json!({"rfilename": file, "size": body.len(), "blobId": git_sha1(&recorded(file, body))})
+            }
+        })
+        .collect();
+    serve_listing(server, repo, commit, siblings);
     for (file, body) in files {
         let path = format!("/{repo}/resolve/{commit}/{file}");
-        if file.ends_with(".safetensors") || file.ends_with(".bin") {
-            let digest = if bad_etag.contains(file) { sha(b"something else") } else { sha(body) };
+        if is_lfs(file) {
             server.body(&format!("/cdn/{}", sha(body)), body);
             server.route(
                 &path,
                 Route::Redirect {
                     location: format!("/cdn/{}", sha(body)),
                     headers: vec![
-                        ("X-Linked-Etag".into(), format!("\"{digest}\"")),
+                        ("X-Linked-Etag".into(), format!("\"{}\"", sha(&recorded(file, body)))),
                         ("X-Linked-Size".into(), body.len().to_string()),
                     ],
                 },
             );
         } else {
-            let tag = format!("\"{}\"", &sha(body)[..40]); // a git blob id: not a sha256
+            let tag = format!("\"{}\"", git_sha1(body)); // a git blob id: not a sha256
             server.route(
                 &path,
                 Route::Body { body: body.clone(), headers: vec![("ETag".into(), tag)] },
@@ -142,7 +182,7 @@ fn assert_nothing_installed(store: &Store) {
 fn hub_download_installs_only_what_sembase_reads() {
     let server = Server::start();
     let files = repo_files();
-    serve_repo(&server, "org/tiny", "c0ffee", &files, &[]);
+    serve_repo(&server, "org/tiny", "c0ffee", &files, &[], Listing::Recorded);
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -211,7 +251,7 @@ fn hub_download_installs_only_what_sembase_reads() {
 fn breaking_hub(drops: usize) -> (Server, Vec<u8>, String, tempfile::TempDir, Store) {
     let server = Server::start();
     let files = repo_files();
-    serve_repo(&server, "org/tiny", "c0ffee", &files, &[]);
+    serve_repo(&server, "org/tiny", "c0ffee", &files, &[], Listing::Recorded);
     let weights = files.into_iter().find(|(f, _)| *f == "model.safetensors").unwrap().1;
     let cdn = format!("/cdn/{}", sha(&weights));
     server.drop_next(&cdn, drops);
@@ -258,7 +298,14 @@ fn hub_download_resumes_across_pulls() {
 #[test]
 fn hub_sha256_mismatch_fails_cleanly() {
     let server = Server::start();
-    serve_repo(&server, "org/tiny", "c0ffee", &repo_files(), &["model.safetensors"]);
+    serve_repo(
+        &server,
+        "org/tiny",
+        "c0ffee",
+        &repo_files(),
+        &["model.safetensors"],
+        Listing::Recorded,
+    );
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     let err = store.pull("org/tiny", &options(&server)).unwrap_err();
@@ -271,6 +318,58 @@ fn hub_sha256_mismatch_fails_cleanly() {
     assert_nothing_installed(&store);
     assert!(downloads_left(home.path()).is_empty());
     assert!(matches!(store.resolve("org/tiny"), Err(HubError::NotInstalled { .. })));
+}
+
+#[test]
+fn hub_git_blob_id_mismatch_fails_cleanly() {
+    // A file kept in git (not LFS), in a module folder: its error names its repo path.
+    let server = Server::start();
+    let files = repo_files();
+    serve_repo(
+        &server,
+        "org/tiny",
+        "c0ffee",
+        &files,
+        &["1_Pooling/config.json"],
+        Listing::Recorded,
+    );
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::at(home.path());
+    let err = store.pull("org/tiny", &options(&server)).unwrap_err();
+    let body = &files.iter().find(|(f, _)| *f == "1_Pooling/config.json").unwrap().1;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "1_Pooling/config.json: git blob sha1 {} does not match the expected {}; the download was discarded",
+            git_sha1(body),
+            git_sha1(b"something else")
+        )
+    );
+    assert_nothing_installed(&store);
+    assert!(downloads_left(home.path()).is_empty());
+}
+
+#[test]
+fn hub_files_without_a_recorded_digest_are_refused() {
+    // The listing gives names only: modules.json (read first, not in LFS, and
+    // its ETag is no sha256) cannot be checked, so nothing is installed.
+    let server = Server::start();
+    serve_repo(&server, "org/tiny", "c0ffee", &repo_files(), &[], Listing::NamesOnly);
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::at(home.path());
+    let err = store.pull("org/tiny", &options(&server)).unwrap_err();
+    assert!(matches!(err, HubError::Unverifiable { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "modules.json: {}/org/tiny/resolve/c0ffee/modules.json gives no sha256 or git blob id \
+             to check the file against; sembase installs verified files only (pull the model \
+             from a local directory you trust instead)",
+            server.url
+        )
+    );
+    assert_nothing_installed(&store);
+    assert!(downloads_left(home.path()).is_empty());
 }
 
 #[test]
@@ -290,28 +389,19 @@ fn hub_errors_are_clear() {
     assert!(err.to_string().contains("(revision 'v2')"), "{err}");
 
     // A listed file that the server does not have.
-    let mut files = repo_files();
-    files.retain(|(f, _)| *f != "tokenizer.json");
-    serve_repo(&server, "org/holey", "beef", &files, &[]);
+    serve_repo(&server, "org/holey", "beef", &repo_files(), &[], Listing::Recorded);
+    server.unroute("/org/holey/resolve/beef/tokenizer.json");
+    assert_eq!(
+        store.pull("org/holey", &options(&server)).unwrap_err().to_string(),
+        format!("GET {}/org/holey/resolve/beef/tokenizer.json: HTTP 404", server.url)
+    );
     // ... and a repo without safetensors weights.
-    let cases = [
-        (
-            "org/holey",
-            "beef",
-            ["config.json", "tokenizer.json", "model.safetensors"],
-            format!("GET {}/org/holey/resolve/beef/tokenizer.json: HTTP 404", server.url),
-        ),
-        (
-            "org/old",
-            "f00d",
-            ["config.json", "tokenizer.json", "pytorch_model.bin"],
-            "Hugging Face repo org/old@f00d: has no model.safetensors (sembase reads safetensors weights only)".into(),
-        ),
-    ];
-    for (repo, commit, listed, want) in cases {
-        serve_listing(&server, repo, commit, &listed);
-        assert_eq!(store.pull(repo, &options(&server)).unwrap_err().to_string(), want);
-    }
+    let old = ["config.json", "tokenizer.json", "pytorch_model.bin"];
+    serve_listing(&server, "org/old", "f00d", old.map(|f| json!({"rfilename": f})).to_vec());
+    assert_eq!(
+        store.pull("org/old", &options(&server)).unwrap_err().to_string(),
+        "Hugging Face repo org/old@f00d: has no model.safetensors (sembase reads safetensors weights only)"
+    );
     assert_nothing_installed(&store);
 
     // Nothing listening.
@@ -319,7 +409,8 @@ fn hub_errors_are_clear() {
     opts.hf_endpoint = "http://127.0.0.1:9".into();
     let err = store.pull("org/tiny", &opts).unwrap_err();
     assert!(
-        err.to_string().starts_with("GET http://127.0.0.1:9/api/models/org/tiny/revision/main: "),
+        err.to_string()
+            .starts_with("GET http://127.0.0.1:9/api/models/org/tiny/revision/main?blobs=true: "),
         "{err}"
     );
     assert!(!err.to_string().contains('\n'));
@@ -725,7 +816,7 @@ fn local_directories_and_resolve() {
 #[test]
 fn concurrent_pulls_of_one_model_do_not_collide() {
     let server = Server::start();
-    serve_repo(&server, "org/tiny", "c0ffee", &repo_files(), &[]);
+    serve_repo(&server, "org/tiny", "c0ffee", &repo_files(), &[], Listing::Recorded);
     let home = tempfile::tempdir().unwrap();
     let store = Store::at(home.path());
     let url = server.url.clone();

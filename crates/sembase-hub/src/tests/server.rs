@@ -70,6 +70,10 @@ impl Server {
         self.route(path, Route::Body { body: body.to_vec(), headers: Vec::new() });
     }
 
+    pub fn unroute(&self, path: &str) {
+        self.state.lock().unwrap().routes.remove(path);
+    }
+
     pub fn drop_next(&self, path: &str, times: usize) {
         self.state.lock().unwrap().drops.insert(path.to_string(), times);
     }

@@ -91,10 +91,12 @@ impl Table {
         )
     }
 
-    /// Builds the HNSW index over `rows` rows with the memory to do it in one pass.
+    /// Builds the HNSW index over `rows` rows with the memory to do it in one
+    /// pass and no statement timeout: its time grows with the rows, and a large
+    /// index takes longer than any timeout meant to catch a stuck statement.
     pub fn build_hnsw_sql(&self, layout: Layout, rows: usize) -> String {
         format!(
-            "SET LOCAL maintenance_work_mem = '{}kB'; {}",
+            "SET LOCAL maintenance_work_mem = '{}kB'; SET LOCAL statement_timeout = 0; {}",
             hnsw_build_memory_kb(rows, layout),
             self.create_hnsw_sql(layout)
         )
