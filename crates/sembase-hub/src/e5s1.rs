@@ -157,7 +157,9 @@ impl<'a> E5s1<'a> {
         let norm_len = c.u32()? as usize;
         c.take(norm_len)?;
         let n_tensors = c.size("tensor count")?;
-        let mut tensors = HashMap::with_capacity(n_tensors);
+        // The count comes from the file: reserve only for the entries the remaining
+        // bytes can hold (each takes at least 23), not up to 2^31 of them.
+        let mut tensors = HashMap::with_capacity(n_tensors.min((bytes.len() - c.pos) / 23));
         for _ in 0..n_tensors {
             let name_len = c.u16()? as usize;
             let name = String::from_utf8_lossy(c.take(name_len)?).into_owned();

@@ -1,5 +1,6 @@
 //! Store, Hub, cache and mirror tests against a local server (no network).
 
+mod fuzz;
 mod server;
 
 use std::fs;
