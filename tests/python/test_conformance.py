@@ -96,7 +96,8 @@ def test_conformance(served, tmp_path):
     here = str(Path(__file__).resolve().parent)
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "conformance_hooks",
            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIME_LIMIT_S, env=env)
+    # Run in tmp_path: schemathesis leaves a .schemathesis/ cache in its working directory.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIME_LIMIT_S, env=env, cwd=tmp_path)
     assert report.exists(), f"schemathesis did not run:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
     run = json.loads(report.read_text())
     cases = run["test_cases"]
