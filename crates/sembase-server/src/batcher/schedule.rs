@@ -422,10 +422,10 @@ mod tests {
         feeder.join().unwrap();
     }
 
+    type Answer = oneshot::Receiver<Result<Finished<(Vec<f32>, usize)>, JobError>>;
+
     /// A job of inputs of these token counts (ids all 1), and the receiving end of its reply.
-    fn job_of(
-        lengths: &[usize],
-    ) -> (TestJob, oneshot::Receiver<Result<Finished<(Vec<f32>, usize)>, JobError>>) {
+    fn job_of(lengths: &[usize]) -> (TestJob, Answer) {
         let (reply, answer) = oneshot::channel();
         let inputs: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
         let tokens = lengths.iter().sum();
