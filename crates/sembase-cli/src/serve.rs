@@ -9,7 +9,9 @@ use clap::Args;
 use sembase_embed::Reranker;
 use sembase_heads::Head;
 use sembase_index::{Access, Index};
-use sembase_server::{Attachments, HeadSpec, IndexSpec, ModelSpec, Server, ServerConfig};
+use sembase_server::{
+    Attachments, BodyTimeouts, HeadSpec, IndexSpec, ModelSpec, Server, ServerConfig,
+};
 
 use crate::index_model::model_identity;
 use crate::models::{load_any, set_threads, AnyModel, Quantize};
@@ -47,6 +49,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* and /tokenize.
     #[arg(long, env = "SEMBASE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Require this key (instead of --api-key) for index writes: POST and DELETE
+    /// /v1/indexes/NAME/documents.
+    #[arg(long, env = "SEMBASE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// Tokens per merged batch: requests from many clients are merged up to this, then
     /// run in forward passes of the device's size (1024 padded tokens on the CPU, 16384 on a GPU).
     #[arg(long, default_value_t = 16384)]
@@ -64,6 +70,38 @@ pub struct ServeArgs {
     /// Request body size limit in bytes (413 above).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Tokens one request may have run, counted after truncation (413 above; OpenAI's
+    /// per-request cap).
+    #[arg(long, default_value_t = 300_000)]
+    max_request_tokens: usize,
+    /// Tokens a model's queue may hold; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_queue_tokens: usize,
+    /// Seconds a request may wait in a model's queue before it starts (503 with Retry-After).
+    #[arg(long, default_value_t = 30)]
+    queue_timeout_secs: u64,
+    /// Seconds a request may run once its body is in (503 past it).
+    #[arg(long, default_value_t = 300)]
+    request_timeout_secs: u64,
+    /// Seconds a request body may take to arrive (408 past it).
+    #[arg(long, default_value_t = 60)]
+    body_timeout_secs: u64,
+    /// Bytes per second a body must average after its first 5 seconds (408 below it).
+    #[arg(long, default_value_t = 1024)]
+    min_body_rate: u64,
+    /// Seconds a connection may take to send a request's headers (then it is closed).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in flight.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// Hits one search may ask for: queries times top_k (or the rerank depth).
+    #[arg(long, default_value_t = 10_000)]
+    max_search_hits: usize,
+    /// Log lines as text or as JSON objects (one per line), on stderr; RUST_LOG filters
+    /// them (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Refuse inputs over the model's token limit with a 400 instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
@@ -78,17 +116,65 @@ pub struct ServeArgs {
     quantize: Option<Quantize>,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines on stderr, filtered by RUST_LOG (default `info`).
+fn start_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    // Another subscriber already set (a test harness) is left in place.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Whether `host` is a loopback address (or `localhost`).
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
+    start_logging(args.log_format);
     set_threads(args.threads);
+    if args.api_key.is_none() && !is_loopback(&args.host) {
+        tracing::warn!(
+            target: "sembase::server",
+            "listening on {} without --api-key: anyone who can reach this address can use and change the server",
+            args.host
+        );
+    }
     let heads = load_heads(&args.heads)?;
     let indexes = open_indexes(&args.indexes, &args.models)?;
     let server = Server::new(ServerConfig {
         api_key: args.api_key.clone(),
+        admin_key: args.admin_key.clone(),
         max_batch_tokens: args.max_batch_tokens,
         max_batch_wait: std::time::Duration::from_millis(args.max_batch_wait_ms),
         max_concurrent_requests: args.max_concurrent_requests,
         max_inputs: args.max_inputs,
         max_body_bytes: args.max_body_bytes,
+        max_request_tokens: args.max_request_tokens,
+        max_queue_tokens: args.max_queue_tokens,
+        queue_timeout: secs(args.queue_timeout_secs),
+        request_timeout: secs(args.request_timeout_secs),
+        body: BodyTimeouts {
+            total: secs(args.body_timeout_secs),
+            min_rate: args.min_body_rate,
+            ..BodyTimeouts::default()
+        },
+        header_timeout: secs(args.header_timeout_secs),
+        drain_timeout: secs(args.drain_timeout_secs),
+        max_search_hits: args.max_search_hits,
         truncate: !args.no_truncate,
         ui: !args.no_ui,
         reports: args.reports.clone(),
@@ -104,46 +190,36 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let address = listener.local_addr()?;
         // Models load beside the listener: /health answers 503 until they are in.
         let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
-        let (failed, on_failure) = tokio::sync::oneshot::channel::<()>();
+        let (done, on_done) = tokio::sync::oneshot::channel::<()>();
         let loader = server.clone();
         let failure_slot = failure.clone();
         let specs = args.models.clone();
         let (max_seq_length, quantize) = (args.max_seq_length, args.quantize);
         std::thread::spawn(move || {
-            match load_models(&specs, max_seq_length, quantize).and_then(|loaded| {
-                let indexes = indexes
-                    .into_iter()
-                    .map(|(name, index, model)| IndexSpec {
-                        name,
-                        index,
-                        model: loaded[model].name().to_string(),
-                    })
-                    .collect();
-                let mut models = Vec::new();
-                let mut rerankers = Vec::new();
-                for model in loaded {
-                    match model {
-                        Served::Embedder(spec) => models.push(spec),
-                        Served::Reranker(reranker) => rerankers.push(reranker),
-                    }
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                install_models(&loader, &specs, max_seq_length, quantize, heads, indexes)
+            }))
+            .unwrap_or_else(|panic| Err(anyhow::anyhow!("loading the models panicked: {}", panic_text(&panic))));
+            match loaded {
+                Ok(()) => {
+                    tracing::info!(target: "sembase::server", "ready: listening on http://{address}");
+                    println!("listening on http://{address}");
                 }
-                loader
-                    .set_models_with(models, Attachments { heads, indexes, rerankers })
-                    .map_err(anyhow::Error::from)
-            }) {
-                Ok(()) => println!("listening on http://{address}"),
                 Err(e) => {
+                    tracing::error!(target: "sembase::server", "loading the models failed: {e:#}");
                     *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    let _ = failed.send(());
                 }
             }
+            // Dropping the sender wakes the shutdown future whether loading worked or not.
+            drop(done);
         });
+        let load_failed = failure.clone();
         let shutdown = async move {
             tokio::select! {
                 _ = sembase_server::shutdown_signal() => {}
-                result = on_failure => {
-                    if result.is_err() {
-                        // Loading succeeded (the sender is gone): run until a signal.
+                _ = on_done => {
+                    let failed = load_failed.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+                    if !failed {
                         sembase_server::shutdown_signal().await;
                     }
                 }
@@ -156,6 +232,50 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None => Ok(()),
         }
     })
+}
+
+/// Loads the models and hands them, with the heads and indexes, to the server.
+fn install_models(
+    server: &Server,
+    specs: &[String],
+    max_seq_length: Option<usize>,
+    quantize: Option<Quantize>,
+    heads: Vec<HeadSpec>,
+    indexes: Vec<(String, Index, usize)>,
+) -> Result<()> {
+    let loaded = load_models(specs, max_seq_length, quantize)?;
+    let indexes = indexes
+        .into_iter()
+        .map(|(name, index, model)| IndexSpec {
+            name,
+            index,
+            model: loaded[model].name().to_string(),
+        })
+        .collect();
+    let mut models = Vec::new();
+    let mut rerankers = Vec::new();
+    for model in loaded {
+        match model {
+            Served::Embedder(spec) => models.push(spec),
+            Served::Reranker(reranker) => rerankers.push(reranker),
+        }
+    }
+    server.set_models_with(models, Attachments { heads, indexes, rerankers })?;
+    Ok(())
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+/// Seconds as a duration.
+fn secs(seconds: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(seconds)
 }
 
 /// A loaded `--model`, ready for the server.

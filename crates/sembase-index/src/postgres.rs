@@ -237,6 +237,11 @@ impl VectorStore for PostgresStore {
         let rows: i64 = session.client().query_one(&self.table.count_sql(), &[])?.get(0);
         Ok(rows.max(0) as usize)
     }
+
+    fn ping(&self) -> Result<()> {
+        self.pool.get()?.client().simple_query("SELECT 1")?;
+        Ok(())
+    }
 }
 
 impl From<postgres::Error> for IndexError {

@@ -143,6 +143,12 @@ pub trait VectorStore: Send + Sync {
 
     /// How many documents the index holds.
     fn count(&self) -> Result<usize>;
+
+    /// Fails when the store cannot answer now (its database is unreachable); stores in
+    /// local files always can.
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks that every vector is `dimensions` wide (for backends' input checks).

@@ -161,13 +161,16 @@ pub enum TokenizeInputs {
     Many(Vec<String>),
 }
 
-/// `GET /health` answer.
+/// `GET /health` and `GET /ready` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`.
     pub status: &'static str,
     /// The served models.
     pub models: Vec<String>,
+    /// The served indexes (`GET /ready`, which checked that each one's store answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indexes: Option<Vec<String>>,
 }
 
 /// One element of an `input` array, before the array's kind is known.

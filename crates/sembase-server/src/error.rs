@@ -123,6 +123,54 @@ impl ApiError {
         .code("request_too_large")
     }
 
+    /// 413 for a request whose inputs make more tokens than one request may run.
+    pub fn too_many_tokens(tokens: usize, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "the request's inputs make {tokens} tokens, more than the limit of {limit} tokens per request; split it into smaller requests"
+            ),
+        )
+        .code("request_too_many_tokens")
+    }
+
+    /// 408 for a body that arrived too slowly.
+    pub fn body_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", message)
+            .code("body_timeout")
+    }
+
+    /// 503 with `Retry-After`: the model's queue holds its limit of tokens.
+    pub fn queue_full(model: &str) -> Self {
+        Self::unavailable(
+            format!("the queue of model `{model}` is full; retry shortly"),
+            "queue_full",
+        )
+    }
+
+    /// 503 with `Retry-After`: the request waited in the model's queue past the timeout.
+    pub fn queue_timeout(model: &str, waited: std::time::Duration) -> Self {
+        Self::unavailable(
+            format!(
+                "the request waited {:.1} s in the queue of model `{model}` without starting; the server is overloaded, retry shortly",
+                waited.as_secs_f64()
+            ),
+            "queue_timeout",
+        )
+    }
+
+    /// 503 with `Retry-After`: the request ran past the server's request timeout.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::unavailable(
+            format!(
+                "the request took longer than the server's limit of {} s and was stopped",
+                limit.as_secs_f64()
+            ),
+            "request_timeout",
+        )
+    }
+
     /// 429 with `Retry-After`.
     pub fn overloaded(limit: usize) -> Self {
         let mut e = Self::new(
@@ -162,10 +210,16 @@ impl ApiError {
     }
 }
 
+/// The message of an error answer, kept on the response for the request's log line.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorNote(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let note = ErrorNote(self.body.message.clone());
         let body = serde_json::to_vec(&ErrorResponse { error: self.body }).unwrap_or_default();
         let mut response = (self.status, body).into_response();
+        response.extensions_mut().insert(note);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = self.retry_after {

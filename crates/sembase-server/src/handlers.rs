@@ -4,13 +4,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sembase_core::{Embedder, Embeddings, Truncation};
 use sembase_embed::prompts::resolve_prompt;
 use serde::Serialize;
@@ -21,9 +20,10 @@ use crate::api::{
     EmbeddingsResponse, EncodingFormat, Health, ModelKind, ModelList, ModelObject, SchemaStatus,
     TokenizeInputs, TokenizeRequest, Usage,
 };
-use crate::batcher::{Batcher, Job, JobError, Queued};
+use crate::batcher::{Batcher, Job, JobError, Queued, Refused};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::request_log;
 use crate::rerank::ServedReranker;
 use crate::{AppState, Models, ServedModel};
 
@@ -104,6 +104,22 @@ impl Models {
         }
     }
 
+    /// 503 naming the models whose worker thread has stopped, if any.
+    pub(crate) fn check_workers(&self) -> AppResult<()> {
+        let embedders =
+            self.list.iter().filter(|m| !m.batcher.is_alive()).map(|m| m.embedder.name());
+        let rerankers =
+            self.rerankers.iter().filter(|r| !r.batcher.is_alive()).map(|r| r.reranker.name());
+        let dead: Vec<&str> = embedders.chain(rerankers).collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            format!("the worker of model(s) {} has stopped", dead.join(", ")),
+            "model_unavailable",
+        ))
+    }
+
     /// Every served model's name: the embedding models, then the rerankers.
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names = self.names_of(ModelKind::Embedding);
@@ -146,35 +162,36 @@ pub(crate) async fn queue<M: Queued>(
     options: M::Options,
     param: &str,
 ) -> AppResult<Vec<M::Output>> {
+    let limit = batcher.max_request_tokens();
+    if tokens > limit {
+        return Err(ApiError::too_many_tokens(tokens, limit).param(param));
+    }
+    let count = inputs.len();
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, options, tokens, reply, enqueued: Instant::now() };
-    if batcher.submit(job).is_err() {
-        return Err(ApiError::unavailable("the model's worker has stopped", "model_unavailable"));
+    match batcher.submit(job) {
+        Ok(()) => {}
+        Err(Refused::Full(_)) => return Err(ApiError::queue_full(batcher.name())),
+        Err(Refused::Stopped(_)) => {
+            return Err(ApiError::unavailable(
+                "the model's worker has stopped",
+                "model_unavailable",
+            ))
+        }
     }
-    match answer.await {
-        Ok(Ok(outputs)) => Ok(outputs),
-        Ok(Err(JobError::BadInput(message))) => Err(ApiError::bad_request(message).param(param)),
-        Ok(Err(JobError::Internal(message))) => Err(ApiError::internal(message)),
-        Err(_) => Err(ApiError::internal("the model's worker stopped before answering")),
-    }
-}
-
-/// Reads the whole body, refusing more than the limit with 413 (early, when
-/// `Content-Length` already says so).
-async fn read_body(request: Request, limit: usize) -> AppResult<Bytes> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
-    }
+    let finished = match answer.await {
+        Ok(Ok(finished)) => finished,
+        Ok(Err(JobError::BadInput(message))) => {
+            return Err(ApiError::bad_request(message).param(param))
+        }
+        Ok(Err(JobError::Internal(message))) => return Err(ApiError::internal(message)),
+        Ok(Err(JobError::QueueTimeout(waited))) => {
+            return Err(ApiError::queue_timeout(batcher.name(), waited))
+        }
+        Err(_) => return Err(ApiError::internal("the model's worker stopped before answering")),
+    };
+    request_log::record_work(batcher.name(), count, tokens, finished.waited, finished.computed);
+    Ok(finished.outputs)
 }
 
 /// Reads and parses a JSON body, once the models are ready.
@@ -183,7 +200,10 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request,
     schema: SchemaStatus,
 ) -> AppResult<(T, &Models)> {
-    let body = read_body(request, state.config.max_body_bytes).await?;
+    let (parts, body) = request.into_parts();
+    let body =
+        crate::body::read(&parts.headers, body, state.config.max_body_bytes, state.config.body)
+            .await?;
     let parsed = parse_json(&body, schema)?;
     Ok((parsed, state.ready()?))
 }
@@ -530,19 +550,63 @@ pub(crate) async fn get_model(
     Ok(json(&models.object(&state, *entry)))
 }
 
-/// 200 once every model is loaded, 503 before.
+/// Liveness: 200 once every model is loaded and while every model's worker runs; 503
+/// while loading or once a worker has stopped (the process should be restarted).
 #[utoipa::path(
     get,
     path = "/health",
     responses(
         (status = 200, body = Health),
-        (status = 503, description = "Models still loading", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading, or a model's worker stopped", body = crate::error::ErrorResponse),
     )
 )]
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Response> {
     let models = state.ready()?;
+    models.check_workers()?;
     let names = models.names().into_iter().map(str::to_string).collect();
-    Ok(json(&Health { status: "ok", models: names }))
+    Ok(json(&Health { status: "ok", models: names, indexes: None }))
+}
+
+/// How long `/ready` waits for the indexes' databases to answer.
+const READY_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Readiness: what `/health` checks, plus every index's store answering (a PostgreSQL
+/// index's database reachable within 3 s). A load balancer stops sending searches to a
+/// replica whose database is gone without restarting it.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Models still loading, a model's worker stopped, or an index's database unreachable", body = crate::error::ErrorResponse),
+    )
+)]
+pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> AppResult<Response> {
+    let models = state.ready()?;
+    models.check_workers()?;
+    let probe = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.ready().map(|m| m.indexes.unreachable()))
+    };
+    let unreachable = match tokio::time::timeout(READY_PROBE, probe).await {
+        Ok(Ok(Ok(unreachable))) => unreachable,
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(_)) => return Err(ApiError::internal("the index probe failed")),
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                format!("the indexes' databases did not answer within {} s", READY_PROBE.as_secs()),
+                "index_unreachable",
+            ))
+        }
+    };
+    if !unreachable.is_empty() {
+        let why: Vec<String> =
+            unreachable.iter().map(|(name, e)| format!("index `{name}`: {e}")).collect();
+        tracing::warn!(target: "sembase::ready", "not ready: {}", why.join("; "));
+        return Err(ApiError::unavailable(why.join("; "), "index_unreachable"));
+    }
+    let names = models.names().into_iter().map(str::to_string).collect();
+    Ok(json(&Health { status: "ok", models: names, indexes: Some(models.indexes.names()) }))
 }
 
 /// Prometheus text exposition.
@@ -576,13 +640,19 @@ pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// `Authorization: Bearer <key>` on the protected routes, when a key is set.
+/// `Authorization: Bearer <key>` on the protected routes, when a key is set: the admin
+/// key for index writes when one is set, the API key for everything else.
 pub(crate) async fn require_api_key(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = &state.config.api_key {
+    let config = &state.config;
+    let (key, which) = match &config.admin_key {
+        Some(admin) if is_index_write(&request) => (Some(admin), "the admin key"),
+        _ => (config.api_key.as_ref(), "the API key"),
+    };
+    if let Some(key) = key {
         let given =
             request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(
                 |v| {
@@ -592,18 +662,27 @@ pub(crate) async fn require_api_key(
             );
         match given {
             None => {
-                return ApiError::unauthorized(
-                    "no API key given; send `Authorization: Bearer <key>`",
-                )
+                return ApiError::unauthorized(format!(
+                    "no key given; send `Authorization: Bearer <key>` with {which}"
+                ))
                 .into_response();
             }
             Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
-                return ApiError::unauthorized("incorrect API key").into_response();
+                return ApiError::unauthorized(format!("incorrect key; this route needs {which}"))
+                    .into_response();
             }
             Some(_) => {}
         }
     }
     next.run(request).await
+}
+
+/// Whether the request changes an index (adds or deletes documents).
+fn is_index_write(request: &Request) -> bool {
+    let path = request.uri().path();
+    request.method() != Method::GET
+        && path.starts_with("/v1/indexes/")
+        && path.ends_with("/documents")
 }
 
 /// Compares without an early exit, so the time taken does not tell how much matched
@@ -621,55 +700,31 @@ impl Drop for Slot {
     }
 }
 
-/// At most `max_concurrent_requests` embedding/tokenize requests at once; 429 beyond.
-pub(crate) async fn limit_concurrency(
+/// Admission to the work routes: the body is read first (under the size limit and the
+/// body timeouts, so a slow client holds no compute slot), then a slot of the concurrency
+/// limit is taken (429 beyond it), and the handler runs under the request timeout (503
+/// past it; dropping the handler drops its queued jobs).
+pub(crate) async fn admit(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let limit = state.config.max_concurrent_requests;
+    let config = &state.config;
+    let (parts, body) = request.into_parts();
+    let body =
+        match crate::body::read(&parts.headers, body, config.max_body_bytes, config.body).await {
+            Ok(body) => body,
+            Err(e) => return e.into_response(),
+        };
+    let request = Request::from_parts(parts, Body::from(body));
+    let limit = config.max_concurrent_requests;
     let before = state.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
     let _slot = Slot(state.metrics.clone());
     if before >= limit {
         return ApiError::overloaded(limit).into_response();
     }
-    next.run(request).await
-}
-
-/// Records the request in the metrics when it ends, or as 499 if the client leaves first.
-struct Record {
-    metrics: Arc<Metrics>,
-    route: String,
-    started: Instant,
-    status: Option<u16>,
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        self.metrics.record_request(
-            &self.route,
-            self.status.unwrap_or(499),
-            self.started.elapsed().as_secs_f64(),
-        );
+    match tokio::time::timeout(config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(config.request_timeout).into_response(),
     }
-}
-
-pub(crate) async fn track(
-    State(state): State<Arc<AppState>>,
-    request: Request<Body>,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let mut record =
-        Record { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
-    let response = next.run(request).await;
-    record.status = Some(response.status().as_u16());
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        record.route = "unmatched".to_string();
-    }
-    response
 }

@@ -4,7 +4,7 @@
 //! (cross-encoders, see [`Attachments::rerankers`]), `POST /v1/classify` (task heads, see [`HeadSpec`]),
 //! `POST /v1/search` and `POST|DELETE /v1/indexes/{name}/documents` (corpus indexes, see [`IndexSpec`]),
 //! `GET /v1/indexes`, `GET /v1/models`, `GET /v1/models/{model}`, `POST /tokenize`,
-//! `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`; evaluation reports
+//! `GET /health` (liveness), `GET /ready` (readiness), `GET /metrics` (Prometheus), `GET /openapi.json`; evaluation reports
 //! at `GET /v1/reports` and `GET /reports/{name}` (see [`ServerConfig::reports`]); and
 //! the page at `GET /` (see [`ServerConfig::ui`]).
 //!
@@ -28,12 +28,15 @@
 
 pub mod api;
 mod batcher;
+mod body;
 mod classify;
+mod connections;
 pub mod error;
 mod handlers;
 pub mod metrics;
 mod openapi;
 mod reports;
+mod request_log;
 mod rerank;
 mod search;
 mod ui;
@@ -51,12 +54,13 @@ use sembase_embed::Reranker;
 
 use crate::api::ModelKind;
 
+pub use body::BodyTimeouts;
 pub use classify::HeadSpec;
 pub use error::{ApiError, ErrorBody, ErrorResponse, ServerError};
 pub use openapi::openapi_json;
 pub use search::IndexSpec;
 
-use batcher::{Batcher, Linger};
+use batcher::{Batcher, Linger, QueueSettings};
 
 /// A batch waiting for more requests runs once none has arrived for this long.
 const BATCH_ARRIVAL_GAP: Duration = Duration::from_millis(1);
@@ -67,6 +71,9 @@ use metrics::Metrics;
 pub struct ServerConfig {
     /// When set, `/v1/*` and `/tokenize` need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// When set, index writes (`POST|DELETE /v1/indexes/{name}/documents`) need this key
+    /// instead of `api_key`, so that clients that search cannot change the corpus.
+    pub admin_key: Option<String>,
     /// Tokens per merged batch handed to the model.
     pub max_batch_tokens: usize,
     /// The longest a batch below `max_batch_tokens` waits for more requests to join it
@@ -78,6 +85,25 @@ pub struct ServerConfig {
     pub max_inputs: usize,
     /// Bytes per request body (413 above).
     pub max_body_bytes: usize,
+    /// Tokens one request may have run, counted after truncation (413 above); OpenAI
+    /// documents the same cap of 300,000 per embeddings request.
+    pub max_request_tokens: usize,
+    /// Tokens a model's queue may hold; a request that would go past it gets 503 with
+    /// `Retry-After`.
+    pub max_queue_tokens: usize,
+    /// The longest a request may wait in a model's queue before its first batch (503 with
+    /// `Retry-After` past it).
+    pub queue_timeout: Duration,
+    /// The longest a work request may take once its body is in (503 past it).
+    pub request_timeout: Duration,
+    /// How long a request body may take to arrive (408 past it).
+    pub body: BodyTimeouts,
+    /// How long a connection may take to send a request's headers (it is closed past it).
+    pub header_timeout: Duration,
+    /// How long a shutdown waits for requests in flight before closing their connections.
+    pub drain_timeout: Duration,
+    /// Hits one search request may ask for: queries times `top_k` (or the rerank depth).
+    pub max_search_hits: usize,
     /// Cut inputs (and rerank pairs) over the model's token limit (true), or refuse them
     /// with a 400 (false). A rerank request's `truncate` overrides it.
     pub truncate: bool,
@@ -91,11 +117,20 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             api_key: None,
+            admin_key: None,
             max_batch_tokens: 16384,
             max_batch_wait: Duration::from_millis(5),
             max_concurrent_requests: 512,
             max_inputs: 2048,
             max_body_bytes: 8 << 20,
+            max_request_tokens: 300_000,
+            max_queue_tokens: 1_000_000,
+            queue_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            body: BodyTimeouts::default(),
+            header_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_search_hits: 10_000,
             truncate: true,
             ui: true,
             reports: None,
@@ -107,11 +142,20 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("max_batch_tokens", &self.max_batch_tokens)
             .field("max_batch_wait", &self.max_batch_wait)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_inputs", &self.max_inputs)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_request_tokens", &self.max_request_tokens)
+            .field("max_queue_tokens", &self.max_queue_tokens)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("body", &self.body)
+            .field("header_timeout", &self.header_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("max_search_hits", &self.max_search_hits)
             .field("truncate", &self.truncate)
             .field("ui", &self.ui)
             .field("reports", &self.reports)
@@ -126,6 +170,9 @@ impl ServerConfig {
             ("max_concurrent_requests", self.max_concurrent_requests),
             ("max_inputs", self.max_inputs),
             ("max_body_bytes", self.max_body_bytes),
+            ("max_request_tokens", self.max_request_tokens),
+            ("max_queue_tokens", self.max_queue_tokens),
+            ("max_search_hits", self.max_search_hits),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -134,6 +181,20 @@ impl ServerConfig {
         }
         if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             return Err(ServerError::Config("the API key is empty".into()));
+        }
+        if self.admin_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(ServerError::Config("the admin key is empty".into()));
+        }
+        let durations = [
+            ("queue_timeout", self.queue_timeout),
+            ("request_timeout", self.request_timeout),
+            ("body.total", self.body.total),
+            ("header_timeout", self.header_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                return Err(ServerError::Config(format!("{name} must be longer than zero")));
+            }
         }
         if let Some(dir) = &self.reports {
             if !dir.is_dir() {
@@ -289,9 +350,15 @@ impl Server {
     /// Starts the worker thread and queue of a model, under the server's batch settings.
     fn start_batcher<M: batcher::Queued>(&self, model: M) -> Result<Batcher<M>, ServerError> {
         let config = &self.state.config;
-        let linger = Linger { max: config.max_batch_wait, gap: BATCH_ARRIVAL_GAP };
+        let settings = QueueSettings {
+            max_batch_tokens: config.max_batch_tokens,
+            linger: Linger { max: config.max_batch_wait, gap: BATCH_ARRIVAL_GAP },
+            max_queue_tokens: config.max_queue_tokens,
+            queue_timeout: config.queue_timeout,
+            max_request_tokens: config.max_request_tokens,
+        };
         let metrics = self.state.metrics.model(model.name());
-        Ok(Batcher::start(model, config.max_batch_tokens, linger, metrics)?)
+        Ok(Batcher::start(model, settings, metrics)?)
     }
 
     /// True once models are set.
@@ -318,10 +385,7 @@ impl Server {
                 post(search::upsert_documents).delete(search::delete_documents),
             )
             .route("/tokenize", post(handlers::tokenize))
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                handlers::limit_concurrency,
-            ));
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), handlers::admit));
         let listing = Router::new()
             .route("/v1/models", get(handlers::list_models))
             .route("/v1/models/{model}", get(handlers::get_model))
@@ -334,6 +398,7 @@ impl Server {
         ));
         let open = Router::new()
             .route("/health", get(handlers::health))
+            .route("/ready", get(handlers::ready))
             .route("/metrics", get(handlers::metrics))
             .route("/openapi.json", get(handlers::openapi));
         // The page loads without a key; the API calls it makes still need one.
@@ -342,20 +407,24 @@ impl Server {
             .merge(open)
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
-            .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::track))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), request_log::track))
             .with_state(state)
     }
 
-    /// Serves on `listener` until `shutdown` completes, then stops accepting,
-    /// finishes the requests in flight and returns.
+    /// Serves on `listener` until `shutdown` completes, then stops accepting, gives the
+    /// requests in flight up to `drain_timeout` to finish, and returns.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let app = self.router();
+        let settings = connections::ConnectionSettings {
+            header_timeout: self.state.config.header_timeout,
+            drain_timeout: self.state.config.drain_timeout,
+        };
         drop(self);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        connections::serve(listener, app, settings, shutdown).await;
         Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct ModelMetrics {
     tokens_total: AtomicU64,
     inputs_total: AtomicU64,
     dropped_total: AtomicU64,
+    queue_timeouts_total: AtomicU64,
+    queue_full_total: AtomicU64,
     reranks_total: AtomicU64,
     pairs_total: AtomicU64,
     histograms: Mutex<ModelHistograms>,
@@ -74,14 +76,16 @@ struct ModelHistograms {
     queue_seconds: Histogram,
 }
 
-impl ModelMetrics {
-    fn new() -> Self {
+impl Default for ModelMetrics {
+    fn default() -> Self {
         Self {
             queue_depth: AtomicUsize::new(0),
             queue_tokens: AtomicUsize::new(0),
             tokens_total: AtomicU64::new(0),
             inputs_total: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            queue_timeouts_total: AtomicU64::new(0),
+            queue_full_total: AtomicU64::new(0),
             reranks_total: AtomicU64::new(0),
             pairs_total: AtomicU64::new(0),
             histograms: Mutex::new(ModelHistograms {
@@ -93,7 +97,9 @@ impl ModelMetrics {
             }),
         }
     }
+}
 
+impl ModelMetrics {
     /// One merged batch went through the model.
     pub fn record_batch(&self, requests: usize, sequences: usize, tokens: usize, seconds: f64) {
         self.tokens_total.fetch_add(tokens as u64, Ordering::Relaxed);
@@ -113,6 +119,16 @@ impl ModelMetrics {
     /// A queued request was dropped because its client went away.
     pub fn record_dropped(&self) {
         self.dropped_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued request waited past the queue timeout.
+    pub fn record_queue_timeout(&self) {
+        self.queue_timeouts_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was refused because the queue was full.
+    pub fn record_queue_full(&self) {
+        self.queue_full_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A rerank (of any route) asked the model to score this many (query, document) pairs.
@@ -141,7 +157,7 @@ impl Metrics {
     /// The metrics of the model named `name`, created on first use.
     pub fn model(&self, name: &str) -> Arc<ModelMetrics> {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        models.entry(name.to_string()).or_insert_with(|| Arc::new(ModelMetrics::new())).clone()
+        models.entry(name.to_string()).or_insert_with(|| Arc::new(ModelMetrics::default())).clone()
     }
 
     /// One HTTP request finished (`status` is `499` when the client left first).
@@ -202,7 +218,7 @@ impl Metrics {
         let labels: Vec<(String, &Arc<ModelMetrics>)> =
             models.iter().map(|(name, m)| (format!("model=\"{}\"", escape(name)), m)).collect();
         type Read = fn(&ModelMetrics) -> u64;
-        let scalars: [(&str, &str, &str, Read); 7] = [
+        let scalars: [(&str, &str, &str, Read); 9] = [
             ("sembase_queue_depth", "gauge", "Requests waiting for the model.", |m| {
                 m.queue_depth.load(Ordering::Relaxed) as u64
             }),
@@ -241,6 +257,18 @@ impl Metrics {
                 "counter",
                 "Queued requests dropped because the client disconnected.",
                 |m| m.dropped_total.load(Ordering::Relaxed),
+            ),
+            (
+                "sembase_queue_timeouts_total",
+                "counter",
+                "Queued requests answered 503 because they waited past the queue timeout.",
+                |m| m.queue_timeouts_total.load(Ordering::Relaxed),
+            ),
+            (
+                "sembase_queue_full_total",
+                "counter",
+                "Requests refused with 503 because the queue held its limit of tokens.",
+                |m| m.queue_full_total.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, read) in scalars {

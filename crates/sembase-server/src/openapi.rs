@@ -48,6 +48,7 @@ use crate::search::{
         reports::report,
         handlers::tokenize,
         handlers::health,
+        handlers::ready,
         handlers::metrics,
         handlers::openapi,
     ),

@@ -63,6 +63,23 @@ pub(crate) struct Indexes {
 }
 
 impl Indexes {
+    /// The served indexes' names, in the order given.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.list.iter().map(|served| served.name.clone()).collect()
+    }
+
+    /// The indexes whose store cannot answer now (a database that is down), with why. An
+    /// index busy with a write is taken as reachable rather than waited for.
+    pub(crate) fn unreachable(&self) -> Vec<(String, String)> {
+        self.list
+            .iter()
+            .filter_map(|served| {
+                let index = served.index.try_read().ok()?;
+                index.store().ping().err().map(|e| (served.name.clone(), e.to_string()))
+            })
+            .collect()
+    }
+
     /// Binds every index to its model among `models`, refusing unknown models,
     /// widths the model cannot give and repeated names.
     pub(crate) fn bind(specs: Vec<IndexSpec>, models: &[ModelSpec]) -> Result<Self, ServerError> {
@@ -287,6 +304,17 @@ pub(crate) async fn search(
         return Err(
             ApiError::bad_request(format!("'top_k' must be within 1..={MAX_TOP_K}")).param("top_k")
         );
+    }
+    let candidates = request.rerank.as_ref().and_then(|r| r.depth).unwrap_or(0).max(request.top_k);
+    let hits = queries.len().saturating_mul(candidates);
+    if hits > state.config.max_search_hits {
+        return Err(ApiError::bad_request(format!(
+            "{} queries x {candidates} hits each make {hits} hits, more than the limit of {} per request; send fewer queries or a smaller top_k",
+            queries.len(),
+            state.config.max_search_hits
+        ))
+        .param("top_k")
+        .code("too_many_hits"));
     }
     let filter = request
         .filter

@@ -61,6 +61,8 @@ pub struct FakeModel {
     pub calls: AtomicUsize,
     pub inputs: AtomicUsize,
     pub gate: Gate,
+    /// Milliseconds each call takes (0 by default), so that a long run can be watched.
+    pub call_ms: AtomicUsize,
 }
 
 impl FakeModel {
@@ -72,6 +74,7 @@ impl FakeModel {
             calls: AtomicUsize::new(0),
             inputs: AtomicUsize::new(0),
             gate: Gate::default(),
+            call_ms: AtomicUsize::new(0),
         })
     }
 
@@ -139,6 +142,7 @@ impl FakeModel {
             }
         }
         self.gate.pass();
+        std::thread::sleep(Duration::from_millis(self.call_ms.load(Ordering::SeqCst) as u64));
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inputs.fetch_add(sequences.len(), Ordering::SeqCst);
         let mut vectors = Vec::new();
