@@ -246,8 +246,23 @@ fn a_model_that_cannot_load_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let error = final_error(&stderr);
+    assert!(error.contains("/nonexistent/model/dir"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("ERROR") && l.contains("loading the models failed")),
+        "the log names the failure: {stderr}"
+    );
+}
+
+/// The one `error: ` line the binary ends with (after any log lines), checked to be the
+/// last line and the only one.
+fn final_error(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    let errors = lines.iter().filter(|l| l.starts_with("error: ")).count();
+    assert_eq!(errors, 1, "one error line: {stderr}");
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.starts_with("error: "), "the error comes last: {stderr}");
+    last
 }
 
 /// The first `take` rows of each label of `en/classify/cr.tsv` after skipping `skip`, as TSV rows.
@@ -353,8 +368,7 @@ fn serves_heads_that_answer_as_sembase_head_predict_and_refuses_foreign_ones() {
             .unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        stderr
+        final_error(&stderr).to_string()
     };
     let stderr = refused(format!("zh={}", path(&foreign)));
     assert_eq!(

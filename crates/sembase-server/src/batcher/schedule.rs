@@ -152,8 +152,8 @@ fn expire<M: Queued>(
     *pending = kept;
 }
 
-/// Cuts the next batch: from the oldest job on, the inputs of jobs with the same options
-/// as the oldest, within the token budget. A job whose inputs do not all fit gives as
+/// Cuts the next batch: from the oldest job on (jobs not yet started before those already
+/// running), the inputs of jobs with the same options as the first, within the token budget. A job whose inputs do not all fit gives as
 /// many as fit (at least one, when the batch would otherwise be empty) and is handed
 /// back unfinished.
 fn take_batch<M: Queued>(
@@ -161,7 +161,11 @@ fn take_batch<M: Queued>(
     max_batch_tokens: usize,
     metrics: &ModelMetrics,
 ) -> Vec<Chunk<M>> {
-    let Some(key) = pending.front().map(|p| p.job.options) else {
+    // Jobs that have not started go first: a large job already running waits for them,
+    // so a small request never shares (and waits for) a chunk of a large one.
+    let fresh_first = pending.iter().any(|p| p.started.is_none());
+    let eligible = |p: &Progress<M>| !fresh_first || p.started.is_none();
+    let Some(key) = pending.iter().find(|p| eligible(p)).map(|p| p.job.options) else {
         return Vec::new();
     };
     let mut batch = Vec::new();
@@ -169,7 +173,7 @@ fn take_batch<M: Queued>(
     let mut i = 0;
     while i < pending.len() && tokens < max_batch_tokens {
         let progress = &pending[i];
-        if progress.job.options != key {
+        if progress.job.options != key || !eligible(progress) {
             i += 1;
             continue;
         }
@@ -456,12 +460,14 @@ mod tests {
         assert_eq!(metrics.queue_tokens.load(Ordering::Relaxed), 80);
         // The small job arrives while the first chunk runs: it goes ahead of the rest.
         pending.extend(queued(vec![small], &metrics));
-        pending.extend(first.into_iter().map(|c| c.progress));
+        pending.extend(
+            first.into_iter().map(|c| Progress { started: Some(Instant::now()), ..c.progress }),
+        );
         let second = take_batch(&mut pending, 25, &metrics);
         assert_eq!(
             ranges(&second),
-            vec![0..1, 2..4],
-            "the small job first, then the large one's next inputs"
+            vec![0..1],
+            "the small job alone, before the large one goes on"
         );
         assert_eq!(second[0].progress.job.tokens, 3);
         assert_eq!(
@@ -469,6 +475,9 @@ mod tests {
             1,
             "only the large job still waits"
         );
+        assert_eq!(metrics.queue_tokens.load(Ordering::Relaxed), 80);
+        let third = take_batch(&mut pending, 25, &metrics);
+        assert_eq!(ranges(&third), vec![2..4], "then the large one's next inputs");
         assert_eq!(metrics.queue_tokens.load(Ordering::Relaxed), 60);
     }
 
