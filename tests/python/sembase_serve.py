@@ -1,12 +1,29 @@
 """Starting `sembase serve` for the Python tests: one process on a loopback port, its
 address read from the `listening on ...` line, stopped with SIGTERM (which must exit 0)."""
 import contextlib
+import os
 import queue
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEMBASE = Path(os.environ.get("SEMBASE_BIN", REPO_ROOT / "target" / "release" / "sembase"))
+
+
+def require_sembase():
+    """Fails the test (not skips it) when the binary has not been built."""
+    if not SEMBASE.exists():
+        pytest.fail(f"{SEMBASE} not found: run `cargo build --release -p sembase-cli` first")
+
+
+def run_cli(*args):
+    """Runs `sembase ARGS...`, failing the test with its stderr when it fails."""
+    done = subprocess.run([str(SEMBASE), *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"sembase {' '.join(args)} failed:\n{done.stderr}"
 
 
 @contextlib.contextmanager

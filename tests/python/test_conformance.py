@@ -26,10 +26,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from sembase_serve import serve
+from sembase_serve import REPO_ROOT, SEMBASE, require_sembase, run_cli, serve
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SEMBASE = Path(os.environ.get("SEMBASE_BIN", REPO_ROOT / "target" / "release" / "sembase"))
 FIXTURES = REPO_ROOT / "crates"
 MODEL = "tiny-bert"
 MODEL_DIR = FIXTURES / "sembase-train" / "tests" / "fixtures" / "tiny-bert"
@@ -52,16 +50,10 @@ TEXTS = {
 }
 
 
-def run_cli(*args):
-    done = subprocess.run([str(SEMBASE), *args], capture_output=True, text=True)
-    assert done.returncode == 0, f"sembase {' '.join(args)} failed:\n{done.stderr}"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A server with every kind of route backed by something: index, head, reports, reranker."""
-    if not SEMBASE.exists():
-        pytest.fail(f"{SEMBASE} not found: run `cargo build --release -p sembase-cli` first")
+    require_sembase()
     work = tmp_path_factory.mktemp("conformance")
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(

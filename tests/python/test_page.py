@@ -11,21 +11,18 @@ look at.
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-from sembase_serve import serve
+from sembase_serve import REPO_ROOT, SEMBASE, require_sembase, run_cli, serve
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # reported by the `browser` fixture as a failure
     expect = None
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SEMBASE = Path(os.environ.get("SEMBASE_BIN", REPO_ROOT / "target" / "release" / "sembase"))
 CHROMIUM = Path(os.environ.get("SEMBASE_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO_ROOT / "target" / "ui-screenshots"
 MODEL = "all-minilm-l6-v2"
@@ -89,16 +86,10 @@ def api(url, method, path, body=None, key=API_KEY):
     return httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=120)
 
 
-def run_cli(*args):
-    done = subprocess.run([str(SEMBASE), *args], capture_output=True, text=True)
-    assert done.returncode == 0, f"sembase {' '.join(args)} failed:\n{done.stderr}"
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A server with an index, a head and a reports directory, all built here."""
-    if not SEMBASE.exists():
-        pytest.fail(f"{SEMBASE} not found: run `cargo build --release -p sembase-cli` first")
+    require_sembase()
     work = tmp_path_factory.mktemp("page")
     corpus = work / "corpus.jsonl"
     with corpus.open("w", encoding="utf-8") as f:
