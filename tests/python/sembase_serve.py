@@ -1,5 +1,6 @@
 """Starting `sembase serve` for the Python tests: one process on a loopback port, its
 address read from the `listening on ...` line, stopped with SIGTERM (which must exit 0)."""
+import collections
 import contextlib
 import os
 import queue
@@ -39,6 +40,10 @@ def serve(sembase, *args):
     )
     lines = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    # The server logs a line per request on stderr: read it all along (keeping the last
+    # lines for failure messages), as any supervisor of the process would.
+    log = collections.deque(maxlen=200)
+    threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
     try:
         line = lines.get(timeout=120)
     except queue.Empty:
@@ -46,9 +51,10 @@ def serve(sembase, *args):
         pytest.fail("sembase serve printed no ready line within 120 s")
     if not line.startswith("listening on "):
         proc.kill()
-        pytest.fail(f"sembase serve did not start: {line!r} {proc.stderr.read()}")
+        proc.wait(timeout=30)
+        pytest.fail(f"sembase serve did not start: {line!r} {''.join(log)}")
     url = line.split("listening on ", 1)[1].strip()
     assert url.startswith("http://127.0.0.1:"), url
     yield url
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, "".join(log)

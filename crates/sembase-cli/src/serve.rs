@@ -123,19 +123,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log lines on stderr, filtered by RUST_LOG (default `info`).
-fn start_logging(format: LogFormat) {
+/// Log lines on stderr, filtered by RUST_LOG (default `info`). They are written by a
+/// thread of their own from a bounded queue, dropping lines when it is full: a stderr
+/// that nobody reads (a pipe whose reader is gone or busy) must not stall requests.
+/// The guard flushes what is queued when dropped.
+fn start_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false);
     // Another subscriber already set (a test harness) is left in place.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 /// Whether `host` is a loopback address (or `localhost`).
@@ -144,7 +149,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    start_logging(args.log_format);
+    let _log_guard = start_logging(args.log_format);
     set_threads(args.threads);
     if args.api_key.is_none() && !is_loopback(&args.host) {
         tracing::warn!(

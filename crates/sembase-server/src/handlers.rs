@@ -649,8 +649,8 @@ pub(crate) async fn require_api_key(
 ) -> Response {
     let config = &state.config;
     let (key, which) = match &config.admin_key {
-        Some(admin) if is_index_write(&request) => (Some(admin), "the admin key"),
-        _ => (config.api_key.as_ref(), "the API key"),
+        Some(admin) if is_index_write(&request) => (Some(admin), "admin key"),
+        _ => (config.api_key.as_ref(), "API key"),
     };
     if let Some(key) = key {
         let given =
@@ -663,13 +663,12 @@ pub(crate) async fn require_api_key(
         match given {
             None => {
                 return ApiError::unauthorized(format!(
-                    "no key given; send `Authorization: Bearer <key>` with {which}"
+                    "no {which} given; send `Authorization: Bearer <key>`"
                 ))
                 .into_response();
             }
             Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
-                return ApiError::unauthorized(format!("incorrect key; this route needs {which}"))
-                    .into_response();
+                return ApiError::unauthorized(format!("incorrect {which}")).into_response();
             }
             Some(_) => {}
         }
