@@ -8,20 +8,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sembase_server::{BodyTimeouts, ServerConfig};
 use serde_json::json;
-
-/// Holds the worker inside a model call with one request, so later ones queue.
-fn hold_worker(server: &TestServer, model: &Arc<FakeModel>) -> std::thread::JoinHandle<Reply> {
-    model.close();
-    let first = spawn_post(server.addr, "/v1/embeddings", json!({"input": "first one"}));
-    server.wait_for("the worker at the gate", || model.gate.waiting.load(Ordering::SeqCst) == 1);
-    first
-}
 
 fn queued(server: &TestServer, jobs: f64) {
     server.wait_for(&format!("{jobs} queued"), || {

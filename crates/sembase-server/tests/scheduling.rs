@@ -6,7 +6,6 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -18,14 +17,6 @@ fn post_in_thread(
     body: serde_json::Value,
 ) -> std::thread::JoinHandle<Reply> {
     spawn_post(addr, "/v1/embeddings", body)
-}
-
-/// Holds the worker inside a model call with one request, so later ones queue.
-fn hold_worker(server: &TestServer, model: &Arc<FakeModel>) -> std::thread::JoinHandle<Reply> {
-    model.close();
-    let first = post_in_thread(server.addr, json!({"input": "first one"}));
-    server.wait_for("the worker at the gate", || model.gate.waiting.load(Ordering::SeqCst) == 1);
-    first
 }
 
 #[test]

@@ -488,3 +488,12 @@ pub fn assert_close(a: &[f32], b: &[f32], context: &str) {
         assert!((x - y).abs() < 1e-6, "{context}: {a:?} != {b:?}");
     }
 }
+
+/// Holds the worker inside a model call with one request, so later ones queue.
+pub fn hold_worker(server: &TestServer, model: &Arc<FakeModel>) -> std::thread::JoinHandle<Reply> {
+    model.close();
+    let first =
+        spawn_post(server.addr, "/v1/embeddings", serde_json::json!({"input": "first one"}));
+    server.wait_for("the worker at the gate", || model.gate.waiting.load(Ordering::SeqCst) == 1);
+    first
+}
