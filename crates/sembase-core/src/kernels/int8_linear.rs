@@ -1,12 +1,15 @@
 //! Linear layers with int8 weights for CPU inference (`--quantize int8`).
 //!
-//! Weights are quantised once per output channel; activations per row at run time
-//! (dynamic quantisation), asymmetrically, `x ~ sx (qx - zx)` with all 256 levels over
-//! the row's range (GELU outputs are far from symmetric), so
-//! `y = sx sw (sum(qx qw) - zx sum(qw)) + b`. The integer dot products run in AVX-512
-//! VNNI where the CPU has it (`vpdpbusd`, unsigned by signed bytes), in AVX2 otherwise
-//! (bytes widened to 16 bits and `vpmaddwd`, which cannot saturate), or in a portable
-//! loop; each gives exactly the portable loop's integers.
+//! Weights are quantised once per output channel, symmetrically within +-127;
+//! activations per row at run time (dynamic quantisation), asymmetrically,
+//! `x ~ sx (qx - zx)` with 255 levels over the row's range (GELU outputs are far from
+//! symmetric), so `y = sx sw (sum(qx qw) - zx sum(qw)) + b`. The integer dot products
+//! run in AVX-512 VNNI where the CPU has it (`vpdpbusd`, unsigned by signed bytes: the
+//! codes are stored as 1..=255), in AVX2 otherwise (codes stored as -127..=127; `vpsignb`
+//! moves each weight's sign onto the activation so that `vpmaddubsw` multiplies |w| by
+//! it, and two such products never pass the 16 bits it adds them in, where unsigned
+//! activations by signed weights could), or in a portable loop; all give the same
+//! `sum(qx qw) - zx sum(qw)`, so the same outputs.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -78,6 +81,15 @@ impl Int8Kernel {
     pub fn detect() -> Self {
         [Self::Vnni, Self::Avx2].into_iter().find(|k| k.supported()).unwrap_or(Self::Portable)
     }
+
+    /// What is added to an activation code in 0..=254 to make the byte the kernel reads:
+    /// `vpdpbusd` reads bytes unsigned (1..=255), the other kernels signed (-127..=127).
+    fn code_shift(self) -> i32 {
+        match self {
+            Self::Vnni => 1,
+            Self::Avx2 | Self::Portable => -127,
+        }
+    }
 }
 
 /// An `(out, in)` weight matrix quantised per output channel, packed for the kernels:
@@ -139,7 +151,7 @@ impl Int8Matrix {
         kernel: Int8Kernel,
     ) -> Vec<f32> {
         let stride = self.groups * GROUP;
-        let codes = quantise_rows(x, rows, self.in_dim, stride);
+        let codes = quantise_rows(x, rows, self.in_dim, stride, kernel.code_shift());
         let channel_tasks = self.out_dim.div_ceil(PANEL * PANELS_PER_TASK);
         let mut out: Vec<f32> = Vec::with_capacity(rows * self.out_dim);
         let inputs = TaskInputs {
@@ -270,13 +282,21 @@ pub fn linear(
 
 /// Activation rows as bytes, with each row's scale and zero point.
 struct QuantisedRows {
-    /// Row-major, each row padded to the stride with its zero point.
+    /// Row-major, each row padded to the stride with its zero point, in the kernel's
+    /// reading (`Int8Kernel::code_shift`).
     codes: Vec<u8>,
     scales: Vec<f32>,
+    /// Each row's zero point, shifted as its codes are.
     zeros: Vec<i32>,
 }
 
-fn quantise_rows(x: &[f32], rows: usize, in_dim: usize, stride: usize) -> QuantisedRows {
+fn quantise_rows(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    stride: usize,
+    shift: i32,
+) -> QuantisedRows {
     let mut codes = vec![0u8; rows * stride];
     let mut scales = vec![0f32; rows];
     let mut zeros = vec![0i32; rows];
@@ -284,7 +304,9 @@ fn quantise_rows(x: &[f32], rows: usize, in_dim: usize, stride: usize) -> Quanti
         .par_chunks_mut(stride)
         .zip(scales.par_iter_mut().zip(zeros.par_iter_mut()))
         .zip(x.par_chunks(in_dim))
-        .for_each(|((codes, (scale, zero)), row)| (*scale, *zero) = quantise_row(row, codes));
+        .for_each(|((codes, (scale, zero)), row)| {
+            (*scale, *zero) = quantise_row(row, codes, shift)
+        });
     QuantisedRows { codes, scales, zeros }
 }
 
@@ -307,25 +329,27 @@ multiversioned! {
     fn quantise_weights(row: &[f32], codes: &mut [i8]) -> (f32, i32) = quantise_weights_loop
 }
 
-/// Codes one activation row into `codes` (padded past the row with the zero point);
-/// returns the row's scale and zero point.
+/// Codes one activation row into `codes` as 0..=254 plus `shift` (wrapping to a byte;
+/// padded past the row with the zero point); returns the row's scale and zero point
+/// (shifted too).
 #[inline(always)]
-fn quantise_row_loop(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
+fn quantise_row_loop(row: &[f32], codes: &mut [u8], shift: i32) -> (f32, i32) {
     // The range always holds 0, so padding (the zero point) is exactly 0.
     let (min, max) = range_with_zero(row);
-    let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+    let scale = if max > min { (max - min) / f32::from(TOP_CODE) } else { 1.0 };
     let inverse = 1.0 / scale;
-    let z = round_to_byte(-min * inverse);
-    let shift = f32::from(z);
+    let z = round_to_code(-min * inverse);
+    let zero = f32::from(z);
+    let shift_byte = shift as u8;
     for (c, &v) in codes.iter_mut().zip(row) {
-        *c = round_to_byte(v * inverse + shift);
+        *c = round_to_code(v * inverse + zero).wrapping_add(shift_byte);
     }
-    codes[row.len()..].fill(z);
-    (scale, i32::from(z))
+    codes[row.len()..].fill(z.wrapping_add(shift_byte));
+    (scale, i32::from(z) + shift)
 }
 
 multiversioned! {
-    fn quantise_row(row: &[f32], codes: &mut [u8]) -> (f32, i32) = quantise_row_loop
+    fn quantise_row(row: &[f32], codes: &mut [u8], shift: i32) -> (f32, i32) = quantise_row_loop
 }
 
 /// Per output channel of one task: weight scales, weight sums and bias.
@@ -375,10 +399,14 @@ fn range_with_zero(values: &[f32]) -> (f32, f32) {
 /// an integer (ties to even) in the low mantissa bits, without a libm call.
 const ROUNDING: f32 = 12_582_912.0;
 
-/// `v` clamped to [0, 255] and rounded to the nearest integer (ties to even).
+/// The largest activation code: 255 levels, so that shifted by -127 they fit a signed byte
+/// whose negation does too (`vpsignb` cannot negate -128).
+const TOP_CODE: u8 = 254;
+
+/// `v` clamped to [0, 254] and rounded to the nearest integer (ties to even).
 #[inline(always)]
-fn round_to_byte(v: f32) -> u8 {
-    let clamped = v.clamp(0.0, 255.0);
+fn round_to_code(v: f32) -> u8 {
+    let clamped = v.clamp(0.0, f32::from(TOP_CODE));
     ((clamped + ROUNDING).to_bits() & 0xFF) as u8
 }
 
@@ -409,7 +437,7 @@ fn dot_block(
             }
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2.
+        // SAFETY: as above, for AVX2, whose activation bytes are -127..=127 read signed.
         Int8Kernel::Avx2 => unsafe {
             for (p, panel) in panels.iter().enumerate() {
                 dot_panel_avx2(panel, codes, rows, stride, out, p * PANEL);
@@ -423,7 +451,8 @@ fn dot_block(
     }
 }
 
-/// The plain loop.
+/// The plain loop, on activation bytes read signed: written so that the compiler
+/// vectorises it across the panel's 16 channels (NEON on aarch64, where it is the kernel).
 fn dot_panel_portable(
     panel: &[i8],
     codes: &[u8],
@@ -432,20 +461,16 @@ fn dot_panel_portable(
     out: &mut Block,
     first_lane: usize,
 ) {
-    for (r, sums) in out.iter_mut().enumerate().take(rows) {
+    for (r, out) in out.iter_mut().enumerate().take(rows) {
         let row = &codes[r * stride..][..stride];
-        for (lane, sum) in sums[first_lane..first_lane + PANEL].iter_mut().enumerate() {
-            *sum = panel
-                .chunks(PANEL * GROUP)
-                .zip(row.chunks(GROUP))
-                .map(|(weights, x)| {
-                    x.iter()
-                        .zip(&weights[lane * GROUP..][..GROUP])
-                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                        .sum::<i32>()
-                })
-                .sum();
+        let mut sums = [0i32; PANEL];
+        for (weights, x) in panel.chunks_exact(PANEL * GROUP).zip(row.chunks_exact(GROUP)) {
+            let x: [i32; GROUP] = std::array::from_fn(|k| i32::from(x[k] as i8));
+            for (sum, w) in sums.iter_mut().zip(weights.chunks_exact(GROUP)) {
+                *sum += x.iter().zip(w).map(|(&a, &b)| a * i32::from(b)).sum::<i32>();
+            }
         }
+        out[first_lane..first_lane + PANEL].copy_from_slice(&sums);
     }
 }
 
@@ -490,8 +515,10 @@ unsafe fn dot_block_vnni<const P: usize>(
     }
 }
 
-/// One panel against up to six rows of codes, in 16-bit lanes: each `vpmaddwd` gives,
-/// per channel, two sums of two products (k0+k1 and k2+k3 of a group), added up at the end.
+/// One panel against up to six rows of codes, in passes of [`AVX2_ROWS`] rows.
+///
+/// SAFETY (callers): the CPU has AVX2; `panel` holds groups x 64 bytes, `codes`
+/// rows x stride bytes (stride = groups x 4), each within -127..=127 read signed.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_panel_avx2(
@@ -502,38 +529,68 @@ unsafe fn dot_panel_avx2(
     out: &mut Block,
     first_lane: usize,
 ) {
-    use std::arch::x86_64::*;
-    let groups = stride / GROUP;
     assert!(
-        panel.len() >= groups * PANEL * GROUP
+        panel.len() >= (stride / GROUP) * PANEL * GROUP
             && codes.len() >= rows * stride
             && rows <= ROWS_PER_PASS
     );
-    // Four registers per row, four channels each (two partial sums per channel).
-    let mut acc = [[_mm256_setzero_si256(); 4]; ROWS_PER_PASS];
+    for first in (0..rows).step_by(AVX2_ROWS) {
+        let codes = &codes[first * stride..];
+        let out = &mut out[first..];
+        match rows - first {
+            1 => dot_rows_avx2::<1>(panel, codes, stride, out, first_lane),
+            2 => dot_rows_avx2::<2>(panel, codes, stride, out, first_lane),
+            3 => dot_rows_avx2::<3>(panel, codes, stride, out, first_lane),
+            _ => dot_rows_avx2::<AVX2_ROWS>(panel, codes, stride, out, first_lane),
+        }
+    }
+}
+
+/// Activation rows per pass of the AVX2 kernel: 4 rows x 2 registers of sums, the
+/// weights and their magnitudes, the activations and the products fit AVX2's 16 registers.
+const AVX2_ROWS: usize = 4;
+
+/// `R` rows of codes against one panel (16 channels, two registers of 8). Per group,
+/// `vpsignb` gives each channel its activations times the sign of its weights, and
+/// `vpmaddubsw` multiplies them by the weights' magnitudes (unsigned), adding pairs into
+/// 16 bits: |127 x 127 x 2| < 2^15, so nothing saturates. `vpmaddwd` by ones then adds
+/// the pairs into each channel's 32-bit lane, as `vpdpbusd` does in one step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_rows_avx2<const R: usize>(
+    panel: &[i8],
+    codes: &[u8],
+    stride: usize,
+    out: &mut [[i32; PANEL * PANELS_PER_TASK]],
+    first_lane: usize,
+) {
+    use std::arch::x86_64::*;
+    let groups = stride / GROUP;
+    assert!(panel.len() >= groups * PANEL * GROUP && codes.len() >= R * stride && out.len() >= R);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for g in 0..groups {
         let base = panel.as_ptr().add(g * PANEL * GROUP);
-        let mut w = [_mm256_setzero_si256(); 4];
-        for (q, w) in w.iter_mut().enumerate() {
-            *w = _mm256_cvtepi8_epi16(_mm_loadu_si128(base.add(q * 16) as *const __m128i));
-        }
-        for (r, sums) in acc.iter_mut().enumerate().take(rows) {
-            // The group's four codes as 16-bit values, repeated for every channel.
-            let four = (codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned();
-            let x = _mm256_cvtepu8_epi16(_mm_set1_epi32(four));
-            for (sum, w) in sums.iter_mut().zip(&w) {
-                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(x, *w));
+        let weights = [
+            _mm256_loadu_si256(base as *const __m256i),
+            _mm256_loadu_si256(base.add(32) as *const __m256i),
+        ];
+        let magnitudes = weights.map(|w| _mm256_abs_epi8(w));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            // The group's four codes, repeated across the register.
+            let x = _mm256_set1_epi32(
+                (codes.as_ptr().add(r * stride + g * GROUP) as *const i32).read_unaligned(),
+            );
+            for ((sum, &w), &m) in sums.iter_mut().zip(&weights).zip(&magnitudes) {
+                let pairs = _mm256_maddubs_epi16(m, _mm256_sign_epi8(x, w));
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
             }
         }
     }
-    for (r, sums) in acc.iter().enumerate().take(rows) {
-        for (q, sum) in sums.iter().enumerate() {
-            let mut pairs = [0i32; 8];
-            _mm256_storeu_si256(pairs.as_mut_ptr() as *mut __m256i, *sum);
-            for c in 0..4 {
-                out[r][first_lane + q * 4 + c] = pairs[2 * c] + pairs[2 * c + 1];
-            }
-        }
+    for (r, sums) in acc.iter().enumerate() {
+        let lanes = out[r].as_mut_ptr().add(first_lane);
+        _mm256_storeu_si256(lanes as *mut __m256i, sums[0]);
+        _mm256_storeu_si256(lanes.add(8) as *mut __m256i, sums[1]);
     }
 }
 
@@ -588,18 +645,45 @@ mod tests {
         }
     }
 
+    /// Activations at both ends of their range against weights at both ends of theirs:
+    /// every pair of products the AVX2 kernel adds in 16 bits is as large as it gets
+    /// (127 x 127 x 2), and every kernel still equals the portable loop and f32.
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        let (out_dim, in_dim, rows) = (32, 64, 5);
+        let w: Vec<f32> = (0..out_dim * in_dim)
+            .map(|i| if (i / in_dim + i / 2) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let x: Vec<f32> =
+            (0..rows * in_dim).map(|i| if (i / 2) % 2 == 0 { 2.0 } else { -2.0 }).collect();
+        let b = vec![0.0; out_dim];
+        for kernel in kernels() {
+            let q = Int8Matrix::quantise(&w, out_dim, in_dim);
+            let got = q.forward(&x, rows, &b, false, kernel);
+            assert_eq!(got, q.forward(&x, rows, &b, false, Int8Kernel::Portable), "{kernel:?}");
+            for r in 0..rows {
+                for o in 0..out_dim {
+                    let exact: f32 =
+                        (0..in_dim).map(|k| x[r * in_dim + k] * w[o * in_dim + k]).sum();
+                    let value = got[r * out_dim + o];
+                    assert!((value - exact).abs() < 0.5, "{kernel:?} {r} {o}: {value} vs {exact}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rounding_and_range() {
         assert_eq!(
             [
-                round_to_byte(-3.0),
-                round_to_byte(0.49),
-                round_to_byte(2.5),
-                round_to_byte(3.5),
-                round_to_byte(254.6),
-                round_to_byte(900.0)
+                round_to_code(-3.0),
+                round_to_code(0.49),
+                round_to_code(2.5),
+                round_to_code(3.5),
+                round_to_code(253.6),
+                round_to_code(900.0)
             ],
-            [0, 0, 2, 4, 255, 255]
+            [0, 0, 2, 4, 254, 254]
         );
         let values: Vec<f32> = (0..37).map(|i| i as f32 - 10.0).collect();
         assert_eq!(range_with_zero(&values), (-10.0, 26.0));
