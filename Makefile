@@ -1,6 +1,6 @@
-# The two commands of the README, the Python environment of the benchmarks, and the
-# ARM type check.
-.PHONY: serve test bench-env check-arm
+# The two commands of the README, the Python environment of the benchmarks, the CPU
+# benchmark from a fresh clone, and the ARM type check.
+.PHONY: serve test bench-env bench-cpu check-arm
 
 BENCH_VENV ?= .venv-bench
 BENCH_REQUIREMENTS ?= bench/requirements.txt
@@ -24,6 +24,14 @@ $(BENCH_VENV)/.requirements.txt: $(BENCH_REQUIREMENTS)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON3) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
 	cp $(BENCH_REQUIREMENTS) $@
+
+## From a fresh clone: build, pull the two models, make bench-env, then run bench/cpu_speed.py with
+## ARGS (e.g. ARGS=--quick); it prints the CPU, its flags and sembase's kernel line first.
+bench-cpu: bench-env
+	cargo build --release -p sembase-cli
+	target/release/sembase model pull all-minilm-l6-v2
+	target/release/sembase model pull multilingual-e5-small
+	$(BENCH_VENV)/bin/python bench/cpu_speed.py $(ARGS)
 
 ARM_TARGET ?= aarch64-unknown-linux-gnu
 ARM_CC ?= clang-16
