@@ -1,5 +1,6 @@
-# The two commands of the README, and the Python environment of the benchmarks.
-.PHONY: serve test bench-env
+# The two commands of the README, the Python environment of the benchmarks, the CPU
+# benchmark from a fresh clone, and the ARM type check.
+.PHONY: serve test bench-env bench-cpu check-arm
 
 BENCH_VENV ?= .venv-bench
 BENCH_REQUIREMENTS ?= bench/requirements.txt
@@ -23,3 +24,23 @@ $(BENCH_VENV)/.requirements.txt: $(BENCH_REQUIREMENTS)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON3) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check -r $(BENCH_REQUIREMENTS)
 	cp $(BENCH_REQUIREMENTS) $@
+
+## From a fresh clone: build, pull the two models, make bench-env, then run bench/cpu_speed.py with
+## ARGS (e.g. ARGS=--quick); it prints the CPU, its flags and sembase's kernel line first.
+bench-cpu: bench-env
+	cargo build --release -p sembase-cli
+	target/release/sembase model pull all-minilm-l6-v2
+	target/release/sembase model pull multilingual-e5-small
+	$(BENCH_VENV)/bin/python bench/cpu_speed.py $(ARGS)
+
+ARM_TARGET ?= aarch64-unknown-linux-gnu
+ARM_CC ?= clang-16
+ARM_CXX ?= clang++-16
+## Type-check the workspace for 64-bit ARM Linux (x86 intrinsics must stay behind
+## cfg(target_arch = "x86_64")). Not part of `make test`: it needs
+## `rustup target add aarch64-unknown-linux-gnu` and, for the C and C++ that the build scripts
+## of ring, oniguruma and usearch's numkong compile, a cross compiler numkong accepts
+## (Debian 12: apt-get install clang-16 g++-aarch64-linux-gnu; its GCC 12 and clang 14 fail).
+check-arm:
+	CC_$(subst -,_,$(ARM_TARGET))=$(ARM_CC) CXX_$(subst -,_,$(ARM_TARGET))=$(ARM_CXX) \
+		cargo check --target $(ARM_TARGET) --workspace --all-targets

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """CPU encoder speed: `sembase embed` against onnxruntime fp32 and int8, and the GEMM peak.
 
-    make bench-env    # once: .venv-bench with bench/requirements.txt
+    make bench-cpu ARGS=--quick    # from a fresh clone: the release build, the two models,
+                                   # .venv-bench (make bench-env), then this script with ARGS
     .venv-bench/bin/python bench/cpu_speed.py [--models all-minilm-l6-v2,multilingual-e5-small]
         [--workloads stsb,msmarco] [--repeats 3] [--threads 2] [--quick] [--json OUT]
+
+First printed (and in --json's "environment"): the CPU model, its flags that choose kernels
+(KERNEL_FLAGS), the line in which `sembase embed` names the CPU kernels it runs, and the
+onnxruntime, torch and numpy versions, so that figures from different machines can be told apart.
 
 Measures, on this machine and with the same thread count for every engine, real tokens per
 second of each model on each workload:
@@ -32,10 +37,11 @@ Workloads: stsb = the 2758 STS-B test sentences (sentence1 column, then sentence
 first 2000 passages of MS MARCO-5k (title + " " + text when there is a title); whitespace runs
 become one space. `--quick`: 1 repeat, the first 500 texts of each workload.
 
-Needs the packages of bench/requirements.txt (torch, transformers, tokenizers, onnxruntime, onnx,
-numpy, threadpoolctl: `make bench-env`), the release binary (`cargo build --release`) and the models
-in the store, $SEMBASE_HOME (default ~/.cache/sembase): `target/release/sembase model pull NAME`.
-The data is read from ../shared/data beside the repository.
+Needs (`make bench-cpu` sees to the first three) the packages of bench/requirements.txt (torch,
+transformers, tokenizers, onnxruntime, onnx, numpy, threadpoolctl: `make bench-env`), the release
+binary (`cargo build --release`), the models in the store, $SEMBASE_HOME (default
+~/.cache/sembase): `target/release/sembase model pull NAME`, and the data in ../shared/data beside
+the repository.
 """
 import argparse
 import hashlib
@@ -78,6 +84,10 @@ GEMM_TRIES = 20
 SUBPROCESS_TIMEOUT_S = 1800
 BUSY_LOAD = 0.5
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+# The /proc/cpuinfo flags that decide which kernels sembase, gemm or onnxruntime's MLAS run:
+# x86-64, then aarch64 (asimd = NEON, asimddp = the int8 dot product).
+KERNEL_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "avx2", "fma", "f16c",
+                "asimd", "asimddp", "i8mm", "sve")
 
 
 def normalise_space(text):
@@ -242,6 +252,44 @@ class OrtEncoder:
         return time.perf_counter() - start, vectors
 
 
+def run_embed(binary, model, threads, source, target, extra=()):
+    """Wall seconds and stderr of one `sembase embed` process from `source` into `target`."""
+    target.unlink(missing_ok=True)
+    command = [str(binary), "embed", "--model", model, "--input", str(source),
+               "--output", str(target), "--threads", str(threads), *extra]
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, env={**os.environ, "SEMBASE_HOME": str(SEMBASE_HOME)})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"cpu_speed: {' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return seconds, done.stderr
+
+
+def sembase_kernels(binary, model, threads, scratch):
+    """The line in which `sembase embed` names the CPU kernels it runs (None from a binary that
+    does not print one)."""
+    source = scratch / "kernels.txt"
+    source.write_text("kernels\n", encoding="utf-8")
+    _, stderr = run_embed(binary, model, threads, source, scratch / "kernels.npy")
+    return next((line for line in stderr.splitlines() if line.startswith("kernels: ")), None)
+
+
+def cpu_model_and_features():
+    """The CPU's model name, and which of KERNEL_FLAGS it has (from /proc/cpuinfo on Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return model, [flag for flag in KERNEL_FLAGS if flag in flags]
+
+
 class SembaseRunner:
     """`sembase embed` on one model, as a separate process."""
 
@@ -263,15 +311,7 @@ class SembaseRunner:
     def run_file(self, source):
         """Wall seconds of one whole `sembase embed` process, and its output matrix."""
         target = self.scratch / "out.npy"
-        target.unlink(missing_ok=True)
-        command = [str(self.binary), "embed", "--model", self.model, "--input", str(source),
-                   "--output", str(target), "--threads", str(self.threads), *self.extra]
-        start = time.perf_counter()
-        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=SUBPROCESS_TIMEOUT_S, env={**os.environ, "SEMBASE_HOME": str(SEMBASE_HOME)})
-        seconds = time.perf_counter() - start
-        if done.returncode != 0:
-            sys.exit(f"cpu_speed: {' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        seconds, _ = run_embed(self.binary, self.model, self.threads, source, target, self.extra)
         return seconds, np.load(target)
 
     def timer(self, texts, stem):
@@ -437,15 +477,24 @@ def git_head():
     return done.stdout.strip() or None
 
 
-def environment(args, sembase):
-    """What the figures were measured with."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "repeats": args.repeats,
+def environment(args, sembase, kernels):
+    """What the figures were measured with; `kernels` is sembase's kernel line."""
+    cpu, features = cpu_model_and_features()
+    return {"cpu": cpu, "cpu_features": features, "sembase_kernels": kernels, "cores": os.cpu_count(),
+            "threads": args.threads, "repeats": args.repeats,
             "quick": args.quick, "batch_size": BATCH_SIZE, "git_head": git_head(),
             "sembase_binary": str(args.sembase), "sembase_sha256_16": file_digest(sembase),
             "load_average_at_start": os.getloadavg()[0],
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__}}
+
+
+def print_environment(env):
+    """The machine and the kernels, first, so that figures from different machines can be told apart."""
+    versions = env["versions"]
+    print(f"cpu: {env['cpu']}, {env['cores']} cores; features: {' '.join(env['cpu_features']) or 'none listed'}")
+    print(f"sembase {env['sembase_kernels'] or 'kernels: not reported (a binary older than the kernel line)'}")
+    print(f"onnxruntime {versions['onnxruntime']} (torch {versions['torch']}, numpy {versions['numpy']}); "
+          f"{env['threads']} threads per engine", flush=True)
 
 
 def parse_args():
@@ -471,6 +520,8 @@ def parse_args():
         if not (SEMBASE_HOME / "models" / name / "model.safetensors").exists():
             parser.error(f"no model.safetensors for {name} under {SEMBASE_HOME}/models: "
                          f"run `target/release/sembase model pull {name}`")
+    if not DATA_ROOT.is_dir():
+        parser.error(f"{DATA_ROOT} not found: the workloads' data lies in ../shared/data beside the repository")
     if set(args.workloads) - set(WORKLOADS):
         parser.error(f"unknown workload(s) in {args.workloads}; known: {','.join(WORKLOADS)}")
     if not args.sembase.exists():
@@ -487,15 +538,17 @@ def main():
         os.environ[var] = str(args.threads)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    if load > BUSY_LOAD:
-        print(f"warning: load average {load:.2f} at start; other work slows every engine", flush=True)
     limit = QUICK_TEXTS if args.quick else None
     workloads = {name: load_workload(name, limit) for name in args.workloads}
     with tempfile.TemporaryDirectory(prefix="cpu-speed-") as tmp:
         scratch = Path(tmp)
         sembase = scratch / "sembase"
         shutil.copy2(args.sembase, sembase)
-        report = {"environment": environment(args, sembase)}
+        kernels = sembase_kernels(sembase, args.models[0], args.threads, scratch)
+        report = {"environment": environment(args, sembase, kernels)}
+        print_environment(report["environment"])
+        if load > BUSY_LOAD:
+            print(f"warning: load average {load:.2f} at start; other work slows every engine", flush=True)
         with threadpool_limits(limits=args.threads):
             report["gemm_gflops"] = gemm_peak(args.threads)
         gemm = report["gemm_gflops"]

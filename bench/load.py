@@ -21,7 +21,9 @@ What it does, in one run on one machine:
    (usage.prompt_tokens of 2xx answers), p50/p99 latency and non-2xx / 5xx counts.
 4. Peer in the same run: `sembase embed` on the same texts, before and after the
    server's levels (start-up subtracted: the time of a one-line run is taken off), and
-   the ratio of the highest client count's tokens/s to the faster of the two.
+   the ratio of the highest client count's tokens/s to the faster of the two, printed at the end as
+   `serve/embed tokens/s ratio at 64 clients: X` (and "ratio" in --json), after embed's
+   line naming the CPU kernels it ran.
 
 Loopback only; every loop is bounded in time and count.
 """
@@ -200,9 +202,12 @@ def start_server(args, extra=()):
 
 
 def time_embed(args, texts):
-    """Wall seconds of `sembase embed` on the texts, minus a one-line run's (start-up)."""
+    """Wall seconds of `sembase embed` on the texts, a one-line run's (start-up, the faster of two),
+    and the line in which embed names its CPU kernels (None from a binary that prints none)."""
+    kernels = None
 
     def run(lines):
+        nonlocal kernels
         with tempfile.TemporaryDirectory() as tmp:
             src, out = Path(tmp) / "in.txt", Path(tmp) / "out.jsonl"
             src.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -210,12 +215,16 @@ def time_embed(args, texts):
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             start = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            return time.perf_counter() - start
+            done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+            kernels = next((line for line in done.stderr.splitlines() if line.startswith("kernels: ")), kernels)
+            return seconds
 
     startup = min(run(texts[:1]) for _ in range(2))
     full = run(texts)
-    return full, startup
+    return full, startup, kernels
 
 
 async def count_tokens(url, api_key, model, texts):
@@ -317,17 +326,21 @@ def main():
         # The peer ran before and after the server's levels; the faster run counts
         # (the conservative choice on a machine whose load changes).
         peer_runs.append(time_embed(args, texts))
-        rates = [total_tokens / max(full - startup, 1e-9) for full, startup in peer_runs]
+        rates = [total_tokens / max(full - startup, 1e-9) for full, startup, _ in peer_runs]
         peer = max(rates)
         result["embed"] = {
-            "runs": [{"seconds": f, "startup_seconds": s0, "tokens_per_s": r} for (f, s0), r in zip(peer_runs, rates)],
+            "runs": [{"seconds": f, "startup_seconds": s0, "tokens_per_s": r}
+                     for (f, s0, _), r in zip(peer_runs, rates)],
             "tokens_per_s": peer,
+            "kernels": peer_runs[-1][2],
         }
-        for (full, startup), rate in zip(peer_runs, rates):
+        print(f"sembase embed {peer_runs[-1][2] or 'kernels: not reported (a binary older than the kernel line)'}")
+        for (full, startup, _), rate in zip(peer_runs, rates):
             print(f"sembase embed: {full:.2f} s for {len(texts)} texts, start-up {startup:.2f} s -> {rate:.0f} tokens/s")
         top = max(result["levels"], key=lambda lv: lv["clients"])
         result["ratio"] = top["tokens_per_s"] / peer
-        print(f"ratio, {top['clients']} clients / sembase embed (faster run, tokens/s): {result['ratio']:.2f}x")
+        print(f"serve/embed tokens/s ratio at {top['clients']} clients: {result['ratio']:.2f} "
+              f"(serve {top['tokens_per_s']:.0f} tokens/s; embed {peer:.0f}, the faster of its two runs)")
     if "server_exit" in result:
         print(f"server exit after SIGTERM: {result['server_exit']}")
     if args.json:

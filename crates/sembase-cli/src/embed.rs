@@ -64,6 +64,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     )?;
     let model =
         load_local(&args.model, args.max_seq_length, args.compute.batch_tokens, args.quantize)?;
+    if model.device().is_cpu() {
+        // One line, so that timings of embed runs on different machines can be told apart.
+        eprintln!("{}", sembase_core::kernels::cpu_features::report()?);
+    }
     let options = EmbedOptions {
         prefix: prefix(&model, &args)?,
         dimensions: args.dimensions,

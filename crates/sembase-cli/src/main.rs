@@ -55,7 +55,19 @@ enum Command {
 fn main() {
     heap::reuse_freed_buffers();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A kernel set this CPU lacks is refused here, before any command runs.
+    let result = sembase_core::kernels::cpu_features::KernelSet::from_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|_| run(cli.command));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs one subcommand.
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Model(cmd) => model::run(cmd),
         Command::Embed(args) => embed::run(args),
         Command::Head(cmd) => head::run(cmd),
@@ -65,9 +77,5 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }

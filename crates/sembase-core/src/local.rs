@@ -136,6 +136,11 @@ impl LocalEmbedder {
         })
     }
 
+    /// Where the model computes.
+    pub fn device(&self) -> &Device {
+        &self.options.device
+    }
+
     /// The tokenizer, set to this model's token limit.
     pub fn tokenizer(&self) -> &TextTokenizer {
         self.pipeline.tokenizer()

@@ -211,6 +211,28 @@ mod tests {
         );
     }
 
+    /// Each kernel set this CPU has gives the portable loop's values (see `cpu_features`).
+    #[test]
+    fn every_kernel_set_matches_the_portable_one() {
+        use crate::kernels::cpu_features::assert_every_set_agrees;
+        let (rows, dim) = (5, 384 + 3);
+        let x: Vec<f32> = (0..rows * dim).map(|i| ((i * 37 % 101) as f32 - 40.0) / 9.0).collect();
+        let r: Vec<f32> = (0..rows * dim).map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0).collect();
+        let weight: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 / dim as f32).collect();
+        let bias: Vec<f32> = (0..dim).map(|i| (i as f32 - 20.0) / 100.0).collect();
+        let op = LayerNormKernel { weight: &weight, bias: &bias, eps: 1e-12 };
+        assert_every_set_agrees("layer norm", 1e-6, || {
+            let mut out = x.clone();
+            normalise(&mut out, &op);
+            out
+        });
+        assert_every_set_agrees("residual layer norm", 1e-6, || {
+            let mut out = vec![0f32; x.len()];
+            add_and_normalise(&mut out, &x, &r, &op);
+            out
+        });
+    }
+
     #[test]
     fn a_weight_of_the_wrong_width_is_an_error() {
         let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();

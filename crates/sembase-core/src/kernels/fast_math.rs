@@ -1,7 +1,8 @@
 //! Vectorisable element-wise math for the CPU kernels.
 //!
 //! Written as branch-free scalar code so the compiler vectorises the loops;
-//! the loop is compiled for AVX-512 and AVX2 as well and chosen at run time.
+//! the loop is compiled for AVX-512 and AVX2 as well and chosen at run time
+//! (`cpu_features` says which set runs, and can force a slower one).
 
 /// exp(x) by range reduction to r in [-ln2/2, ln2/2] and a degree-6 Taylor
 /// polynomial: relative error below 2e-7 on the clamped range.
@@ -50,7 +51,8 @@ fn erf(x: f32) -> f32 {
 }
 
 /// Defines `pub fn $name(args) [-> ret]` that runs `$body(args)` compiled for AVX-512
-/// or AVX2+FMA when the CPU has them (chosen at run time), or as plain code otherwise.
+/// or AVX2+FMA when the CPU has them (chosen at run time, capped by
+/// `SEMBASE_CPU_KERNELS`: see `cpu_features`), or as plain code otherwise.
 /// The other CPU kernels use it for their element-wise loops too.
 macro_rules! multiversioned {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident) => {
@@ -66,13 +68,13 @@ macro_rules! multiversioned {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports the enabled features (checked above).
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                use $crate::kernels::cpu_features::{active, KernelSet};
+                match active() {
+                    // SAFETY: `active` names only sets whose instructions the CPU has.
+                    KernelSet::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    KernelSet::Avx2 => return unsafe { avx2($($arg),*) },
+                    KernelSet::Portable => {}
                 }
             }
             $body($($arg),*)
@@ -225,6 +227,40 @@ mod tests {
             let h = 1e-4;
             let want = (gelu(*x as f64 + h) - gelu(*x as f64 - h)) / (2.0 * h);
             assert!((*g as f64 - want).abs() < 1e-5, "gelu'({x}) = {g}, want {want}");
+        }
+    }
+
+    #[inline(always)]
+    fn exp_and_erf_loop(values: &[f32]) -> Vec<f32> {
+        values.iter().map(|&x| exp(x)).chain(values.iter().map(|&x| erf(x))).collect()
+    }
+
+    multiversioned! {
+        fn exp_and_erf(values: &[f32]) -> Vec<f32> = exp_and_erf_loop
+    }
+
+    /// Each kernel set this CPU has gives the portable loop's values (see `cpu_features`).
+    #[test]
+    fn every_kernel_set_matches_the_portable_one() {
+        use crate::kernels::cpu_features::assert_every_set_agrees;
+        let xs: Vec<f32> = (-950..=950).map(|i| i as f32 * 0.097).collect();
+        assert_every_set_agrees("exp, erf", 1e-6, || exp_and_erf(&xs));
+        assert_every_set_agrees("gelu", 1e-6, || {
+            let mut values = xs.clone();
+            gelu_erf_in_place(&mut values);
+            values
+        });
+        assert_every_set_agrees("gelu backward", 1e-6, || {
+            let mut grad: Vec<f32> = xs.iter().map(|x| 1.0 + x.sin()).collect();
+            gelu_erf_backward(&xs, &mut grad);
+            grad
+        });
+        for len in [1, 7, 16, 33, 384] {
+            assert_every_set_agrees(&format!("softmax of {len}"), 1e-6, || {
+                let mut row: Vec<f32> = xs.iter().step_by(3).take(len).map(|x| x * 0.3).collect();
+                softmax_in_place(&mut row);
+                row
+            });
         }
     }
 

@@ -239,12 +239,13 @@ unsafe fn dot_avx2<const N: usize>(rows: [&QuantisedRow; N], weights: &[u8]) -> 
     out
 }
 
-fn has_avx2() -> bool {
+/// Whether the AVX2 path runs: the kernel set in force includes AVX2 and FMA
+/// (`cpu_features`, which can force the portable path) and the CPU has F16C.
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+        use super::cpu_features::{active, KernelSet};
+        active() >= KernelSet::Avx2 && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -294,20 +295,15 @@ mod tests {
         }
     }
 
+    /// The AVX2 path, where the CPU has it, against the portable one: row counts 1 to 5
+    /// take every group size of the four-row passes.
     #[test]
-    fn simd_and_portable_paths_agree() {
-        let (q, _) = matrix(3, 64);
-        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
-        let rows: Vec<QuantisedRow> =
-            x.chunks(16).map(|part| quantise_row(&part.repeat(4))).collect();
-        for weight_row in q.bytes.chunks(2 * BLOCK_BYTES) {
-            for count in 1..=rows.len() {
-                let portable = dot_rows(weight_row, &rows[..count], false);
-                let fast = dot_rows(weight_row, &rows[..count], has_avx2());
-                for (p, f) in portable.iter().zip(&fast) {
-                    assert!((p - f).abs() <= 1e-4 * (1.0 + p.abs()), "{count} rows: {p} vs {f}");
-                }
-            }
+    fn every_kernel_set_matches_the_portable_one() {
+        use crate::kernels::cpu_features::assert_every_set_agrees;
+        let (q, _) = matrix(19, 96);
+        for rows in 1..=5 {
+            let x: Vec<f32> = (0..rows * 96).map(|i| ((i * 29 % 71) as f32 - 30.0) / 7.0).collect();
+            assert_every_set_agrees(&format!("{rows} rows"), 1e-5, || q.matmul(&x, rows));
         }
     }
 
