@@ -13,8 +13,7 @@ use std::sync::Arc;
 use common::*;
 use sembase_core::{CrossEncoder, LoadOptions, Truncation};
 use sembase_embed::{PairTokens, Reranker, ScoreActivation};
-use sembase_index::{Index, IndexSettings, Metric, ModelIdentity, Precision, StoreSpec};
-use sembase_server::{Attachments, IndexSpec, ModelSpec, ServerConfig, ServerError};
+use sembase_server::{Attachments, ModelSpec, ServerConfig, ServerError};
 use serde_json::{json, Value};
 
 const TOLERANCE: f32 = 1e-4;
@@ -523,26 +522,13 @@ fn pairs_of_waiting_requests_share_one_forward_pass() {
 }
 
 /// A flat index of the fake model's vectors, empty, for `--index docs=DIR`.
-fn empty_index(name: &str) -> IndexSpec {
-    let dir = std::env::temp_dir().join(format!("sembase-rerank-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let settings = IndexSettings {
-        model: ModelIdentity { name: "fake".into(), fingerprint: "test".into() },
-        dimensions: 8,
-        query_prefix: None,
-        document_prefix: None,
-        metric: Metric::Cosine,
-    };
-    let index = Index::create(&dir, settings, StoreSpec::Flat { precision: Precision::default() })
-        .expect("an index in the temporary directory");
-    IndexSpec { name: "docs".into(), index, model: "fake".into() }
-}
-
 /// A server with the fake model, an index of the fixture's documents and `reranker`.
 fn serve_search(name: &str, config: ServerConfig, reranker: Arc<CrossEncoder>) -> TestServer {
     let fake = FakeModel::new("fake", 8, 64);
+    let dir = std::env::temp_dir().join(format!("sembase-rerank-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let attachments = Attachments {
-        indexes: vec![empty_index(name)],
+        indexes: vec![empty_index(&dir)],
         rerankers: vec![reranker],
         ..Attachments::default()
     };
