@@ -33,6 +33,7 @@ mod classify;
 mod connections;
 pub mod error;
 mod handlers;
+mod integral;
 pub mod metrics;
 mod openapi;
 mod reports;

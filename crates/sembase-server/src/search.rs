@@ -27,6 +27,7 @@ use crate::error::{ApiError, ServerError};
 use crate::handlers::{
     check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
 };
+use crate::integral;
 use crate::rerank::{Group, ServedReranker};
 use crate::{AppState, ModelSpec, Models};
 
@@ -183,7 +184,7 @@ pub struct SearchRequest {
     #[serde(default)]
     pub queries: Option<Vec<String>>,
     /// Hits per query (1..=1000).
-    #[serde(default = "default_top_k")]
+    #[serde(default = "default_top_k", deserialize_with = "integral::value")]
     pub top_k: usize,
     /// Only documents whose metadata has these values (strings, numbers, booleans or null).
     #[serde(default)]
@@ -202,7 +203,7 @@ pub struct RerankStage {
     pub model: Option<String>,
     /// Candidates per query the index retrieves for the reranker: from `top_k` to 1000
     /// (and at most the server's `max_inputs`); default the larger of 50 and `top_k`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
     #[schema(minimum = 1)]
     pub depth: Option<usize>,
 }

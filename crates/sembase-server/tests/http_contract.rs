@@ -87,7 +87,7 @@ fn base64_is_little_endian_f32_of_the_float_answer() {
 }
 
 #[test]
-fn dimensions_truncate_and_renormalise() {
+fn dimensions_truncate_and_renormalise_and_take_integral_floats() {
     let model = FakeModel::new("fake", 8, 16);
     let server = TestServer::fake(config(), &model);
     for d in [1, 5, 8] {
@@ -99,7 +99,12 @@ fn dimensions_truncate_and_renormalise() {
         assert!((norm - 1.0).abs() < 1e-5);
         assert_close(v, &model.expected("some words here", Some(d)), "dims");
     }
-    for d in [0, 9, 100000] {
+    // JavaScript clients send 4.0 for 4.
+    let reply =
+        server.post_json("/v1/embeddings", &json!({"input": "some words", "dimensions": 4.0}));
+    assert_close(&vectors(&reply)[0], &model.expected("some words", Some(4)), "4.0");
+    let refused = [json!(0), json!(9), json!(100000), json!(4.5), json!(-4.0), json!(1e300)];
+    for d in refused {
         let reply = server.post_json("/v1/embeddings", &json!({"input": "x", "dimensions": d}));
         reply.assert_error(
             400,

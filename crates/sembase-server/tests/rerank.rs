@@ -629,6 +629,32 @@ fn search_reranks_the_index_candidates_and_keeps_their_first_stage_rank() {
 }
 
 #[test]
+fn top_n_top_k_and_depth_take_integral_floats() {
+    let server = serve_search("floats", ServerConfig::default(), tiny(None));
+    let reference = reference();
+    let query = &reference.pairs[3].0;
+    let documents: Vec<&str> = reference.pairs.iter().map(|(_, d)| d.as_str()).collect();
+    let rerank = |top_n: Value| json!({"query": query, "documents": documents, "top_n": top_n});
+    let reply = server.post_json("/v1/rerank", &rerank(json!(2.0)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["results"].as_array().unwrap().len(), 2);
+    let search = |top_k: Value, depth: Value| json!({"index": "docs", "query": query, "top_k": top_k, "rerank": {"depth": depth}});
+    let reply = server.post_json("/v1/search", &search(json!(3.0), json!(6.0)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["results"][0]["hits"].as_array().unwrap().len(), 3);
+    let invalid = "invalid_request_error";
+    for bad in [json!(2.5), json!(-2.0), json!(1e300)] {
+        let context = format!("{bad}");
+        let reply = server.post_json("/v1/rerank", &rerank(bad.clone()));
+        reply.assert_error(400, invalid, Some("top_n"), None, &context);
+        let reply = server.post_json("/v1/search", &search(bad.clone(), json!(6)));
+        reply.assert_error(400, invalid, Some("top_k"), None, &context);
+        let reply = server.post_json("/v1/search", &search(json!(3), bad));
+        reply.assert_error(400, invalid, Some("rerank"), None, &context);
+    }
+}
+
+#[test]
 fn search_refuses_over_long_candidates_when_truncation_is_off() {
     let strict = ServerConfig { truncate: false, ..ServerConfig::default() };
     let server = serve_search("strict", strict, tiny(Some(16)));

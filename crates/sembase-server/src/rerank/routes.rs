@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use super::{Group, Scored, ServedReranker};
 use crate::api::{SchemaStatus, Usage};
 use crate::handlers::{json, read_json, AppResult};
+use crate::integral;
 use crate::{AppState, Models};
 
 /// `POST /v1/rerank` body.
@@ -30,7 +31,7 @@ pub struct RerankRequest {
     /// The documents to score (1 to the server's `max_inputs`, 2048 by default; none empty).
     pub documents: Vec<RerankDocument>,
     /// Answer only the N most relevant documents; every document when omitted or 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
     pub top_n: Option<usize>,
     /// Give each result its document (default true, as Jina and vLLM do).
     #[serde(default)]
