@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -117,6 +117,34 @@ impl Models {
         Err(ApiError::unavailable(
             format!("the worker of model(s) {} has stopped", dead.join(", ")),
             "model_unavailable",
+        ))
+    }
+
+    /// 503 naming the models whose worker has been on one batch for longer than `limit`
+    /// (the request timeout): alive, but stuck, since no request waits that long.
+    pub(crate) fn check_progress(&self, limit: Duration) -> AppResult<()> {
+        let embedders = self.list.iter().map(|m| (m.embedder.name(), m.batcher.busy_for()));
+        let rerankers = self.rerankers.iter().map(|r| (r.name(), r.batcher.busy_for()));
+        let stuck: Vec<String> = embedders
+            .chain(rerankers)
+            .filter_map(|(name, busy)| {
+                let busy = busy.filter(|busy| *busy > limit)?;
+                Some(format!(
+                    "model `{name}`: worker busy on one batch for {:.1}s",
+                    busy.as_secs_f64()
+                ))
+            })
+            .collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            format!(
+                "{}, longer than the request timeout of {:.1}s",
+                stuck.join("; "),
+                limit.as_secs_f64()
+            ),
+            "worker_stuck",
         ))
     }
 
@@ -568,22 +596,24 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Resp
 }
 
 /// How long `/ready` waits for the indexes' databases to answer.
-const READY_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+const READY_PROBE: Duration = Duration::from_secs(3);
 
-/// Readiness: what `/health` checks, plus every index's store answering (a PostgreSQL
-/// index's database reachable within 3 s). A load balancer stops sending searches to a
-/// replica whose database is gone without restarting it.
+/// Readiness: what `/health` checks, plus every worker making progress (none on one
+/// batch past the request timeout) and every index's store answering (a PostgreSQL
+/// index's database reachable within 3 s). A load balancer stops sending work to a
+/// replica whose model is stuck or whose database is gone, without restarting it.
 #[utoipa::path(
     get,
     path = "/ready",
     responses(
         (status = 200, body = Health),
-        (status = 503, description = "Models still loading, a model's worker stopped, or an index's database unreachable", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading, a model's worker stopped or stuck on one batch, or an index's database unreachable", body = crate::error::ErrorResponse),
     )
 )]
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> AppResult<Response> {
     let models = state.ready()?;
     models.check_workers()?;
+    models.check_progress(state.config.request_timeout)?;
     let probe = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || state.ready().map(|m| m.indexes.unreachable()))

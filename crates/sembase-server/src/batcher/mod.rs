@@ -27,6 +27,7 @@
 //! requests arrive together just after it, and running the first arrival alone would
 //! split them into small, slow passes.
 
+mod busy;
 mod schedule;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +40,7 @@ use sembase_embed::{PairTokens, Reranker};
 use tokio::sync::oneshot;
 
 use crate::metrics::ModelMetrics;
+use busy::BusySince;
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +189,7 @@ pub(crate) struct Batcher<M: Queued> {
     metrics: Arc<ModelMetrics>,
     settings: QueueSettings,
     alive: Arc<AtomicBool>,
+    busy: Arc<BusySince>,
 }
 
 /// Marks the worker dead when its thread ends, however it ends (a panic included).
@@ -210,15 +213,17 @@ impl<M: Queued> Batcher<M> {
         let worker_metrics = metrics.clone();
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveWhileHeld(alive.clone());
+        let busy = Arc::new(BusySince::new());
+        let worker_busy = busy.clone();
         let settings =
             QueueSettings { max_batch_tokens: settings.max_batch_tokens.max(1), ..settings };
         std::thread::Builder::new().name(format!("sembase-model-{}", model.name())).spawn(
             move || {
                 let _guard = guard;
-                schedule::worker(model, receiver, settings, worker_metrics)
+                schedule::worker(model, receiver, settings, worker_metrics, &worker_busy)
             },
         )?;
-        Ok(Self { name, sender, metrics, settings, alive })
+        Ok(Self { name, sender, metrics, settings, alive, busy })
     }
 
     /// The model's name.
@@ -234,6 +239,11 @@ impl<M: Queued> Batcher<M> {
     /// Whether the worker thread is still running.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// How long the worker has been on the batch it is running; none while it waits for work.
+    pub fn busy_for(&self) -> Option<Duration> {
+        self.busy.busy_for()
     }
 
     /// Queues a job, or gives it back when the queue is full or the worker is gone.

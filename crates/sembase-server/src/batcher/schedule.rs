@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::busy::BusySince;
 use super::{Finished, Job, JobError, Linger, QueueSettings, Queued};
 use crate::metrics::ModelMetrics;
 
@@ -60,6 +61,7 @@ pub(super) fn worker<M: Queued>(
     receiver: mpsc::Receiver<Job<M>>,
     settings: QueueSettings,
     metrics: Arc<ModelMetrics>,
+    busy: &BusySince,
 ) {
     let mut pending: VecDeque<Progress<M>> = VecDeque::new();
     loop {
@@ -77,7 +79,10 @@ pub(super) fn worker<M: Queued>(
         if batch.is_empty() {
             continue;
         }
-        let unfinished = run_batch(&model, batch, &metrics);
+        let unfinished = {
+            let _busy = busy.enter();
+            run_batch(&model, batch, &metrics)
+        };
         // Jobs that arrived while the batch ran go ahead of the rest of a large job.
         drain(&receiver, &mut pending);
         pending.extend(unfinished);
