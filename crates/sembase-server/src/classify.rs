@@ -279,7 +279,7 @@ pub(crate) async fn classify(
         Strings::One(text) => EmbeddingInput::Text(text),
         Strings::Many(texts) => EmbeddingInput::Texts(texts),
     };
-    check_inputs(&input, state.config.max_inputs)?;
+    check_inputs(&input, state.config.max_inputs, "input")?;
     let heads = models.heads.select(request.heads)?;
     let large = tokenize_off_runtime(&input);
     // One forward pass per (model, prefix); every head on it reads the same vectors.
@@ -302,10 +302,11 @@ pub(crate) async fn classify(
             prefix.map(str::to_string),
             state.config.truncate,
         );
-        let (pieces, cost) =
-            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
-                .await??;
-        let embeddings = model.run(pieces, cost, None).await?;
+        let (pieces, cost) = cpu(large, move || {
+            prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, "input")
+        })
+        .await??;
+        let embeddings = model.run(pieces, cost, None, "input").await?;
         tokens += embeddings.total_tokens();
         for head in heads {
             for (item, prediction) in data.iter_mut().zip(head.predict(&embeddings.vectors)?) {

@@ -167,14 +167,15 @@ impl ServedModel {
             })
     }
 
-    /// Queues the job and waits for its vectors.
+    /// Queues the job of the request field `field` and waits for its vectors.
     pub(crate) async fn run(
         &self,
         pieces: Vec<Vec<u32>>,
         tokens: usize,
         dimensions: Option<usize>,
+        field: &str,
     ) -> AppResult<Embeddings> {
-        let outputs = queue(&self.batcher, pieces, tokens, dimensions, "input").await?;
+        let outputs = queue(&self.batcher, pieces, tokens, dimensions, field).await?;
         let (vectors, token_counts) = outputs.into_iter().unzip();
         Ok(Embeddings { vectors, token_counts })
     }
@@ -273,20 +274,21 @@ pub(crate) fn large_text(bytes: usize) -> bool {
     bytes > INLINE_TOKENIZE_BYTES
 }
 
-/// The request's inputs as queue pieces: texts tokenized (with the prompt), over-long
-/// inputs cut or refused. Returns the pieces and the tokens they will cost.
+/// The request's inputs (its field `field`) as queue pieces: texts tokenized (with the
+/// prompt), over-long inputs cut or refused. Returns the pieces and the tokens they will cost.
 pub(crate) fn prepare(
     embedder: &dyn Embedder,
     input: EmbeddingInput,
     prefix: Option<&str>,
     truncate: bool,
+    field: &str,
 ) -> AppResult<(Vec<Vec<u32>>, usize)> {
     let limit = embedder.max_tokens();
     let too_long = |index: usize, tokens: usize| {
         ApiError::bad_request(format!(
-            "input {index} has {tokens} tokens, more than the model's limit of {limit} (the server refuses over-long inputs instead of truncating them)"
+            "{field}[{index}] has {tokens} tokens, more than the model's limit of {limit} (the server refuses over-long inputs instead of truncating them)"
         ))
-        .param("input")
+        .param(field)
         .code("input_too_long")
     };
     let from_ids = |index: usize, mut ids: Vec<u32>| -> AppResult<(Vec<u32>, usize)> {
@@ -347,26 +349,35 @@ fn prepare_text(
     Ok((ids, n))
 }
 
-/// Refuses empty inputs and too many of them, naming the index.
-pub(crate) fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResult<()> {
-    let bad = |message: String| ApiError::bad_request(message).param("input");
+/// Refuses empty inputs and too many of them, naming the request's `field` (`input`,
+/// or search's `query`, `queries`, `documents`) and the index.
+pub(crate) fn check_inputs(
+    input: &EmbeddingInput,
+    max_inputs: usize,
+    field: &str,
+) -> AppResult<()> {
+    let bad = |message: String| ApiError::bad_request(message).param(field);
     if input.is_empty() {
-        return Err(bad("'input' is empty; send at least one non-empty string or token id".into()));
+        return Err(bad(format!(
+            "'{field}' is empty; send at least one non-empty string or token id"
+        )));
     }
     if input.len() > max_inputs {
         return Err(bad(format!(
-            "'input' has {} items, more than the limit of {max_inputs}",
+            "'{field}' has {} items, more than the limit of {max_inputs}",
             input.len()
         )));
     }
     match input {
-        EmbeddingInput::Text(t) if t.is_empty() => Err(bad("'input' is an empty string".into())),
+        EmbeddingInput::Text(t) if t.is_empty() => {
+            Err(bad(format!("'{field}' is an empty string")))
+        }
         EmbeddingInput::Texts(v) => match v.iter().position(String::is_empty) {
-            Some(i) => Err(bad(format!("input[{i}] is an empty string"))),
+            Some(i) => Err(bad(format!("{field}[{i}] is an empty string"))),
             None => Ok(()),
         },
         EmbeddingInput::TokenArrays(v) => match v.iter().position(Vec::is_empty) {
-            Some(i) => Err(bad(format!("input[{i}] is an empty array of token ids"))),
+            Some(i) => Err(bad(format!("{field}[{i}] is an empty array of token ids"))),
             None => Ok(()),
         },
         _ => Ok(()),
@@ -396,7 +407,7 @@ pub(crate) async fn embeddings(
     let (request, models): (EmbeddingsRequest, _) =
         read_json(&state, request, SchemaStatus::BadRequest).await?;
     let model = models.find(request.model.as_deref())?;
-    check_inputs(&request.input, state.config.max_inputs)?;
+    check_inputs(&request.input, state.config.max_inputs, "input")?;
     let width = model.embedder.dimension();
     let dimensions = match request.dimensions {
         None => None,
@@ -416,9 +427,9 @@ pub(crate) async fn embeddings(
     let truncate = state.config.truncate;
     let input = request.input;
     let (pieces, tokens) =
-        cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
+        cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, "input"))
             .await??;
-    let embeddings = model.run(pieces, tokens, dimensions).await?;
+    let embeddings = model.run(pieces, tokens, dimensions, "input").await?;
     let usage =
         Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
     let data = embeddings

@@ -140,25 +140,27 @@ impl Indexes {
 }
 
 impl ServedIndex {
-    /// Unit vectors of `texts` with `prefix`, at the index's width, through the model's queue.
+    /// Unit vectors of `texts` (the request's field `field`) with `prefix`, at the index's
+    /// width, through the model's queue.
     async fn embed(
         &self,
         state: &AppState,
         models: &Models,
         texts: Vec<String>,
         prefix: Option<String>,
-        param: &str,
+        field: &'static str,
     ) -> AppResult<Embeddings> {
         let model = &models.list[self.model];
         let input = EmbeddingInput::Texts(texts);
-        check_inputs(&input, state.config.max_inputs).map_err(|e| e.param(param))?;
+        check_inputs(&input, state.config.max_inputs, field)?;
         let large = tokenize_off_runtime(&input);
         let (embedder, truncate) = (model.embedder.clone(), state.config.truncate);
-        let (pieces, cost) =
-            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
-                .await??;
+        let (pieces, cost) = cpu(large, move || {
+            prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, field)
+        })
+        .await??;
         let dimensions = (self.dimensions < model.embedder.dimension()).then_some(self.dimensions);
-        let mut embeddings = model.run(pieces, cost, dimensions).await?;
+        let mut embeddings = model.run(pieces, cost, dimensions, field).await?;
         embeddings.vectors.iter_mut().for_each(|v| sembase_core::vectors::normalize(v));
         Ok(embeddings)
     }
@@ -288,9 +290,9 @@ pub(crate) async fn search(
     let (request, models): (SearchRequest, _) =
         read_json(&state, request, SchemaStatus::BadRequest).await?;
     let served = models.indexes.get(&request.index)?;
-    let queries = match (request.query, request.queries) {
-        (Some(q), None) => vec![q],
-        (None, Some(qs)) if !qs.is_empty() => qs,
+    let (field, queries) = match (request.query, request.queries) {
+        (Some(q), None) => ("query", vec![q]),
+        (None, Some(qs)) if !qs.is_empty() => ("queries", qs),
         (None, Some(_)) => return Err(ApiError::bad_request("'queries' is empty").param("queries")),
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("give 'query' or 'queries', not both").param("query"))
@@ -326,9 +328,8 @@ pub(crate) async fn search(
         Some(stage) => Some(stage.resolve(models, request.top_k, state.config.max_inputs)?),
         None => None,
     };
-    let embeddings = served
-        .embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries")
-        .await?;
+    let embeddings =
+        served.embed(&state, models, queries.clone(), served.query_prefix.clone(), field).await?;
     let mut tokens = embeddings.total_tokens();
     let index = served.index.clone();
     let candidates = stage.map_or(request.top_k, |(_, depth)| depth);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use common::*;
-use sembase_server::{ModelSpec, ServerConfig};
+use sembase_server::{Attachments, ModelSpec, ServerConfig};
 use serde_json::json;
 
 fn config() -> ServerConfig {
@@ -123,6 +123,59 @@ fn dimensions_truncate_and_renormalise_and_take_integral_floats() {
 }
 
 #[test]
+fn search_errors_name_the_field_that_holds_the_bad_text() {
+    let model = FakeModel::new("fake", 8, 6);
+    let dir = std::env::temp_dir().join(format!("sembase-contract-search-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let attachments = Attachments { indexes: vec![empty_index(&dir)], ..Attachments::default() };
+    let config = ServerConfig { truncate: false, ..config() };
+    let server = TestServer::start_with(config, vec![ModelSpec::new(model)], attachments);
+    let long = "w1 w2 w3 w4 w5 w6 w7";
+    let cases = [
+        (
+            "/v1/search",
+            json!({"index": "docs", "query": ""}),
+            "query",
+            "query[0] is an empty string",
+        ),
+        (
+            "/v1/search",
+            json!({"index": "docs", "queries": ["a", ""]}),
+            "queries",
+            "queries[1] is an empty string",
+        ),
+        ("/v1/search", json!({"index": "docs", "query": long}), "query", "query[0] has 9 tokens"),
+        (
+            "/v1/search",
+            json!({"index": "docs", "queries": ["a", long]}),
+            "queries",
+            "queries[1] has 9 tokens",
+        ),
+        (
+            "/v1/indexes/docs/documents",
+            json!({"documents": [{"id": "1", "text": "a"}, {"id": "2", "text": ""}]}),
+            "documents",
+            "documents[1] is an empty string",
+        ),
+        (
+            "/v1/indexes/docs/documents",
+            json!({"documents": [{"id": "1", "text": long}]}),
+            "documents",
+            "documents[0] has 9 tokens",
+        ),
+    ];
+    for (path, body, field, message) in cases {
+        let reply = server.post_json(path, &body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], field, "{body}");
+        assert!(error["message"].as_str().unwrap().starts_with(message), "{body}: {error}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn requests_are_routed_by_model_and_the_first_is_the_default() {
     let small = FakeModel::new("small", 4, 16);
     let large = FakeModel::new("large", 12, 16);
@@ -222,7 +275,7 @@ fn no_truncate_refuses_over_long_inputs_naming_the_index() {
         "long text",
     );
     assert!(
-        reply.json()["error"]["message"].as_str().unwrap().starts_with("input 2 has 11 tokens"),
+        reply.json()["error"]["message"].as_str().unwrap().starts_with("input[2] has 11 tokens"),
         "{}",
         reply.text()
     );
@@ -235,7 +288,10 @@ fn no_truncate_refuses_over_long_inputs_naming_the_index() {
         Some("input_too_long"),
         "long ids",
     );
-    assert!(reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 7 tokens"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("input[1] has 7 tokens"));
     let reply = server.post_json("/v1/embeddings", &json!({"input": ["w1 w2 w3 w4"]}));
     assert_eq!(reply.status, 200, "at the limit is fine");
 }
@@ -247,7 +303,7 @@ fn token_ids_outside_the_vocabulary_fail_only_their_request() {
     let reply = server.post_json("/v1/embeddings", &json!({"input": [[1, 2], [3, 99999]]}));
     reply.assert_error(400, "invalid_request_error", Some("input"), None, "bad id");
     assert!(
-        reply.json()["error"]["message"].as_str().unwrap().contains("input 1 has token id 99999"),
+        reply.json()["error"]["message"].as_str().unwrap().contains("input[1] has token id 99999"),
         "{}",
         reply.text()
     );

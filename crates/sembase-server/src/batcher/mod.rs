@@ -62,7 +62,7 @@ pub(crate) trait Queued: Send + Sync + 'static {
     type Output: Send + 'static;
     /// Settings every job of a batch must share.
     type Options: Copy + PartialEq + Send + 'static;
-    /// What an input is called in an error message (`input 3 has ...`).
+    /// What an input is called in an error message (`input[3] has ...`).
     const INPUT: &'static str;
 
     fn name(&self) -> &str;

@@ -324,10 +324,10 @@ fn guarded<M: Queued>(
     let out = out.map_err(|error| {
         let located = match &error {
             sembase_core::Error::InvalidTokenId { index, id, vocab } => owners.get(*index).map(|&(chunk, input)| {
-                (chunk, format!("{noun} {input} has token id {id}, outside the model's vocabulary of {vocab} entries"))
+                (chunk, format!("{noun}[{input}] has token id {id}, outside the model's vocabulary of {vocab} entries"))
             }),
             sembase_core::Error::InputTooLong { index, tokens, limit } => owners.get(*index).map(|&(chunk, input)| {
-                (chunk, format!("{noun} {input} has {tokens} tokens, more than the model's limit of {limit}"))
+                (chunk, format!("{noun}[{input}] has {tokens} tokens, more than the model's limit of {limit}"))
             }),
             _ => None,
         };
