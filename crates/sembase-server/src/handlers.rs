@@ -21,6 +21,7 @@ use crate::api::{
     TokenizeInputs, TokenizeRequest, Usage,
 };
 use crate::batcher::{Batcher, Job, JobError, Queued, Refused};
+use crate::budget::TokenBudget;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request_log;
@@ -173,28 +174,28 @@ impl ServedModel {
         pieces: Vec<Vec<u32>>,
         tokens: usize,
         dimensions: Option<usize>,
+        budget: &mut TokenBudget,
         field: &str,
     ) -> AppResult<Embeddings> {
-        let outputs = queue(&self.batcher, pieces, tokens, dimensions, field).await?;
+        let outputs = queue(&self.batcher, pieces, tokens, dimensions, budget, field).await?;
         let (vectors, token_counts) = outputs.into_iter().unzip();
         Ok(Embeddings { vectors, token_counts })
     }
 }
 
-/// Queues a job on a model's batcher and waits for its outputs. Dropping the future (the
-/// client went away) closes the reply channel and the worker skips the job. An input the
-/// model refuses is the fault of the request field `param`.
+/// Queues a job on a model's batcher, once its tokens fit the request's `budget`, and
+/// waits for its outputs. Dropping the future (the client went away) closes the reply
+/// channel and the worker skips the job. An input the model refuses (or tokens past the
+/// budget) are the fault of the request field `param`.
 pub(crate) async fn queue<M: Queued>(
     batcher: &Batcher<M>,
     inputs: Vec<M::Input>,
     tokens: usize,
     options: M::Options,
+    budget: &mut TokenBudget,
     param: &str,
 ) -> AppResult<Vec<M::Output>> {
-    let limit = batcher.max_request_tokens();
-    if tokens > limit {
-        return Err(ApiError::too_many_tokens(tokens, limit).param(param));
-    }
+    budget.spend(tokens, param)?;
     let count = inputs.len();
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, options, tokens, reply, enqueued: Instant::now() };
@@ -429,7 +430,8 @@ pub(crate) async fn embeddings(
     let (pieces, tokens) =
         cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, "input"))
             .await??;
-    let embeddings = model.run(pieces, tokens, dimensions, "input").await?;
+    let mut budget = TokenBudget::new(state.config.max_request_tokens);
+    let embeddings = model.run(pieces, tokens, dimensions, &mut budget, "input").await?;
     let usage =
         Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
     let data = embeddings

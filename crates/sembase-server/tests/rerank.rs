@@ -655,6 +655,60 @@ fn top_n_top_k_and_depth_take_integral_floats() {
 }
 
 #[test]
+fn a_search_s_query_and_rerank_tokens_count_against_one_request_cap() {
+    let reference = reference();
+    let query = &reference.pairs[3].0;
+    let documents: Vec<&str> = reference.pairs.iter().map(|(_, d)| d.as_str()).collect();
+    // Depth 6 reads every document of the index.
+    let body = json!({"index": "docs", "query": query, "top_k": 3, "rerank": {"depth": 6}});
+    let total = {
+        let server = serve_search("cap-measure", ServerConfig::default(), tiny(None));
+        let reply = server.post_json("/v1/search", &body);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["usage"]["total_tokens"].as_u64().unwrap() as usize
+    };
+    let config = ServerConfig { max_request_tokens: total - 1, ..ServerConfig::default() };
+    let server = serve_search("cap", config, tiny(None));
+    // Each stage alone fits the cap...
+    let plain = server.post_json("/v1/search", &json!({"index": "docs", "query": query}));
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let pairs = server.post_json("/v1/rerank", &json!({"query": query, "documents": documents}));
+    assert_eq!(pairs.status, 200, "{}", pairs.text());
+    let tokens = |reply: &Reply| reply.json()["usage"]["total_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(tokens(&plain) + tokens(&pairs), total);
+    // ...both together do not.
+    let reply = server.post_json("/v1/search", &body);
+    reply.assert_error(
+        413,
+        "invalid_request_error",
+        Some("rerank"),
+        Some("request_too_many_tokens"),
+        "query and pairs together",
+    );
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&format!("make {total} tokens")), "{message}");
+}
+
+#[test]
+fn the_default_rerank_depth_counts_against_the_hits_limit() {
+    let config = ServerConfig { max_search_hits: 20, ..ServerConfig::default() };
+    let server = serve_search("hits", config, tiny(None));
+    let search = |rerank: Value| {
+        let body = json!({"index": "docs", "query": "cold water", "top_k": 3, "rerank": rerank});
+        server.post_json("/v1/search", &body)
+    };
+    // The index retrieves 50 candidates by default, though top_k is 3.
+    let reply = search(json!({}));
+    reply.assert_error(400, "invalid_request_error", Some("rerank"), Some("too_many_hits"), "50");
+    assert!(reply.text().contains("1 queries x 50 hits"), "{}", reply.text());
+    assert_eq!(search(json!({"depth": 20})).status, 200);
+    let queries = vec!["cold water"; 7];
+    let reply =
+        server.post_json("/v1/search", &json!({"index": "docs", "queries": queries, "top_k": 3}));
+    reply.assert_error(400, "invalid_request_error", Some("top_k"), Some("too_many_hits"), "21");
+}
+
+#[test]
 fn search_refuses_over_long_candidates_when_truncation_is_off() {
     let strict = ServerConfig { truncate: false, ..ServerConfig::default() };
     let server = serve_search("strict", strict, tiny(Some(16)));

@@ -170,8 +170,6 @@ pub(crate) struct QueueSettings {
     pub max_queue_tokens: usize,
     /// The longest a job may wait before its first batch starts.
     pub queue_timeout: Duration,
-    /// Tokens one request may have run (checked by the handler before queueing).
-    pub max_request_tokens: usize,
 }
 
 /// Why a job was not queued.
@@ -229,11 +227,6 @@ impl<M: Queued> Batcher<M> {
     /// The model's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Tokens one request may have run.
-    pub fn max_request_tokens(&self) -> usize {
-        self.settings.max_request_tokens
     }
 
     /// Whether the worker thread is still running.

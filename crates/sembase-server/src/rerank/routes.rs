@@ -14,8 +14,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Group, Scored, ServedReranker};
+use super::{Group, Scored, ServedReranker, TooLong};
 use crate::api::{SchemaStatus, Usage};
+use crate::budget::TokenBudget;
 use crate::handlers::{json, read_json, AppResult};
 use crate::integral;
 use crate::{AppState, Models};
@@ -274,8 +275,9 @@ impl Ask {
         }
         let truncate = self.truncate.unwrap_or(state.config.truncate);
         let group = Group { query: self.query, documents: self.documents };
-        let scored =
-            served.score(vec![group], truncate, |too_long| too_long.refusal(status, param)).await?;
+        let mut budget = TokenBudget::new(state.config.max_request_tokens);
+        let refuse = |too_long: TooLong| too_long.refusal(status, param);
+        let scored = served.score(vec![group], truncate, &mut budget, param, refuse).await?;
         Ok((served, scored))
     }
 }
