@@ -39,8 +39,7 @@ SEED = os.environ.get("SEMBASE_CONFORMANCE_SEED", "1")
 # Every check but `positive_data_acceptance` (a schema-valid request must get a 2xx): some
 # refusals depend on the served model and cannot be put in a static schema (`dimensions`
 # above the model's width, a `prompt_name` the model lacks, a rerank `depth` below `top_k`,
-# a repeated document id), and the server refuses integral floats such as `10.0` where
-# the schema says integer (JSON Schema counts them as integers; serde does not).
+# a repeated document id).
 EXCLUDED_CHECKS = "positive_data_acceptance"
 TIME_LIMIT_S = 300
 TEXTS = {

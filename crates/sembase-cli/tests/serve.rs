@@ -192,7 +192,7 @@ fn no_truncate_and_api_key_from_the_environment() {
         "too long",
     );
     assert!(
-        reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 402 tokens"),
+        reply.json()["error"]["message"].as_str().unwrap().starts_with("input[1] has 402 tokens"),
         "{}",
         reply.text()
     );

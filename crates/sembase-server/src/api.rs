@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::integral;
 
 /// `POST /v1/embeddings` body (OpenAI's contract; `prompt_name` is a sembase extension).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -21,7 +22,7 @@ pub struct EmbeddingsRequest {
     #[serde(default)]
     pub encoding_format: Option<EncodingFormat>,
     /// Keep the first N dimensions and re-normalise (1 to the model's width).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
     #[schema(minimum = 1)]
     pub dimensions: Option<u64>,
     /// An end-user id; accepted and ignored.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::{EmbeddingInput, SchemaStatus, Usage};
+use crate::budget::TokenBudget;
 use crate::error::{ApiError, ServerError};
 use crate::handlers::{
     check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
@@ -279,7 +280,7 @@ pub(crate) async fn classify(
         Strings::One(text) => EmbeddingInput::Text(text),
         Strings::Many(texts) => EmbeddingInput::Texts(texts),
     };
-    check_inputs(&input, state.config.max_inputs)?;
+    check_inputs(&input, state.config.max_inputs, "input")?;
     let heads = models.heads.select(request.heads)?;
     let large = tokenize_off_runtime(&input);
     // One forward pass per (model, prefix); every head on it reads the same vectors.
@@ -294,6 +295,7 @@ pub(crate) async fn classify(
         .map(|index| Classification { object: "classification", index, heads: BTreeMap::new() })
         .collect();
     let mut tokens = 0;
+    let mut budget = TokenBudget::new(state.config.max_request_tokens);
     for ((model, prefix), heads) in passes {
         let model = &models.list[model];
         let (embedder, input, prefix, truncate) = (
@@ -302,10 +304,11 @@ pub(crate) async fn classify(
             prefix.map(str::to_string),
             state.config.truncate,
         );
-        let (pieces, cost) =
-            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
-                .await??;
-        let embeddings = model.run(pieces, cost, None).await?;
+        let (pieces, cost) = cpu(large, move || {
+            prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, "input")
+        })
+        .await??;
+        let embeddings = model.run(pieces, cost, None, &mut budget, "input").await?;
         tokens += embeddings.total_tokens();
         for head in heads {
             for (item, prediction) in data.iter_mut().zip(head.predict(&embeddings.vectors)?) {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -21,6 +21,7 @@ use crate::api::{
     TokenizeInputs, TokenizeRequest, Usage,
 };
 use crate::batcher::{Batcher, Job, JobError, Queued, Refused};
+use crate::budget::TokenBudget;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request_log;
@@ -120,6 +121,34 @@ impl Models {
         ))
     }
 
+    /// 503 naming the models whose worker has been on one batch for longer than `limit`
+    /// (the request timeout): alive, but stuck, since no request waits that long.
+    pub(crate) fn check_progress(&self, limit: Duration) -> AppResult<()> {
+        let embedders = self.list.iter().map(|m| (m.embedder.name(), m.batcher.busy_for()));
+        let rerankers = self.rerankers.iter().map(|r| (r.name(), r.batcher.busy_for()));
+        let stuck: Vec<String> = embedders
+            .chain(rerankers)
+            .filter_map(|(name, busy)| {
+                let busy = busy.filter(|busy| *busy > limit)?;
+                Some(format!(
+                    "model `{name}`: worker busy on one batch for {:.1}s",
+                    busy.as_secs_f64()
+                ))
+            })
+            .collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            format!(
+                "{}, longer than the request timeout of {:.1}s",
+                stuck.join("; "),
+                limit.as_secs_f64()
+            ),
+            "worker_stuck",
+        ))
+    }
+
     /// Every served model's name: the embedding models, then the rerankers.
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names = self.names_of(ModelKind::Embedding);
@@ -139,33 +168,34 @@ impl ServedModel {
             })
     }
 
-    /// Queues the job and waits for its vectors.
+    /// Queues the job of the request field `field` and waits for its vectors.
     pub(crate) async fn run(
         &self,
         pieces: Vec<Vec<u32>>,
         tokens: usize,
         dimensions: Option<usize>,
+        budget: &mut TokenBudget,
+        field: &str,
     ) -> AppResult<Embeddings> {
-        let outputs = queue(&self.batcher, pieces, tokens, dimensions, "input").await?;
+        let outputs = queue(&self.batcher, pieces, tokens, dimensions, budget, field).await?;
         let (vectors, token_counts) = outputs.into_iter().unzip();
         Ok(Embeddings { vectors, token_counts })
     }
 }
 
-/// Queues a job on a model's batcher and waits for its outputs. Dropping the future (the
-/// client went away) closes the reply channel and the worker skips the job. An input the
-/// model refuses is the fault of the request field `param`.
+/// Queues a job on a model's batcher, once its tokens fit the request's `budget`, and
+/// waits for its outputs. Dropping the future (the client went away) closes the reply
+/// channel and the worker skips the job. An input the model refuses (or tokens past the
+/// budget) are the fault of the request field `param`.
 pub(crate) async fn queue<M: Queued>(
     batcher: &Batcher<M>,
     inputs: Vec<M::Input>,
     tokens: usize,
     options: M::Options,
+    budget: &mut TokenBudget,
     param: &str,
 ) -> AppResult<Vec<M::Output>> {
-    let limit = batcher.max_request_tokens();
-    if tokens > limit {
-        return Err(ApiError::too_many_tokens(tokens, limit).param(param));
-    }
+    budget.spend(tokens, param)?;
     let count = inputs.len();
     let (reply, answer) = oneshot::channel();
     let job = Job { inputs, options, tokens, reply, enqueued: Instant::now() };
@@ -245,20 +275,21 @@ pub(crate) fn large_text(bytes: usize) -> bool {
     bytes > INLINE_TOKENIZE_BYTES
 }
 
-/// The request's inputs as queue pieces: texts tokenized (with the prompt), over-long
-/// inputs cut or refused. Returns the pieces and the tokens they will cost.
+/// The request's inputs (its field `field`) as queue pieces: texts tokenized (with the
+/// prompt), over-long inputs cut or refused. Returns the pieces and the tokens they will cost.
 pub(crate) fn prepare(
     embedder: &dyn Embedder,
     input: EmbeddingInput,
     prefix: Option<&str>,
     truncate: bool,
+    field: &str,
 ) -> AppResult<(Vec<Vec<u32>>, usize)> {
     let limit = embedder.max_tokens();
     let too_long = |index: usize, tokens: usize| {
         ApiError::bad_request(format!(
-            "input {index} has {tokens} tokens, more than the model's limit of {limit} (the server refuses over-long inputs instead of truncating them)"
+            "{field}[{index}] has {tokens} tokens, more than the model's limit of {limit} (the server refuses over-long inputs instead of truncating them)"
         ))
-        .param("input")
+        .param(field)
         .code("input_too_long")
     };
     let from_ids = |index: usize, mut ids: Vec<u32>| -> AppResult<(Vec<u32>, usize)> {
@@ -319,26 +350,35 @@ fn prepare_text(
     Ok((ids, n))
 }
 
-/// Refuses empty inputs and too many of them, naming the index.
-pub(crate) fn check_inputs(input: &EmbeddingInput, max_inputs: usize) -> AppResult<()> {
-    let bad = |message: String| ApiError::bad_request(message).param("input");
+/// Refuses empty inputs and too many of them, naming the request's `field` (`input`,
+/// or search's `query`, `queries`, `documents`) and the index.
+pub(crate) fn check_inputs(
+    input: &EmbeddingInput,
+    max_inputs: usize,
+    field: &str,
+) -> AppResult<()> {
+    let bad = |message: String| ApiError::bad_request(message).param(field);
     if input.is_empty() {
-        return Err(bad("'input' is empty; send at least one non-empty string or token id".into()));
+        return Err(bad(format!(
+            "'{field}' is empty; send at least one non-empty string or token id"
+        )));
     }
     if input.len() > max_inputs {
         return Err(bad(format!(
-            "'input' has {} items, more than the limit of {max_inputs}",
+            "'{field}' has {} items, more than the limit of {max_inputs}",
             input.len()
         )));
     }
     match input {
-        EmbeddingInput::Text(t) if t.is_empty() => Err(bad("'input' is an empty string".into())),
+        EmbeddingInput::Text(t) if t.is_empty() => {
+            Err(bad(format!("'{field}' is an empty string")))
+        }
         EmbeddingInput::Texts(v) => match v.iter().position(String::is_empty) {
-            Some(i) => Err(bad(format!("input[{i}] is an empty string"))),
+            Some(i) => Err(bad(format!("{field}[{i}] is an empty string"))),
             None => Ok(()),
         },
         EmbeddingInput::TokenArrays(v) => match v.iter().position(Vec::is_empty) {
-            Some(i) => Err(bad(format!("input[{i}] is an empty array of token ids"))),
+            Some(i) => Err(bad(format!("{field}[{i}] is an empty array of token ids"))),
             None => Ok(()),
         },
         _ => Ok(()),
@@ -368,7 +408,7 @@ pub(crate) async fn embeddings(
     let (request, models): (EmbeddingsRequest, _) =
         read_json(&state, request, SchemaStatus::BadRequest).await?;
     let model = models.find(request.model.as_deref())?;
-    check_inputs(&request.input, state.config.max_inputs)?;
+    check_inputs(&request.input, state.config.max_inputs, "input")?;
     let width = model.embedder.dimension();
     let dimensions = match request.dimensions {
         None => None,
@@ -388,9 +428,10 @@ pub(crate) async fn embeddings(
     let truncate = state.config.truncate;
     let input = request.input;
     let (pieces, tokens) =
-        cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
+        cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, "input"))
             .await??;
-    let embeddings = model.run(pieces, tokens, dimensions).await?;
+    let mut budget = TokenBudget::new(state.config.max_request_tokens);
+    let embeddings = model.run(pieces, tokens, dimensions, &mut budget, "input").await?;
     let usage =
         Usage { prompt_tokens: embeddings.total_tokens(), total_tokens: embeddings.total_tokens() };
     let data = embeddings
@@ -568,22 +609,24 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> AppResult<Resp
 }
 
 /// How long `/ready` waits for the indexes' databases to answer.
-const READY_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+const READY_PROBE: Duration = Duration::from_secs(3);
 
-/// Readiness: what `/health` checks, plus every index's store answering (a PostgreSQL
-/// index's database reachable within 3 s). A load balancer stops sending searches to a
-/// replica whose database is gone without restarting it.
+/// Readiness: what `/health` checks, plus every worker making progress (none on one
+/// batch past the request timeout) and every index's store answering (a PostgreSQL
+/// index's database reachable within 3 s). A load balancer stops sending work to a
+/// replica whose model is stuck or whose database is gone, without restarting it.
 #[utoipa::path(
     get,
     path = "/ready",
     responses(
         (status = 200, body = Health),
-        (status = 503, description = "Models still loading, a model's worker stopped, or an index's database unreachable", body = crate::error::ErrorResponse),
+        (status = 503, description = "Models still loading, a model's worker stopped or stuck on one batch, or an index's database unreachable", body = crate::error::ErrorResponse),
     )
 )]
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> AppResult<Response> {
     let models = state.ready()?;
     models.check_workers()?;
+    models.check_progress(state.config.request_timeout)?;
     let probe = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || state.ready().map(|m| m.indexes.unreachable()))

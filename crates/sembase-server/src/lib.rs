@@ -29,10 +29,12 @@
 pub mod api;
 mod batcher;
 mod body;
+mod budget;
 mod classify;
 mod connections;
 pub mod error;
 mod handlers;
+mod integral;
 pub mod metrics;
 mod openapi;
 mod reports;
@@ -355,7 +357,6 @@ impl Server {
             linger: Linger { max: config.max_batch_wait, gap: BATCH_ARRIVAL_GAP },
             max_queue_tokens: config.max_queue_tokens,
             queue_timeout: config.queue_timeout,
-            max_request_tokens: config.max_request_tokens,
         };
         let metrics = self.state.metrics.model(model.name());
         Ok(Batcher::start(model, settings, metrics)?)

@@ -23,10 +23,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::{EmbeddingInput, SchemaStatus, Usage};
+use crate::budget::TokenBudget;
 use crate::error::{ApiError, ServerError};
 use crate::handlers::{
     check_inputs, cpu, json, prepare, read_json, tokenize_off_runtime, AppResult,
 };
+use crate::integral;
 use crate::rerank::{Group, ServedReranker};
 use crate::{AppState, ModelSpec, Models};
 
@@ -139,25 +141,28 @@ impl Indexes {
 }
 
 impl ServedIndex {
-    /// Unit vectors of `texts` with `prefix`, at the index's width, through the model's queue.
+    /// Unit vectors of `texts` (the request's field `field`) with `prefix`, at the index's
+    /// width, through the model's queue, counted against the request's `budget`.
     async fn embed(
         &self,
         state: &AppState,
         models: &Models,
         texts: Vec<String>,
         prefix: Option<String>,
-        param: &str,
+        budget: &mut TokenBudget,
+        field: &'static str,
     ) -> AppResult<Embeddings> {
         let model = &models.list[self.model];
         let input = EmbeddingInput::Texts(texts);
-        check_inputs(&input, state.config.max_inputs).map_err(|e| e.param(param))?;
+        check_inputs(&input, state.config.max_inputs, field)?;
         let large = tokenize_off_runtime(&input);
         let (embedder, truncate) = (model.embedder.clone(), state.config.truncate);
-        let (pieces, cost) =
-            cpu(large, move || prepare(embedder.as_ref(), input, prefix.as_deref(), truncate))
-                .await??;
+        let (pieces, cost) = cpu(large, move || {
+            prepare(embedder.as_ref(), input, prefix.as_deref(), truncate, field)
+        })
+        .await??;
         let dimensions = (self.dimensions < model.embedder.dimension()).then_some(self.dimensions);
-        let mut embeddings = model.run(pieces, cost, dimensions).await?;
+        let mut embeddings = model.run(pieces, cost, dimensions, budget, field).await?;
         embeddings.vectors.iter_mut().for_each(|v| sembase_core::vectors::normalize(v));
         Ok(embeddings)
     }
@@ -183,7 +188,7 @@ pub struct SearchRequest {
     #[serde(default)]
     pub queries: Option<Vec<String>>,
     /// Hits per query (1..=1000).
-    #[serde(default = "default_top_k")]
+    #[serde(default = "default_top_k", deserialize_with = "integral::value")]
     pub top_k: usize,
     /// Only documents whose metadata has these values (strings, numbers, booleans or null).
     #[serde(default)]
@@ -202,7 +207,7 @@ pub struct RerankStage {
     pub model: Option<String>,
     /// Candidates per query the index retrieves for the reranker: from `top_k` to 1000
     /// (and at most the server's `max_inputs`); default the larger of 50 and `top_k`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
     #[schema(minimum = 1)]
     pub depth: Option<usize>,
 }
@@ -287,9 +292,9 @@ pub(crate) async fn search(
     let (request, models): (SearchRequest, _) =
         read_json(&state, request, SchemaStatus::BadRequest).await?;
     let served = models.indexes.get(&request.index)?;
-    let queries = match (request.query, request.queries) {
-        (Some(q), None) => vec![q],
-        (None, Some(qs)) if !qs.is_empty() => qs,
+    let (field, queries) = match (request.query, request.queries) {
+        (Some(q), None) => ("query", vec![q]),
+        (None, Some(qs)) if !qs.is_empty() => ("queries", qs),
         (None, Some(_)) => return Err(ApiError::bad_request("'queries' is empty").param("queries")),
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("give 'query' or 'queries', not both").param("query"))
@@ -305,32 +310,24 @@ pub(crate) async fn search(
             ApiError::bad_request(format!("'top_k' must be within 1..={MAX_TOP_K}")).param("top_k")
         );
     }
-    let candidates = request.rerank.as_ref().and_then(|r| r.depth).unwrap_or(0).max(request.top_k);
-    let hits = queries.len().saturating_mul(candidates);
-    if hits > state.config.max_search_hits {
-        return Err(ApiError::bad_request(format!(
-            "{} queries x {candidates} hits each make {hits} hits, more than the limit of {} per request; send fewer queries or a smaller top_k",
-            queries.len(),
-            state.config.max_search_hits
-        ))
-        .param("top_k")
-        .code("too_many_hits"));
-    }
+    let stage = match &request.rerank {
+        Some(stage) => Some(stage.resolve(models, request.top_k, state.config.max_inputs)?),
+        None => None,
+    };
+    // What the index retrieves: the rerank depth (given or default) when reranking.
+    let candidates = stage.map_or(request.top_k, |(_, depth)| depth);
+    check_hits(queries.len(), candidates, stage.is_some(), state.config.max_search_hits)?;
     let filter = request
         .filter
         .map(Filter::new)
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()).param("filter"))?;
-    let stage = match &request.rerank {
-        Some(stage) => Some(stage.resolve(models, request.top_k, state.config.max_inputs)?),
-        None => None,
-    };
-    let embeddings = served
-        .embed(&state, models, queries.clone(), served.query_prefix.clone(), "queries")
-        .await?;
+    let mut budget = TokenBudget::new(state.config.max_request_tokens);
+    let prefix = served.query_prefix.clone();
+    let embeddings =
+        served.embed(&state, models, queries.clone(), prefix, &mut budget, field).await?;
     let mut tokens = embeddings.total_tokens();
     let index = served.index.clone();
-    let candidates = stage.map_or(request.top_k, |(_, depth)| depth);
     let found = cpu(true, move || {
         let index = index.read().unwrap_or_else(|p| p.into_inner());
         index.store().search(&embeddings.vectors, candidates, filter.as_ref())
@@ -356,7 +353,8 @@ pub(crate) async fn search(
         })
         .collect();
     if let Some((reranker, _)) = stage {
-        tokens += rerank_hits(reranker, &mut results, request.top_k, state.config.truncate).await?;
+        let truncate = state.config.truncate;
+        tokens += rerank_hits(reranker, &mut results, request.top_k, truncate, &mut budget).await?;
     }
     Ok(json(&SearchResponse {
         results,
@@ -364,13 +362,30 @@ pub(crate) async fn search(
     }))
 }
 
+/// Refuses a search that would retrieve more than `limit` hits: `queries` times the
+/// `candidates` per query (the rerank depth when `reranked`, else `top_k`).
+fn check_hits(queries: usize, candidates: usize, reranked: bool, limit: usize) -> AppResult<()> {
+    let hits = queries.saturating_mul(candidates);
+    if hits <= limit {
+        return Ok(());
+    }
+    let (field, smaller) = if reranked { ("rerank", "rerank.depth") } else { ("top_k", "top_k") };
+    Err(ApiError::bad_request(format!(
+        "{queries} queries x {candidates} hits each make {hits} hits, more than the limit of {limit} per request; send fewer queries or a smaller {smaller}"
+    ))
+    .param(field)
+    .code("too_many_hits"))
+}
+
 /// Reorders each query's hits by the reranker's relevance and keeps the first `top_k`;
-/// a hit keeps its first-stage score and rank beside. Returns the tokens the reranker read.
+/// a hit keeps its first-stage score and rank beside. The pairs' tokens count against
+/// the request's `budget`, after its queries'. Returns the tokens the reranker read.
 async fn rerank_hits(
     reranker: &ServedReranker,
     results: &mut [QueryHits],
     top_k: usize,
     truncate: bool,
+    budget: &mut TokenBudget,
 ) -> AppResult<usize> {
     let groups = results
         .iter()
@@ -388,7 +403,7 @@ async fn rerank_hits(
         .param("rerank")
         .code("input_too_long")
     };
-    let scored = reranker.score(groups, truncate, refuse).await?;
+    let scored = reranker.score(groups, truncate, budget, "rerank", refuse).await?;
     let activation = reranker.reranker.activation();
     for (result, logits) in results.iter_mut().zip(&scored.logits) {
         let mut hits: Vec<Option<SearchHit>> =
@@ -519,8 +534,9 @@ pub(crate) async fn upsert_documents(
         })
         .collect::<AppResult<_>>()?;
     let texts = docs.iter().map(CorpusDoc::embed_text).collect();
-    let embeddings =
-        served.embed(&state, models, texts, served.document_prefix.clone(), "documents").await?;
+    let prefix = served.document_prefix.clone();
+    let mut budget = TokenBudget::new(state.config.max_request_tokens);
+    let embeddings = served.embed(&state, models, texts, prefix, &mut budget, "documents").await?;
     let docs: Vec<Document> =
         docs.into_iter().zip(embeddings.vectors).map(|(d, v)| d.into_document(v)).collect();
     let changed = docs.len();

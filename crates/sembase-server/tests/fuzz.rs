@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use common::FakeModel;
+use common::{empty_index, FakeModel};
 use sembase_core::{CrossEncoder, LoadOptions};
-use sembase_index::{Index, IndexSettings, Metric, ModelIdentity, Precision, StoreSpec};
 use sembase_server::api::{parse_json, EmbeddingsRequest, SchemaStatus, TokenizeRequest};
-use sembase_server::{Attachments, IndexSpec, ModelSpec, Server, ServerConfig};
+use sembase_server::{Attachments, ModelSpec, Server, ServerConfig};
 use tower::ServiceExt;
 
 #[global_allocator]
@@ -25,20 +24,11 @@ static ALLOC: sembase_fuzz::BoundedAlloc = sembase_fuzz::BoundedAlloc;
 fn http_request_bodies() {
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_corpus/http");
     let dir = sembase_fuzz::scratch_dir();
-    let settings = IndexSettings {
-        model: ModelIdentity { name: "fake".into(), fingerprint: "test".into() },
-        dimensions: 8,
-        query_prefix: None,
-        document_prefix: None,
-        metric: Metric::Cosine,
-    };
-    let index = Index::create(dir.path(), settings, StoreSpec::Flat { precision: Precision::F32 })
-        .expect("an index in the scratch directory");
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../sembase-core/tests/fixtures/tiny-bert-cross-encoder");
     let reranker = CrossEncoder::load(&fixture, "tiny", LoadOptions::default()).unwrap();
     let attachments = Attachments {
-        indexes: vec![IndexSpec { name: "docs".into(), index, model: "fake".into() }],
+        indexes: vec![empty_index(dir.path())],
         rerankers: vec![Arc::new(reranker)],
         ..Attachments::default()
     };

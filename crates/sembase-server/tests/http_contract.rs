@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use common::*;
-use sembase_server::{ModelSpec, ServerConfig};
+use sembase_server::{Attachments, ModelSpec, ServerConfig};
 use serde_json::json;
 
 fn config() -> ServerConfig {
@@ -87,7 +87,7 @@ fn base64_is_little_endian_f32_of_the_float_answer() {
 }
 
 #[test]
-fn dimensions_truncate_and_renormalise() {
+fn dimensions_truncate_and_renormalise_and_take_integral_floats() {
     let model = FakeModel::new("fake", 8, 16);
     let server = TestServer::fake(config(), &model);
     for d in [1, 5, 8] {
@@ -99,7 +99,12 @@ fn dimensions_truncate_and_renormalise() {
         assert!((norm - 1.0).abs() < 1e-5);
         assert_close(v, &model.expected("some words here", Some(d)), "dims");
     }
-    for d in [0, 9, 100000] {
+    // JavaScript clients send 4.0 for 4.
+    let reply =
+        server.post_json("/v1/embeddings", &json!({"input": "some words", "dimensions": 4.0}));
+    assert_close(&vectors(&reply)[0], &model.expected("some words", Some(4)), "4.0");
+    let refused = [json!(0), json!(9), json!(100000), json!(4.5), json!(-4.0), json!(1e300)];
+    for d in refused {
         let reply = server.post_json("/v1/embeddings", &json!({"input": "x", "dimensions": d}));
         reply.assert_error(
             400,
@@ -115,6 +120,59 @@ fn dimensions_truncate_and_renormalise() {
         &json!({"input": "x", "dimensions": null, "encoding_format": null, "user": "u-1"}),
     );
     assert_eq!(vectors(&reply)[0].len(), 8);
+}
+
+#[test]
+fn search_errors_name_the_field_that_holds_the_bad_text() {
+    let model = FakeModel::new("fake", 8, 6);
+    let dir = std::env::temp_dir().join(format!("sembase-contract-search-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let attachments = Attachments { indexes: vec![empty_index(&dir)], ..Attachments::default() };
+    let config = ServerConfig { truncate: false, ..config() };
+    let server = TestServer::start_with(config, vec![ModelSpec::new(model)], attachments);
+    let long = "w1 w2 w3 w4 w5 w6 w7";
+    let cases = [
+        (
+            "/v1/search",
+            json!({"index": "docs", "query": ""}),
+            "query",
+            "query[0] is an empty string",
+        ),
+        (
+            "/v1/search",
+            json!({"index": "docs", "queries": ["a", ""]}),
+            "queries",
+            "queries[1] is an empty string",
+        ),
+        ("/v1/search", json!({"index": "docs", "query": long}), "query", "query[0] has 9 tokens"),
+        (
+            "/v1/search",
+            json!({"index": "docs", "queries": ["a", long]}),
+            "queries",
+            "queries[1] has 9 tokens",
+        ),
+        (
+            "/v1/indexes/docs/documents",
+            json!({"documents": [{"id": "1", "text": "a"}, {"id": "2", "text": ""}]}),
+            "documents",
+            "documents[1] is an empty string",
+        ),
+        (
+            "/v1/indexes/docs/documents",
+            json!({"documents": [{"id": "1", "text": long}]}),
+            "documents",
+            "documents[0] has 9 tokens",
+        ),
+    ];
+    for (path, body, field, message) in cases {
+        let reply = server.post_json(path, &body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], field, "{body}");
+        assert!(error["message"].as_str().unwrap().starts_with(message), "{body}: {error}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -217,7 +275,7 @@ fn no_truncate_refuses_over_long_inputs_naming_the_index() {
         "long text",
     );
     assert!(
-        reply.json()["error"]["message"].as_str().unwrap().starts_with("input 2 has 11 tokens"),
+        reply.json()["error"]["message"].as_str().unwrap().starts_with("input[2] has 11 tokens"),
         "{}",
         reply.text()
     );
@@ -230,7 +288,10 @@ fn no_truncate_refuses_over_long_inputs_naming_the_index() {
         Some("input_too_long"),
         "long ids",
     );
-    assert!(reply.json()["error"]["message"].as_str().unwrap().starts_with("input 1 has 7 tokens"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("input[1] has 7 tokens"));
     let reply = server.post_json("/v1/embeddings", &json!({"input": ["w1 w2 w3 w4"]}));
     assert_eq!(reply.status, 200, "at the limit is fine");
 }
@@ -242,7 +303,7 @@ fn token_ids_outside_the_vocabulary_fail_only_their_request() {
     let reply = server.post_json("/v1/embeddings", &json!({"input": [[1, 2], [3, 99999]]}));
     reply.assert_error(400, "invalid_request_error", Some("input"), None, "bad id");
     assert!(
-        reply.json()["error"]["message"].as_str().unwrap().contains("input 1 has token id 99999"),
+        reply.json()["error"]["message"].as_str().unwrap().contains("input[1] has token id 99999"),
         "{}",
         reply.text()
     );

@@ -8,11 +8,22 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sembase_server::{BodyTimeouts, ServerConfig};
 use serde_json::json;
+
+/// A server of a fake model under `config`, its worker held inside a model call by a
+/// first request (answered once the model's gate opens).
+fn held(config: ServerConfig) -> (Arc<FakeModel>, TestServer, JoinHandle<Reply>) {
+    let model = FakeModel::new("fake", 8, 64);
+    let server = TestServer::fake(config, &model);
+    let first = hold_worker(&server, &model);
+    (model, server, first)
+}
 
 fn queued(server: &TestServer, jobs: f64) {
     server.wait_for(&format!("{jobs} queued"), || {
@@ -22,11 +33,9 @@ fn queued(server: &TestServer, jobs: f64) {
 
 #[test]
 fn a_large_request_is_run_in_chunks_and_a_small_one_is_answered_between_them() {
-    let model = FakeModel::new("fake", 8, 64);
     // "a b" is 4 tokens: two inputs per batch of 10 tokens.
     let config = ServerConfig { max_batch_tokens: 10, ..ServerConfig::default() };
-    let server = TestServer::fake(config, &model);
-    let first = hold_worker(&server, &model);
+    let (model, server, first) = held(config);
     let texts: Vec<String> = (0..30).map(|i| format!("w{i} b")).collect();
     let large = spawn_post(server.addr, "/v1/embeddings", json!({ "input": texts }));
     queued(&server, 1.0);
@@ -75,14 +84,12 @@ fn a_request_over_the_token_budget_gets_413() {
 
 #[test]
 fn a_full_queue_and_a_long_wait_get_503_with_retry_after() {
-    let model = FakeModel::new("fake", 8, 64);
     let config = ServerConfig {
         max_queue_tokens: 5,
         queue_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let server = TestServer::fake(config, &model);
-    let first = hold_worker(&server, &model);
+    let (model, server, first) = held(config);
     let waiting = spawn_post(server.addr, "/v1/embeddings", json!({"input": "a b"}));
     queued(&server, 1.0);
     let full = server.post_json("/v1/embeddings", &json!({"input": "c d"}));
@@ -153,11 +160,9 @@ fn a_slow_body_is_cut_with_408_and_holds_no_compute_slot() {
 
 #[test]
 fn shutdown_waits_for_requests_in_flight_only_until_the_drain_deadline() {
-    let model = FakeModel::new("fake", 8, 64);
     let config =
         ServerConfig { drain_timeout: Duration::from_millis(500), ..ServerConfig::default() };
-    let server = TestServer::fake(config, &model);
-    let first = hold_worker(&server, &model);
+    let (model, server, first) = held(config);
     let started = Instant::now();
     drop(server);
     assert!(
@@ -197,6 +202,30 @@ fn ready_answers_with_the_models_and_indexes() {
     assert_eq!(ready.json()["models"], json!(["fake"]));
     assert_eq!(ready.json()["indexes"], json!([]));
     assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn ready_fails_while_a_worker_is_stuck_on_one_batch_past_the_request_timeout() {
+    let config =
+        ServerConfig { request_timeout: Duration::from_secs(1), ..ServerConfig::default() };
+    // The worker is alive but does not come back from the model.
+    let (model, server, first) = held(config);
+    assert_eq!(server.get("/ready").status, 200, "a batch within the timeout is progress");
+    first.join().unwrap().assert_error(
+        503,
+        "server_error",
+        None,
+        Some("request_timeout"),
+        "the held request",
+    );
+    server.wait_for("/ready to fail", || server.get("/ready").status == 503);
+    let ready = server.get("/ready");
+    ready.assert_error(503, "server_error", None, Some("worker_stuck"), "stuck worker");
+    let message = ready.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.starts_with("model `fake`: worker busy on one batch for "), "{message}");
+    assert_eq!(server.get("/health").status, 200, "liveness: the worker still runs");
+    model.open();
+    server.wait_for("the worker back", || server.get("/ready").status == 200);
 }
 
 #[test]

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use common::*;
 use sembase_core::{CrossEncoder, LoadOptions, Truncation};
 use sembase_embed::{PairTokens, Reranker, ScoreActivation};
-use sembase_index::{Index, IndexSettings, Metric, ModelIdentity, Precision, StoreSpec};
-use sembase_server::{Attachments, IndexSpec, ModelSpec, ServerConfig, ServerError};
+use sembase_server::{Attachments, ModelSpec, ServerConfig, ServerError};
 use serde_json::{json, Value};
 
 const TOLERANCE: f32 = 1e-4;
@@ -523,26 +522,13 @@ fn pairs_of_waiting_requests_share_one_forward_pass() {
 }
 
 /// A flat index of the fake model's vectors, empty, for `--index docs=DIR`.
-fn empty_index(name: &str) -> IndexSpec {
-    let dir = std::env::temp_dir().join(format!("sembase-rerank-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let settings = IndexSettings {
-        model: ModelIdentity { name: "fake".into(), fingerprint: "test".into() },
-        dimensions: 8,
-        query_prefix: None,
-        document_prefix: None,
-        metric: Metric::Cosine,
-    };
-    let index = Index::create(&dir, settings, StoreSpec::Flat { precision: Precision::default() })
-        .expect("an index in the temporary directory");
-    IndexSpec { name: "docs".into(), index, model: "fake".into() }
-}
-
 /// A server with the fake model, an index of the fixture's documents and `reranker`.
 fn serve_search(name: &str, config: ServerConfig, reranker: Arc<CrossEncoder>) -> TestServer {
     let fake = FakeModel::new("fake", 8, 64);
+    let dir = std::env::temp_dir().join(format!("sembase-rerank-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let attachments = Attachments {
-        indexes: vec![empty_index(name)],
+        indexes: vec![empty_index(&dir)],
         rerankers: vec![reranker],
         ..Attachments::default()
     };
@@ -640,6 +626,86 @@ fn search_reranks_the_index_candidates_and_keeps_their_first_stage_rank() {
         None,
         "not an object",
     );
+}
+
+#[test]
+fn top_n_top_k_and_depth_take_integral_floats() {
+    let server = serve_search("floats", ServerConfig::default(), tiny(None));
+    let reference = reference();
+    let query = &reference.pairs[3].0;
+    let documents: Vec<&str> = reference.pairs.iter().map(|(_, d)| d.as_str()).collect();
+    let rerank = |top_n: Value| json!({"query": query, "documents": documents, "top_n": top_n});
+    let reply = server.post_json("/v1/rerank", &rerank(json!(2.0)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["results"].as_array().unwrap().len(), 2);
+    let search = |top_k: Value, depth: Value| json!({"index": "docs", "query": query, "top_k": top_k, "rerank": {"depth": depth}});
+    let reply = server.post_json("/v1/search", &search(json!(3.0), json!(6.0)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["results"][0]["hits"].as_array().unwrap().len(), 3);
+    let invalid = "invalid_request_error";
+    for bad in [json!(2.5), json!(-2.0), json!(1e300)] {
+        let context = format!("{bad}");
+        let reply = server.post_json("/v1/rerank", &rerank(bad.clone()));
+        reply.assert_error(400, invalid, Some("top_n"), None, &context);
+        let reply = server.post_json("/v1/search", &search(bad.clone(), json!(6)));
+        reply.assert_error(400, invalid, Some("top_k"), None, &context);
+        let reply = server.post_json("/v1/search", &search(json!(3), bad));
+        reply.assert_error(400, invalid, Some("rerank"), None, &context);
+    }
+}
+
+#[test]
+fn a_search_s_query_and_rerank_tokens_count_against_one_request_cap() {
+    let reference = reference();
+    let query = &reference.pairs[3].0;
+    let documents: Vec<&str> = reference.pairs.iter().map(|(_, d)| d.as_str()).collect();
+    // Depth 6 reads every document of the index.
+    let body = json!({"index": "docs", "query": query, "top_k": 3, "rerank": {"depth": 6}});
+    let total = {
+        let server = serve_search("cap-measure", ServerConfig::default(), tiny(None));
+        let reply = server.post_json("/v1/search", &body);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["usage"]["total_tokens"].as_u64().unwrap() as usize
+    };
+    let config = ServerConfig { max_request_tokens: total - 1, ..ServerConfig::default() };
+    let server = serve_search("cap", config, tiny(None));
+    // Each stage alone fits the cap...
+    let plain = server.post_json("/v1/search", &json!({"index": "docs", "query": query}));
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let pairs = server.post_json("/v1/rerank", &json!({"query": query, "documents": documents}));
+    assert_eq!(pairs.status, 200, "{}", pairs.text());
+    let tokens = |reply: &Reply| reply.json()["usage"]["total_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(tokens(&plain) + tokens(&pairs), total);
+    // ...both together do not.
+    let reply = server.post_json("/v1/search", &body);
+    reply.assert_error(
+        413,
+        "invalid_request_error",
+        Some("rerank"),
+        Some("request_too_many_tokens"),
+        "query and pairs together",
+    );
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&format!("make {total} tokens")), "{message}");
+}
+
+#[test]
+fn the_default_rerank_depth_counts_against_the_hits_limit() {
+    let config = ServerConfig { max_search_hits: 20, ..ServerConfig::default() };
+    let server = serve_search("hits", config, tiny(None));
+    let search = |rerank: Value| {
+        let body = json!({"index": "docs", "query": "cold water", "top_k": 3, "rerank": rerank});
+        server.post_json("/v1/search", &body)
+    };
+    // The index retrieves 50 candidates by default, though top_k is 3.
+    let reply = search(json!({}));
+    reply.assert_error(400, "invalid_request_error", Some("rerank"), Some("too_many_hits"), "50");
+    assert!(reply.text().contains("1 queries x 50 hits"), "{}", reply.text());
+    assert_eq!(search(json!({"depth": 20})).status, 200);
+    let queries = vec!["cold water"; 7];
+    let reply =
+        server.post_json("/v1/search", &json!({"index": "docs", "queries": queries, "top_k": 3}));
+    reply.assert_error(400, "invalid_request_error", Some("top_k"), Some("too_many_hits"), "21");
 }
 
 #[test]

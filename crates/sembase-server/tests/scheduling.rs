@@ -109,7 +109,7 @@ fn a_bad_request_in_a_merged_batch_fails_alone() {
     assert!(bad.json()["error"]["message"]
         .as_str()
         .unwrap()
-        .starts_with("input 1 has token id 7777777"));
+        .starts_with("input[1] has token id 7777777"));
 }
 
 #[test]

@@ -27,6 +27,7 @@
 //! requests arrive together just after it, and running the first arrival alone would
 //! split them into small, slow passes.
 
+mod busy;
 mod schedule;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +40,7 @@ use sembase_embed::{PairTokens, Reranker};
 use tokio::sync::oneshot;
 
 use crate::metrics::ModelMetrics;
+use busy::BusySince;
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +62,7 @@ pub(crate) trait Queued: Send + Sync + 'static {
     type Output: Send + 'static;
     /// Settings every job of a batch must share.
     type Options: Copy + PartialEq + Send + 'static;
-    /// What an input is called in an error message (`input 3 has ...`).
+    /// What an input is called in an error message (`input[3] has ...`).
     const INPUT: &'static str;
 
     fn name(&self) -> &str;
@@ -168,8 +170,6 @@ pub(crate) struct QueueSettings {
     pub max_queue_tokens: usize,
     /// The longest a job may wait before its first batch starts.
     pub queue_timeout: Duration,
-    /// Tokens one request may have run (checked by the handler before queueing).
-    pub max_request_tokens: usize,
 }
 
 /// Why a job was not queued.
@@ -187,6 +187,7 @@ pub(crate) struct Batcher<M: Queued> {
     metrics: Arc<ModelMetrics>,
     settings: QueueSettings,
     alive: Arc<AtomicBool>,
+    busy: Arc<BusySince>,
 }
 
 /// Marks the worker dead when its thread ends, however it ends (a panic included).
@@ -210,15 +211,17 @@ impl<M: Queued> Batcher<M> {
         let worker_metrics = metrics.clone();
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveWhileHeld(alive.clone());
+        let busy = Arc::new(BusySince::new());
+        let worker_busy = busy.clone();
         let settings =
             QueueSettings { max_batch_tokens: settings.max_batch_tokens.max(1), ..settings };
         std::thread::Builder::new().name(format!("sembase-model-{}", model.name())).spawn(
             move || {
                 let _guard = guard;
-                schedule::worker(model, receiver, settings, worker_metrics)
+                schedule::worker(model, receiver, settings, worker_metrics, &worker_busy)
             },
         )?;
-        Ok(Self { name, sender, metrics, settings, alive })
+        Ok(Self { name, sender, metrics, settings, alive, busy })
     }
 
     /// The model's name.
@@ -226,14 +229,14 @@ impl<M: Queued> Batcher<M> {
         &self.name
     }
 
-    /// Tokens one request may have run.
-    pub fn max_request_tokens(&self) -> usize {
-        self.settings.max_request_tokens
-    }
-
     /// Whether the worker thread is still running.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// How long the worker has been on the batch it is running; none while it waits for work.
+    pub fn busy_for(&self) -> Option<Duration> {
+        self.busy.busy_for()
     }
 
     /// Queues a job, or gives it back when the queue is full or the worker is gone.

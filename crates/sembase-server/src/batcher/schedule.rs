@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::busy::BusySince;
 use super::{Finished, Job, JobError, Linger, QueueSettings, Queued};
 use crate::metrics::ModelMetrics;
 
@@ -60,6 +61,7 @@ pub(super) fn worker<M: Queued>(
     receiver: mpsc::Receiver<Job<M>>,
     settings: QueueSettings,
     metrics: Arc<ModelMetrics>,
+    busy: &BusySince,
 ) {
     let mut pending: VecDeque<Progress<M>> = VecDeque::new();
     loop {
@@ -77,7 +79,10 @@ pub(super) fn worker<M: Queued>(
         if batch.is_empty() {
             continue;
         }
-        let unfinished = run_batch(&model, batch, &metrics);
+        let unfinished = {
+            let _busy = busy.enter();
+            run_batch(&model, batch, &metrics)
+        };
         // Jobs that arrived while the batch ran go ahead of the rest of a large job.
         drain(&receiver, &mut pending);
         pending.extend(unfinished);
@@ -319,10 +324,10 @@ fn guarded<M: Queued>(
     let out = out.map_err(|error| {
         let located = match &error {
             sembase_core::Error::InvalidTokenId { index, id, vocab } => owners.get(*index).map(|&(chunk, input)| {
-                (chunk, format!("{noun} {input} has token id {id}, outside the model's vocabulary of {vocab} entries"))
+                (chunk, format!("{noun}[{input}] has token id {id}, outside the model's vocabulary of {vocab} entries"))
             }),
             sembase_core::Error::InputTooLong { index, tokens, limit } => owners.get(*index).map(|&(chunk, input)| {
-                (chunk, format!("{noun} {input} has {tokens} tokens, more than the model's limit of {limit}"))
+                (chunk, format!("{noun}[{input}] has {tokens} tokens, more than the model's limit of {limit}"))
             }),
             _ => None,
         };

@@ -15,6 +15,7 @@ use sembase_embed::{PairTokens, Reranker};
 
 use crate::api::SchemaStatus;
 use crate::batcher::{Batcher, Reranking};
+use crate::budget::TokenBudget;
 use crate::error::ApiError;
 use crate::handlers::{cpu, large_text, queue, AppResult};
 use crate::metrics::ModelMetrics;
@@ -72,12 +73,15 @@ impl ServedReranker {
     }
 
     /// Raw scores of every document read with its group's query, through the model's
-    /// queue. Pairs over the model's limit are cut when `truncate`, else refused through
-    /// `too_long`.
+    /// queue, once the pairs' tokens fit the request's `budget` (else a 413 naming
+    /// `param`). Pairs over the model's limit are cut when `truncate`, else refused
+    /// through `too_long`.
     pub(crate) async fn score(
         &self,
         groups: Vec<Group>,
         truncate: bool,
+        budget: &mut TokenBudget,
+        param: &str,
         too_long: impl FnOnce(TooLong) -> ApiError,
     ) -> AppResult<Scored> {
         let bytes = groups
@@ -95,7 +99,7 @@ impl ServedReranker {
             EncodeError::Failed(message) => ApiError::internal(message),
         })?;
         self.metrics.record_rerank(pairs.len());
-        let mut logits = queue(&self.batcher, pairs, tokens, (), "documents").await?.into_iter();
+        let mut logits = queue(&self.batcher, pairs, tokens, (), budget, param).await?.into_iter();
         let logits =
             groups.iter().map(|g| logits.by_ref().take(g.documents.len()).collect()).collect();
         Ok(Scored { groups, logits, tokens })

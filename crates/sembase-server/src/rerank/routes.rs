@@ -14,9 +14,11 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Group, Scored, ServedReranker};
+use super::{Group, Scored, ServedReranker, TooLong};
 use crate::api::{SchemaStatus, Usage};
+use crate::budget::TokenBudget;
 use crate::handlers::{json, read_json, AppResult};
+use crate::integral;
 use crate::{AppState, Models};
 
 /// `POST /v1/rerank` body.
@@ -30,7 +32,7 @@ pub struct RerankRequest {
     /// The documents to score (1 to the server's `max_inputs`, 2048 by default; none empty).
     pub documents: Vec<RerankDocument>,
     /// Answer only the N most relevant documents; every document when omitted or 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
     pub top_n: Option<usize>,
     /// Give each result its document (default true, as Jina and vLLM do).
     #[serde(default)]
@@ -273,8 +275,9 @@ impl Ask {
         }
         let truncate = self.truncate.unwrap_or(state.config.truncate);
         let group = Group { query: self.query, documents: self.documents };
-        let scored =
-            served.score(vec![group], truncate, |too_long| too_long.refusal(status, param)).await?;
+        let mut budget = TokenBudget::new(state.config.max_request_tokens);
+        let refuse = |too_long: TooLong| too_long.refusal(status, param);
+        let scored = served.score(vec![group], truncate, &mut budget, param, refuse).await?;
         Ok((served, scored))
     }
 }

@@ -4,12 +4,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sembase_core::{EmbedOptions, Embedder, Embeddings, Error, Truncation};
-use sembase_server::{Attachments, ModelSpec, Server, ServerConfig};
+use sembase_index::{Index, IndexSettings, Metric, ModelIdentity, StoreSpec};
+use sembase_server::{Attachments, IndexSpec, ModelSpec, Server, ServerConfig};
 
 pub const CLS: u32 = 101;
 pub const SEP: u32 = 102;
@@ -224,6 +226,21 @@ impl Embedder for FakeModel {
         }
         Ok(self.truncated(ids))
     }
+}
+
+/// An empty index `docs` in `dir` (empty or not there yet), of the
+/// 8-dimensional vectors of a fake model named `fake`.
+pub fn empty_index(dir: &Path) -> IndexSpec {
+    let settings = IndexSettings {
+        model: ModelIdentity { name: "fake".into(), fingerprint: "test".into() },
+        dimensions: 8,
+        query_prefix: None,
+        document_prefix: None,
+        metric: Metric::Cosine,
+    };
+    let index = Index::create(dir, settings, StoreSpec::Flat { precision: Default::default() })
+        .expect("an index in a fresh directory");
+    IndexSpec { name: "docs".into(), index, model: "fake".into() }
 }
 
 /// A server on a loopback port, run on its own runtime; stopped (gracefully) on drop.
