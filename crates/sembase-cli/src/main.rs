@@ -9,6 +9,7 @@ mod heap;
 mod index;
 mod index_model;
 mod index_queue;
+mod mine;
 mod model;
 mod models;
 mod rerank;
@@ -50,6 +51,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Fine-tune a model: simcse, pairs, triplets or sts (CoSENT).
     Train(train::TrainArgs),
+    /// Mine hard negatives for labelled pairs into a triplets TSV for `train triplets`.
+    Mine(mine::MineArgs),
 }
 
 fn main() {
@@ -77,5 +80,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
+        Command::Mine(args) => mine::run(args),
     }
 }

@@ -16,6 +16,7 @@ pub mod distill;
 pub mod error;
 pub mod export;
 pub mod losses;
+pub mod mine;
 pub mod optim;
 pub mod trainable;
 pub mod trainer;
