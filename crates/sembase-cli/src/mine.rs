@@ -3,7 +3,6 @@
 //! `sembase_train::mine`; this layer embeds the texts and searches the corpus with
 //! the index crate's exact search.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
