@@ -115,13 +115,12 @@ pub fn run(args: MineArgs) -> Result<()> {
     let positives: Vec<&str> =
         groups.iter().flat_map(|g| g.positives.iter().map(String::as_str)).collect();
     let positive_vectors = embed(&model, &positives, &doc_options)?;
+    // The positives' vectors come group after group, in the order embedded above.
     let mut next_positive = positive_vectors.iter();
     let positive_scores: Vec<Vec<f32>> = groups
         .iter()
         .zip(&anchor_vectors)
-        .map(|(g, a)| {
-            g.positives.iter().zip(&mut next_positive).map(|(_, p)| cosine(a, p)).collect()
-        })
+        .map(|(g, a)| (&mut next_positive).take(g.positives.len()).map(|p| cosine(a, p)).collect())
         .collect();
 
     // Deep enough that `range.last` candidates remain after the excluded texts.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sembase_train::mine::normalize_text as key;
 use sembase_train::{load_examples, Objective};
 
 const SEMBASE: &str = env!("CARGO_BIN_EXE_sembase");
@@ -72,10 +73,6 @@ fn refused(out: &Output) -> String {
     assert!(!out.status.success(), "succeeded: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     stderr
-}
-
-fn key(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Unit vectors of `texts` from `sembase embed`, by whitespace-normalised text.
