@@ -50,7 +50,7 @@ enum Command {
     /// Serve models over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
     /// Fine-tune a model: simcse, pairs, triplets or sts (CoSENT).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Mine hard negatives for labelled pairs into a triplets TSV for `train triplets`.
     Mine(mine::MineArgs),
 }
@@ -79,7 +79,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Rerank(args) => rerank::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Mine(args) => mine::run(args),
     }
 }

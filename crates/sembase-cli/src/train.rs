@@ -10,13 +10,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use sembase_core::layers::{LoraSpec, LORA_TARGETS};
+use sembase_core::pooling::PoolingMode;
 use sembase_core::{CrossEncoder, LoadOptions};
 use sembase_eval::results::Metrics;
 use sembase_eval::training_report::{write_training_report, TrainingRun};
 use sembase_train::{
     load_cross_examples, load_examples, BiEncoderConfig, BiEncoderTraining, CrossEncoderTraining,
-    Finish, LoopConfig, ModelCard, Objective, TrainObserver, TrainableCrossEncoder, TrainableModel,
-    Trainee, Trainer,
+    DecoderTraining, Finish, LoopConfig, ModelCard, Objective, TrainObserver,
+    TrainableCrossEncoder, TrainableModel, Trainee, Trainer,
 };
 
 use crate::models::set_threads;
@@ -118,6 +120,61 @@ pub struct TrainArgs {
     report: Option<PathBuf>,
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    decoder: DecoderArgs,
+}
+
+/// Training a decoder LLM (LLaMA, Qwen2, Qwen3) into an embedding model with LoRA.
+#[derive(Args)]
+pub struct DecoderArgs {
+    /// Train LoRA adapters of this rank over the frozen decoder (decoder models only).
+    #[arg(long, value_name = "RANK")]
+    lora: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / rank (default 2 x rank).
+    #[arg(long, requires = "lora")]
+    lora_alpha: Option<f64>,
+    /// Dropout on the adapters' inputs (default 0.05).
+    #[arg(long, requires = "lora")]
+    lora_dropout: Option<f32>,
+    /// The projections to adapt (default all: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, requires = "lora", value_delimiter = ',')]
+    lora_targets: Vec<String>,
+    /// Pooling of the token states (default: the model directory's, else last).
+    #[arg(long, value_enum, requires = "lora")]
+    pooling: Option<PoolingArg>,
+    /// Attention without the causal mask (LLM2Vec); recorded so embedding uses it too.
+    #[arg(long, requires = "lora")]
+    bidirectional: bool,
+    /// Instruction put before each query/anchor only, saved as the model's `query` prompt.
+    #[arg(long, requires = "lora")]
+    query_instruction: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PoolingArg {
+    /// The last real token's state (E5-Mistral, Qwen3-Embedding).
+    Last,
+    /// The mean over the real tokens (LLM2Vec).
+    Mean,
+}
+
+impl DecoderArgs {
+    /// The LoRA training settings, when `--lora` is given.
+    fn training(&self, seed: u64) -> Result<Option<DecoderTraining>> {
+        let Some(rank) = self.lora else { return Ok(None) };
+        let targets = if self.lora_targets.is_empty() {
+            LORA_TARGETS.iter().map(|t| t.to_string()).collect()
+        } else {
+            self.lora_targets.clone()
+        };
+        let alpha = self.lora_alpha.unwrap_or(2.0 * rank as f64);
+        let lora = LoraSpec::new(rank, alpha, self.lora_dropout.unwrap_or(0.05), targets)?;
+        let pooling = self.pooling.map(|p| match p {
+            PoolingArg::Last => PoolingMode::LastToken,
+            PoolingArg::Mean => PoolingMode::Mean,
+        });
+        Ok(Some(DecoderTraining { lora, bidirectional: self.bidirectional, pooling, seed }))
+    }
 }
 
 impl ObjectiveArg {
@@ -229,19 +286,32 @@ fn run_bi_encoder(
         Some(limit) => limit,
         None => model_limit(dir)?,
     };
-    let model = TrainableModel::load(dir, max_length, args.project)
+    let decoder = args.decoder.training(args.seed.unwrap_or(LoopConfig::default().seed))?;
+    let model = TrainableModel::load_with(dir, max_length, args.project, decoder.as_ref())
         .with_context(|| format!("loading {}", dir.display()))?;
     let mut examples = load_examples(objective, &args.data)?;
     if let Some(prefix) = &args.prefix {
         examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
     }
+    let instruction = &args.decoder.query_instruction;
+    if let Some(instruction) = instruction {
+        // SimCSE's two views are one text: both get the instruction.
+        let queries = if objective == Objective::SimCse { usize::MAX } else { 1 };
+        examples
+            .iter_mut()
+            .flat_map(|e| e.texts.iter_mut().take(queries))
+            .for_each(|t| t.insert_str(0, instruction));
+    }
     if args.temperature.is_some_and(|t| t.is_nan() || t <= 0.0) {
         bail!("--temperature must be positive");
     }
-    let defaults = LoopConfig {
-        lr: if objective == Objective::SimCse { 3e-5 } else { LoopConfig::default().lr },
-        ..LoopConfig::default()
+    // LoRA trains few weights from zero: the published recipes use 1e-4 (E5-Mistral) to 2e-4.
+    let lr = match objective {
+        _ if decoder.is_some() => 1e-4,
+        Objective::SimCse => 3e-5,
+        _ => LoopConfig::default().lr,
     };
+    let defaults = LoopConfig { lr, ..LoopConfig::default() };
     let config = loop_config(args, defaults);
     let bi = BiEncoderConfig {
         mini_batch: args.mini_batch,
@@ -260,6 +330,8 @@ fn run_bi_encoder(
         ("project", serde_json::json!(args.project)),
         ("prefix", serde_json::json!(args.prefix)),
         ("teacher", serde_json::json!(args.teacher)),
+        ("lora", lora_hyperparameters(decoder.as_ref())),
+        ("query_instruction", serde_json::json!(instruction)),
     ] {
         hyperparameters[key] = value;
     }
@@ -281,9 +353,13 @@ fn run_bi_encoder(
         objective: objective_name.clone(),
         data: args.data.display().to_string(),
         hyperparameters,
-        prefix: args.prefix.clone(),
+        prefix: match (&args.prefix, instruction) {
+            (Some(prefix), Some(instruction)) => Some(format!("{prefix}{instruction}")),
+            (prefix, instruction) => prefix.clone().or(instruction.clone()),
+        },
         doc_prefix: args.doc_prefix.clone(),
         dims: args.dims.clone(),
+        query_prompt: instruction.clone(),
         run: serde_json::Value::Null,
     };
     let mut trainee = BiEncoderTraining::new(&model, bi, examples, card.clone())?;
@@ -291,6 +367,17 @@ fn run_bi_encoder(
         trainee = trainee.with_teacher(teacher)?;
     }
     run_loop(args, &trainee, config, &card, &objective_name)
+}
+
+/// The adapter settings a decoder run records (null for an encoder).
+fn lora_hyperparameters(decoder: Option<&DecoderTraining>) -> serde_json::Value {
+    decoder.map_or(serde_json::Value::Null, |d| {
+        serde_json::json!({
+            "rank": d.lora.rank, "alpha": d.lora.alpha, "dropout": d.lora.dropout,
+            "targets": d.lora.targets, "bidirectional": d.bidirectional,
+            "pooling": d.pooling.map(|p| format!("{p:?}")),
+        })
+    })
 }
 
 fn run_cross_encoder(args: &TrainArgs, dir: &std::path::Path) -> Result<()> {
@@ -303,6 +390,7 @@ fn run_cross_encoder(args: &TrainArgs, dir: &std::path::Path) -> Result<()> {
         ("--prefix", args.prefix.is_some()),
         ("--doc-prefix", args.doc_prefix.is_some()),
         ("--teacher", args.teacher.is_some()),
+        ("--lora", args.decoder.lora.is_some()),
     ];
     if let Some((flag, _)) = bi_encoder_only.iter().find(|(_, given)| *given) {
         bail!("{flag} applies to bi-encoder objectives, not cross-encoder");

@@ -7,6 +7,7 @@
 //! Architectures (`models/`) are built from [`layers`], which call the CPU [`kernels`];
 //! [`weights`] says where tensors are read from.
 
+pub mod adapter_dir;
 pub mod batching;
 pub mod cross_encoder;
 pub mod dense;

@@ -13,7 +13,10 @@ use crate::kernels::int8_linear::Int8Kernel;
 use crate::mode::Mode;
 use crate::model_dir::{HeadModule, ModelDir};
 use crate::models::decoder_config::is_decoder;
-use crate::models::{load_decoder_dir, load_encoder, CpuInference, MappedWeights, TextEncoder};
+use crate::models::{
+    adapter_weights, load_decoder_dir, load_encoder, CpuInference, DecoderConfig, MappedWeights,
+    TextEncoder,
+};
 use crate::pipeline::{PostModule, SentencePipeline};
 use crate::tokenize::TextTokenizer;
 use crate::vectors::truncate_dimensions;
@@ -81,8 +84,16 @@ impl LocalEmbedder {
             _ => {}
         }
         let encoder: Box<dyn TextEncoder> = if decoder {
-            let (files, device) = (&model.weight_files, &options.device);
-            Box::new(load_decoder_dir(&model.path, files, device, options.gguf_dequantize, false)?)
+            let device = &options.device;
+            let lora = model.adapter.as_ref().map(|a| adapter_weights(a, device)).transpose()?;
+            Box::new(load_decoder_dir(
+                &DecoderConfig::from_dir(&model.path)?,
+                &model.weight_files,
+                options.gguf_dequantize,
+                lora,
+                device,
+                false,
+            )?)
         } else {
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
             let weights = unsafe { MappedWeights::open(&model.weight_files)? };

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::adapter_dir::{is_adapter_dir, AdapterDir};
 use crate::error::{Error, Result};
 use crate::files::{read_json, read_json_if_present};
 use crate::models::TransformerConfig;
@@ -55,8 +56,11 @@ pub struct ModelDir {
     pub path: PathBuf,
     /// `config.json`.
     pub config: TransformerConfig,
-    /// The transformer's weights: one file or the shards of an index.
+    /// The transformer's weights: one file or the shards of an index (the base's, for
+    /// an adapter directory).
     pub weight_files: Vec<PathBuf>,
+    /// The LoRA adapter this directory holds over a decoder base, if it is one.
+    pub adapter: Option<AdapterDir>,
     /// `tokenizer.json`.
     pub tokenizer_file: PathBuf,
     /// Token limit from `sentence_bert_config.json`, if given.
@@ -94,8 +98,11 @@ impl ModelDir {
             read_json_if_present(&path.join("config_sentence_transformers.json"))?
                 .unwrap_or_default();
         let (pooling, head) = head_modules(path)?;
+        let adapter = is_adapter_dir(path).then(|| AdapterDir::open(path)).transpose()?;
+        let weights_dir = adapter.as_ref().map_or(path, |a| a.base.as_path());
         Ok(Self {
-            weight_files: weight_files(path)?,
+            weight_files: weight_files(weights_dir)?,
+            adapter,
             pooling,
             head,
             path: path.to_path_buf(),

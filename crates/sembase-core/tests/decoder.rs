@@ -82,11 +82,15 @@ fn check(name: &str, model: &DecoderModel, e: &Expected) {
     }
 }
 
+/// The decoder in `dir` (its config) from `files`, held for inference.
+fn load_inference(dir: &Path, files: &[PathBuf], with_lm_head: bool) -> DecoderModel {
+    let cfg = DecoderConfig::from_dir(dir).unwrap();
+    load_decoder_dir(&cfg, files, false, None, &test_device(), with_lm_head).unwrap()
+}
+
 fn inference(name: &str) {
     let dir = fixture_dir(name);
-    let model =
-        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true)
-            .unwrap();
+    let model = load_inference(&dir, &[dir.join("model.safetensors")], true);
     check(name, &model, &read_expected(&dir));
 }
 
@@ -164,8 +168,7 @@ fn bf16_weights_are_kept_in_bf16() {
             tensors.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
         let file = half_dir.path().join("model.safetensors");
         candle_core::safetensors::save(&half, &file).unwrap();
-        let model =
-            load_decoder_dir(half_dir.path(), &[file], &test_device(), false, true).unwrap();
+        let model = load_inference(half_dir.path(), &[file], true);
         assert_eq!(model.weight_dtype(), DType::BF16, "{name}");
         let e = read_expected(&dir);
         let (ids, mask) = batch(&e);
@@ -196,8 +199,7 @@ fn left_padded(name: &str, training_path: bool) {
     let model = if training_path {
         load_trainable(&dir).0
     } else {
-        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, true)
-            .unwrap()
+        load_inference(&dir, &[dir.join("model.safetensors")], true)
     };
     let e = read_expected(&dir);
     let width = e.ids[0].len();
@@ -248,9 +250,7 @@ fn left_padding_matches_transformers() {
 #[test]
 fn padding_mask_is_honoured() {
     let dir = fixture_dir("llama_tiny");
-    let model =
-        load_decoder_dir(&dir, &[dir.join("model.safetensors")], &test_device(), false, false)
-            .unwrap();
+    let model = load_inference(&dir, &[dir.join("model.safetensors")], false);
     let e = read_expected(&dir);
     let (ids, mask) = batch(&e);
     let states: Vec<Vec<Vec<f32>>> = model
@@ -363,10 +363,11 @@ fn smollm2_knows_the_capital_of_france() {
     assert_eq!(ids, g.ids);
     for dequantize in [false, true] {
         let model = load_decoder_dir(
-            &dir,
+            &DecoderConfig::from_dir(&dir).unwrap(),
             &[dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")],
-            &test_device(),
             dequantize,
+            None,
+            &test_device(),
             true,
         )
         .unwrap();

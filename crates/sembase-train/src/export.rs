@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use sembase_core::adapter_dir::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use sembase_core::pooling::PoolingMode;
 
 use crate::error::{Result, TrainError};
@@ -27,6 +28,8 @@ pub struct ModelCard {
     pub doc_prefix: Option<String>,
     /// Matryoshka widths the model was trained for.
     pub dims: Vec<usize>,
+    /// The instruction put before queries (anchors) only, saved as the `query` prompt.
+    pub query_prompt: Option<String>,
     /// Filled from the run: final loss, evaluations, best step.
     pub run: serde_json::Value,
 }
@@ -94,10 +97,14 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
     let source = &model.source.path;
     durable::replace_dir(out, |dir| {
         copy_tokenizer_files(source, dir)?;
-        for name in ["config.json", "tokenizer_config.json"] {
-            copy_if_present(source, dir, name)?;
+        copy_if_present(source, dir, "tokenizer_config.json")?;
+        match model.decoder() {
+            Some((config, training)) => write_adapter(model, dir, config, &training.lora)?,
+            None => {
+                copy_if_present(source, dir, "config.json")?;
+                model.encoder_vars().save(dir.join("model.safetensors"))?;
+            }
         }
-        model.encoder_vars().save(dir.join("model.safetensors"))?;
         let mut modules = vec![
             module(0, "", "sentence_transformers.models.Transformer"),
             module(1, "1_Pooling", "sentence_transformers.models.Pooling"),
@@ -121,15 +128,19 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
             ));
         }
         write_json(&dir.join("modules.json"), &modules)?;
-        let max_seq_length = model.source.max_seq_length.unwrap_or(512);
+        let max_seq_length = model.source.max_seq_length.unwrap_or(model.max_tokens());
         write_json(
             &dir.join("sentence_bert_config.json"),
             &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}),
         )?;
+        let mut prompts = model.source.prompts.clone();
+        if let Some(query) = &card.query_prompt {
+            prompts.insert("query".into(), query.clone());
+        }
         write_json(
             &dir.join("config_sentence_transformers.json"),
             &serde_json::json!({
-                "prompts": model.source.prompts,
+                "prompts": prompts,
                 "default_prompt_name": model.source.default_prompt_name,
                 "similarity_fn_name": "cosine",
                 "sembase": {"matryoshka_dims": card.dims},
@@ -138,6 +149,48 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         let usage = "Load it with `sembase serve --model DIR` or `SentenceTransformer(DIR)`.";
         Ok(durable::write_bytes(&dir.join("README.md"), card.markdown(usage).as_bytes())?)
     })
+}
+
+/// A decoder's LoRA adapters in PEFT's layout (`adapter_config.json` naming the base's
+/// directory, `adapter_model.safetensors`), and the base's `config.json` with
+/// `is_causal: false` when the model was made bidirectional.
+fn write_adapter(
+    model: &TrainableModel,
+    dir: &Path,
+    config: &sembase_core::models::DecoderConfig,
+    lora: &sembase_core::layers::LoraSpec,
+) -> Result<()> {
+    let config_path = model.source.path.join("config.json");
+    let text = std::fs::read(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+    let mut base_config: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
+    if !config.is_causal {
+        base_config["is_causal"] = false.into();
+    }
+    write_json(&dir.join("config.json"), &base_config)?;
+    let base = std::fs::canonicalize(&model.source.path)
+        .map_err(|e| TrainError::io(&model.source.path, e))?;
+    write_json(
+        &dir.join(ADAPTER_CONFIG),
+        &serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "FEATURE_EXTRACTION",
+            "base_model_name_or_path": base,
+            "r": lora.rank,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": lora.targets,
+            "use_rslora": lora.rank_stabilized,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_dora": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+        }),
+    )?;
+    Ok(model.encoder_vars().save(dir.join(ADAPTER_WEIGHTS))?)
 }
 
 /// One entry of `modules.json`.

@@ -28,5 +28,5 @@ pub use cross_training::CrossEncoderTraining;
 pub use data::{load_cross_examples, load_examples, CrossObjective, Example, Objective};
 pub use error::{Result, TrainError};
 pub use export::{export_model, ModelCard};
-pub use trainable::TrainableModel;
+pub use trainable::{DecoderTraining, TrainableModel};
 pub use trainer::{Evaluation, Finish, LoopConfig, TrainObserver, TrainState, Trainee, Trainer};

@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::{Activation, Linear, LinearWeights};
 use crate::error::{Error, Result};
+use crate::kernels::frozen_linear::{self, FrozenMatrix};
 use crate::kernels::q4_1::Q4_1Matrix;
 use crate::weights::mapped_gguf::GgufTensor;
 
@@ -63,6 +64,7 @@ impl GgufMatrix {
         let rows = x.elem_count() / in_dim.max(1);
         match self {
             Self::Device(matmul) => Ok(matmul.forward(&x.contiguous()?)?),
+            Self::Q4_1(_) | Self::Mapped(_) if x.track_op() => self.forward_in_graph(x, rows),
             Self::Q4_1(_) if rows >= Q4_1_GEMM_FROM_ROWS => self.gemm(x),
             Self::Mapped(_) if rows >= CANDLE_GEMM_FROM_ROWS => self.gemm(x),
             Self::Q4_1(weights) => {
@@ -75,6 +77,31 @@ impl GgufMatrix {
                 let matmul = QMatMul::from_arc(Arc::new(tensor.to_qtensor(&Device::Cpu)?))?;
                 Ok(matmul.forward(&x.contiguous()?)?)
             }
+        }
+    }
+
+    /// `x W^T` for an input in a gradient graph (LoRA over a quantised base): the matrix
+    /// is dequantised in each pass that reads it, and only the input gets a gradient.
+    fn forward_in_graph(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
+        let matrix = self.clone();
+        let weight_t: FrozenMatrix = Arc::new(move || {
+            let w = matrix.dequantised().map_err(candle_core::Error::wrap)?;
+            w.t()?.contiguous()
+        });
+        let (in_dim, out_dim) = (x.dim(D::Minus1)?, self.out_dim()?);
+        let bias = Tensor::zeros(out_dim, DType::F32, x.device())?;
+        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, weight_t, &bias)?;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = out_dim;
+        Ok(y.reshape(dims)?)
+    }
+
+    /// Rows of the `(out, in)` matrix.
+    fn out_dim(&self) -> Result<usize> {
+        match self {
+            Self::Q4_1(weights) => Ok(weights.out_dim()),
+            Self::Mapped(tensor) => Ok(tensor.dims[0]),
+            Self::Device(_) => Err(Error::Unsupported("the shape of a device matrix".into())),
         }
     }
 

@@ -2,7 +2,7 @@
 //! inference kernel where it applies and differentiable ops where training needs them.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -11,7 +11,7 @@ use super::{on_cpu_in_f32, Activation};
 use crate::error::{Error, Result};
 use crate::kernels::cpu_linear::{self, CpuLinear};
 use crate::kernels::int8_linear::{self, Int8Kernel, Int8Matrix};
-use crate::kernels::train_linear;
+use crate::kernels::{frozen_linear, train_linear};
 use crate::weights::mapped_weights::MappedHalf;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -197,6 +197,19 @@ impl Linear {
                     gelu,
                 )
             }
+            LinearStore::Mapped { weight, bias } if x.track_op() && on_cpu_in_f32(&[x]) => {
+                // A LoRA base: the matrix converted to f32 in each pass that reads it.
+                let (weight, out_dim) = (weight.clone(), weight.dims().0);
+                let weight_t: frozen_linear::FrozenMatrix = Arc::new(move || {
+                    let w = weight.to_tensor().map_err(candle_core::Error::wrap)?;
+                    w.t()?.to_dtype(DType::F32)?.contiguous()
+                });
+                let bias = match bias {
+                    Some(b) => b.to_dtype(DType::F32)?,
+                    None => Tensor::zeros(out_dim, DType::F32, x.device())?,
+                };
+                (frozen_linear::linear(&flat, weight_t, &bias)?, false)
+            }
             LinearStore::Mapped { weight, bias } => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
                     return Err(Error::Unsupported(
@@ -229,6 +242,13 @@ impl Linear {
                     gelu,
                 )
             }
+            LinearStore::Float { weight, bias, kernel_weights }
+                if frozen_in_graph(x, weight, bias.as_ref()) =>
+            {
+                let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
+                let weight_t = frozen_linear::held(&kernel.weight_t)?;
+                (frozen_linear::linear(&flat, weight_t, &kernel.bias)?, false)
+            }
             LinearStore::Float { weight, bias, .. } => {
                 let y = match bias {
                     Some(bias) if on_cpu_in_f32(&[&flat, weight, bias]) => {
@@ -255,6 +275,13 @@ fn kernel_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     let inference = !x.track_op() && !weight.track_op() && x.device().is_cpu();
     let floats = matches!(weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
     inference && floats && x.dtype() == DType::F32 && bias.is_none_or(|b| !b.track_op())
+}
+
+/// Whether a call is frozen f32 weights on the CPU under an input in a gradient graph
+/// (a LoRA base): only the input's gradient is wanted.
+fn frozen_in_graph(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let frozen = !weight.track_op() && bias.is_none_or(|b| !b.track_op());
+    x.track_op() && frozen && on_cpu_in_f32(&[x, weight])
 }
 
 /// The kernel's weights: made once and kept in `cache` for f32 weights, converted on each

@@ -11,6 +11,7 @@ mod dropout;
 mod embedding;
 pub(crate) mod gguf_linear;
 mod linear;
+mod lora;
 mod norm;
 
 use candle_core::{DType, Tensor};
@@ -20,6 +21,7 @@ pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use gguf_linear::DecoderLinear;
 pub use linear::{Linear, LinearWeights};
+pub use lora::{AdaptedLinear, LoraAdapter, LoraSpec, LORA_TARGETS};
 pub use norm::{LayerNorm, RmsNorm};
 
 /// Whether every tensor is f32 on the CPU (what the training kernels take).

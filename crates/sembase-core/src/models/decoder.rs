@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::decoder_config::DecoderConfig;
 use super::TextEncoder;
 use crate::error::{Error, Result};
-use crate::layers::{softmax_last_dim, Activation, DecoderLinear, RmsNorm};
+use crate::layers::{softmax_last_dim, Activation, AdaptedLinear, DecoderLinear, RmsNorm};
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
 use crate::weights::token_table::TokenTable;
@@ -137,13 +137,13 @@ impl RopeTables {
     }
 }
 
-/// Grouped-query causal self-attention.
+/// Grouped-query self-attention (causal unless the model was made bidirectional).
 #[derive(Debug, Clone)]
 struct Attention {
-    q: DecoderLinear,
-    k: DecoderLinear,
-    v: DecoderLinear,
-    o: DecoderLinear,
+    q: AdaptedLinear,
+    k: AdaptedLinear,
+    v: AdaptedLinear,
+    o: AdaptedLinear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     heads: usize,
@@ -159,10 +159,10 @@ impl Attention {
             opts.qk_norm.then(|| w.pp(name).rms_norm(d, cfg.rms_norm_eps)).transpose()
         };
         Ok(Self {
-            q: w.pp("q_proj").linear(h, heads * d, opts.qkv_bias)?,
-            k: w.pp("k_proj").linear(h, kv_heads * d, opts.qkv_bias)?,
-            v: w.pp("v_proj").linear(h, kv_heads * d, opts.qkv_bias)?,
-            o: w.pp("o_proj").linear(heads * d, h, opts.output_bias)?,
+            q: w.pp("q_proj").projection(h, heads * d, opts.qkv_bias)?,
+            k: w.pp("k_proj").projection(h, kv_heads * d, opts.qkv_bias)?,
+            v: w.pp("v_proj").projection(h, kv_heads * d, opts.qkv_bias)?,
+            o: w.pp("o_proj").projection(heads * d, h, opts.output_bias)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             heads,
@@ -182,12 +182,14 @@ impl Attention {
         Ok(y.transpose(1, 2)?.contiguous()?)
     }
 
-    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor, mode: &Mode) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (heads, kv, d) = (self.heads, self.kv_heads, self.head_width);
-        let q = rope.apply(&self.heads_of(self.q.forward(x)?, heads, self.q_norm.as_ref())?)?;
-        let k = rope.apply(&self.heads_of(self.k.forward(x)?, kv, self.k_norm.as_ref())?)?;
-        let v = self.heads_of(self.v.forward(x)?, kv, None)?;
+        let q =
+            rope.apply(&self.heads_of(self.q.forward(x, mode)?, heads, self.q_norm.as_ref())?)?;
+        let k =
+            rope.apply(&self.heads_of(self.k.forward(x, mode)?, kv, self.k_norm.as_ref())?)?;
+        let v = self.heads_of(self.v.forward(x, mode)?, kv, None)?;
         // Query head i uses key/value head i / group: fold each group into the
         // row dimension instead of repeating k and v.
         let group = heads / kv;
@@ -199,7 +201,18 @@ impl Attention {
             s,
             heads * d,
         ))?;
-        self.o.forward(&context)
+        self.o.forward(&context, mode)
+    }
+
+    /// The same attention with its adapters out of any gradient graph.
+    fn detached(&self) -> Self {
+        Self {
+            q: self.q.detached(),
+            k: self.k.detached(),
+            v: self.v.detached(),
+            o: self.o.detached(),
+            ..self.clone()
+        }
     }
 }
 
@@ -209,9 +222,9 @@ struct DecoderLayer {
     input_norm: RmsNorm,
     attention: Attention,
     post_attention_norm: RmsNorm,
-    gate: DecoderLinear,
-    up: DecoderLinear,
-    down: DecoderLinear,
+    gate: AdaptedLinear,
+    up: AdaptedLinear,
+    down: AdaptedLinear,
 }
 
 impl DecoderLayer {
@@ -221,17 +234,29 @@ impl DecoderLayer {
             input_norm: w.pp("input_layernorm").rms_norm(h, eps)?,
             attention: Attention::load(&w.pp("self_attn"), cfg, opts)?,
             post_attention_norm: w.pp("post_attention_layernorm").rms_norm(h, eps)?,
-            gate: w.pp("mlp.gate_proj").linear(h, ff, false)?,
-            up: w.pp("mlp.up_proj").linear(h, ff, false)?,
-            down: w.pp("mlp.down_proj").linear(ff, h, false)?,
+            gate: w.pp("mlp.gate_proj").projection(h, ff, false)?,
+            up: w.pp("mlp.up_proj").projection(h, ff, false)?,
+            down: w.pp("mlp.down_proj").projection(ff, h, false)?,
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, rope, bias)?)?;
+    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, rope, bias, mode)?)?;
         let h = self.post_attention_norm.forward(&x)?;
-        let inner = (self.gate.forward_then(&h, Some(Activation::Silu))? * self.up.forward(&h)?)?;
-        Ok((&x + self.down.forward(&inner)?)?)
+        let gate = self.gate.forward_then(&h, Some(Activation::Silu), mode)?;
+        let inner = (gate * self.up.forward(&h, mode)?)?;
+        Ok((&x + self.down.forward(&inner, mode)?)?)
+    }
+
+    /// The same layer with its adapters out of any gradient graph.
+    fn detached(&self) -> Self {
+        Self {
+            attention: self.attention.detached(),
+            gate: self.gate.detached(),
+            up: self.up.detached(),
+            down: self.down.detached(),
+            ..self.clone()
+        }
     }
 }
 
@@ -248,14 +273,19 @@ pub struct DecoderModel {
     hidden_size: usize,
     vocab_size: usize,
     max_tokens: usize,
+    /// Whether a token sees only those before it; `false` is the bidirectional
+    /// conversion of LLM2Vec (`is_causal: false` in `config.json`).
+    causal: bool,
 }
 
-/// The additive attention bias `(batch, 1, seq, seq)`: causal, and padded keys masked.
-fn causal_padding_bias(mask: &Tensor) -> Result<Tensor> {
+/// The additive attention bias `(batch, 1, seq, seq)`: padded keys masked and, when
+/// `causal`, the keys after each query.
+fn attention_bias(mask: &Tensor, causal: bool) -> Result<Tensor> {
     const MASKED: f32 = -1e30;
     let (b, s) = mask.dims2()?;
+    let hidden = |i: usize, j: usize| causal && j > i;
     let causal: Vec<f32> =
-        (0..s).flat_map(|i| (0..s).map(move |j| if j > i { MASKED } else { 0.0 })).collect();
+        (0..s).flat_map(|i| (0..s).map(move |j| if hidden(i, j) { MASKED } else { 0.0 })).collect();
     let causal = Tensor::from_vec(causal, (1, 1, s, s), mask.device())?;
     let padding =
         ((mask.to_dtype(DType::F32)? - 1.0)? * -(MASKED as f64))?.reshape((b, 1, 1, s))?;
@@ -301,7 +331,19 @@ impl DecoderModel {
             hidden_size: h,
             vocab_size: vocab,
             max_tokens: cfg.max_position_embeddings,
+            causal: cfg.is_causal,
         })
+    }
+
+    /// Whether attention is causal (`false`: bidirectional).
+    pub fn is_causal(&self) -> bool {
+        self.causal
+    }
+
+    /// A copy whose LoRA adapters are out of any gradient graph, sharing the base
+    /// weights (an inference snapshot of a model in training).
+    pub fn detached(&self) -> Self {
+        Self { layers: self.layers.iter().map(DecoderLayer::detached).collect(), ..self.clone() }
     }
 
     /// The precision the weights are kept in (f32, or bf16/f16 as the checkpoint had them).
@@ -315,32 +357,31 @@ impl DecoderModel {
             .lm_head
             .as_ref()
             .ok_or_else(|| Error::Unsupported("model loaded without its lm_head".into()))?;
-        let states = self.forward_states(ids, mask)?;
+        let states = self.forward_states(ids, mask, &Mode::Inference)?;
         let last = crate::pooling::Pooling::new(crate::pooling::PoolingMode::LastToken)
             .forward(&states, mask)?;
         head.forward(&last)
     }
 
-    fn forward_states(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn forward_states(&self, ids: &Tensor, mask: &Tensor, mode: &Mode) -> Result<Tensor> {
         let (_, s) = ids.dims2()?;
         if s > self.max_tokens {
             return Err(Error::InputTooLong { index: 0, tokens: s, limit: self.max_tokens });
         }
         let mut x = self.embed.lookup(ids)?;
         let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
-        let bias = causal_padding_bias(mask)?;
+        let bias = attention_bias(mask, self.causal)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &rope, &bias)?;
+            x = layer.forward(&x, &rope, &bias, mode)?;
         }
         self.norm.forward(&x)
     }
 }
 
 impl TextEncoder for DecoderModel {
-    fn forward(&self, batch: &PackedBatch, _mode: &Mode) -> Result<Tensor> {
-        let (ids, mask) = (batch.ids(), batch.mask());
-        // Decoder configs set attention/hidden dropout to 0; nothing to switch.
-        self.forward_states(ids, mask)
+    fn forward(&self, batch: &PackedBatch, mode: &Mode) -> Result<Tensor> {
+        // Decoder configs set attention/hidden dropout to 0: only LoRA's dropout uses `mode`.
+        self.forward_states(batch.ids(), batch.mask(), mode)
     }
 
     fn hidden_size(&self) -> usize {
@@ -387,20 +428,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bias_is_causal_and_masks_padding() {
-        let mask = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu).unwrap();
-        let bias: Vec<Vec<f32>> = causal_padding_bias(&mask)
+    /// The `(seq, seq)` bias of a one-row mask.
+    fn bias_rows(mask: &Tensor, causal: bool) -> Vec<Vec<f32>> {
+        attention_bias(mask, causal)
             .unwrap()
             .squeeze(0)
             .unwrap()
             .squeeze(0)
             .unwrap()
             .to_vec2()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn bias_is_causal_unless_bidirectional_and_masks_padding() {
+        let mask = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu).unwrap();
+        let bias = bias_rows(&mask, true);
         assert_eq!(bias[0][0], 0.0);
         assert!(bias[0][1] < -1e29);
         assert_eq!(bias[2][1], 0.0);
         assert!(bias[2][2] < -1e29);
+        let open = bias_rows(&mask, false);
+        assert_eq!(open[0][1], 0.0, "bidirectional: a query sees later real tokens");
+        assert!(open[0][2] < -1e29, "bidirectional: padding stays masked");
     }
 }

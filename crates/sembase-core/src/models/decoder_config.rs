@@ -64,6 +64,13 @@ pub struct DecoderConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// `false` for a decoder made bidirectional (LLM2Vec): no causal mask.
+    #[serde(default = "default_causal")]
+    pub is_causal: bool,
+}
+
+fn default_causal() -> bool {
+    true
 }
 
 fn default_rms_eps() -> f64 {

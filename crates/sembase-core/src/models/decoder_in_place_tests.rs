@@ -140,7 +140,7 @@ fn every_block_type_runs_quantised_and_matches_its_dequantised_model() {
         let path = dir.path().join(format!("{matrices:?}.gguf"));
         write_gguf(&vars, matrices, table, &path);
         let quantised = load_gguf(&path, &cfg, false);
-        let gate = &quantised.layers[0].gate;
+        let gate = &quantised.layers[0].gate.base;
         let kind_ok = match matrices {
             GgmlDType::Q4_1 => {
                 matches!(gate, DecoderLinear::Quantized { matrix: GgufMatrix::Q4_1(_), .. })
@@ -227,7 +227,7 @@ fn half_precision_safetensors_are_read_in_place_and_match_copied_tensors() {
         for layer in &in_place.layers {
             for linear in [&layer.attention.q, &layer.attention.o, &layer.gate, &layer.down] {
                 assert!(
-                    matches!(linear, DecoderLinear::Dense(l) if l.is_mapped()),
+                    matches!(&linear.base, DecoderLinear::Dense(l) if l.is_mapped()),
                     "{dtype:?}: a matrix was copied: {linear:?}"
                 );
             }

@@ -14,7 +14,7 @@ pub mod qwen3;
 pub mod score_head;
 pub mod xlm_roberta;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -23,11 +23,12 @@ pub use config::TransformerConfig;
 pub use decoder::DecoderModel;
 pub use decoder_config::DecoderConfig;
 
+use crate::adapter_dir::AdapterDir;
 use crate::error::{Error, Result};
 use crate::kernels::int8_linear;
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
-pub use crate::weights::{DecoderWeights, MappedWeights};
+pub use crate::weights::{DecoderWeights, LoraWeights, MappedWeights};
 
 /// A model that maps token ids to contextual token states.
 pub trait TextEncoder: Send + Sync {
@@ -102,31 +103,43 @@ pub fn load_decoder(
     }
 }
 
-/// Loads the decoder of a model directory: `config.json` in `dir`, weights in
-/// safetensors (memory-mapped; f32 kept as f32, and bf16/f16 kept in their half
-/// precision, converted to f32 one matrix at a time as each matmul runs) or one GGUF
-/// file (quantised matmuls, or dequantised to f32 when `dequantize`).
-pub fn load_decoder_dir(
-    dir: &Path,
+/// Loads a decoder with configuration `cfg` from its weight files, with the LoRA adapters
+/// of `lora` when given. Safetensors are memory-mapped: f32 kept as f32, bf16/f16 read in
+/// place and converted one matrix at a time as each matmul runs. A GGUF file's matrices
+/// are multiplied quantised, or dequantised to f32 when `dequantize`. The same weights
+/// serve LoRA training: frozen, they pass gradients to the adapters (see
+/// `kernels::frozen_linear`) without being copied to f32 as a whole.
+pub fn load_decoder_dir<'a>(
+    cfg: &DecoderConfig,
     weight_files: &[PathBuf],
-    device: &Device,
     dequantize: bool,
+    lora: Option<LoraWeights<'a>>,
+    device: &Device,
     with_lm_head: bool,
 ) -> Result<DecoderModel> {
-    let cfg = DecoderConfig::from_dir(dir)?;
+    let adapted = |w: DecoderWeights<'a>| match lora.clone() {
+        Some(lora) => w.with_lora(lora),
+        None => w,
+    };
     match weight_files {
         [gguf] if gguf.extension().is_some_and(|e| e == "gguf") => {
             // SAFETY: the GGUF file is memory-mapped read-only; it must not change while loaded.
             let (w, _arch) = unsafe { DecoderWeights::from_gguf(gguf, device, dequantize) }?;
-            load_decoder(&w, &cfg, with_lm_head)
+            load_decoder(&adapted(w), cfg, with_lm_head)
         }
         files => {
-            let dtype = stored_float_dtype(files)?;
             // SAFETY: weights are memory-mapped read-only; the files must not change while loaded.
             let mapped = unsafe { MappedWeights::open(files)? };
-            load_decoder(&DecoderWeights::from_mapped(mapped, dtype, device), &cfg, with_lm_head)
+            let w = DecoderWeights::from_mapped(mapped, stored_float_dtype(files)?, device);
+            load_decoder(&adapted(w), cfg, with_lm_head)
         }
     }
+}
+
+/// The LoRA adapters of an adapter directory, read for `device`.
+pub fn adapter_weights(adapter: &AdapterDir, device: &Device) -> Result<LoraWeights<'static>> {
+    let vb = VarBuilder::from_tensors(adapter.tensors(device)?, DType::F32, device);
+    Ok(LoraWeights { vb, spec: adapter.spec.clone() })
 }
 
 /// The precision the weights are kept in: that of the checkpoint's matrices when it is

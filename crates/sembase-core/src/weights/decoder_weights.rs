@@ -16,7 +16,7 @@ use super::mapped_weights::MappedWeights;
 use super::token_table::TokenTable;
 use crate::error::{Error, Result};
 use crate::layers::gguf_linear::GgufMatrix;
-use crate::layers::{DecoderLinear, Linear, RmsNorm};
+use crate::layers::{AdaptedLinear, DecoderLinear, Linear, LoraAdapter, LoraSpec, RmsNorm};
 
 /// A mapped GGUF file and how its matrices are to be used.
 struct GgufTensors {
@@ -36,11 +36,28 @@ enum Source<'a> {
     Gguf(Arc<GgufTensors>),
 }
 
+/// Where a decoder's LoRA matrices come from: a `VarMap`'s builder when training (new
+/// variables, A and B set by the trainer) or an adapter file's tensors. Names are
+/// PEFT's: `base_model.model.<module path>.lora_A.weight` / `lora_B.weight`.
+#[derive(Clone)]
+pub struct LoraWeights<'a> {
+    pub vb: VarBuilder<'a>,
+    pub spec: LoraSpec,
+}
+
+/// The PEFT name of a LoRA matrix (`lora_A` or `lora_B`) of the module at `path`,
+/// a decoder path with or without the `model.` body prefix.
+pub fn lora_tensor_name(path: &str, matrix: &str) -> String {
+    let module = path.strip_prefix("model.").unwrap_or(path);
+    format!("base_model.model.{module}.{matrix}.weight")
+}
+
 /// Where a decoder's weights come from, positioned at a name prefix.
 #[derive(Clone)]
 pub struct DecoderWeights<'a> {
     source: Source<'a>,
     path: String,
+    lora: Option<LoraWeights<'a>>,
 }
 
 impl<'a> DecoderWeights<'a> {
@@ -60,13 +77,13 @@ impl<'a> DecoderWeights<'a> {
     /// `vb` (and `mapped`) positioned at the model body, with or without `model.`.
     fn vars_with_body_found(vb: VarBuilder<'a>, mapped: Option<MappedWeights>) -> Self {
         let body = if vb.contains_tensor("model.embed_tokens.weight") { "model" } else { "" };
-        Self { source: Source::Vars { vb, mapped }, path: body.to_string() }
+        Self { source: Source::Vars { vb, mapped }, path: body.to_string(), lora: None }
     }
 
     /// Weights from a `VarBuilder` with the model body under `body` (`""` or
     /// `"model"`); a fresh `VarMap` has no tensors to look for, so training says where.
     pub fn from_var_builder_at(vb: VarBuilder<'a>, body: &str) -> Self {
-        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string() }
+        Self { source: Source::Vars { vb, mapped: None }, path: body.to_string(), lora: None }
     }
 
     /// Maps a GGUF file (matrices kept quantised unless `dequantize`) and reads its
@@ -84,7 +101,12 @@ impl<'a> DecoderWeights<'a> {
         let arch = file.architecture()?;
         let source =
             Source::Gguf(Arc::new(GgufTensors { file, dequantize, device: device.clone() }));
-        Ok((Self { source, path: String::new() }, arch))
+        Ok((Self { source, path: String::new(), lora: None }, arch))
+    }
+
+    /// The same weights with LoRA adapters on the projections `lora.spec` targets.
+    pub fn with_lora(self, lora: LoraWeights<'a>) -> Self {
+        Self { lora: Some(lora), ..self }
     }
 
     /// Whether the weights came from a GGUF file.
@@ -96,12 +118,12 @@ impl<'a> DecoderWeights<'a> {
     pub fn pp(&self, name: &str) -> Self {
         let path =
             if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
-        Self { source: self.source.clone(), path }
+        Self { source: self.source.clone(), path, lora: self.lora.clone() }
     }
 
     /// The same source at the checkpoint root (where `lm_head` lives).
     pub(crate) fn root(&self) -> Self {
-        Self { source: self.source.clone(), path: String::new() }
+        Self { source: self.source.clone(), path: String::new(), lora: self.lora.clone() }
     }
 
     fn full(&self, leaf: &str) -> String {
@@ -235,5 +257,36 @@ impl<'a> DecoderWeights<'a> {
                 }
             }
         }
+    }
+
+    /// A projection of the stack `in_dim -> out_dim`: the linear map and, when the
+    /// LoRA spec targets this module, its adapter.
+    pub(crate) fn projection(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+    ) -> Result<AdaptedLinear> {
+        let base = self.linear(in_dim, out_dim, with_bias)?;
+        let module = self.path.rsplit('.').next().unwrap_or_default();
+        let adapter = match &self.lora {
+            Some(lora) if lora.spec.targets_module(module) => {
+                let zeros = candle_nn::Init::Const(0.0);
+                let rank = lora.spec.rank;
+                let a = lora.vb.get_with_hints(
+                    (rank, in_dim),
+                    &lora_tensor_name(&self.path, "lora_A"),
+                    zeros,
+                )?;
+                let b = lora.vb.get_with_hints(
+                    (out_dim, rank),
+                    &lora_tensor_name(&self.path, "lora_B"),
+                    zeros,
+                )?;
+                Some(LoraAdapter::new(a, b, &lora.spec)?)
+            }
+            _ => None,
+        };
+        Ok(AdaptedLinear { base, adapter })
     }
 }

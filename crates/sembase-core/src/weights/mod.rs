@@ -8,5 +8,5 @@ pub mod mapped_gguf;
 pub mod mapped_weights;
 pub(crate) mod token_table;
 
-pub use decoder_weights::DecoderWeights;
+pub use decoder_weights::{lora_tensor_name, DecoderWeights, LoraWeights};
 pub use mapped_weights::MappedWeights;

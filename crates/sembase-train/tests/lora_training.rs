@@ -1,0 +1,197 @@
+//! LoRA training of a decoder end to end on the tiny random LLaMA: the loss falls, only
+//! the adapters change and are exported (PEFT layout, a bidirectional model says so in
+//! its config), the export embeds as the live model does, an interrupted run resumes
+//! exactly, and wrong combinations are refused.
+
+mod common;
+use common::{Quiet, StopAt};
+
+use std::path::{Path, PathBuf};
+
+use sembase_core::layers::{LoraSpec, LORA_TARGETS};
+use sembase_core::pooling::PoolingMode;
+use sembase_core::vectors::cosine;
+use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
+use sembase_train::{
+    load_examples, BiEncoderConfig, BiEncoderTraining, DecoderTraining, Finish, LoopConfig,
+    ModelCard, Objective, TrainableModel, Trainer,
+};
+
+const WORDS: &str = "the cat sat on a mat big dog ran far away bird flew over tree sky is blue \
+                     small red home sun was green slow fast";
+
+const PAIRS: &str = "sentence1\tsentence2\tlabel\n\
+the cat sat on a mat\ta cat sat on the mat\t1\n\
+a big dog ran far away\tthe big dog ran away\t1\n\
+the bird flew over the tree\ta bird flew over a green tree\t1\n\
+the sky is blue\tblue is the sky\t1\n\
+a small red cat ran home\tthe small red cat ran fast home\t1\n\
+a dog was fast\tthe fast dog ran\t1\n\
+the bird is small\ta small bird\t1\n";
+
+/// The tiny LLaMA of sembase-core's decoder tests with a word-level tokenizer (pad 0).
+fn tiny_decoder(tmp: &Path) -> PathBuf {
+    let base =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-core/tests/decoder/llama_tiny");
+    let dir = tmp.join("tiny-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(base.join(f), dir.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::json!({"<pad>": 0, "<unk>": 1, "<s>": 2});
+    for (i, word) in WORDS.split_whitespace().enumerate() {
+        vocab[word] = (i + 3).into();
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    dir
+}
+
+fn lora(dropout: f32, bidirectional: bool) -> DecoderTraining {
+    let targets = LORA_TARGETS.iter().map(|t| t.to_string()).collect();
+    DecoderTraining {
+        lora: LoraSpec::new(4, 8.0, dropout, targets).unwrap(),
+        bidirectional,
+        pooling: Some(if bidirectional { PoolingMode::Mean } else { PoolingMode::LastToken }),
+        seed: 7,
+    }
+}
+
+fn pairs_file(tmp: &Path) -> PathBuf {
+    let path = tmp.join("pairs.tsv");
+    std::fs::write(&path, PAIRS).unwrap();
+    path
+}
+
+fn config() -> LoopConfig {
+    LoopConfig { batch_size: 4, lr: 1e-2, epochs: 4, ..LoopConfig::default() }
+}
+
+fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+fn embed(embedder: &LocalEmbedder, texts: &[&str]) -> Vec<Vec<f32>> {
+    embedder.embed(texts, &EmbedOptions::default()).unwrap().vectors
+}
+
+#[test]
+fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_decoder(tmp.path());
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    for bidirectional in [false, true] {
+        let model =
+            TrainableModel::load_with(&dir, 16, None, Some(&lora(0.0, bidirectional))).unwrap();
+        let vars = model.named_vars();
+        assert_eq!(vars.len(), 2 * 7 * 2, "A and B for 7 projections in each of 2 layers");
+        assert!(vars.iter().all(|(name, _)| name.contains(".lora_")), "only adapters train");
+        let card = ModelCard { query_prompt: Some("q: ".into()), ..ModelCard::default() };
+        let bi = BiEncoderConfig::new(Objective::Pairs);
+        let pairs = BiEncoderTraining::new(&model, bi, examples.clone(), card).unwrap();
+        let out = tmp.path().join(format!("out-{bidirectional}"));
+        let mut trainer = Trainer::new(&pairs, config(), &out).unwrap();
+        assert_eq!(trainer.run(&Quiet).unwrap(), Finish::Completed);
+        let losses: Vec<f32> = trainer.state.loss.iter().map(|(_, l)| *l).collect();
+        let (first, last) =
+            (losses[..2].iter().sum::<f32>(), losses[losses.len() - 2..].iter().sum::<f32>());
+        assert!(last < first, "bidirectional {bidirectional}: loss did not fall: {losses:?}");
+
+        assert!(!out.join("model.safetensors").exists(), "the base was copied");
+        let adapter: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!((adapter["r"].as_u64(), adapter["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let causal = config.get("is_causal").map(|c| c.as_bool());
+        let want = if bidirectional { Some(Some(false)) } else { None };
+        assert_eq!(causal, want, "is_causal in {config}");
+        let prompts: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("config_sentence_transformers.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(prompts["prompts"]["query"], "q: ");
+
+        let texts = ["the cat sat on a mat", "blue is the sky"];
+        let exported = LocalEmbedder::load(&out, "out", LoadOptions::default()).unwrap();
+        let live = model.snapshot("live").unwrap();
+        for (a, b) in embed(&exported, &texts).iter().zip(&embed(&live, &texts)) {
+            assert!(cosine(a, b) > 0.99999, "the export embeds differently from the live model");
+        }
+        let untrained = TrainableModel::load_with(&dir, 16, None, Some(&lora(0.0, bidirectional)))
+            .unwrap()
+            .snapshot("base")
+            .unwrap();
+        let moved = embed(&exported, &texts)
+            .iter()
+            .zip(&embed(&untrained, &texts))
+            .any(|(a, b)| cosine(a, b) < 0.9999);
+        assert!(moved, "the adapter changed nothing");
+    }
+}
+
+fn pairs_trainee(
+    model: &TrainableModel,
+    examples: Vec<sembase_train::Example>,
+) -> BiEncoderTraining<'_> {
+    let bi = BiEncoderConfig::new(Objective::Pairs);
+    BiEncoderTraining::new(model, bi, examples, ModelCard::default()).unwrap()
+}
+
+#[test]
+fn an_interrupted_lora_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_decoder(tmp.path());
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let training = lora(0.1, true);
+    let load = || TrainableModel::load_with(&dir, 16, None, Some(&training)).unwrap();
+    let straight = {
+        let model = load();
+        let pairs = pairs_trainee(&model, examples.clone());
+        let mut t = Trainer::new(&pairs, config(), &tmp.path().join("a")).unwrap();
+        t.run(&Quiet).unwrap();
+        (t.state.loss.clone(), weights(&model))
+    };
+    let out = tmp.path().join("b");
+    let checkpoint = {
+        let model = load();
+        let pairs = pairs_trainee(&model, examples.clone());
+        let mut t = Trainer::new(&pairs, config(), &out).unwrap();
+        match t.run(&StopAt(3, Default::default())).unwrap() {
+            Finish::Interrupted { checkpoint } => checkpoint,
+            other => panic!("expected an interruption, got {other:?}"),
+        }
+    };
+    let model = load();
+    let pairs = pairs_trainee(&model, examples.clone());
+    let mut t = Trainer::new(&pairs, config(), &out).unwrap();
+    t.resume(&checkpoint).unwrap();
+    t.run(&Quiet).unwrap();
+    assert_eq!(t.state.loss, straight.0, "loss curves differ after resume");
+    assert_eq!(weights(&model), straight.1, "adapters differ after resume");
+}
+
+#[test]
+fn decoders_need_lora_and_encoders_refuse_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_decoder(tmp.path());
+    let err = TrainableModel::load(&dir, 16, None).err().unwrap().to_string();
+    assert!(err.contains("--lora"), "{err}");
+    let encoder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let err = TrainableModel::load_with(&encoder, 16, None, Some(&lora(0.0, false)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("decoder models"), "{err}");
+    assert!(LoraSpec::new(4, 8.0, 0.0, vec!["lm_head".into()]).is_err());
+    assert!(LoraSpec::new(0, 8.0, 0.0, vec!["q_proj".into()]).is_err());
+}
