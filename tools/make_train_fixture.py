@@ -3,11 +3,13 @@
 
 Builds a tiny random BERT (transformers' BertModel, dropout off) with a small
 WordLevel tokenizer, saves it as a sentence-transformers directory, and records
-for a fixed batch the in-batch-negatives loss (scale 20, mean pooling) and the
-CoSENT loss with their gradients for a few parameters.
+for a fixed batch the in-batch-negatives loss (scale 20, mean pooling), the
+CoSENT loss, and sentence-transformers' AnglELoss and CoSENTLoss +
+MultipleNegativesRankingLoss (over the pairs scored 4 and up) with their
+gradients for a few parameters.
 
 Regenerate from the repository root, in an environment with torch,
-transformers, safetensors and tokenizers:
+transformers, safetensors, tokenizers and sentence-transformers:
 
     make bench-env    # once: .venv-bench with bench/requirements.txt
     .venv-bench/bin/python tools/make_train_fixture.py --out crates/sembase-train/tests/fixtures/tiny-bert
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss, MultipleNegativesRankingLoss
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 
@@ -28,6 +31,8 @@ ANCHORS = ["the cat sat on a mat", "a big dog ran far away", "the bird flew over
 POSITIVES = ["a cat sat on the mat", "the big dog ran away", "a bird flew over a green tree",
              "blue is the sky", "the small red cat ran fast home"]
 STS_SCORES = [4.5, 3.0, 5.0, 1.0, 2.5]
+# The pairs sembase's cosent+mnrl takes for positives: the top fifth of the score range (>= 4.2).
+POSITIVE_ROWS = [i for i, s in enumerate(STS_SCORES) if s >= 4.2]
 CHECKED = ["embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
            "encoder.layer.1.output.LayerNorm.weight", "encoder.layer.1.intermediate.dense.bias"]
 SCALE = 20.0
@@ -85,6 +90,14 @@ def cosent(a, b, scores):
     return torch.logsumexp(torch.cat([torch.zeros(1), diff.flatten()]), 0)
 
 
+def cosent_mnrl(a, b, scores):
+    """sembase's `--loss cosent+mnrl`: CoSENT on all pairs plus in-batch negatives over the positives."""
+    ranking = CoSENTLoss(model=None, scale=SCALE).compute_loss_from_embeddings([a, b], torch.tensor(scores))
+    rows = torch.tensor(POSITIVE_ROWS)
+    mnrl = MultipleNegativesRankingLoss(model=None, scale=SCALE)
+    return ranking + mnrl.compute_loss_from_embeddings([a[rows], b[rows]], None)
+
+
 def record(model, loss):
     model.zero_grad()
     loss.backward()
@@ -112,10 +125,17 @@ def main():
     mnrl = record(model, in_batch_negatives(a, p))
     a, b = embed(model, tok, ANCHORS), embed(model, tok, POSITIVES)
     cos = record(model, cosent(a, b, STS_SCORES))
+    a, b = embed(model, tok, ANCHORS), embed(model, tok, POSITIVES)
+    angle = record(model, AnglELoss(model=None, scale=SCALE).compute_loss_from_embeddings(
+        [a, b], torch.tensor(STS_SCORES)))
+    a, b = embed(model, tok, ANCHORS), embed(model, tok, POSITIVES)
+    combined = record(model, cosent_mnrl(a, b, STS_SCORES))
     reference = {"reference": f"torch {torch.__version__}", "scale": SCALE, "anchors": ANCHORS,
-                 "positives": POSITIVES, "sts_scores": STS_SCORES, "in_batch_negatives": mnrl, "cosent": cos}
+                 "positives": POSITIVES, "sts_scores": STS_SCORES, "in_batch_negatives": mnrl, "cosent": cos,
+                 "angle": angle, "positive_rows": POSITIVE_ROWS, "cosent_mnrl": combined}
     (args.out / "reference.json").write_text(json.dumps(reference))
-    print("wrote", args.out, "in_batch_negatives", mnrl["loss"], "cosent", cos["loss"])
+    print("wrote", args.out, "in_batch_negatives", mnrl["loss"], "cosent", cos["loss"], "angle", angle["loss"],
+          "cosent+mnrl", combined["loss"])
 
 
 if __name__ == "__main__":

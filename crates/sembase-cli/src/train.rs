@@ -16,8 +16,8 @@ use sembase_core::{CrossEncoder, LoadOptions};
 use sembase_eval::results::Metrics;
 use sembase_eval::training_report::{write_training_report, TrainingRun};
 use sembase_train::{
-    load_cross_examples, load_examples, BiEncoderConfig, BiEncoderTraining, CrossEncoderTraining,
-    DecoderTraining, Finish, LoopConfig, ModelCard, Objective, TrainObserver,
+    load_cross_examples, BiEncoderConfig, BiEncoderTraining, CrossEncoderTraining, DataSpec,
+    Dataset, DecoderTraining, Finish, LoopConfig, ModelCard, Objective, StsLoss, TrainObserver,
     TrainableCrossEncoder, TrainableModel, Trainee, Trainer,
 };
 
@@ -46,9 +46,16 @@ pub struct TrainArgs {
     /// Base model: a store name or a directory.
     #[arg(long)]
     model: String,
-    /// Training data.
+    /// Training data: PATH, or OBJECTIVE:PATH (simcse, pairs, triplets, sts) for a file
+    /// with its own objective; repeat to mix datasets (each batch from one of them).
+    #[arg(long, required = true, value_name = "[OBJECTIVE:]PATH")]
+    data: Vec<String>,
+    /// Loss on sts rows: cosent, angle or cosent+mnrl (default cosent).
     #[arg(long)]
-    data: PathBuf,
+    loss: Option<String>,
+    /// Interleaving of several --data files: proportional or round-robin (default proportional).
+    #[arg(long)]
+    sampling: Option<String>,
     /// Where the trained model goes (sentence-transformers layout).
     #[arg(long)]
     output: PathBuf,
@@ -289,18 +296,27 @@ fn run_bi_encoder(
     let decoder = args.decoder.training(args.seed.unwrap_or(LoopConfig::default().seed))?;
     let model = TrainableModel::load_with(dir, max_length, args.project, decoder.as_ref())
         .with_context(|| format!("loading {}", dir.display()))?;
-    let mut examples = load_examples(objective, &args.data)?;
+    let mut datasets = args
+        .data
+        .iter()
+        .map(|spec| Ok(Dataset::load(&spec.parse::<DataSpec>()?, objective)?))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(prefix) = &args.prefix {
-        examples.iter_mut().flat_map(|e| e.texts.iter_mut()).for_each(|t| t.insert_str(0, prefix));
+        let texts =
+            datasets.iter_mut().flat_map(|d| d.examples.iter_mut()).flat_map(|e| &mut e.texts);
+        texts.for_each(|t| t.insert_str(0, prefix));
     }
     let instruction = &args.decoder.query_instruction;
     if let Some(instruction) = instruction {
-        // SimCSE's two views are one text: both get the instruction.
-        let queries = if objective == Objective::SimCse { usize::MAX } else { 1 };
-        examples
-            .iter_mut()
-            .flat_map(|e| e.texts.iter_mut().take(queries))
-            .for_each(|t| t.insert_str(0, instruction));
+        for dataset in &mut datasets {
+            // SimCSE's two views are one text: both get the instruction.
+            let queries = if dataset.objective == Objective::SimCse { usize::MAX } else { 1 };
+            dataset
+                .examples
+                .iter_mut()
+                .flat_map(|e| e.texts.iter_mut().take(queries))
+                .for_each(|t| t.insert_str(0, instruction));
+        }
     }
     if args.temperature.is_some_and(|t| t.is_nan() || t <= 0.0) {
         bail!("--temperature must be positive");
@@ -319,6 +335,8 @@ fn run_bi_encoder(
         symmetric: args.symmetric,
         dims: args.dims.clone(),
         eval: args.eval.as_deref().map(str::parse).transpose()?,
+        sts_loss: args.loss.as_deref().map_or(Ok(StsLoss::Cosent), str::parse)?,
+        sampling: args.sampling.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
         ..BiEncoderConfig::new(objective)
     };
     let mut hyperparameters = loop_hyperparameters(&config, max_length);
@@ -332,8 +350,13 @@ fn run_bi_encoder(
         ("teacher", serde_json::json!(args.teacher)),
         ("lora", lora_hyperparameters(decoder.as_ref())),
         ("query_instruction", serde_json::json!(instruction)),
+        ("sampling", serde_json::json!(bi.sampling.name())),
+        ("datasets", datasets.iter().map(Dataset::summary).collect()),
     ] {
         hyperparameters[key] = value;
+    }
+    if datasets.iter().any(|d| d.objective == Objective::Sts) {
+        hyperparameters["loss"] = bi.sts_loss.name().into();
     }
     let load_teacher = |name: &String| -> Result<CrossEncoder> {
         let path = store.resolve(name)?;
@@ -341,17 +364,24 @@ fn run_bi_encoder(
             .with_context(|| format!("loading the teacher {}", path.display()))
     };
     let teacher = args.teacher.as_ref().map(load_teacher).transpose()?;
-    let objective_name = match &args.teacher {
+    let describe = |objective: Objective| match &args.teacher {
         Some(name) if objective == Objective::Triplets => {
             format!("triplets, MarginMSE from {name}")
         }
         Some(name) => format!("{}, in-batch KL from {name}", objective.name()),
         None => objective.name().to_string(),
     };
+    let mut objectives: Vec<String> = Vec::new();
+    for description in datasets.iter().map(|d| describe(d.objective)) {
+        if !objectives.contains(&description) {
+            objectives.push(description);
+        }
+    }
+    let objective_name = objectives.join(" + ");
     let card = ModelCard {
         base: args.model.clone(),
         objective: objective_name.clone(),
-        data: args.data.display().to_string(),
+        data: args.data.join(", "),
         hyperparameters,
         prefix: match (&args.prefix, instruction) {
             (Some(prefix), Some(instruction)) => Some(format!("{prefix}{instruction}")),
@@ -362,7 +392,7 @@ fn run_bi_encoder(
         query_prompt: instruction.clone(),
         run: serde_json::Value::Null,
     };
-    let mut trainee = BiEncoderTraining::new(&model, bi, examples, card.clone())?;
+    let mut trainee = BiEncoderTraining::with_datasets(&model, bi, datasets, card.clone())?;
     if let Some(teacher) = &teacher {
         trainee = trainee.with_teacher(teacher)?;
     }
@@ -391,20 +421,30 @@ fn run_cross_encoder(args: &TrainArgs, dir: &std::path::Path) -> Result<()> {
         ("--doc-prefix", args.doc_prefix.is_some()),
         ("--teacher", args.teacher.is_some()),
         ("--lora", args.decoder.lora.is_some()),
+        ("--loss", args.loss.is_some()),
+        ("--sampling", args.sampling.is_some()),
     ];
     if let Some((flag, _)) = bi_encoder_only.iter().find(|(_, given)| *given) {
         bail!("{flag} applies to bi-encoder objectives, not cross-encoder");
     }
+    let data = match args.data.as_slice() {
+        [one] => one.parse::<DataSpec>()?,
+        _ => bail!("cross-encoder trains on one --data file"),
+    };
+    let data = match data.objective {
+        None => data.path,
+        Some(_) => bail!("cross-encoder takes --data PATH (the file's header picks the loss)"),
+    };
     let config = loop_config(args, LoopConfig { batch_size: 16, ..LoopConfig::default() });
     let model = TrainableCrossEncoder::load(dir, args.max_length, config.seed)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let (objective, examples) = load_cross_examples(&args.data)?;
+    let (objective, examples) = load_cross_examples(&data)?;
     let mut hyperparameters = loop_hyperparameters(&config, model.max_length());
     hyperparameters["loss"] = objective.name().into();
     let card = ModelCard {
         base: args.model.clone(),
         objective: format!("cross-encoder ({})", objective.name()),
-        data: args.data.display().to_string(),
+        data: data.display().to_string(),
         hyperparameters,
         ..ModelCard::default()
     };
@@ -422,7 +462,7 @@ fn run_loop(
     card: &ModelCard,
     objective: &str,
 ) -> Result<()> {
-    let title = format!("{objective} on {} from {}", args.data.display(), args.model);
+    let title = format!("{objective} on {} from {}", card.data, args.model);
     let mut trainer = Trainer::new(trainee, config, &args.output)?;
     if let Some(checkpoint) = &args.resume {
         trainer
@@ -452,6 +492,7 @@ fn run_loop(
             "seconds": console.started.elapsed().as_secs_f64(),
             "step_seconds_median": console.median_step_seconds(),
             "peak_rss_mib": peak_rss_mib(),
+            "datasets": card.hyperparameters.get("datasets"),
         });
         sembase_embed::durable::write_json(path, &report)?;
     }

@@ -19,13 +19,10 @@ const LISTED_ROWS: usize = 5;
 /// Everything that can go wrong while loading tasks, embedding or writing results.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// A file could not be read or written. The reason is in the message, not a
+    /// `source`, so `{:#}` does not print it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     /// A data file has rows that do not fit its format.
     #[error("{}", MalformedDisplay { path, rows, total: *total })]
     Malformed {
@@ -57,14 +54,14 @@ pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 
 impl From<sembase_embed::durable::FileError> for EvalError {
     fn from(e: sembase_embed::durable::FileError) -> Self {
-        EvalError::Io { path: e.path, source: e.source }
+        EvalError::Io { path: e.path, error: e.source }
     }
 }
 
 impl EvalError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        EvalError::Io { path: path.into(), source }
+        EvalError::Io { path: path.into(), error: source }
     }
 }
 

@@ -3,7 +3,8 @@
 //! negatives) or, with a cross-encoder teacher, the distillation of its scores;
 //! evaluation by embedding, export in sentence-transformers layout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -13,11 +14,14 @@ use sembase_eval::encode::{Encoder, EvalModel, Silent};
 use sembase_eval::evaluate::{evaluate, Settings};
 use sembase_eval::tasks::{Task, TaskSpec};
 
-use crate::data::{epoch_batches, Example, Objective};
+use crate::data::{Dataset, Example, Objective};
 use crate::distill::{teacher_scores, DistillTarget};
 use crate::error::{Result, TrainError};
 use crate::export::{export_model, ModelCard};
-use crate::losses::{cosent, distill_kl, in_batch_negatives, margin_mse, matryoshka};
+use crate::losses::{
+    angle, cosent, cosent_with_negatives, distill_kl, in_batch_negatives, margin_mse, matryoshka,
+};
+use crate::sampler::{Mixture, Sampling};
 use crate::trainable::TrainableModel;
 use crate::trainer::{headline_score, Evaluation, TrainState, Trainee};
 
@@ -28,7 +32,12 @@ pub(crate) const SEED_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 /// sentence-transformers).
 #[derive(Debug, Clone)]
 pub struct BiEncoderConfig {
+    /// The objective of rows given without one (see [`BiEncoderTraining::new`]).
     pub objective: Objective,
+    /// The loss on scored pairs (sts datasets).
+    pub sts_loss: StsLoss,
+    /// How the batches of several datasets interleave.
+    pub sampling: Sampling,
     /// Texts per forward pass with cached in-batch negatives (GradCache); `None`
     /// computes the whole batch in one pass.
     pub mini_batch: Option<usize>,
@@ -47,6 +56,8 @@ impl BiEncoderConfig {
     pub fn new(objective: Objective) -> Self {
         Self {
             objective,
+            sts_loss: StsLoss::Cosent,
+            sampling: Sampling::Proportional,
             mini_batch: None,
             scale: 20.0,
             symmetric: false,
@@ -56,11 +67,48 @@ impl BiEncoderConfig {
     }
 }
 
-/// A sentence embedding model with its examples and objective.
+/// The loss on scored pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StsLoss {
+    /// CoSENT on the cosine.
+    Cosent,
+    /// AnglE: CoSENT's ranking on the angle difference in complex space.
+    Angle,
+    /// CoSENT plus `weight` times in-batch negatives over the positive pairs (the top
+    /// fifth of the file's score range, see [`Dataset::positive_threshold`]).
+    CosentMnrl { weight: f64 },
+}
+
+impl StsLoss {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosent => "cosent",
+            Self::Angle => "angle",
+            Self::CosentMnrl { .. } => "cosent+mnrl",
+        }
+    }
+}
+
+impl FromStr for StsLoss {
+    type Err = TrainError;
+
+    /// `cosent+mnrl` weighs both terms alike.
+    fn from_str(name: &str) -> Result<Self> {
+        [Self::Cosent, Self::Angle, Self::CosentMnrl { weight: 1.0 }]
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| {
+                TrainError::Config(format!("--loss {name}: expected cosent, angle or cosent+mnrl"))
+            })
+    }
+}
+
+/// A sentence embedding model with its datasets, each with its objective.
 pub struct BiEncoderTraining<'a> {
     model: &'a TrainableModel,
     config: BiEncoderConfig,
-    examples: Vec<Example>,
+    data: Mixture,
     eval_task: Option<Task>,
     card: ModelCard,
     /// The cross-encoder whose scores the student learns instead of the data's labels.
@@ -68,13 +116,35 @@ pub struct BiEncoderTraining<'a> {
 }
 
 impl<'a> BiEncoderTraining<'a> {
-    /// Checks the settings against the model and loads the evaluation task.
+    /// One set of rows trained by `config.objective`.
     pub fn new(
         model: &'a TrainableModel,
         config: BiEncoderConfig,
         examples: Vec<Example>,
         card: ModelCard,
     ) -> Result<Self> {
+        let data = Dataset { objective: config.objective, path: PathBuf::new(), examples };
+        Self::with_datasets(model, config, vec![data], card)
+    }
+
+    /// Several datasets, each batch drawn from one of them and trained by its objective;
+    /// checks the settings against the model and loads the evaluation task.
+    pub fn with_datasets(
+        model: &'a TrainableModel,
+        config: BiEncoderConfig,
+        datasets: Vec<Dataset>,
+        card: ModelCard,
+    ) -> Result<Self> {
+        if datasets.is_empty() {
+            return Err(TrainError::Config("no training data (--data)".into()));
+        }
+        let has_sts = datasets.iter().any(|d| d.objective == Objective::Sts);
+        if config.sts_loss != StsLoss::Cosent && !has_sts {
+            return Err(TrainError::Config(format!(
+                "--loss {} applies to sts data, and this run has none",
+                config.sts_loss.name()
+            )));
+        }
         if config.mini_batch == Some(0) {
             return Err(TrainError::Config("--mini-batch must be at least 1".into()));
         }
@@ -85,24 +155,31 @@ impl<'a> BiEncoderTraining<'a> {
             )));
         }
         let eval_task = config.eval.as_ref().map(Task::load).transpose()?;
-        Ok(Self { model, config, examples, eval_task, card, teacher: None })
+        let data = Mixture::new(datasets);
+        Ok(Self { model, config, data, eval_task, card, teacher: None })
     }
 
     /// Trains the student to reproduce `teacher`'s scores: MarginMSE on triplets, KL
     /// divergence over in-batch candidates on pairs and scored pairs (their labels unused).
     pub fn with_teacher(mut self, teacher: &'a dyn Reranker) -> Result<Self> {
-        if self.config.objective == Objective::SimCse {
+        if self.data.datasets().iter().any(|d| d.objective == Objective::SimCse) {
             return Err(TrainError::Config(
                 "--teacher needs pairs, sts or triplets data (simcse has no pairs to score)".into(),
             ));
+        }
+        if self.config.sts_loss != StsLoss::Cosent {
+            return Err(TrainError::Config(format!(
+                "--loss {} does not apply with --teacher (the teacher's scores are the targets)",
+                self.config.sts_loss.name()
+            )));
         }
         self.teacher = Some(teacher);
         Ok(self)
     }
 
     /// What a teacher's scores are compared with, by the shape of the rows.
-    fn distill_target(&self) -> DistillTarget {
-        if self.config.objective == Objective::Triplets {
+    fn distill_target(objective: Objective) -> DistillTarget {
+        if objective == Objective::Triplets {
             DistillTarget::Margins
         } else {
             DistillTarget::InBatch
@@ -110,12 +187,12 @@ impl<'a> BiEncoderTraining<'a> {
     }
 
     /// The text columns of a batch; SimCSE passes each sentence twice.
-    fn columns(&self, batch: &[usize]) -> Vec<Vec<&str>> {
-        let width = self.examples[batch[0]].texts.len();
+    fn columns(&self, batch: &[usize], objective: Objective) -> Vec<Vec<&str>> {
+        let width = self.data.row(batch[0]).texts.len();
         let mut columns: Vec<Vec<&str>> = (0..width)
-            .map(|c| batch.iter().map(|&i| self.examples[i].texts[c].as_str()).collect())
+            .map(|c| batch.iter().map(|&i| self.data.row(i).texts[c].as_str()).collect())
             .collect();
-        if self.config.objective == Objective::SimCse {
+        if objective == Objective::SimCse {
             columns.push(columns[0].clone());
         }
         columns
@@ -184,14 +261,24 @@ impl<'a> BiEncoderTraining<'a> {
         Ok((loss.detach(), total.expect("at least one chunk")))
     }
 
-    /// What a batch's loss compares the vectors with: the rows' scores, and the teacher's
-    /// scores when distilling.
-    fn targets(&self, batch: &[usize], columns: &[Vec<&str>]) -> Result<Targets> {
+    /// What a batch's loss compares the vectors with: its dataset's objective, the rows'
+    /// scores (and which mark positives), and the teacher's scores when distilling.
+    fn targets(
+        &self,
+        batch: &[usize],
+        dataset: &Dataset,
+        columns: &[Vec<&str>],
+    ) -> Result<Targets> {
+        let objective = dataset.objective;
+        let prefix = self.card.prefix.as_deref();
         let teacher = self
             .teacher
-            .map(|t| teacher_scores(t, self.distill_target(), columns, self.card.prefix.as_deref()))
+            .map(|t| teacher_scores(t, Self::distill_target(objective), columns, prefix))
             .transpose()?;
-        Ok(Targets { scores: batch.iter().map(|&i| self.examples[i].score).collect(), teacher })
+        let scores: Vec<f32> = batch.iter().map(|&i| self.data.row(i).score).collect();
+        let threshold = dataset.positive_threshold();
+        let positive = scores.iter().map(|&s| s >= threshold).collect();
+        Ok(Targets { objective, scores, positive, teacher })
     }
 
     /// The objective's loss on column vectors (Matryoshka over `dims` when set).
@@ -199,7 +286,8 @@ impl<'a> BiEncoderTraining<'a> {
         let refs: Vec<&Tensor> = reps.iter().collect();
         let scale = self.config.scale;
         let symmetric = self.config.symmetric;
-        matryoshka(&refs, &self.config.dims, |r| match (&targets.teacher, self.config.objective) {
+        let scores = &targets.scores;
+        matryoshka(&refs, &self.config.dims, |r| match (&targets.teacher, targets.objective) {
             (Some(teacher), Objective::Triplets) => margin_mse(&r[0], &r[1], &r[2], teacher, scale),
             (Some(teacher), _) => distill_kl(&r[0], &r[1], teacher, scale),
             (None, Objective::SimCse | Objective::Pairs) => {
@@ -208,14 +296,23 @@ impl<'a> BiEncoderTraining<'a> {
             (None, Objective::Triplets) => {
                 in_batch_negatives(&r[0], &Tensor::cat(&[&r[1], &r[2]], 0)?, scale, false)
             }
-            (None, Objective::Sts) => cosent(&r[0], &r[1], &targets.scores, scale),
+            (None, Objective::Sts) => match self.config.sts_loss {
+                StsLoss::Cosent => cosent(&r[0], &r[1], scores, scale),
+                StsLoss::Angle => angle(&r[0], &r[1], scores, scale),
+                StsLoss::CosentMnrl { weight } => {
+                    cosent_with_negatives(&r[0], &r[1], scores, &targets.positive, scale, weight)
+                }
+            },
         })
     }
 }
 
 /// A batch's targets (see [`BiEncoderTraining::targets`]).
 struct Targets {
+    objective: Objective,
     scores: Vec<f32>,
+    /// Rows whose score marks them positive (for in-batch negatives on scored pairs).
+    positive: Vec<bool>,
     teacher: Option<Tensor>,
 }
 
@@ -233,14 +330,20 @@ impl Trainee for BiEncoderTraining<'_> {
         Ok(())
     }
 
+    /// Distinct texts in a batch wherever its rows meet as in-batch negatives.
     fn batches(&self, size: usize, seed: u64) -> Vec<Vec<usize>> {
-        let distinct = matches!(self.config.objective, Objective::Pairs | Objective::Triplets);
-        epoch_batches(&self.examples, size, seed, distinct)
+        let negatives_on_scores = matches!(self.config.sts_loss, StsLoss::CosentMnrl { .. });
+        self.data.batches(size, seed, self.config.sampling, |d| match d.objective {
+            Objective::Pairs | Objective::Triplets => true,
+            Objective::Sts => negatives_on_scores,
+            Objective::SimCse => false,
+        })
     }
 
     fn gradients(&self, batch: &[usize], dropout_seed: u64) -> Result<(f32, GradStore)> {
-        let columns = self.columns(batch);
-        let targets = self.targets(batch, &columns)?;
+        let dataset = self.data.dataset_of(batch[0]);
+        let columns = self.columns(batch, dataset.objective);
+        let targets = self.targets(batch, dataset, &columns)?;
         let chunk = self.config.mini_batch.unwrap_or(batch.len()).min(batch.len());
         let (loss, grads) = if chunk >= batch.len() {
             let reps = columns

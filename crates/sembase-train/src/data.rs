@@ -1,7 +1,8 @@
 //! Training examples for each objective, and the seeded batch order.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -36,6 +37,95 @@ impl Objective {
             Self::Pairs => "pairs",
             Self::Triplets => "triplets",
             Self::Sts => "sts",
+        }
+    }
+}
+
+impl FromStr for Objective {
+    type Err = TrainError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        [Self::SimCse, Self::Pairs, Self::Triplets, Self::Sts]
+            .into_iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "unknown objective `{name}` (expected simcse, pairs, triplets or sts)"
+                ))
+            })
+    }
+}
+
+/// A `--data` value: `PATH`, or `OBJECTIVE:PATH` to give this file its own objective
+/// in a run that mixes several. A prefix of letters and hyphens is taken for an objective
+/// (write `./a:b.tsv` for a file whose name has such a colon).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSpec {
+    /// `None`: the command's objective.
+    pub objective: Option<Objective>,
+    pub path: PathBuf,
+}
+
+impl FromStr for DataSpec {
+    type Err = TrainError;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let fail = |message: String| TrainError::Config(format!("--data {spec}: {message}"));
+        let (objective, path) = match spec.split_once(':') {
+            Some((prefix, path)) if !prefix.is_empty() && prefix.chars().all(is_name_char) => {
+                (Some(prefix.parse::<Objective>().map_err(|e| fail(e.to_string()))?), path)
+            }
+            _ => (None, spec),
+        };
+        if path.is_empty() {
+            return Err(fail("the path is empty".into()));
+        }
+        Ok(Self { objective, path: PathBuf::from(path) })
+    }
+}
+
+/// Letters and hyphens: what an objective's name is made of.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '-'
+}
+
+/// One training file with the objective its rows train.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub objective: Objective,
+    /// The file, as given.
+    pub path: PathBuf,
+    pub examples: Vec<Example>,
+}
+
+impl Dataset {
+    /// Loads `spec`'s rows, under `default` when the spec names no objective.
+    pub fn load(spec: &DataSpec, default: Objective) -> Result<Self> {
+        let objective = spec.objective.unwrap_or(default);
+        let examples = load_examples(objective, &spec.path)?;
+        Ok(Self { objective, path: spec.path.clone(), examples })
+    }
+
+    /// What the model card records of it: path, objective and usable rows.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path.display().to_string(),
+            "objective": self.objective.name(),
+            "rows": self.examples.len(),
+        })
+    }
+
+    /// The lowest score that marks a pair positive for in-batch negatives on scored
+    /// data: the top fifth of the file's score range (label 1 on 0/1 data, 4 and up on
+    /// 0..5). A file whose rows share one score has no positives.
+    pub fn positive_threshold(&self) -> f32 {
+        let scores = self.examples.iter().map(|e| e.score);
+        let low = scores.clone().fold(f32::INFINITY, f32::min);
+        let high = scores.fold(f32::NEG_INFINITY, f32::max);
+        if high > low {
+            low + 0.8 * (high - low)
+        } else {
+            f32::INFINITY
         }
     }
 }
@@ -288,6 +378,35 @@ mod tests {
         assert!(load_cross_examples(&headless).unwrap_err().to_string().contains("header"));
         let wide = write("w.tsv", "sentence1\tsentence2\tscore\na\tb\t7\nc\td\t0\n");
         assert!(load_cross_examples(&wide).unwrap_err().to_string().contains("outside 0..5"));
+    }
+
+    #[test]
+    fn data_specs_take_an_optional_objective_prefix() {
+        let spec = |s: &str| s.parse::<DataSpec>();
+        assert_eq!(spec("a/b.tsv").unwrap(), DataSpec { objective: None, path: "a/b.tsv".into() });
+        let zh = spec("sts:zh/atec/train.tsv").unwrap();
+        assert_eq!((zh.objective, zh.path), (Some(Objective::Sts), "zh/atec/train.tsv".into()));
+        assert_eq!(spec("triplets:m.tsv").unwrap().objective, Some(Objective::Triplets));
+        assert_eq!(spec("./x:y.tsv").unwrap().path, PathBuf::from("./x:y.tsv"));
+        assert_eq!(
+            spec("bogus:x.tsv").unwrap_err().to_string(),
+            "--data bogus:x.tsv: unknown objective `bogus` (expected simcse, pairs, triplets or sts)"
+        );
+        assert!(spec("cross-encoder:x.tsv").unwrap_err().to_string().contains("`cross-encoder`"));
+        assert_eq!(spec("sts:").unwrap_err().to_string(), "--data sts:: the path is empty");
+    }
+
+    #[test]
+    fn positives_are_the_top_fifth_of_the_score_range() {
+        let marked = |scores: &[f32]| {
+            let examples = scores.iter().map(|&score| Example { texts: vec![], score }).collect();
+            let data = Dataset { objective: Objective::Sts, path: PathBuf::new(), examples };
+            let threshold = data.positive_threshold();
+            scores.iter().map(|&s| s >= threshold).collect::<Vec<_>>()
+        };
+        assert_eq!(marked(&[0.0, 1.0, 1.0, 0.0]), [false, true, true, false]);
+        assert_eq!(marked(&[0.0, 3.9, 4.0, 5.0]), [false, false, true, true]);
+        assert_eq!(marked(&[1.0, 1.0]), [false, false]);
     }
 
     #[test]

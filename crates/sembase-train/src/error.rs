@@ -11,12 +11,9 @@ pub enum TrainError {
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
     Eval(#[from] sembase_eval::EvalError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The reason is in the message, not a `source`, so `{:#}` does not print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// The training data cannot be used (too few rows, malformed lines).
     #[error("{0}")]
     Data(String),
@@ -33,14 +30,14 @@ pub enum TrainError {
 
 impl From<sembase_embed::durable::FileError> for TrainError {
     fn from(e: sembase_embed::durable::FileError) -> Self {
-        Self::Io { path: e.path, source: e.source }
+        Self::Io { path: e.path, error: e.source }
     }
 }
 
 impl TrainError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
     }
 }
 

@@ -54,20 +54,81 @@ pub fn in_batch_negatives(
     Ok(((forward + backward)? * 0.5)?)
 }
 
-/// CoSENT: for every two pairs where pair `i` is more similar than pair `j` by
-/// its score, penalise `cos_j > cos_i`: `log(1 + sum exp(scale * (cos_j - cos_i)))`.
-/// Works for graded scores and 0/1 labels alike.
+/// CoSENT (Su 2022; sentence-transformers' CoSENTLoss): for every two pairs where
+/// pair `i` is more similar than pair `j` by its score, penalise `cos_j > cos_i`:
+/// `log(1 + sum exp(scale * (cos_j - cos_i)))`. Works for graded scores and 0/1 labels alike.
 pub fn cosent(a: &Tensor, b: &Tensor, scores: &[f32], scale: f64) -> Result<Tensor> {
+    rank_by_score(&cosine_rows(a, b)?, scores, scale)
+}
+
+/// AnglE (Li & Li 2023, "AnglE-optimized text embeddings", arXiv:2309.12871): CoSENT's
+/// ranking on [`angle_rows`] instead of the cosine, so the gradient does not vanish
+/// where the cosine saturates. Scale 20, as sentence-transformers' AnglELoss.
+pub fn angle(a: &Tensor, b: &Tensor, scores: &[f32], scale: f64) -> Result<Tensor> {
+    rank_by_score(&angle_rows(a, b)?, scores, scale)
+}
+
+/// CoSENT on every pair plus `weight` times in-batch negatives over the pairs marked
+/// `positive` (each positive's first text must pick its own second text among the
+/// positives' second texts), as AnglE's paper pairs its ranking loss with a contrastive
+/// one. Fewer than two positives leave nothing to contrast: CoSENT alone.
+pub fn cosent_with_negatives(
+    a: &Tensor,
+    b: &Tensor,
+    scores: &[f32],
+    positive: &[bool],
+    scale: f64,
+    weight: f64,
+) -> Result<Tensor> {
+    let ranking = cosent(a, b, scores, scale)?;
+    let rows: Vec<u32> = (0..positive.len() as u32).filter(|&i| positive[i as usize]).collect();
+    if rows.len() < 2 {
+        return Ok(ranking);
+    }
+    let rows = Tensor::new(rows.as_slice(), a.device())?;
+    let contrast =
+        in_batch_negatives(&a.index_select(&rows, 0)?, &b.index_select(&rows, 0)?, scale, false)?;
+    Ok((ranking + (contrast * weight)?)?)
+}
+
+/// AnglE's similarity of matching rows: each vector `[re | im]` of width 2d is a
+/// complex vector `re + i im` (an odd width gains a zero column); the quotient of
+/// unit-length `x` by `y`, whose real parts sum to `cos(x, y)` and imaginary parts to
+/// `sum(im_x re_y - re_x im_y) / (|x| |y|)`; the score is the absolute value of the sum
+/// of both, as in the authors' reference code and sentence-transformers'
+/// `pairwise_angle_sim`.
+pub fn angle_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a, b) = (normalize_rows(&even_width(a)?)?, normalize_rows(&even_width(b)?)?);
+    let half = a.dim(1)? / 2;
+    let (re_a, im_a) = (a.narrow(1, 0, half)?, a.narrow(1, half, half)?);
+    let (re_b, im_b) = (b.narrow(1, 0, half)?, b.narrow(1, half, half)?);
+    let real = (&a * &b)?.sum(1)?;
+    let imaginary = ((im_a * &re_b)? - (re_a * im_b)?)?.sum(1)?;
+    Ok((real + imaginary)?.abs()?)
+}
+
+/// `x` with a zero column appended when its width is odd (a complex vector needs pairs).
+fn even_width(x: &Tensor) -> Result<Tensor> {
+    let (n, d) = x.dims2()?;
+    if d % 2 == 0 {
+        return Ok(x.clone());
+    }
+    Ok(Tensor::cat(&[x, &Tensor::zeros((n, 1), x.dtype(), x.device())?], 1)?)
+}
+
+/// CoSENT's ranking of per-pair similarities `(n,)` by gold `scores`:
+/// `log(1 + sum over score_i > score_j of exp(scale * (sim_j - sim_i)))`.
+fn rank_by_score(similarities: &Tensor, scores: &[f32], scale: f64) -> Result<Tensor> {
     let n = scores.len();
-    let cos = (cosine_rows(a, b)? * scale)?;
-    // diff[i][j] = cos_j - cos_i
-    let diff = cos.unsqueeze(0)?.broadcast_sub(&cos.unsqueeze(1)?)?;
+    let sim = (similarities * scale)?;
+    // diff[i][j] = sim_j - sim_i
+    let diff = sim.unsqueeze(0)?.broadcast_sub(&sim.unsqueeze(1)?)?;
     let keep: Vec<f32> =
         (0..n * n).map(|k| if scores[k / n] > scores[k % n] { 0.0 } else { -1e12 }).collect();
-    let keep = Tensor::from_vec(keep, (n, n), a.device())?;
+    let keep = Tensor::from_vec(keep, (n, n), similarities.device())?;
     let masked = (diff + keep)?.flatten_all()?;
-    let with_zero = Tensor::cat(&[&Tensor::zeros(1, DType::F32, a.device())?, &masked], 0)?;
-    log_sum_exp(&with_zero)
+    let zero = Tensor::zeros(1, DType::F32, similarities.device())?;
+    log_sum_exp(&Tensor::cat(&[&zero, &masked], 0)?)
 }
 
 /// Mean binary cross-entropy of `logits` `(n,)` against targets in `[0, 1]` (soft
@@ -196,6 +257,155 @@ mod tests {
         // Equal scores give no ordered pair: log(1 + 0) = 0.
         let none = cosent(&a, &b, &[1.0, 1.0], 20.0).unwrap().to_scalar::<f32>().unwrap();
         assert!(none.abs() < 1e-6);
+    }
+
+    /// Deterministic, uneven rows (`n` by `d`) for the reference checks.
+    fn rows(n: usize, d: usize, salt: f64) -> Vec<Vec<f64>> {
+        (0..n).map(|i| (0..d).map(|k| ((i * d + k) as f64 * 1.7 + salt).sin()).collect()).collect()
+    }
+
+    fn tensor(rows: &[Vec<f64>]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
+        Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+    }
+
+    fn dot(x: &[f64], y: &[f64]) -> f64 {
+        x.iter().zip(y).map(|(a, b)| a * b).sum()
+    }
+
+    fn cos(x: &[f64], y: &[f64]) -> f64 {
+        dot(x, y) / (dot(x, x).sqrt() * dot(y, y).sqrt())
+    }
+
+    /// AnglE's score by complex arithmetic: `z = x[k] + i x[k + h]` (zero-padded to an
+    /// even width), the quotient `z * conj(w) / |w|^2` rescaled by `|w| / |z|`, and the
+    /// absolute value of the sum of its real and imaginary parts.
+    fn angle_reference(x: &[f64], y: &[f64]) -> f64 {
+        let pad = |v: &[f64]| {
+            let mut v = v.to_vec();
+            if v.len() % 2 == 1 {
+                v.push(0.0);
+            }
+            v
+        };
+        let (x, y) = (pad(x), pad(y));
+        let h = x.len() / 2;
+        let (nx, ny) = (dot(&x, &x).sqrt(), dot(&y, &y).sqrt());
+        let mut total = 0.0;
+        for k in 0..h {
+            let (a, b, c, d) = (x[k], x[k + h], y[k], y[k + h]);
+            let re = (a * c + b * d) / (ny * ny) * (ny / nx);
+            let im = (b * c - a * d) / (ny * ny) * (ny / nx);
+            total += re + im;
+        }
+        total.abs()
+    }
+
+    /// `log(1 + sum over score_i > score_j of exp(scale (sim_j - sim_i)))`, plainly.
+    fn ranking_reference(sim: &[f64], scores: &[f32], scale: f64) -> f64 {
+        let mut sum = 1.0;
+        for i in 0..sim.len() {
+            for j in 0..sim.len() {
+                if scores[i] > scores[j] {
+                    sum += (scale * (sim[j] - sim[i])).exp();
+                }
+            }
+        }
+        sum.ln()
+    }
+
+    /// Mean over anchors `i` of `-log softmax_j(scale cos(a_i, b_j))[i]`, plainly.
+    fn negatives_reference(a: &[Vec<f64>], b: &[Vec<f64>], scale: f64) -> f64 {
+        let per_anchor = |i: usize| {
+            let logits: Vec<f64> = b.iter().map(|bj| scale * cos(&a[i], bj)).collect();
+            logits.iter().map(|l| l.exp()).sum::<f64>().ln() - logits[i]
+        };
+        (0..a.len()).map(per_anchor).sum::<f64>() / a.len() as f64
+    }
+
+    fn angle_loss_reference(a: &[Vec<f64>], b: &[Vec<f64>], scores: &[f32]) -> f64 {
+        let sim: Vec<f64> = a.iter().zip(b).map(|(x, y)| angle_reference(x, y)).collect();
+        ranking_reference(&sim, scores, 20.0)
+    }
+
+    #[test]
+    fn angle_matches_complex_division_for_even_and_odd_widths() {
+        let scores = [4.5f32, 3.0, 5.0, 1.0, 2.5];
+        for d in [6, 5] {
+            let (a, b) = (rows(5, d, 0.3), rows(5, d, 2.1));
+            let got = angle(&tensor(&a), &tensor(&b), &scores, 20.0).unwrap();
+            let want = angle_loss_reference(&a, &b, &scores);
+            let got = got.to_scalar::<f32>().unwrap() as f64;
+            assert!((got - want).abs() < 1e-4 * want.max(1.0), "width {d}: {got} vs {want}");
+            let sims = angle_rows(&tensor(&a), &tensor(&b)).unwrap().to_vec1::<f32>().unwrap();
+            for (i, s) in sims.iter().enumerate() {
+                let want = angle_reference(&a[i], &b[i]);
+                assert!((*s as f64 - want).abs() < 1e-5, "width {d} row {i}: {s} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn angle_gradient_matches_finite_differences() {
+        let scores = [4.5f32, 3.0, 5.0, 1.0];
+        let (a, b) = (rows(4, 6, 0.3), rows(4, 6, 2.1));
+        let var = candle_core::Var::from_tensor(&tensor(&a)).unwrap();
+        let loss = angle(var.as_tensor(), &tensor(&b), &scores, 20.0).unwrap();
+        let grad = loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let eps = 1e-6;
+        for i in 0..a.len() {
+            for k in 0..a[i].len() {
+                let shifted = |delta: f64| {
+                    let mut moved = a.clone();
+                    moved[i][k] += delta;
+                    angle_loss_reference(&moved, &b, &scores)
+                };
+                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                let analytic = grad[i][k] as f64;
+                assert!(analytic.is_finite());
+                assert!(
+                    (analytic - numeric).abs() < 1e-3 * numeric.abs().max(1.0),
+                    "d loss / d a[{i}][{k}]: {analytic} vs {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cosent_with_negatives_adds_weighted_negatives_over_the_positives() {
+        let scores = [1.0f32, 0.0, 1.0, 1.0, 0.0];
+        let positive = [true, false, true, true, false];
+        let (a, b) = (rows(5, 4, 0.3), rows(5, 4, 2.1));
+        let sim: Vec<f64> = a.iter().zip(&b).map(|(x, y)| cos(x, y)).collect();
+        let pick = |m: &[Vec<f64>]| [0, 2, 3].map(|i| m[i].clone()).to_vec();
+        let want = ranking_reference(&sim, &scores, 20.0)
+            + 0.5 * negatives_reference(&pick(&a), &pick(&b), 20.0);
+        let (ta, tb) = (tensor(&a), tensor(&b));
+        let got = cosent_with_negatives(&ta, &tb, &scores, &positive, 20.0, 0.5).unwrap();
+        let got = got.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
+        // One positive: nothing to contrast, CoSENT alone.
+        let lone = [true, false, false, false, false];
+        let alone = cosent_with_negatives(&ta, &tb, &scores, &lone, 20.0, 0.5).unwrap();
+        let cosent_only = cosent(&ta, &tb, &scores, 20.0).unwrap();
+        assert_eq!(alone.to_scalar::<f32>().unwrap(), cosent_only.to_scalar::<f32>().unwrap());
+        // Gradients reach only through the loss: finite, and a step along them lowers it.
+        let var = candle_core::Var::from_tensor(&ta).unwrap();
+        let loss = |x: &Tensor| {
+            cosent_with_negatives(x, &tb, &scores, &positive, 20.0, 1.0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let before = loss(var.as_tensor());
+        let grads = cosent_with_negatives(var.as_tensor(), &tb, &scores, &positive, 20.0, 1.0)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = grads.get(var.as_tensor()).unwrap();
+        assert!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+        let stepped = (var.as_tensor() - (g * 0.01).unwrap()).unwrap();
+        assert!(loss(&stepped) < before, "a gradient step did not lower the loss");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Training runs end to end on the tiny BERT fixture: the loss falls, exports
 //! load back with the same vectors, cached negatives equal the plain batch,
-//! an interrupted run resumes exactly, Matryoshka + projection export a Dense.
+//! an interrupted run resumes exactly (one dataset or several), Matryoshka +
+//! projection export a Dense.
 
 mod common;
 use common::{Quiet, StopAt};
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 use sembase_core::vectors::cosine;
 use sembase_core::{EmbedOptions, Embedder, LoadOptions, LocalEmbedder};
 use sembase_train::{
-    load_examples, BiEncoderConfig, BiEncoderTraining, Example, Finish, LoopConfig, ModelCard,
-    Objective, TrainableModel, Trainer,
+    load_examples, BiEncoderConfig, BiEncoderTraining, DataSpec, Dataset, Example, Finish,
+    LoopConfig, ModelCard, Objective, Sampling, StsLoss, TrainableModel, Trainee, Trainer,
 };
 
 fn fixture() -> PathBuf {
@@ -168,6 +169,120 @@ fn an_interrupted_run_resumes_exactly() {
     t.run(&Quiet).unwrap();
     assert_eq!(t.state.loss, straight.0, "loss curves differ after resume");
     assert_eq!(weights(&model), straight.1, "weights differ after resume");
+}
+
+const STS: &str = "sentence1\tsentence2\tscore\n\
+the cat sat\ta cat sat\t5\n\
+the sky is blue\tthe dog ran\t0.5\n\
+big bird\ta big bird flew\t4\n\
+red sun\tgreen tree\t1\n\
+a dog ran far\tthe dog ran far away\t4.5\n\
+the tree is green\ta green tree\t3\n";
+
+const TRIPLETS: &str = "anchor\tpositive\tnegative\n\
+the cat sat\ta cat sat on a mat\tthe sky is blue\n\
+a big dog\tthe big dog ran\ta small bird\n\
+red sun\tthe sun is red\tthe green tree\n\
+the bird flew\ta bird flew far\tthe cat ran home\n\
+blue sky\tthe sky is blue\ta slow dog\n";
+
+/// An sts file and a triplets file, as `sts:PATH` and `triplets:PATH` would load them.
+fn two_datasets(tmp: &Path) -> Vec<Dataset> {
+    [("sts", "sts.tsv", STS), ("triplets", "triplets.tsv", TRIPLETS)]
+        .into_iter()
+        .map(|(objective, name, text)| {
+            std::fs::write(tmp.join(name), text).unwrap();
+            let spec: DataSpec =
+                format!("{objective}:{}", tmp.join(name).display()).parse().unwrap();
+            Dataset::load(&spec, Objective::Pairs).unwrap()
+        })
+        .collect()
+}
+
+fn mixed(model: &TrainableModel, bi: BiEncoderConfig, data: Vec<Dataset>) -> BiEncoderTraining<'_> {
+    BiEncoderTraining::with_datasets(model, bi, data, ModelCard::default()).unwrap()
+}
+
+#[test]
+fn two_datasets_train_by_their_objectives_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_with_dropout(tmp.path());
+    let datasets = two_datasets(tmp.path());
+    assert_eq!(
+        datasets.iter().map(|d| d.objective).collect::<Vec<_>>(),
+        [Objective::Sts, Objective::Triplets]
+    );
+    let cfg = || LoopConfig { batch_size: 3, ..config() };
+    for (sampling, sts_loss) in [
+        (Sampling::Proportional, StsLoss::CosentMnrl { weight: 1.0 }),
+        (Sampling::RoundRobin, StsLoss::Angle),
+    ] {
+        let bi =
+            || BiEncoderConfig { sampling, sts_loss, ..BiEncoderConfig::new(Objective::Pairs) };
+        let straight = {
+            let model = TrainableModel::load(&dir, 16, None).unwrap();
+            let trainee = mixed(&model, bi(), datasets.clone());
+            let mut t = Trainer::new(&trainee, cfg(), &tmp.path().join("a")).unwrap();
+            // 6 sts rows and 5 triplets in batches of 3: 2 + 2 batches an epoch.
+            assert_eq!(t.total_steps(), 12);
+            t.run(&Quiet).unwrap();
+            (t.state.loss.clone(), weights(&model))
+        };
+        assert!(straight.0.iter().all(|(_, l)| l.is_finite() && *l > 0.0), "{:?}", straight.0);
+        let out = tmp.path().join("b");
+        let checkpoint = {
+            let model = TrainableModel::load(&dir, 16, None).unwrap();
+            let trainee = mixed(&model, bi(), datasets.clone());
+            let mut t = Trainer::new(&trainee, cfg(), &out).unwrap();
+            match t.run(&StopAt(5, Default::default())).unwrap() {
+                Finish::Interrupted { checkpoint } => checkpoint,
+                other => panic!("expected an interruption, got {other:?}"),
+            }
+        };
+        let model = TrainableModel::load(&dir, 16, None).unwrap();
+        let trainee = mixed(&model, bi(), datasets.clone());
+        let mut t = Trainer::new(&trainee, cfg(), &out).unwrap();
+        t.resume(&checkpoint).unwrap();
+        assert_eq!(t.state.step, 5);
+        t.run(&Quiet).unwrap();
+        assert_eq!(t.state.loss, straight.0, "{sampling:?}: loss curves differ after resume");
+        assert_eq!(weights(&model), straight.1, "{sampling:?}: weights differ after resume");
+    }
+}
+
+#[test]
+fn each_batch_keeps_to_one_dataset_and_takes_its_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+    let datasets = two_datasets(tmp.path());
+    // The loss of sts rows is set for runs that hold sts data.
+    let bi = |objective, sts_loss| BiEncoderConfig { sts_loss, ..BiEncoderConfig::new(objective) };
+    let both = mixed(&model, bi(Objective::Pairs, StsLoss::Angle), datasets.clone());
+    let batches = both.batches(3, 7);
+    assert_eq!(batches.len(), 4);
+    let sts_rows = datasets[0].examples.len();
+    for batch in batches {
+        let d = usize::from(batch[0] >= sts_rows);
+        assert!(batch.iter().all(|&i| usize::from(i >= sts_rows) == d), "mixed batch {batch:?}");
+        let objective = datasets[d].objective;
+        let sts_loss = if objective == Objective::Sts { StsLoss::Angle } else { StsLoss::Cosent };
+        let alone = mixed(&model, bi(objective, sts_loss), vec![datasets[d].clone()]);
+        let local: Vec<usize> = batch.iter().map(|i| i - d * sts_rows).collect();
+        let (want, _) = alone.gradients(&local, 5).unwrap();
+        let (got, _) = both.gradients(&batch, 5).unwrap();
+        assert_eq!(got, want, "batch {batch:?} of {}", objective.name());
+    }
+}
+
+#[test]
+fn the_sts_loss_needs_sts_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = TrainableModel::load(&fixture(), 16, None).unwrap();
+    let triplets = two_datasets(tmp.path()).split_off(1);
+    let bi = BiEncoderConfig { sts_loss: StsLoss::Angle, ..BiEncoderConfig::new(Objective::Pairs) };
+    let refused = BiEncoderTraining::with_datasets(&model, bi, triplets, ModelCard::default());
+    let message = refused.err().expect("refused").to_string();
+    assert_eq!(message, "--loss angle applies to sts data, and this run has none");
 }
 
 #[test]
