@@ -34,6 +34,10 @@ output) and writes, under crates/sembase-train/tests/fixtures/lora/<name>/:
       in adapter_model.safetensors, flattened row-major). Computed in float32; written
       to 8 significant digits.
 
+It also writes crates/sembase-train/tests/fixtures/tiny-llama/: llama_tiny's config.json
+and model.safetensors with a word-level tokenizer.json (pad id 0, no special tokens
+added), a decoder model directory that sembase's LoRA training tests train end to end.
+
 How attention is set (transformers 5.x): every case passes an explicit 4D float mask of
 shape (batch, 1, seq, seq), 0 where a query may attend a key and the dtype's minimum
 elsewhere; transformers' create_causal_mask returns a 4D mask unchanged and eager
@@ -49,6 +53,7 @@ peft; see bench/requirements.txt):
 import argparse
 import json
 import os
+import shutil
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -256,11 +261,34 @@ def make(name, seed):
     print(f"wrote {out_dir} ({len(lora)} LoRA tensors, {n} values, expected.json {os.path.getsize(path)} bytes)")
 
 
+TINY_MODEL = os.path.join(ROOT, "crates", "sembase-train", "tests", "fixtures", "tiny-llama")
+WORDS = ("the cat sat on a mat big dog ran far away bird flew over tree sky is blue small red "
+         "home sun was green slow fast").split()
+
+
+def make_tiny_model_dir():
+    """llama_tiny with a word-level tokenizer, as a model directory to train."""
+    os.makedirs(TINY_MODEL, exist_ok=True)
+    for name in ["config.json", "model.safetensors"]:
+        shutil.copyfile(os.path.join(BASES, "llama_tiny", name), os.path.join(TINY_MODEL, name))
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(WORDS)})
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    with open(os.path.join(TINY_MODEL, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer, f, indent=1)
+    print(f"wrote {TINY_MODEL}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=NAMES, help="make one fixture only")
     args = ap.parse_args()
     torch.set_num_threads(1)  # deterministic reductions, and small enough to be quick
+    make_tiny_model_dir()
     for seed, name in enumerate(NAMES):
         if args.only in (None, name):
             make(name, 700 + seed)

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sembase_core::layers::{LoraSpec, LORA_TARGETS};
+use sembase_core::models::decoder_config::is_decoder;
+use sembase_core::models::DecoderConfig;
 use sembase_core::pooling::PoolingMode;
 use sembase_core::{CrossEncoder, LoadOptions};
 use sembase_eval::results::Metrics;
@@ -528,9 +530,17 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// The model's own token limit (sentence_bert_config.json, else the position table).
+/// The model's own token limit: `sentence_bert_config.json`'s, else a decoder's position
+/// limit, else BERT's 512.
 fn model_limit(dir: &std::path::Path) -> Result<usize> {
     let model = sembase_core::ModelDir::open(dir)?;
-    Ok(model.max_seq_length.unwrap_or(512))
+    if let Some(limit) = model.max_seq_length {
+        return Ok(limit);
+    }
+    if is_decoder(&model.config.model_type) {
+        return Ok(DecoderConfig::from_dir(dir)?.max_position_embeddings);
+    }
+    Ok(512)
 }
 
 fn progress_bar() -> Option<ProgressBar> {

@@ -3,6 +3,9 @@
 //! gave them. Every document is reranked for every reference query, so the check covers
 //! the score of the reference pair, the index mapping back to the input and the order.
 
+mod run;
+use run::{read_json, sembase};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -139,20 +142,6 @@ fn bad_models_and_inputs_are_one_line_errors() {
     assert_eq!(run(&cross, "  ", "candidates.txt"), "error: --query is empty");
     assert_eq!(run(&cross, "boat", "empty.txt"), "error: no candidates in empty.txt");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs `sembase ARGS` in `dir` with an empty store and returns its stdout.
-fn sembase(dir: &Path, args: &[&str]) -> Output {
-    Command::new(SEMBASE)
-        .current_dir(dir)
-        .env("SEMBASE_HOME", dir.join("empty-store"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The second stage behind `eval` and `search`, with the tiny bi-encoder of the

@@ -4,7 +4,7 @@
 //! exactly, and wrong combinations are refused.
 
 mod common;
-use common::{Quiet, StopAt};
+use common::{assert_cached_negatives_match, assert_resumes_exactly, Quiet};
 
 use std::path::{Path, PathBuf};
 
@@ -17,9 +17,6 @@ use sembase_train::{
     ModelCard, Objective, TrainableModel, Trainer,
 };
 
-const WORDS: &str = "the cat sat on a mat big dog ran far away bird flew over tree sky is blue \
-                     small red home sun was green slow fast";
-
 const PAIRS: &str = "sentence1\tsentence2\tlabel\n\
 the cat sat on a mat\ta cat sat on the mat\t1\n\
 a big dog ran far away\tthe big dog ran away\t1\n\
@@ -29,26 +26,10 @@ a small red cat ran home\tthe small red cat ran fast home\t1\n\
 a dog was fast\tthe fast dog ran\t1\n\
 the bird is small\ta small bird\t1\n";
 
-/// The tiny LLaMA of sembase-core's decoder tests with a word-level tokenizer (pad 0).
-fn tiny_decoder(tmp: &Path) -> PathBuf {
-    let base =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-core/tests/decoder/llama_tiny");
-    let dir = tmp.join("tiny-llama");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(base.join(f), dir.join(f)).unwrap();
-    }
-    let mut vocab = serde_json::json!({"<pad>": 0, "<unk>": 1, "<s>": 2});
-    for (i, word) in WORDS.split_whitespace().enumerate() {
-        vocab[word] = (i + 3).into();
-    }
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    dir
+/// The tiny LLaMA of sembase-core's decoder tests with a word-level tokenizer
+/// (`tools/make_lora_fixtures.py`).
+fn tiny_decoder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
 }
 
 fn lora(dropout: f32, bidirectional: bool) -> DecoderTraining {
@@ -71,14 +52,6 @@ fn config() -> LoopConfig {
     LoopConfig { batch_size: 4, lr: 1e-2, epochs: 4, ..LoopConfig::default() }
 }
 
-fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
-    model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
-}
-
 fn embed(embedder: &LocalEmbedder, texts: &[&str]) -> Vec<Vec<f32>> {
     embedder.embed(texts, &EmbedOptions::default()).unwrap().vectors
 }
@@ -86,7 +59,7 @@ fn embed(embedder: &LocalEmbedder, texts: &[&str]) -> Vec<Vec<f32>> {
 #[test]
 fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_decoder(tmp.path());
+    let dir = tiny_decoder();
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     for bidirectional in [false, true] {
         let model =
@@ -139,51 +112,18 @@ fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
     }
 }
 
-fn pairs_trainee(
-    model: &TrainableModel,
-    examples: Vec<sembase_train::Example>,
-) -> BiEncoderTraining<'_> {
-    let bi = BiEncoderConfig::new(Objective::Pairs);
-    BiEncoderTraining::new(model, bi, examples, ModelCard::default()).unwrap()
-}
-
 #[test]
 fn an_interrupted_lora_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_decoder(tmp.path());
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
     let training = lora(0.1, true);
-    let load = || TrainableModel::load_with(&dir, 16, None, Some(&training)).unwrap();
-    let straight = {
-        let model = load();
-        let pairs = pairs_trainee(&model, examples.clone());
-        let mut t = Trainer::new(&pairs, config(), &tmp.path().join("a")).unwrap();
-        t.run(&Quiet).unwrap();
-        (t.state.loss.clone(), weights(&model))
-    };
-    let out = tmp.path().join("b");
-    let checkpoint = {
-        let model = load();
-        let pairs = pairs_trainee(&model, examples.clone());
-        let mut t = Trainer::new(&pairs, config(), &out).unwrap();
-        match t.run(&StopAt(3, Default::default())).unwrap() {
-            Finish::Interrupted { checkpoint } => checkpoint,
-            other => panic!("expected an interruption, got {other:?}"),
-        }
-    };
-    let model = load();
-    let pairs = pairs_trainee(&model, examples.clone());
-    let mut t = Trainer::new(&pairs, config(), &out).unwrap();
-    t.resume(&checkpoint).unwrap();
-    t.run(&Quiet).unwrap();
-    assert_eq!(t.state.loss, straight.0, "loss curves differ after resume");
-    assert_eq!(weights(&model), straight.1, "adapters differ after resume");
+    let load = || TrainableModel::load_with(&tiny_decoder(), 16, None, Some(&training)).unwrap();
+    assert_resumes_exactly(tmp.path(), load, &examples, config());
 }
 
 #[test]
 fn decoders_need_lora_and_encoders_refuse_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_decoder(tmp.path());
+    let dir = tiny_decoder();
     let err = TrainableModel::load(&dir, 16, None).err().unwrap().to_string();
     assert!(err.contains("--lora"), "{err}");
     let encoder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
@@ -194,4 +134,12 @@ fn decoders_need_lora_and_encoders_refuse_it() {
     assert!(err.contains("decoder models"), "{err}");
     assert!(LoraSpec::new(4, 8.0, 0.0, vec!["lm_head".into()]).is_err());
     assert!(LoraSpec::new(0, 8.0, 0.0, vec!["q_proj".into()]).is_err());
+}
+
+#[test]
+fn cached_negatives_give_the_same_lora_update_as_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
+    let load = || TrainableModel::load_with(&tiny_decoder(), 16, None, Some(&lora(0.0, false)));
+    assert_cached_negatives_match(tmp.path(), || load().unwrap(), &examples, config());
 }

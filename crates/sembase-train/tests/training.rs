@@ -4,7 +4,7 @@
 //! projection export a Dense.
 
 mod common;
-use common::{Quiet, StopAt};
+use common::{assert_cached_negatives_match, assert_resumes_exactly, weights, Quiet, StopAt};
 
 use std::path::{Path, PathBuf};
 
@@ -70,14 +70,6 @@ fn pairs_file(tmp: &Path) -> PathBuf {
     path
 }
 
-fn weights(model: &TrainableModel) -> Vec<(String, Vec<f32>)> {
-    model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
-}
-
 #[test]
 fn loss_falls_and_the_export_loads_with_the_same_vectors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -118,24 +110,8 @@ fn loss_falls_and_the_export_loads_with_the_same_vectors() {
 fn cached_negatives_give_the_same_update_as_one_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
-    let run = |mini_batch: Option<usize>| {
-        let model = TrainableModel::load(&fixture(), 16, None).unwrap();
-        let bi = BiEncoderConfig { mini_batch, ..BiEncoderConfig::new(Objective::Pairs) };
-        let pairs = trainee(&model, bi, examples.clone());
-        let cfg = LoopConfig { max_steps: Some(2), ..config() };
-        let mut trainer = Trainer::new(&pairs, cfg, &tmp.path().join("o")).unwrap();
-        trainer.run(&Quiet).unwrap();
-        (trainer.state.loss.clone(), weights(&model))
-    };
-    let (loss_full, w_full) = run(None);
-    let (loss_cached, w_cached) = run(Some(1));
-    for ((_, a), (_, b)) in loss_full.iter().zip(&loss_cached) {
-        assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
-    }
-    for ((name, a), (_, b)) in w_full.iter().zip(&w_cached) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "{name} differs by {worst}");
-    }
+    let load = || TrainableModel::load(&fixture(), 16, None).unwrap();
+    assert_cached_negatives_match(tmp.path(), load, &examples, config());
 }
 
 #[test]
@@ -143,32 +119,8 @@ fn an_interrupted_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = fixture_with_dropout(tmp.path());
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
-    let bi = || BiEncoderConfig::new(Objective::Pairs);
-    let straight = {
-        let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let pairs = trainee(&model, bi(), examples.clone());
-        let mut t = Trainer::new(&pairs, config(), &tmp.path().join("a")).unwrap();
-        t.run(&Quiet).unwrap();
-        (t.state.loss.clone(), weights(&model))
-    };
-    let out = tmp.path().join("b");
-    let checkpoint = {
-        let model = TrainableModel::load(&dir, 16, None).unwrap();
-        let pairs = trainee(&model, bi(), examples.clone());
-        let mut t = Trainer::new(&pairs, config(), &out).unwrap();
-        match t.run(&StopAt(3, Default::default())).unwrap() {
-            Finish::Interrupted { checkpoint } => checkpoint,
-            other => panic!("expected an interruption, got {other:?}"),
-        }
-    };
-    let model = TrainableModel::load(&dir, 16, None).unwrap();
-    let pairs = trainee(&model, bi(), examples);
-    let mut t = Trainer::new(&pairs, config(), &out).unwrap();
-    t.resume(&checkpoint).unwrap();
-    assert_eq!(t.state.step, 3);
-    t.run(&Quiet).unwrap();
-    assert_eq!(t.state.loss, straight.0, "loss curves differ after resume");
-    assert_eq!(weights(&model), straight.1, "weights differ after resume");
+    let load = || TrainableModel::load(&dir, 16, None).unwrap();
+    assert_resumes_exactly(tmp.path(), load, &examples, config());
 }
 
 const STS: &str = "sentence1\tsentence2\tscore\n\
