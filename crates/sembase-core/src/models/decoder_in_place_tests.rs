@@ -249,3 +249,32 @@ fn half_precision_safetensors_are_read_in_place_and_match_copied_tensors() {
         assert!(tied_head >= 0.99999, "{dtype:?}: logits through the tied head: {tied_head}");
     }
 }
+
+/// Models loaded from one GGUF file (several LoRA adapters over one base) read one
+/// mapping of it; once they are gone, the file (here rewritten) is mapped anew.
+#[test]
+fn models_from_one_file_share_its_mapping() {
+    let cfg = config();
+    let (original, vars) = random_model(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.gguf");
+    write_gguf(&vars, GgmlDType::Q8_0, GgmlDType::Q8_0, &path);
+    let mappings = || {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let name = path.to_str().unwrap();
+        let regions: std::collections::BTreeSet<&str> = maps
+            .lines()
+            .filter(|l| l.ends_with(name))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        regions.len()
+    };
+    let first = load_gguf(&path, &cfg, false);
+    let second = load_gguf(&path, &cfg, false);
+    assert_eq!(mappings(), 1, "the second model mapped the file again");
+    assert_eq!(states(&first), states(&second));
+    drop((first, second));
+    write_gguf(&vars, GgmlDType::Q4_1, GgmlDType::Q8_0, &path);
+    let rewritten = load_gguf(&path, &cfg, false);
+    assert!(worst_cosine(&states(&rewritten), &states(&original)) > 0.9);
+}

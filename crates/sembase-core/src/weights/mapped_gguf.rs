@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -75,6 +75,37 @@ impl GgufTensor {
     }
 }
 
+/// A file as it is now: its path and what changes when it is replaced or rewritten.
+type FileIdentity = (PathBuf, u64, Option<std::time::SystemTime>);
+
+/// The GGUF mappings alive in this process: a model loaded from a file that another
+/// model's tensors still map (several LoRA adapters over one base) reads that mapping,
+/// so the base is mapped once; a file changed since is mapped anew.
+fn open_mappings() -> &'static Mutex<HashMap<FileIdentity, Weak<Mmap>>> {
+    static MAPPINGS: OnceLock<Mutex<HashMap<FileIdentity, Weak<Mmap>>>> = OnceLock::new();
+    MAPPINGS.get_or_init(Default::default)
+}
+
+/// `file` (at `path`) mapped read-only: the live mapping of the same file if there is one.
+///
+/// # Safety
+/// The file must not change while any tensor read from it is alive.
+unsafe fn shared_map(file: &File, path: &Path) -> Result<Arc<Mmap>> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let metadata = file.metadata().map_err(io)?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let identity = (canonical, metadata.len(), metadata.modified().ok());
+    let mut mappings = open_mappings().lock().unwrap_or_else(|e| e.into_inner());
+    mappings.retain(|_, map| map.strong_count() > 0);
+    if let Some(map) = mappings.get(&identity).and_then(Weak::upgrade) {
+        return Ok(map);
+    }
+    // SAFETY: passed on to the caller.
+    let map = Arc::new(unsafe { Mmap::map(file) }.map_err(io)?);
+    mappings.insert(identity, Arc::downgrade(&map));
+    Ok(map)
+}
+
 /// A GGUF file mapped read-only, with its parsed header.
 #[derive(Clone)]
 pub struct MappedGguf {
@@ -94,15 +125,14 @@ impl MappedGguf {
         let file =
             File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         // SAFETY: passed on to the caller.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let map = unsafe { shared_map(&file, path) }?;
         let header = read_header(&map[..]).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: format!("GGUF header: {e}"),
         })?;
         let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Self {
-            map: Arc::new(map),
+            map,
             header: Arc::new(header),
             by_name: Arc::new(by_name),
             path: path.to_path_buf(),
