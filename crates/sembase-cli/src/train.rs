@@ -157,6 +157,9 @@ pub struct DecoderArgs {
     /// Instruction put before each query/anchor only, saved as the model's `query` prompt.
     #[arg(long, requires = "lora")]
     query_instruction: Option<String>,
+    /// Export the base with the adapters folded in (a full f32 model) instead of the adapter.
+    #[arg(long, requires = "lora")]
+    merge: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -182,7 +185,8 @@ impl DecoderArgs {
             PoolingArg::Last => PoolingMode::LastToken,
             PoolingArg::Mean => PoolingMode::Mean,
         });
-        Ok(Some(DecoderTraining { lora, bidirectional: self.bidirectional, pooling, seed }))
+        let (bidirectional, merge) = (self.bidirectional, self.merge);
+        Ok(Some(DecoderTraining { lora, bidirectional, pooling, seed, merge }))
     }
 }
 
@@ -406,7 +410,7 @@ fn lora_hyperparameters(decoder: Option<&DecoderTraining>) -> serde_json::Value 
     decoder.map_or(serde_json::Value::Null, |d| {
         serde_json::json!({
             "rank": d.lora.rank, "alpha": d.lora.alpha, "dropout": d.lora.dropout,
-            "targets": d.lora.targets, "bidirectional": d.bidirectional,
+            "targets": d.lora.targets, "bidirectional": d.bidirectional, "merge": d.merge,
             "pooling": d.pooling.map(|p| format!("{p:?}")),
         })
     })

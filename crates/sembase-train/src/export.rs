@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use sembase_core::adapter_dir::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use sembase_core::models::decoder_merge::merged_decoder;
 use sembase_core::pooling::PoolingMode;
 
 use crate::error::{Result, TrainError};
@@ -99,7 +100,14 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         copy_tokenizer_files(source, dir)?;
         copy_if_present(source, dir, "tokenizer_config.json")?;
         match model.decoder() {
-            Some((config, training)) => write_adapter(model, dir, config, &training.lora)?,
+            Some((config, training)) => {
+                write_decoder_config(model, dir, config)?;
+                if training.merge {
+                    write_merged(model, dir, config, &training.lora)?;
+                } else {
+                    write_adapter(model, dir, &training.lora)?;
+                }
+            }
             None => {
                 copy_if_present(source, dir, "config.json")?;
                 model.encoder_vars().save(dir.join("model.safetensors"))?;
@@ -151,14 +159,12 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
     })
 }
 
-/// A decoder's LoRA adapters in PEFT's layout (`adapter_config.json` naming the base's
-/// directory, `adapter_model.safetensors`), and the base's `config.json` with
-/// `is_causal: false` when the model was made bidirectional.
-fn write_adapter(
+/// The base's `config.json`, with `is_causal: false` when the model was made
+/// bidirectional.
+fn write_decoder_config(
     model: &TrainableModel,
     dir: &Path,
     config: &sembase_core::models::DecoderConfig,
-    lora: &sembase_core::layers::LoraSpec,
 ) -> Result<()> {
     let config_path = model.source.path.join("config.json");
     let text = std::fs::read(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
@@ -167,7 +173,35 @@ fn write_adapter(
     if !config.is_causal {
         base_config["is_causal"] = false.into();
     }
-    write_json(&dir.join("config.json"), &base_config)?;
+    Ok(write_json(&dir.join("config.json"), &base_config)?)
+}
+
+/// The base with the adapters folded in, as one `model.safetensors` in f32.
+fn write_merged(
+    model: &TrainableModel,
+    dir: &Path,
+    config: &sembase_core::models::DecoderConfig,
+    lora: &sembase_core::layers::LoraSpec,
+) -> Result<()> {
+    let adapters: std::collections::HashMap<String, candle_core::Tensor> = model
+        .encoder_vars()
+        .data()
+        .lock()
+        .expect("var map lock")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let merged = merged_decoder(config, &model.source.weight_files, &adapters, lora)?;
+    Ok(candle_core::safetensors::save(&merged, dir.join("model.safetensors"))?)
+}
+
+/// A decoder's LoRA adapters in PEFT's layout: `adapter_config.json` naming the base's
+/// directory, and `adapter_model.safetensors`.
+fn write_adapter(
+    model: &TrainableModel,
+    dir: &Path,
+    lora: &sembase_core::layers::LoraSpec,
+) -> Result<()> {
     let base = std::fs::canonicalize(&model.source.path)
         .map_err(|e| TrainError::io(&model.source.path, e))?;
     write_json(

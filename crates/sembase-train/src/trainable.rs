@@ -39,6 +39,8 @@ pub struct DecoderTraining {
     pub pooling: Option<PoolingMode>,
     /// Seeds the adapters' initial down-projections.
     pub seed: u64,
+    /// Export the base with the adapters folded in instead of the adapters alone.
+    pub merge: bool,
 }
 
 /// What the transformer of a model in training is.

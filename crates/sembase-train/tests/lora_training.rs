@@ -1,6 +1,7 @@
 //! LoRA training of a decoder end to end on the tiny random LLaMA: the loss falls, only
-//! the adapters change and are exported (PEFT layout, a bidirectional model says so in
-//! its config), the export embeds as the live model does, an interrupted run resumes
+//! the adapters change and are exported (PEFT layout, or folded into the base with
+//! `merge`; a bidirectional model says so in its config), the export embeds as the live
+//! model does, an interrupted run resumes
 //! exactly, and wrong combinations are refused.
 
 mod common;
@@ -39,6 +40,7 @@ fn lora(dropout: f32, bidirectional: bool) -> DecoderTraining {
         bidirectional,
         pooling: Some(if bidirectional { PoolingMode::Mean } else { PoolingMode::LastToken }),
         seed: 7,
+        merge: false,
     }
 }
 
@@ -61,16 +63,16 @@ fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_decoder();
     let examples = load_examples(Objective::Pairs, &pairs_file(tmp.path())).unwrap();
-    for bidirectional in [false, true] {
-        let model =
-            TrainableModel::load_with(&dir, 16, None, Some(&lora(0.0, bidirectional))).unwrap();
+    for (bidirectional, merge) in [(false, false), (true, false), (true, true)] {
+        let training = DecoderTraining { merge, ..lora(0.0, bidirectional) };
+        let model = TrainableModel::load_with(&dir, 16, None, Some(&training)).unwrap();
         let vars = model.named_vars();
         assert_eq!(vars.len(), 2 * 7 * 2, "A and B for 7 projections in each of 2 layers");
         assert!(vars.iter().all(|(name, _)| name.contains(".lora_")), "only adapters train");
         let card = ModelCard { query_prompt: Some("q: ".into()), ..ModelCard::default() };
         let bi = BiEncoderConfig::new(Objective::Pairs);
         let pairs = BiEncoderTraining::new(&model, bi, examples.clone(), card).unwrap();
-        let out = tmp.path().join(format!("out-{bidirectional}"));
+        let out = tmp.path().join(format!("out-{bidirectional}-{merge}"));
         let mut trainer = Trainer::new(&pairs, config(), &out).unwrap();
         assert_eq!(trainer.run(&Quiet).unwrap(), Finish::Completed);
         let losses: Vec<f32> = trainer.state.loss.iter().map(|(_, l)| *l).collect();
@@ -78,11 +80,17 @@ fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
             (losses[..2].iter().sum::<f32>(), losses[losses.len() - 2..].iter().sum::<f32>());
         assert!(last < first, "bidirectional {bidirectional}: loss did not fall: {losses:?}");
 
-        assert!(!out.join("model.safetensors").exists(), "the base was copied");
-        let adapter: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
-                .unwrap();
-        assert_eq!((adapter["r"].as_u64(), adapter["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+        if merge {
+            assert!(!out.join("adapter_config.json").exists(), "a merged model has no adapter");
+            assert!(out.join("model.safetensors").exists(), "the merged weights are missing");
+        } else {
+            assert!(!out.join("model.safetensors").exists(), "the base was copied");
+            let adapter: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                    .unwrap();
+            let scale = (adapter["r"].as_u64(), adapter["lora_alpha"].as_f64());
+            assert_eq!(scale, (Some(4), Some(8.0)));
+        }
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         let causal = config.get("is_causal").map(|c| c.as_bool());

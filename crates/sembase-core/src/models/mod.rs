@@ -6,6 +6,7 @@ pub mod bert;
 pub mod config;
 pub mod decoder;
 pub mod decoder_config;
+pub mod decoder_merge;
 pub mod encoder;
 pub mod llama;
 pub mod mpnet;
@@ -20,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::TransformerConfig;
-pub use decoder::DecoderModel;
+pub use decoder::{DecoderModel, DecoderOptions};
 pub use decoder_config::DecoderConfig;
 
 use crate::adapter_dir::AdapterDir;
@@ -86,21 +87,27 @@ pub fn encoder_prefix(has: impl Fn(&str) -> bool) -> &'static str {
         .unwrap_or("")
 }
 
-/// Builds the decoder named by `cfg.model_type` (`llama`, `mistral`, `qwen2`,
-/// `qwen3`) from `w`; the language-model head only when `with_lm_head`.
+/// What distinguishes the decoder named by `cfg.model_type` (`llama`, `mistral`,
+/// `qwen2`, `qwen3`) in the shared stack.
+pub fn decoder_options(cfg: &DecoderConfig) -> Result<DecoderOptions> {
+    match cfg.model_type.as_str() {
+        "llama" | "mistral" => Ok(llama::options(cfg)),
+        "qwen2" => Ok(qwen2::options(cfg)),
+        "qwen3" => Ok(qwen3::options(cfg)),
+        other => Err(Error::Unsupported(format!(
+            "decoder model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"
+        ))),
+    }
+}
+
+/// Builds the decoder named by `cfg.model_type` from `w`; the language-model head only
+/// when `with_lm_head`.
 pub fn load_decoder(
     w: &DecoderWeights,
     cfg: &DecoderConfig,
     with_lm_head: bool,
 ) -> Result<DecoderModel> {
-    match cfg.model_type.as_str() {
-        "llama" | "mistral" => llama::load(w, cfg, with_lm_head),
-        "qwen2" => qwen2::load(w, cfg, with_lm_head),
-        "qwen3" => qwen3::load(w, cfg, with_lm_head),
-        other => Err(Error::Unsupported(format!(
-            "decoder model_type {other:?} (supported: llama, mistral, qwen2, qwen3)"
-        ))),
-    }
+    DecoderModel::load(w, cfg, decoder_options(cfg)?, with_lm_head)
 }
 
 /// Loads a decoder with configuration `cfg` from its weight files, with the LoRA adapters

@@ -122,7 +122,7 @@ impl<'a> DecoderWeights<'a> {
     }
 
     /// The same source at the checkpoint root (where `lm_head` lives).
-    pub(crate) fn root(&self) -> Self {
+    pub fn root(&self) -> Self {
         Self { source: self.source.clone(), path: String::new(), lora: self.lora.clone() }
     }
 
@@ -175,6 +175,16 @@ impl<'a> DecoderWeights<'a> {
                 Ok(t)
             }
         }
+    }
+
+    /// The tensor `leaf` of `shape` in f32, whatever its stored precision or block type
+    /// (for writing a model out).
+    pub fn tensor_f32(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
+        if !self.contains(leaf) {
+            return Err(self.missing(leaf));
+        }
+        let tensor = self.dense(leaf, shape, candle_nn::Init::Const(0.0))?;
+        Ok(tensor.to_dtype(DType::F32)?)
     }
 
     /// A `(rows, dim)` table named `weight` (embeddings); a GGUF table stays in the file.
