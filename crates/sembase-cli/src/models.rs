@@ -14,6 +14,17 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
+/// Keeps candle's element-wise thread pool to the calling thread unless
+/// `CANDLE_NUM_THREADS` says otherwise; must run before any model work starts. In a
+/// training step its workers spin between the element-wise ops while the GEMMs run on
+/// rayon's threads, and on a 2-core machine that spinning took a quarter of a LoRA step
+/// (SmolLM2-135M, batch 8: 5.09 s per step with the pool, 3.81 s without).
+pub fn keep_elementwise_ops_on_one_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// The compute settings of every command that runs a local model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ComputeArgs {

@@ -23,7 +23,7 @@ use sembase_train::{
     TrainableCrossEncoder, TrainableModel, Trainee, Trainer,
 };
 
-use crate::models::set_threads;
+use crate::models::{keep_elementwise_ops_on_one_thread, set_threads};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ObjectiveArg {
@@ -257,6 +257,7 @@ impl TrainObserver for Console {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     set_threads(args.threads);
+    keep_elementwise_ops_on_one_thread();
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(&args.model)?;
     match args.objective.objective() {

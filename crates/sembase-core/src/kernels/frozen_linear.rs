@@ -16,12 +16,13 @@ use super::kernel_io::{affine, contiguous_f32, every_thread, product, HostF32, V
 /// The op's name in errors.
 const OP: &str = "frozen linear";
 
-/// Gives a frozen matrix as `W^T`, contiguous `(in, out)` f32 on the CPU.
+/// Gives a frozen matrix `W` as it is stored, contiguous `(out, in)` f32 on the CPU (the
+/// layout a quantised or half-precision matrix expands into fastest).
 pub type FrozenMatrix = Arc<dyn Fn() -> Result<Tensor> + Send + Sync>;
 
-/// `x W^T + b` with `W^T` from `weight_t` and `b` `(out)`, neither trained.
+/// `x W^T + b` with `W` from `weight` and `b` `(out)`, neither trained.
 struct FrozenLinear {
-    weight_t: FrozenMatrix,
+    weight: FrozenMatrix,
     bias: Tensor,
 }
 
@@ -32,29 +33,29 @@ impl CustomOp1 for FrozenLinear {
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, in_dim) = xl.shape().dims2()?;
-        let weight_t = (self.weight_t)()?;
-        let (w, b) = (HostF32::of(&weight_t)?, HostF32::of(&self.bias)?);
+        let weight = (self.weight)()?;
+        let (w, b) = (HostF32::of(&weight)?, HostF32::of(&self.bias)?);
         let out_dim = b.len();
         if w.len() != in_dim * out_dim {
             candle_core::bail!("{OP}: x {:?} does not fit a {out_dim}-wide map", xl.shape());
         }
         let x = contiguous_f32(x, xl, OP, "x")?;
-        let out = affine(x, rows, in_dim, View::rows(&w, out_dim), &b);
+        let out = affine(x, rows, in_dim, View::columns(&w, in_dim), &b);
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (rows, in_dim) = x.dims2()?;
-        let weight_t = (self.weight_t)()?;
-        let (w, g) = (HostF32::of(&weight_t)?, HostF32::of(grad)?);
+        let weight = (self.weight)()?;
+        let (w, g) = (HostF32::of(&weight)?, HostF32::of(grad)?);
         let out_dim = w.len() / in_dim.max(1);
-        // dx (rows x in) = g (rows x out) . W (out x in), W being W^T read by columns.
+        // dx (rows x in) = g (rows x out) . W (out x in).
         let dx = product(
             rows,
             in_dim,
             out_dim,
             View::rows(&g, out_dim),
-            View::columns(&w, out_dim),
+            View::rows(&w, in_dim),
             every_thread(),
         );
         Ok(Some(Tensor::from_vec(dx, (rows, in_dim), &Device::Cpu)?))
@@ -62,15 +63,15 @@ impl CustomOp1 for FrozenLinear {
 }
 
 /// `x W^T + b` for an f32 CPU `x` `(rows, in)` in a gradient graph, with the frozen
-/// matrix `weight_t` and `bias` `(out)` f32 on the CPU.
-pub fn linear(x: &Tensor, weight_t: FrozenMatrix, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenLinear { weight_t, bias: bias.contiguous()? })
+/// matrix `weight` and `bias` `(out)` f32 on the CPU.
+pub fn linear(x: &Tensor, weight: FrozenMatrix, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenLinear { weight, bias: bias.contiguous()? })
 }
 
-/// A matrix already held as `W^T` in f32.
-pub fn held(weight_t: &Tensor) -> Result<FrozenMatrix> {
-    let weight_t = weight_t.contiguous()?;
-    Ok(Arc::new(move || Ok(weight_t.clone())))
+/// A matrix already held in f32, `(out, in)`.
+pub fn held(weight: &Tensor) -> Result<FrozenMatrix> {
+    let weight = weight.contiguous()?;
+    Ok(Arc::new(move || Ok(weight.clone())))
 }
 
 #[cfg(test)]
@@ -86,7 +87,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 0.3, (out_dim, in_dim), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.3, out_dim, &dev).unwrap();
-        let ours = linear(x.as_tensor(), held(&w.t().unwrap()).unwrap(), &b).unwrap();
+        let ours = linear(x.as_tensor(), held(&w).unwrap(), &b).unwrap();
         let theirs = x.as_tensor().matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         assert!(largest(&ours, &theirs) < 1e-4, "forward differs");
         let weights = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();

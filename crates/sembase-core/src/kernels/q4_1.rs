@@ -57,6 +57,27 @@ impl Q4_1Matrix {
         self.in_dim
     }
 
+    /// The weights as f32, `(out, in)` row-major as stored: each task expands whole rows
+    /// with sequential writes (the layout LoRA training's frozen matmuls read).
+    pub fn dequantise(&self) -> Vec<f32> {
+        let mut values = vec![0f32; self.out_dim * self.in_dim];
+        let row_bytes = self.in_dim / BLOCK * BLOCK_BYTES;
+        let avx2 = has_avx2();
+        let rows = values.par_chunks_mut(self.in_dim).zip(self.bytes.par_chunks(row_bytes));
+        rows.for_each(|(row, bytes)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`); `row` holds 32 values
+                // per 20-byte block of `bytes`.
+                return unsafe { dequantise_row_avx2(bytes, row) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = avx2;
+            dequantise_row_portable(bytes, row);
+        });
+        values
+    }
+
     /// The weights as f32 and transposed, `(in, out)` row-major: `W^T`, the layout the
     /// GEMM reads fastest. Each task fills the 32 rows of one block column.
     pub fn dequantise_transposed(&self) -> Vec<f32> {
@@ -177,6 +198,49 @@ fn header(block: &[u8]) -> (f32, f32) {
     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
     let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
     (d, m)
+}
+
+/// Expands the blocks of one row into `out` (32 values per block).
+fn dequantise_row_portable(bytes: &[u8], out: &mut [f32]) {
+    for (values, block) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(BLOCK_BYTES)) {
+        let (d, m) = header(block);
+        let (low, high) = values.split_at_mut(BLOCK / 2);
+        for ((l, h), &byte) in low.iter_mut().zip(high).zip(&block[4..]) {
+            *l = d * f32::from(byte & 0x0F) + m;
+            *h = d * f32::from(byte >> 4) + m;
+        }
+    }
+}
+
+/// [`dequantise_row_portable`] eight values per instruction.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C, and `out` must hold 32 values per whole block
+/// of `bytes`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantise_row_avx2(bytes: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = bytes.len() / BLOCK_BYTES;
+    assert!(out.len() >= blocks * BLOCK, "output row shorter than the blocks");
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    for b in 0..blocks {
+        let block = bytes.as_ptr().add(b * BLOCK_BYTES);
+        let header = _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
+        let d = _mm256_set1_ps(_mm_cvtss_f32(header));
+        let m = _mm256_set1_ps(_mm_cvtss_f32(_mm_shuffle_ps(header, header, 1)));
+        let packed = _mm_loadu_si128(block.add(4) as *const __m128i);
+        // Values 0-15 are the low nibbles of the 16 bytes, 16-31 the high ones.
+        let low = _mm_and_si128(packed, low_nibbles);
+        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+        let dst = out.as_mut_ptr().add(b * BLOCK);
+        for (i, half) in [low, high].into_iter().enumerate() {
+            for (j, eight) in [half, _mm_srli_si128(half, 8)].into_iter().enumerate() {
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight));
+                _mm256_storeu_ps(dst.add(i * 16 + j * 8), _mm256_fmadd_ps(d, q, m));
+            }
+        }
+    }
 }
 
 fn dot_portable(weights: &[u8], row: &QuantisedRow) -> f32 {
@@ -308,9 +372,18 @@ mod tests {
     }
 
     #[test]
-    fn dequantises_to_the_transposed_values() {
+    fn dequantises_to_the_values_and_their_transpose() {
         let (out_dim, in_dim) = (5, 64);
         let (q, dense) = matrix(out_dim, in_dim);
+        // The AVX2 path rounds `d * q + m` once (FMA), the portable loop twice.
+        let worst =
+            q.dequantise().iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "dequantised values differ by {worst}");
+        let mut portable = vec![0f32; out_dim * in_dim];
+        for (row, bytes) in portable.chunks_mut(in_dim).zip(q.bytes.chunks(in_dim / 32 * 20)) {
+            dequantise_row_portable(bytes, row);
+        }
+        assert_eq!(portable, dense, "the portable loop differs");
         let transposed = q.dequantise_transposed();
         for o in 0..out_dim {
             for k in 0..in_dim {

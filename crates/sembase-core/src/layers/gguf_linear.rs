@@ -84,13 +84,17 @@ impl GgufMatrix {
     /// is dequantised in each pass that reads it, and only the input gets a gradient.
     fn forward_in_graph(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
         let matrix = self.clone();
-        let weight_t: FrozenMatrix = Arc::new(move || {
-            let w = matrix.dequantised().map_err(candle_core::Error::wrap)?;
-            w.t()?.contiguous()
+        let weight: FrozenMatrix = Arc::new(move || match &matrix {
+            Self::Q4_1(weights) => Tensor::from_vec(
+                weights.dequantise(),
+                (weights.out_dim(), weights.in_dim()),
+                &Device::Cpu,
+            ),
+            other => other.dequantised().map_err(candle_core::Error::wrap)?.contiguous(),
         });
         let (in_dim, out_dim) = (x.dim(D::Minus1)?, self.out_dim()?);
         let bias = Tensor::zeros(out_dim, DType::F32, x.device())?;
-        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, weight_t, &bias)?;
+        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, weight, &bias)?;
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_dim;
         Ok(y.reshape(dims)?)

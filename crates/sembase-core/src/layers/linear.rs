@@ -200,15 +200,15 @@ impl Linear {
             LinearStore::Mapped { weight, bias } if x.track_op() && on_cpu_in_f32(&[x]) => {
                 // A LoRA base: the matrix converted to f32 in each pass that reads it.
                 let (weight, out_dim) = (weight.clone(), weight.dims().0);
-                let weight_t: frozen_linear::FrozenMatrix = Arc::new(move || {
+                let weight_f32: frozen_linear::FrozenMatrix = Arc::new(move || {
                     let w = weight.to_tensor().map_err(candle_core::Error::wrap)?;
-                    w.t()?.to_dtype(DType::F32)?.contiguous()
+                    w.to_dtype(DType::F32)?.contiguous()
                 });
                 let bias = match bias {
                     Some(b) => b.to_dtype(DType::F32)?,
                     None => Tensor::zeros(out_dim, DType::F32, x.device())?,
                 };
-                (frozen_linear::linear(&flat, weight_t, &bias)?, false)
+                (frozen_linear::linear(&flat, weight_f32, &bias)?, false)
             }
             LinearStore::Mapped { weight, bias } => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
@@ -242,12 +242,14 @@ impl Linear {
                     gelu,
                 )
             }
-            LinearStore::Float { weight, bias, kernel_weights }
+            LinearStore::Float { weight, bias, .. }
                 if frozen_in_graph(x, weight, bias.as_ref()) =>
             {
-                let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
-                let weight_t = frozen_linear::held(&kernel.weight_t)?;
-                (frozen_linear::linear(&flat, weight_t, &kernel.bias)?, false)
+                let bias = match bias {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(weight.dims()[0], DType::F32, x.device())?,
+                };
+                (frozen_linear::linear(&flat, frozen_linear::held(weight)?, &bias)?, false)
             }
             LinearStore::Float { weight, bias, .. } => {
                 let y = match bias {
