@@ -92,4 +92,28 @@ for variant in ["causal", "bidirectional"]:
     for name, before, after, step, peak in rows:
         print(f"{name:<32}{before['stsb']:>13.2f}{after['stsb']:>8.2f}{before['sickr']:>15.2f}{after['sickr']:>8.2f}{step:>9.2f}{peak:>10.0f}")
     print(f"  {variant}: sembase/PyTorch step time {ours_step / peer['seconds_per_step_median']:.2f}x, peak memory {ours_peak / peer['peak_rss_mib']:.2f}x")
+
+# Projection from the causal run to larger bases at the same batch and length. Step time
+# scales with the non-embedding parameters (the frozen matmuls: forward and input
+# gradient, no weight gradient); activations with layers x (hidden + MLP width); the base
+# is mapped (Q4_1: 20 bytes per 32 weights, bf16: 2 bytes) and one matrix at a time is
+# expanded to f32 on top. FIXED_MIB is what serving SmolLM2-135M Q4_1 takes (README).
+FIXED_MIB = 150
+smol = dict(params=134.5e6, non_embedding=106.2e6, layers=30, hidden=576, mlp=1536)
+bases = {
+    "Qwen3-0.6B": dict(params=596e6, non_embedding=440e6, layers=28, hidden=1024, mlp=3072),
+    "Qwen3-8B": dict(params=8.19e9, non_embedding=6.95e9, layers=36, hidden=4096, mlp=12288),
+}
+step = json.loads((out / "sembase-causal-train.json").read_text())["step_seconds_median"]
+activations = peak_mib(out / "sembase-causal-time.txt") - FIXED_MIB
+width = lambda m: m["layers"] * (m["hidden"] + m["mlp"])
+print(f"projection (sembase, causal, batch {batch}, from {step:.2f} s/step and {activations:.0f} MiB of activations):")
+for name, m in bases.items():
+    acts = activations * width(m) / width(smol)
+    widest = 4 * m["hidden"] * m["mlp"] / 2**20
+    seconds = step * m["non_embedding"] / smol["non_embedding"]
+    for fmt, bytes_per in [("Q4_1", 20 / 32), ("bf16", 2.0)]:
+        base = m["params"] * bytes_per / 2**20
+        print(f"  {name} {fmt}: ~{seconds:.0f} s/step, peak ~{(base + acts + widest + FIXED_MIB) / 1024:.1f} GiB "
+              f"(base {base / 1024:.1f} GiB, activations {acts / 1024:.1f} GiB)")
 EOF

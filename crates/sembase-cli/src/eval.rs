@@ -39,10 +39,11 @@ pub struct EvalArgs {
     /// Widths to evaluate at, comma separated (Matryoshka truncation); default: the model's.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     dimensions: Vec<usize>,
-    /// Put before queries, and before both sentences of sts and pairs (e.g. "query: ").
+    /// Put before queries, and before both sentences of sts and pairs (e.g. "query: ");
+    /// default: a local model's default prompt, if its directory names one.
     #[arg(long)]
     query_prefix: Option<String>,
-    /// Put before retrieval corpus documents (e.g. "passage: ").
+    /// Put before retrieval corpus documents (e.g. "passage: "); default as --query-prefix.
     #[arg(long)]
     doc_prefix: Option<String>,
     /// Write every figure as JSON.
@@ -141,7 +142,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let cache = if args.no_cache { None } else { EmbeddingCache::from_env() };
     let progress = CliProgress::new();
     for spec in &args.models {
-        let model = open_model(spec, &args)?;
+        let (model, default_prompt) = open_model(spec, &args)?;
+        if let Some(prompt) = &default_prompt {
+            if args.query_prefix.is_none() || args.doc_prefix.is_none() {
+                eprintln!("{spec}: its default prompt {prompt:?} goes where no prefix is given");
+            }
+        }
         let encoder = Encoder::new(&model, cache.as_ref(), &progress);
         for &width in &widths {
             encoder.check_dimensions(width)?;
@@ -149,8 +155,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         for task in &tasks {
             for &dimensions in &widths {
                 let settings = Settings {
-                    query_prefix: args.query_prefix.clone(),
-                    doc_prefix: args.doc_prefix.clone(),
+                    query_prefix: args.query_prefix.clone().or(default_prompt.clone()),
+                    doc_prefix: args.doc_prefix.clone().or(default_prompt.clone()),
                     dimensions,
                 };
                 let result = evaluate_with(&encoder, task, &settings, search, rerank.as_ref())
@@ -204,16 +210,19 @@ fn log_result(result: &EvalResult) {
 }
 
 /// Loads a local model or connects to a remote one.
-fn open_model(spec: &str, args: &EvalArgs) -> Result<EvalModel> {
+/// The model, and the prompt a local model's directory names as its default (which,
+/// as in sentence-transformers, goes before every text no prefix flag covers).
+fn open_model(spec: &str, args: &EvalArgs) -> Result<(EvalModel, Option<String>)> {
     if is_remote(spec) {
         let options =
             RemoteOptions { batch_size: args.remote_batch.max(1), ..RemoteOptions::default() };
         let embedder = RemoteEmbedder::connect(spec, options)?;
-        return Ok(EvalModel {
+        let model = EvalModel {
             embedder: Box::new(embedder),
             cache_id: spec.to_string(),
             truncate_locally: false,
-        });
+        };
+        return Ok((model, None));
     }
     let dir = sembase_hub::Store::from_env()?.resolve(spec)?;
     let embedder = load_local(spec, None, args.compute.batch_tokens, args.quantize)?;
@@ -225,7 +234,11 @@ fn open_model(spec: &str, args: &EvalArgs) -> Result<EvalModel> {
         fingerprint(&dir),
         embedder.dimension()
     );
-    Ok(EvalModel { embedder: Box::new(embedder), cache_id, truncate_locally: true })
+    let default_prompt = embedder.default_prompt().map(str::to_string);
+    Ok((
+        EvalModel { embedder: Box::new(embedder), cache_id, truncate_locally: true },
+        default_prompt,
+    ))
 }
 
 /// Sizes and modification times of a model directory's files (two levels), so

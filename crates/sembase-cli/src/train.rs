@@ -1,4 +1,4 @@
-//! `sembase train simcse|pairs|triplets|sts|cross-encoder`: fine-tune a model and export it.
+//! `sembase train simcse|pairs|triplets|sts|cross-encoder|recipe`: fine-tune a model and export it.
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
@@ -25,6 +25,8 @@ use sembase_train::{
 
 use crate::models::{keep_elementwise_ops_on_one_thread, set_threads};
 
+mod recipe;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ObjectiveArg {
     /// Unsupervised SimCSE on a corpus (one sentence per line).
@@ -38,6 +40,9 @@ pub enum ObjectiveArg {
     /// A cross-encoder (reranker): binary cross-entropy on pairs (label 0/1) or sts
     /// (score / 5) TSV, a listwise softmax over triplets TSV; the header tells which.
     CrossEncoder,
+    /// The matching recipe: held-out split, hard-negative mining, every dataset at once
+    /// for as many steps as --budget-minutes allows, the best checkpoint kept.
+    Recipe,
 }
 
 #[derive(Args)]
@@ -129,6 +134,12 @@ pub struct TrainArgs {
     report: Option<PathBuf>,
     #[arg(long)]
     threads: Option<usize>,
+    /// Recipe: minutes for the whole run, mining and evaluations included (default 60).
+    #[arg(long)]
+    budget_minutes: Option<f64>,
+    /// Recipe: candidate negatives to mine from, one text per line (default: the data's texts).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     #[command(flatten)]
     decoder: DecoderArgs,
 }
@@ -198,7 +209,7 @@ impl ObjectiveArg {
             Self::Pairs => Some(Objective::Pairs),
             Self::Triplets => Some(Objective::Triplets),
             Self::Sts => Some(Objective::Sts),
-            Self::CrossEncoder => None,
+            Self::CrossEncoder | Self::Recipe => None,
         }
     }
 }
@@ -258,6 +269,12 @@ impl TrainObserver for Console {
 pub fn run(args: TrainArgs) -> Result<()> {
     set_threads(args.threads);
     keep_elementwise_ops_on_one_thread();
+    if matches!(args.objective, ObjectiveArg::Recipe) {
+        return recipe::run(&args);
+    }
+    if args.budget_minutes.is_some() || args.corpus.is_some() {
+        bail!("--budget-minutes and --corpus apply to train recipe");
+    }
     let store = sembase_hub::Store::from_env()?;
     let dir = store.resolve(&args.model)?;
     match args.objective.objective() {
@@ -397,6 +414,7 @@ fn run_bi_encoder(
         doc_prefix: args.doc_prefix.clone(),
         dims: args.dims.clone(),
         query_prompt: instruction.clone(),
+        default_prompt: args.prefix.clone(),
         run: serde_json::Value::Null,
     };
     let mut trainee = BiEncoderTraining::with_datasets(&model, bi, datasets, card.clone())?;
@@ -495,7 +513,8 @@ fn run_loop(
     if let Some(path) = &args.json {
         let state = &trainer.state;
         let report = serde_json::json!({
-            "steps": state.step, "loss": state.loss, "eval": state.eval, "output": args.output,
+            "steps": state.step, "loss": state.loss, "eval": state.eval, "best": state.best,
+            "output": args.output,
             "seconds": console.started.elapsed().as_secs_f64(),
             "step_seconds_median": console.median_step_seconds(),
             "peak_rss_mib": peak_rss_mib(),
@@ -543,7 +562,7 @@ fn model_limit(dir: &std::path::Path) -> Result<usize> {
         return Ok(limit);
     }
     if is_decoder(&model.config.model_type) {
-        return Ok(DecoderConfig::from_dir(dir)?.max_position_embeddings);
+        return Ok(DecoderConfig::of(&model)?.max_position_embeddings);
     }
     Ok(512)
 }

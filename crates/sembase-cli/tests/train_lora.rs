@@ -75,7 +75,9 @@ fn lora_training_exports_an_adapter_that_embed_loads() {
     assert_eq!(config["r"], 4);
     assert_eq!(config["lora_alpha"], 8.0, "alpha defaults to twice the rank");
     assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
-    assert_eq!(read_json(&adapter.join("config.json"))["is_causal"], false);
+    let sbert = read_json(&adapter.join("sentence_bert_config.json"));
+    assert_eq!(sbert["config_kwargs"]["is_causal"], false, "{sbert}");
+    assert!(!adapter.join("config.json").exists(), "transformers would not load the base");
     assert_eq!(
         read_json(&adapter.join("config_sentence_transformers.json"))["prompts"]["query"],
         "the "

@@ -87,7 +87,7 @@ impl LocalEmbedder {
             let device = &options.device;
             let lora = model.adapter.as_ref().map(|a| adapter_weights(a, device)).transpose()?;
             Box::new(load_decoder_dir(
-                &DecoderConfig::from_dir(&model.path)?,
+                &DecoderConfig::of(&model)?,
                 &model.weight_files,
                 options.gguf_dequantize,
                 lora,

@@ -25,6 +25,10 @@ struct ModuleEntry {
 #[derive(Debug, Clone, Default, Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
+    /// Values set over `config.json` when the model loads (sentence-transformers passes
+    /// them to `AutoConfig`), e.g. `is_causal: false` for a bidirectional adapter.
+    #[serde(default)]
+    config_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `config_sentence_transformers.json`.
@@ -56,6 +60,10 @@ pub struct ModelDir {
     pub path: PathBuf,
     /// `config.json`.
     pub config: TransformerConfig,
+    /// `config.json` as the model runs: the directory's own (an adapter directory's base's
+    /// when it has none, as PEFT saves them), with `sentence_bert_config.json`'s
+    /// `config_kwargs` set over it.
+    pub config_json: serde_json::Value,
     /// The transformer's weights: one file or the shards of an index (the base's, for
     /// an adapter directory).
     pub weight_files: Vec<PathBuf>,
@@ -84,7 +92,8 @@ impl ModelDir {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
             });
         }
-        let config = TransformerConfig::from_dir(path)?;
+        let adapter = is_adapter_dir(path).then(|| AdapterDir::open(path)).transpose()?;
+        let weights_dir = adapter.as_ref().map_or(path, |a| a.base.as_path());
         let tokenizer_file = path.join("tokenizer.json");
         if !tokenizer_file.exists() {
             return Err(Error::Unsupported(format!(
@@ -98,8 +107,16 @@ impl ModelDir {
             read_json_if_present(&path.join("config_sentence_transformers.json"))?
                 .unwrap_or_default();
         let (pooling, head) = head_modules(path)?;
-        let adapter = is_adapter_dir(path).then(|| AdapterDir::open(path)).transpose()?;
-        let weights_dir = adapter.as_ref().map_or(path, |a| a.base.as_path());
+        let config_file = match path.join("config.json") {
+            own if own.exists() || adapter.is_none() => own,
+            _ => weights_dir.join("config.json"),
+        };
+        let mut config_json: serde_json::Value = read_json(&config_file)?;
+        if let Some(fields) = config_json.as_object_mut() {
+            fields.extend(sbert.config_kwargs);
+        }
+        let config = serde_json::from_value(config_json.clone())
+            .map_err(|e| Error::Config { path: config_file, message: e.to_string() })?;
         Ok(Self {
             weight_files: weight_files(weights_dir)?,
             adapter,
@@ -107,6 +124,7 @@ impl ModelDir {
             head,
             path: path.to_path_buf(),
             config,
+            config_json,
             tokenizer_file,
             max_seq_length: sbert.max_seq_length,
             prompts: st.prompts,

@@ -24,7 +24,7 @@ pub enum HubError {
     },
 
     /// A directory was given that does not hold a model.
-    #[error("{} is not a model directory (it has no config.json)", .0.display())]
+    #[error("{} is not a model directory (it has no config.json or adapter_config.json)", .0.display())]
     NotAModelDir(PathBuf),
 
     /// A path was given that does not exist.

@@ -253,13 +253,13 @@ impl Store {
     }
 
     /// Turns a model spec into a path: an existing model directory (one with
-    /// config.json) is returned as is; otherwise the spec is a store name, a
+    /// config.json, or a PEFT adapter's adapter_config.json) is returned as is; otherwise the spec is a store name, a
     /// mirror name or a Hugging Face repo id, and its installed directory is
     /// returned. Not installed -> [`HubError::NotInstalled`], whose message says
     /// to run `sembase model pull`.
     pub fn resolve(&self, spec: &str) -> Result<PathBuf, HubError> {
         let path = Path::new(spec);
-        if path.join("config.json").is_file() {
+        if is_model_dir(path) {
             return Ok(path.to_path_buf());
         }
         if path.is_dir() {
@@ -278,7 +278,7 @@ impl Store {
     pub fn pull(&self, spec: &str, options: &PullOptions) -> Result<PathBuf, HubError> {
         let path = Path::new(spec);
         let kind = if path.is_dir() {
-            if !path.join("config.json").is_file() {
+            if !is_model_dir(path) {
                 return Err(HubError::NotAModelDir(path.to_path_buf()));
             }
             Spec::Dir(path.to_path_buf())
@@ -526,6 +526,12 @@ fn dir_store_name(dir: &Path) -> Result<String> {
     } else {
         Err(HubError::BadName(raw))
     }
+}
+
+/// Whether `dir` holds a model: its own `config.json`, or a LoRA adapter's
+/// `adapter_config.json` (PEFT saves no config.json beside it; the base has it).
+fn is_model_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file() || dir.join("adapter_config.json").is_file()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Saving a trained model as a sentence-transformers directory that sembase
 //! serves and Python sentence-transformers loads, with a model card.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use sembase_core::adapter_dir::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
@@ -11,6 +12,9 @@ use crate::error::{Result, TrainError};
 use crate::trainable::TrainableModel;
 use crate::trainer::TrainState;
 use sembase_embed::durable::{self, write_json};
+
+/// The name under which a training prefix the base has no prompt for is saved.
+const DEFAULT_PROMPT: &str = "default";
 
 /// What the model card says about a run.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +35,9 @@ pub struct ModelCard {
     pub dims: Vec<usize>,
     /// The instruction put before queries (anchors) only, saved as the `query` prompt.
     pub query_prompt: Option<String>,
+    /// The prefix every training text got, saved as the default prompt so that a model
+    /// used without naming a prompt embeds as it was trained.
+    pub default_prompt: Option<String>,
     /// Filled from the run: final loss, evaluations, best step.
     pub run: serde_json::Value,
 }
@@ -100,14 +107,14 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         copy_tokenizer_files(source, dir)?;
         copy_if_present(source, dir, "tokenizer_config.json")?;
         match model.decoder() {
-            Some((config, training)) => {
+            // An adapter directory has no config.json, as PEFT saves them: with one,
+            // transformers would take the directory for a whole model and not load the
+            // base. Its attention mask goes to sentence_bert_config.json below.
+            Some((config, training)) if training.merge => {
                 write_decoder_config(model, dir, config)?;
-                if training.merge {
-                    write_merged(model, dir, config, &training.lora)?;
-                } else {
-                    write_adapter(model, dir, &training.lora)?;
-                }
+                write_merged(model, dir, config, &training.lora)?;
             }
+            Some((_, training)) => write_adapter(model, dir, &training.lora)?,
             None => {
                 copy_if_present(source, dir, "config.json")?;
                 model.encoder_vars().save(dir.join("model.safetensors"))?;
@@ -137,19 +144,27 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         }
         write_json(&dir.join("modules.json"), &modules)?;
         let max_seq_length = model.source.max_seq_length.unwrap_or(model.max_tokens());
-        write_json(
-            &dir.join("sentence_bert_config.json"),
-            &serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false}),
-        )?;
+        let mut sbert =
+            serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false});
+        if model.decoder().is_some_and(|(config, _)| !config.is_causal) {
+            // sentence-transformers hands these to AutoConfig (transformers >= 5.2 reads
+            // is_causal), and sembase sets them over config.json when it loads the model.
+            sbert["config_kwargs"] = serde_json::json!({"is_causal": false});
+        }
+        write_json(&dir.join("sentence_bert_config.json"), &sbert)?;
         let mut prompts = model.source.prompts.clone();
         if let Some(query) = &card.query_prompt {
             prompts.insert("query".into(), query.clone());
         }
+        let default_prompt_name = match &card.default_prompt {
+            Some(prefix) => Some(prompt_named(&mut prompts, prefix)),
+            None => model.source.default_prompt_name.clone(),
+        };
         write_json(
             &dir.join("config_sentence_transformers.json"),
             &serde_json::json!({
                 "prompts": prompts,
-                "default_prompt_name": model.source.default_prompt_name,
+                "default_prompt_name": default_prompt_name,
                 "similarity_fn_name": "cosine",
                 "sembase": {"matryoshka_dims": card.dims},
             }),
@@ -157,6 +172,21 @@ pub fn export_model(model: &TrainableModel, out: &Path, card: &ModelCard) -> Res
         let usage = "Load it with `sembase serve --model DIR` or `SentenceTransformer(DIR)`.";
         Ok(durable::write_bytes(&dir.join("README.md"), card.markdown(usage).as_bytes())?)
     })
+}
+
+/// The name of the prompt `text` in `prompts` (the base's own name for it where it has
+/// one, as `query` for e5's `query: `), added as `default` where it has none.
+fn prompt_named(prompts: &mut HashMap<String, String>, text: &str) -> String {
+    let mut names: Vec<&String> =
+        prompts.iter().filter(|(_, p)| *p == text).map(|(n, _)| n).collect();
+    names.sort();
+    match names.first() {
+        Some(name) => name.to_string(),
+        None => {
+            prompts.insert(DEFAULT_PROMPT.into(), text.into());
+            DEFAULT_PROMPT.into()
+        }
+    }
 }
 
 /// The base's `config.json`, with `is_causal: false` when the model was made
@@ -183,7 +213,7 @@ fn write_merged(
     config: &sembase_core::models::DecoderConfig,
     lora: &sembase_core::layers::LoraSpec,
 ) -> Result<()> {
-    let adapters: std::collections::HashMap<String, candle_core::Tensor> = model
+    let adapters: HashMap<String, candle_core::Tensor> = model
         .encoder_vars()
         .data()
         .lock()

@@ -315,7 +315,7 @@ fn load_lora_decoder(
 
 /// The decoder's configuration as trained: the directory's, causal unless bidirectional.
 fn decoder_config(source: &ModelDir, training: &DecoderTraining) -> Result<DecoderConfig> {
-    let mut config = DecoderConfig::from_dir(&source.path)?;
+    let mut config = DecoderConfig::of(source)?;
     if training.bidirectional {
         config.is_causal = false;
     }

@@ -91,11 +91,18 @@ fn lora_trains_and_exports_a_peft_adapter_that_embeds_like_the_live_model() {
             let scale = (adapter["r"].as_u64(), adapter["lora_alpha"].as_f64());
             assert_eq!(scale, (Some(4), Some(8.0)));
         }
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
-        let causal = config.get("is_causal").map(|c| c.as_bool());
-        let want = if bidirectional { Some(Some(false)) } else { None };
-        assert_eq!(causal, want, "is_causal in {config}");
+        // The mask is recorded where sentence-transformers passes it to AutoConfig, and,
+        // for a merged model, in its own config.json too; an adapter has no config.json.
+        let read = |file: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(out.join(file)).unwrap()).unwrap()
+        };
+        let want = if bidirectional { Some(false) } else { None };
+        let sbert = read("sentence_bert_config.json");
+        assert_eq!(sbert["config_kwargs"]["is_causal"].as_bool(), want, "{sbert}");
+        assert_eq!(out.join("config.json").exists(), merge, "config.json only when merged");
+        if merge {
+            assert_eq!(read("config.json")["is_causal"].as_bool(), want);
+        }
         let prompts: serde_json::Value = serde_json::from_slice(
             &std::fs::read(out.join("config_sentence_transformers.json")).unwrap(),
         )

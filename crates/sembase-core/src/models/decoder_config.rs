@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::files::read_json;
+use crate::model_dir::ModelDir;
 
 /// `rope_scaling` of config.json. Older configs name the kind `type`, newer ones `rope_type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -95,6 +96,14 @@ impl DecoderConfig {
     /// Reads `config.json` from a model directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         read_json(&dir.join("config.json"))
+    }
+
+    /// The configuration `model` runs with (see [`ModelDir::config_json`]).
+    pub fn of(model: &ModelDir) -> Result<Self> {
+        serde_json::from_value(model.config_json.clone()).map_err(|e| Error::Config {
+            path: model.path.join("config.json"),
+            message: e.to_string(),
+        })
     }
 
     /// Key/value heads (equal to the query heads without GQA).

@@ -791,7 +791,10 @@ fn local_directories_and_resolve() {
     let err = store.pull(empty.to_str().unwrap(), &PullOptions::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("{} is not a model directory (it has no config.json)", empty.display())
+        format!(
+            "{} is not a model directory (it has no config.json or adapter_config.json)",
+            empty.display()
+        )
     );
     assert!(matches!(store.resolve(empty.to_str().unwrap()), Err(HubError::NotAModelDir(_))));
 
