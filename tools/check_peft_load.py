@@ -5,8 +5,8 @@ For each adapter directory given: the base named by adapter_config.json (safeten
 is loaded with transformers, the adapter with `PeftModel.from_pretrained`, and each
 text is embedded alone with the export's pooling (1_Pooling/config.json: last token or
 mean), normalised when the export has a Normalize module, under a bidirectional mask
-when its config.json says `is_causal: false` (transformers itself ignores that key, so
-it is passed as a 4D mask, as LLM2Vec patches it). The same texts go through
+when its sentence_bert_config.json sets `is_causal: false` (passed here as a 4D mask,
+as LLM2Vec patches it, so that the check does not depend on the transformers version). The same texts go through
 `sembase embed`; prints the lowest cosine and fails below --min-cosine.
 
   .venv-bench/bin/python tools/check_peft_load.py DIR [DIR...] [--texts FILE]
@@ -44,8 +44,8 @@ def normalises(export):
 def peft_vectors(export, texts, adapter=True):
     with open(os.path.join(export, "adapter_config.json")) as f:
         base = json.load(f)["base_model_name_or_path"]
-    with open(os.path.join(export, "config.json")) as f:
-        causal = json.load(f).get("is_causal", True)
+    with open(os.path.join(export, "sentence_bert_config.json")) as f:
+        causal = json.load(f).get("config_kwargs", {}).get("is_causal", True)
     model = AutoModel.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
     model = PeftModel.from_pretrained(model, export).eval()
     tokenizer = Tokenizer.from_file(os.path.join(export, "tokenizer.json"))
