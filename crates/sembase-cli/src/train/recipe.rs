@@ -39,6 +39,7 @@ const EVALUATIONS: usize = 5;
 const DEFAULT_BUDGET_MINUTES: f64 = 60.0;
 
 /// One training file of the recipe, with the objective it trains.
+#[derive(Clone)]
 struct Part {
     objective: Objective,
     path: PathBuf,
@@ -75,7 +76,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
     let mut mix: Vec<Part> = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        mix.push(Part { objective: part.objective, path: part.path.clone() });
+        mix.push(part.clone());
         if matches!(part.objective, Objective::Sts | Objective::Pairs) {
             let triplets = work.join(format!("mined-{i}.tsv"));
             let report = mine(args, &part.path, &triplets, &work.join(format!("mine-{i}.json")))?;
@@ -200,8 +201,7 @@ fn carve_held_out(parts: &[Part], work: &Path, seed: u64) -> Result<(Vec<Part>, 
     };
     let held_out = HeldOut { path: write("held-out.tsv", held_rows)?, rows: held };
     let train_path = write("train.tsv", train_rows)?;
-    let mut kept: Vec<Part> =
-        parts.iter().map(|p| Part { objective: p.objective, path: p.path.clone() }).collect();
+    let mut kept = parts.to_vec();
     kept[first].path = train_path;
     Ok((kept, held_out))
 }
