@@ -84,14 +84,8 @@ impl GgufMatrix {
     /// is dequantised in each pass that reads it, and only the input gets a gradient.
     fn forward_in_graph(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
         let matrix = self.clone();
-        let weight: FrozenMatrix = Arc::new(move || match &matrix {
-            Self::Q4_1(weights) => Tensor::from_vec(
-                weights.dequantise(),
-                (weights.out_dim(), weights.in_dim()),
-                &Device::Cpu,
-            ),
-            other => other.dequantised().map_err(candle_core::Error::wrap)?.contiguous(),
-        });
+        let weight: FrozenMatrix =
+            Arc::new(move || matrix.dequantised().map_err(candle_core::Error::wrap)?.contiguous());
         let (in_dim, out_dim) = (x.dim(D::Minus1)?, self.out_dim()?);
         let bias = Tensor::zeros(out_dim, DType::F32, x.device())?;
         let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, weight, &bias)?;
@@ -114,18 +108,14 @@ impl GgufMatrix {
         Linear::new(LinearWeights { weight: self.dequantised()?, bias: None })?.forward(x)
     }
 
-    /// The CPU matrix in f32, `(out, in)` (a view of `W^T` storage where that is cheaper).
+    /// The CPU matrix in f32, `(out, in)` row-major as stored.
     fn dequantised(&self) -> Result<Tensor> {
         match self {
-            Self::Q4_1(weights) => {
-                let (out_dim, in_dim) = (weights.out_dim(), weights.in_dim());
-                Ok(Tensor::from_vec(
-                    weights.dequantise_transposed(),
-                    (in_dim, out_dim),
-                    &Device::Cpu,
-                )?
-                .t()?)
-            }
+            Self::Q4_1(weights) => Ok(Tensor::from_vec(
+                weights.dequantise(),
+                (weights.out_dim(), weights.in_dim()),
+                &Device::Cpu,
+            )?),
             Self::Mapped(tensor) => {
                 Ok(tensor.to_qtensor(&Device::Cpu)?.dequantize(&Device::Cpu)?)
             }
