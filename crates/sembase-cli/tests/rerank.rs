@@ -4,7 +4,7 @@
 //! the score of the reference pair, the index mapping back to the input and the order.
 
 mod run;
-use run::{read_json, sembase};
+use run::{one_line_failure, read_json, sembase};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -48,14 +48,6 @@ fn succeeded(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rerank failed: {stderr}");
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The one line a failing run writes to stderr.
-fn failed(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success(), "succeeded: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    stderr
 }
 
 #[test]
@@ -133,7 +125,7 @@ fn bad_models_and_inputs_are_one_line_errors() {
     let cross = cross_encoder();
     let run = |model: &Path, query: &str, input: &str| {
         let args = ["--model", model.to_str().unwrap(), "--query", query, "--input", input];
-        failed(&rerank(&dir, &args, ""))
+        one_line_failure(&rerank(&dir, &args, ""))
     };
 
     let message = run(&bi_encoder, "boat", "candidates.txt");
@@ -201,7 +193,10 @@ fn eval_and_search_rerank_a_bi_encoders_candidates() {
     std::fs::write(dir.join("sts.tsv"), "s1\ts2\tscore\na\tb\t1\n").unwrap();
     let out =
         sembase(&dir, &["eval", "--model", "missing", "--task", "sts:sts.tsv", "--rerank", ce]);
-    assert_eq!(failed(&out), "error: --rerank applies to retrieval tasks only, not sts:sts.tsv");
+    assert_eq!(
+        one_line_failure(&out),
+        "error: --rerank applies to retrieval tasks only, not sts:sts.tsv"
+    );
 
     let build =
         ["index", "build", "--model", bi, "--corpus", "beir/corpus.jsonl", "--output", "index"];

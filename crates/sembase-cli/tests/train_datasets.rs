@@ -3,6 +3,9 @@
 //! and row counts in the JSON report and the model card; a bad prefix or a missing file
 //! is one clear line.
 
+mod run;
+use run::one_line_failure;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -46,14 +49,6 @@ fn train(dir: &Path, args: &[&str]) -> Output {
         .args(["--model", tiny_bert().to_str().unwrap(), "--max-length", "16"])
         .output()
         .unwrap()
-}
-
-/// The one line a failing run writes to stderr.
-fn failed(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success(), "succeeded: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    stderr
 }
 
 #[test]
@@ -101,7 +96,9 @@ fn two_datasets_train_together_and_are_listed_with_their_objectives() {
 #[test]
 fn bad_data_specs_and_missing_files_are_one_line_errors() {
     let dir = scratch("errors");
-    let run = |args: &[&str]| failed(&train(&dir, &[&["sts"], args, &["--output", "o"]].concat()));
+    let run = |args: &[&str]| {
+        one_line_failure(&train(&dir, &[&["sts"], args, &["--output", "o"]].concat()))
+    };
     assert_eq!(
         run(&["--data", "bogus:sts.tsv"]),
         "error: --data bogus:sts.tsv: unknown objective `bogus` (expected simcse, pairs, triplets or sts)"

@@ -4,10 +4,9 @@
 //! clear line.
 
 mod run;
-use run::{read_json, sembase};
+use run::{failure, read_json, sembase};
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use serde_json::Value;
 
@@ -22,24 +21,19 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures").join(name)
 }
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sembase-cli-train-lora-{}", std::process::id()));
+/// A directory of the test `tag` alone: the tests run in parallel in one process.
+fn scratch(tag: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("sembase-cli-train-lora-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("pairs.tsv"), PAIRS).unwrap();
     dir
 }
 
-/// The last line a failing run writes to stderr.
-fn failed(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success(), "succeeded: {stderr}");
-    stderr
-}
-
 #[test]
 fn lora_training_exports_an_adapter_that_embed_loads() {
-    let dir = scratch();
+    let dir = scratch("export");
     let model = fixture("tiny-llama");
     let out = sembase(
         &dir,
@@ -105,7 +99,7 @@ fn lora_training_exports_an_adapter_that_embed_loads() {
 
 #[test]
 fn wrong_lora_combinations_are_refused() {
-    let dir = scratch();
+    let dir = scratch("refused");
     let llama = fixture("tiny-llama");
     let bert = fixture("tiny-bert");
     let train = |model: &Path, extra: &[&str]| {
@@ -114,15 +108,15 @@ fn wrong_lora_combinations_are_refused() {
         args.extend(extra);
         sembase(&dir, &args)
     };
-    let err = failed(&train(&llama, &[]));
+    let err = failure(&train(&llama, &[]));
     assert!(err.contains("add --lora RANK"), "{err}");
-    let err = failed(&train(&bert, &["--lora", "4"]));
+    let err = failure(&train(&bert, &["--lora", "4"]));
     assert!(err.contains("decoder models"), "{err}");
-    let err = failed(&train(&llama, &["--lora", "4", "--lora-targets", "lm_head"]));
+    let err = failure(&train(&llama, &["--lora", "4", "--lora-targets", "lm_head"]));
     assert!(err.contains("lm_head"), "{err}");
-    let err = failed(&train(&llama, &["--lora", "0"]));
+    let err = failure(&train(&llama, &["--lora", "0"]));
     assert!(err.contains("rank must be at least 1"), "{err}");
-    let err = failed(&train(&llama, &["--bidirectional"]));
+    let err = failure(&train(&llama, &["--bidirectional"]));
     assert!(err.contains("--lora"), "{err}");
     assert!(!dir.join("o").exists(), "a refused run wrote an output");
 }

@@ -97,6 +97,7 @@ fn the_recipe_holds_out_mines_trains_and_records_every_step() {
     let training = &steps[4];
     assert_eq!(training["steps"], 5);
     assert_eq!(training["data"].as_array().unwrap().len(), 2, "scored pairs and mined triplets");
+    assert_eq!(training["sampling"], "proportional", "{training}");
     assert!(training["best"][0].as_u64().is_some(), "no checkpoint was chosen: {training}");
 
     // The held-out rows are not in the file trained on.
@@ -111,6 +112,8 @@ fn the_recipe_holds_out_mines_trains_and_records_every_step() {
 
     let card = std::fs::read_to_string(dir.join("model/README.md")).unwrap();
     assert!(card.contains("## Recipe"), "{card}");
+    // The training run itself drew the files by their size (its hyper-parameters).
+    assert!(card.contains("\"sampling\": \"proportional\""), "{card}");
     let config = read_json(&dir.join("model/config_sentence_transformers.json"));
     let name = config["default_prompt_name"].as_str().expect("the prefix as default prompt");
     assert_eq!(config["prompts"][name], "the ");

@@ -1,4 +1,6 @@
 //! Running the `sembase` binary from the CLI tests.
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -18,4 +20,18 @@ pub fn sembase(dir: &Path, args: &[&str]) -> Output {
 /// A JSON file's value.
 pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The stderr of a run that must have failed, trimmed.
+pub fn failure(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    stderr
+}
+
+/// The one line a run that must have failed writes to stderr.
+pub fn one_line_failure(out: &Output) -> String {
+    let stderr = failure(out);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
 }
