@@ -8,7 +8,8 @@
 # peer). Prints one table with the ratios.
 #
 #   make bench-env                       # once: .venv-bench with bench/requirements.txt (peft)
-#   bench/decoder_lora.sh                # STEPS=200 BATCH=8 EVAL_PAIRS=1500 THREADS=2
+#   bench/decoder_lora.sh                # STEPS=200 BATCH=8 EVAL_PAIRS=1500 THREADS=2 SEED=42
+#   SEED=7 VARIANTS=bidirectional bench/decoder_lora.sh   # another seed, one variant
 # Needs `target/release/sembase model pull smollm2-135m` and ../shared/data beside the
 # repository. The peer's weights are the same GGUF dequantised into Hugging Face layout
 # by ../shared/tools/reference/gguf_llama_to_hf.py (made once into bench/out/smollm2-hf).
@@ -20,13 +21,15 @@ STEPS=${STEPS:-200}
 BATCH=${BATCH:-8}
 EVAL_PAIRS=${EVAL_PAIRS:-1500}
 THREADS=${THREADS:-2}
+SEED=${SEED:-42}
+VARIANTS=${VARIANTS:-causal bidirectional}
 PYTHON=${PYTHON:-.venv-bench/bin/python}
 "$PYTHON" -c "import peft" 2>/dev/null || { echo "$PYTHON with peft not found: run \`make bench-env\`" >&2; exit 1; }
 DIR=${SEMBASE_HOME:-$HOME/.cache/sembase}/models/smollm2-135m
 GGUF=$DIR/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$GGUF" ] || { echo "no $GGUF: run \`target/release/sembase model pull smollm2-135m\`" >&2; exit 1; }
 DATA=${SEMBASE_DATA:-../shared/data}/en
-OUT=bench/out/decoder_lora
+OUT=bench/out/decoder_lora-seed$SEED
 mkdir -p "$OUT"
 cargo build --release -p sembase-cli >&2
 BIN=target/release/sembase
@@ -42,10 +45,10 @@ evaluate() {  # MODEL JSON
     --threads "$THREADS" --json "$2" >&2
 }
 RECIPE=(--lora 16 --lora-alpha 32 --lora-dropout 0.05 --batch-size "$BATCH" --lr 1e-4
-        --warmup-ratio 0.1 --temperature 0.05 --max-length 64 --seed 42 --threads "$THREADS")
+        --warmup-ratio 0.1 --temperature 0.05 --max-length 64 --seed "$SEED" --threads "$THREADS")
 
 grep -m1 "model name" /proc/cpuinfo >&2
-for variant in causal bidirectional; do
+for variant in $VARIANTS; do
   case $variant in
     causal) flags=(--pooling last); peer_flags=(--pooling last) ;;
     bidirectional) flags=(--pooling mean --bidirectional); peer_flags=(--pooling mean --bidirectional) ;;
@@ -63,23 +66,24 @@ for variant in causal bidirectional; do
   echo "== PyTorch + PEFT, $variant" >&2
   "$PYTHON" bench/decoder_lora_peer.py --hf-model "$HF" --data "$DATA/snli-triplets/train.tsv" \
     --steps "$STEPS" --batch-size "$BATCH" --lora-rank 16 --lora-alpha 32 --lora-dropout 0.05 \
-    --lr 1e-4 --warmup-ratio 0.1 --scale 20 --max-length 64 --seed 42 --threads "$THREADS" \
+    --lr 1e-4 --warmup-ratio 0.1 --scale 20 --max-length 64 --seed "$SEED" --threads "$THREADS" \
     --eval-limit "$EVAL_PAIRS" "${peer_flags[@]}" --json "$OUT/peer-$variant.json" >&2
 done
 
-"$PYTHON" - "$OUT" "$STEPS" "$BATCH" "$EVAL_PAIRS" <<'EOF'
+"$PYTHON" - "$OUT" "$STEPS" "$BATCH" "$EVAL_PAIRS" "$SEED" $VARIANTS <<'EOF'
 import json, re, sys
 from pathlib import Path
-out, steps, batch, pairs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+out, steps, batch, pairs, seed = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+variants = sys.argv[6:]
 def spearman(path):
     results = json.loads(Path(path).read_text())["results"]
     return {("stsb" if "stsb" in r["task"] else "sickr"): r["metrics"]["spearman"] for r in results}
 def peak_mib(path):
     text = Path(path).read_text()
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
-print(f"SmolLM2-135M LoRA r16, {steps} steps of {batch} SNLI triplets; Spearman on the first {pairs} pairs of each test set")
+print(f"SmolLM2-135M LoRA r16, {steps} steps of {batch} SNLI triplets, seed {seed}; Spearman on the first {pairs} pairs of each test set")
 print(f"{'run':<32}{'STS-B before':>13}{'after':>8}{'SICK-R before':>15}{'after':>8}{'s/step':>9}{'peak MiB':>10}")
-for variant in ["causal", "bidirectional"]:
+for variant in variants:
     ours_before = spearman(out / f"sembase-{variant}-before.json")
     ours_after = spearman(out / f"sembase-{variant}-after.json")
     ours_step = json.loads((out / f"sembase-{variant}-train.json").read_text())["step_seconds_median"]
@@ -98,6 +102,8 @@ for variant in ["causal", "bidirectional"]:
 # gradient, no weight gradient); activations with layers x (hidden + MLP width); the base
 # is mapped (Q4_1: 20 bytes per 32 weights, bf16: 2 bytes) and one matrix at a time is
 # expanded to f32 on top. FIXED_MIB is what serving SmolLM2-135M Q4_1 takes (README).
+if "causal" not in variants:
+    sys.exit(0)
 FIXED_MIB = 150
 smol = dict(params=134.5e6, non_embedding=106.2e6, layers=30, hidden=576, mlp=1536)
 bases = {
