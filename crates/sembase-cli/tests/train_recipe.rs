@@ -7,7 +7,7 @@ mod run;
 use run::{read_json, sembase};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// The model the recipe runs on: mining needs one whose neighbours differ (the tiny
 /// random BERT scores every text alike, so the 95% guard drops every candidate).
@@ -48,25 +48,36 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-/// `sembase train recipe` on `model` with `extra` flags; `store` keeps the user's model
-/// store, else an empty one.
-fn recipe(dir: &Path, model: &str, store: bool, extra: &[&str]) -> Output {
+/// `sembase train recipe` on `model` with `extra` flags and an empty store.
+fn recipe(dir: &Path, model: &str, extra: &[&str]) -> Output {
     let args = ["train", "recipe", "--model", model, "--max-length", "16", "--batch-size", "4"];
-    let args = [&args[..], extra].concat();
-    if store {
-        Command::new(env!("CARGO_BIN_EXE_sembase")).current_dir(dir).args(args).output().unwrap()
-    } else {
-        sembase(dir, &args)
-    }
+    sembase(dir, &[&args[..], extra].concat())
+}
+
+/// `train recipe` with the user's store from a copy of the binary that is deleted once
+/// it runs, as an upgrade replaces the file under an hour-long recipe: every step must
+/// still start.
+fn recipe_from_a_deleted_binary(dir: &Path, extra: &[&str]) -> Output {
+    let binary = dir.join("sembase-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_sembase"), &binary).unwrap();
+    let args = ["train", "recipe", "--model", MODEL, "--max-length", "16", "--batch-size", "4"];
+    let child = Command::new(&binary)
+        .current_dir(dir)
+        .args(args)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::remove_file(&binary).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 #[test]
 fn the_recipe_holds_out_mines_trains_and_records_every_step() {
     let dir = scratch("run");
-    let out = recipe(
+    let out = recipe_from_a_deleted_binary(
         &dir,
-        MODEL,
-        true,
         &["--data", "sts.tsv", "--max-steps", "5", "--prefix", "the ", "--output", "model"],
     );
     assert!(
@@ -131,7 +142,7 @@ fn wrong_recipes_are_refused_in_one_line() {
         (&["--data", "sts.tsv", "--budget-minutes", "0"], "--budget-minutes must be positive"),
     ];
     for (flags, message) in cases {
-        let out = recipe(&dir, &tiny_bert(), false, &[flags, &["--output", "model"]].concat());
+        let out = recipe(&dir, &tiny_bert(), &[flags, &["--output", "model"]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flags:?} succeeded");
         let last = stderr.trim_end().lines().last().unwrap_or("");

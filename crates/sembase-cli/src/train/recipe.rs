@@ -95,7 +95,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
     }
 
-    let probe = train(args, &mix, &work.join("probe"), Schedule::Probe)?;
+    let probe = train(args, &mix, &work.join("probe"), &work.join("probe.json"), Schedule::Probe)?;
     let step_seconds = probe["step_seconds_median"].as_f64().unwrap_or(f64::NAN);
     let max_steps = match args.max_steps {
         Some(steps) => steps,
@@ -121,7 +121,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let batch = args.batch_size.unwrap_or(sembase_train::LoopConfig::default().batch_size);
     let epochs = args.epochs.unwrap_or((max_steps * batch).div_ceil(rows.max(1) as usize) + 1);
     let schedule = Schedule::Final { max_steps, epochs, task: &task };
-    let report = train(args, &mix, &args.output, schedule)?;
+    let report = train(args, &mix, &args.output, &work.join("train.json"), schedule)?;
     let tuned = evaluate(args, &args.output.display().to_string(), &task, &work.join("eval.json"))?;
     steps.push(json!({
         "step": "training", "data": mix.iter().map(Part::spec).collect::<Vec<_>>(),
@@ -215,11 +215,22 @@ fn carve_held_out(parts: &[Part], work: &Path, seed: u64) -> Result<(Vec<Part>, 
 
 /// The binary itself, with the compute flags of the recipe.
 fn sembase(args: &TrainArgs) -> Result<Command> {
-    let mut command = Command::new(std::env::current_exe().context("finding the sembase binary")?);
+    let mut command = Command::new(own_binary()?);
     if let Some(threads) = args.threads {
         command.env("RAYON_NUM_THREADS", threads.to_string());
     }
     Ok(command)
+}
+
+/// This very binary. On Linux `/proc/self/exe`, which still runs it after its file was
+/// replaced (an upgrade or a rebuild during an hour-long recipe: the path
+/// `current_exe` gives then names a deleted file, and every later step failed to start).
+fn own_binary() -> Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe().context("finding the sembase binary")
 }
 
 /// Runs `command`, failing with its name when it fails (its own messages went to stderr).
@@ -271,15 +282,20 @@ enum Schedule<'a> {
     Final { max_steps: usize, epochs: usize, task: &'a str },
 }
 
-/// `train sts` on the whole mix; returns its JSON report.
-fn train(args: &TrainArgs, mix: &[Part], output: &Path, schedule: Schedule) -> Result<Value> {
-    let json = PathBuf::from(format!("{}.json", output.display()));
+/// `train sts` on the whole mix into `output`; returns its JSON report, kept as `json`.
+fn train(
+    args: &TrainArgs,
+    mix: &[Part],
+    output: &Path,
+    json: &Path,
+    schedule: Schedule,
+) -> Result<Value> {
     let mut command = sembase(args)?;
     command.args(["train", "sts", "--model", &args.model, "--sampling", SAMPLING.name()]);
     for part in mix {
         command.arg("--data").arg(part.spec());
     }
-    command.arg("--output").arg(output).arg("--json").arg(&json);
+    command.arg("--output").arg(output).arg("--json").arg(json);
     let optional = [
         ("--prefix", args.prefix.clone()),
         ("--batch-size", args.batch_size.map(|v| v.to_string())),
@@ -312,7 +328,7 @@ fn train(args: &TrainArgs, mix: &[Part], output: &Path, schedule: Schedule) -> R
             checked(command, "training")?;
         }
     }
-    read_json(&json)
+    read_json(json)
 }
 
 /// Adds the recipe's steps and figures to the output's model card.
