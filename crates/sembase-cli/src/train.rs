@@ -231,6 +231,12 @@ impl Console {
         times.sort_by(f64::total_cmp);
         times.get(times.len() / 2).copied()
     }
+
+    /// The mean wall time of one optimisation step, evaluations excluded.
+    fn mean_step_seconds(&self) -> Option<f64> {
+        let times = self.step_seconds.borrow();
+        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)
+    }
 }
 
 impl TrainObserver for Console {
@@ -517,6 +523,7 @@ fn run_loop(
             "output": args.output,
             "seconds": console.started.elapsed().as_secs_f64(),
             "step_seconds_median": console.median_step_seconds(),
+            "step_seconds_mean": console.mean_step_seconds(),
             "peak_rss_mib": peak_rss_mib(),
             "datasets": card.hyperparameters.get("datasets"),
         });

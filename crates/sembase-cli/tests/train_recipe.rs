@@ -61,14 +61,20 @@ fn recipe_from_a_deleted_binary(dir: &Path, extra: &[&str]) -> Output {
     let binary = dir.join("sembase-copy");
     std::fs::copy(env!("CARGO_BIN_EXE_sembase"), &binary).unwrap();
     let args = ["train", "recipe", "--model", MODEL, "--max-length", "16", "--batch-size", "4"];
-    let child = Command::new(&binary)
-        .current_dir(dir)
-        .args(args)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(&binary);
+    command.current_dir(dir).args(args).args(extra);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A test thread forking at the moment of the copy keeps a write handle on the new
+    // file until it execs, and the kernel refuses to run a file open for writing.
+    let child = (0..50)
+        .find_map(|_| match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            }
+            other => Some(other.unwrap()),
+        })
+        .expect("the copied binary stayed busy");
     std::fs::remove_file(&binary).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -111,8 +117,13 @@ fn the_recipe_holds_out_mines_trains_and_records_every_step() {
     assert_eq!(training["sampling"], "proportional", "{training}");
     assert!(training["best"][0].as_u64().is_some(), "no checkpoint was chosen: {training}");
 
-    // The held-out rows are not in the file trained on.
+    // The budget is fitted from the mean of ten timed steps.
     let work = dir.join("model.recipe");
+    let probe = read_json(&work.join("probe.json"));
+    assert_eq!(probe["steps"], 10, "{probe}");
+    assert_eq!(steps[3]["seconds_per_step"], probe["step_seconds_mean"]);
+
+    // The held-out rows are not in the file trained on.
     let held = std::fs::read_to_string(work.join("held-out.tsv")).unwrap();
     let trained = std::fs::read_to_string(work.join("train.tsv")).unwrap();
     assert_eq!(held.lines().count() + trained.lines().count(), 40 + 2, "rows lost or doubled");
