@@ -4,7 +4,7 @@
 //! is one clear line.
 
 mod run;
-use run::one_line_failure;
+use run::{one_line_failure, training_fixture};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,10 +26,6 @@ a big dog\tthe big dog ran\ta small bird\n\
 red sun\tthe sun is red\tthe green tree\n\
 blue sky\tthe sky is blue\ta slow dog\n";
 
-fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures/tiny-bert")
-}
-
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sembase-cli-train-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -46,7 +42,7 @@ fn train(dir: &Path, args: &[&str]) -> Output {
         .env("SEMBASE_HOME", dir.join("empty-store"))
         .arg("train")
         .args(args)
-        .args(["--model", tiny_bert().to_str().unwrap(), "--max-length", "16"])
+        .args(["--model", training_fixture("tiny-bert").to_str().unwrap(), "--max-length", "16"])
         .output()
         .unwrap()
 }

@@ -4,7 +4,7 @@
 //! clear line.
 
 mod run;
-use run::{failure, read_json, sembase};
+use run::{failure, read_json, sembase, training_fixture};
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +16,6 @@ a big dog ran far away\tthe big dog ran away\t1\n\
 the bird flew over the tree\ta bird flew over a green tree\t1\n\
 the sky is blue\tblue is the sky\t1\n\
 a small red cat ran home\tthe small red cat ran fast home\t1\n";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures").join(name)
-}
 
 /// A directory of the test `tag` alone: the tests run in parallel in one process.
 fn scratch(tag: &str) -> PathBuf {
@@ -34,7 +30,7 @@ fn scratch(tag: &str) -> PathBuf {
 #[test]
 fn lora_training_exports_an_adapter_that_embed_loads() {
     let dir = scratch("export");
-    let model = fixture("tiny-llama");
+    let model = training_fixture("tiny-llama");
     let out = sembase(
         &dir,
         &[
@@ -100,8 +96,8 @@ fn lora_training_exports_an_adapter_that_embed_loads() {
 #[test]
 fn wrong_lora_combinations_are_refused() {
     let dir = scratch("refused");
-    let llama = fixture("tiny-llama");
-    let bert = fixture("tiny-bert");
+    let llama = training_fixture("tiny-llama");
+    let bert = training_fixture("tiny-bert");
     let train = |model: &Path, extra: &[&str]| {
         let mut args = vec!["train", "pairs", "--model", model.to_str().unwrap()];
         args.extend(["--data", "pairs.tsv", "--output", "o", "--max-steps", "1"]);

@@ -4,9 +4,9 @@
 //! given by hand, and not as with no prefix.
 
 mod run;
-use run::{read_json, sembase};
+use run::{read_json, sembase, training_fixture};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const STS: &str = "sentence1\tsentence2\tscore\n\
 a red bird sat\tthe red bird sat\t5\n\
@@ -15,10 +15,6 @@ a small cat ran\tthe small cat ran far\t4\n\
 green tree\tblue sun\t1\n\
 the bird flew away\ta bird flew far away\t4.5\n\
 a big dog sat\tthe blue mat\t1.5\n";
-
-fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures/tiny-bert")
-}
 
 /// `sembase ARGS` in `dir`, which must succeed.
 fn succeed(dir: &Path, args: &[&str]) {
@@ -41,7 +37,7 @@ fn the_training_prefix_becomes_the_default_prompt_that_eval_uses() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("sts.tsv"), STS).unwrap();
-    let model = tiny_bert();
+    let model = training_fixture("tiny-bert");
     let train = ["train", "sts", "--model", model.to_str().unwrap(), "--data", "sts.tsv"];
     let rest = ["--max-length", "16", "--batch-size", "3", "--max-steps", "2", "--prefix"];
     succeed(&dir, &[&train[..], &rest, &["the bird ", "--output", "out"]].concat());

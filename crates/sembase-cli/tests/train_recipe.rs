@@ -4,7 +4,7 @@
 //! itself, data with nothing to hold out and a budget too small are one clear line.
 
 mod run;
-use run::{read_json, sembase};
+use run::{failure, read_json, sembase, training_fixture};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -35,9 +35,7 @@ fn sts_rows() -> String {
 }
 
 fn tiny_bert() -> String {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures/tiny-bert");
-    path.to_str().unwrap().to_string()
+    training_fixture("tiny-bert").to_str().unwrap().to_string()
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -48,10 +46,12 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+/// Small batches and texts, for every recipe of these tests.
+const SMALL: [&str; 4] = ["--max-length", "16", "--batch-size", "4"];
+
 /// `sembase train recipe` on `model` with `extra` flags and an empty store.
 fn recipe(dir: &Path, model: &str, extra: &[&str]) -> Output {
-    let args = ["train", "recipe", "--model", model, "--max-length", "16", "--batch-size", "4"];
-    sembase(dir, &[&args[..], extra].concat())
+    sembase(dir, &[&["train", "recipe", "--model", model], &SMALL[..], extra].concat())
 }
 
 /// `train recipe` with the user's store from a copy of the binary that is deleted once
@@ -60,9 +60,8 @@ fn recipe(dir: &Path, model: &str, extra: &[&str]) -> Output {
 fn recipe_from_a_deleted_binary(dir: &Path, extra: &[&str]) -> Output {
     let binary = dir.join("sembase-copy");
     std::fs::copy(env!("CARGO_BIN_EXE_sembase"), &binary).unwrap();
-    let args = ["train", "recipe", "--model", MODEL, "--max-length", "16", "--batch-size", "4"];
     let mut command = Command::new(&binary);
-    command.current_dir(dir).args(args).args(extra);
+    command.current_dir(dir).args(["train", "recipe", "--model", MODEL]).args(SMALL).args(extra);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     // A test thread forking at the moment of the copy keeps a write handle on the new
     // file until it execs, and the kernel refuses to run a file open for writing.
@@ -154,9 +153,8 @@ fn wrong_recipes_are_refused_in_one_line() {
     ];
     for (flags, message) in cases {
         let out = recipe(&dir, &tiny_bert(), &[flags, &["--output", "model"]].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{flags:?} succeeded");
-        let last = stderr.trim_end().lines().last().unwrap_or("");
+        let stderr = failure(&out);
+        let last = stderr.lines().last().unwrap_or("");
         assert!(last.contains(message), "{flags:?}: {stderr}");
     }
     let model = tiny_bert();

@@ -2,7 +2,7 @@
 // Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -15,6 +15,11 @@ pub fn sembase(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// A model directory of sembase-train's test fixtures (`tiny-bert`, `tiny-llama`).
+pub fn training_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sembase-train/tests/fixtures").join(name)
 }
 
 /// A JSON file's value.
