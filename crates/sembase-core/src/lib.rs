@@ -12,7 +12,7 @@ pub mod batching;
 pub mod cross_encoder;
 pub mod dense;
 pub mod device;
-mod files;
+pub mod files;
 pub mod kernels;
 pub mod layers;
 pub mod local;

@@ -24,6 +24,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use sembase_core::files::read_json;
 use sembase_train::{DataSpec, Objective, Sampling};
 use serde_json::{json, Value};
 
@@ -244,11 +245,6 @@ fn checked(mut command: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
 /// Spearman of `model` on the sts `task`, with the recipe's prefix on both sides.
 fn evaluate(args: &TrainArgs, model: &str, task: &str, json: &Path) -> Result<f64> {
     let mut command = sembase(args)?;
@@ -257,7 +253,7 @@ fn evaluate(args: &TrainArgs, model: &str, task: &str, json: &Path) -> Result<f6
         command.args(["--query-prefix", prefix]);
     }
     checked(command, &format!("evaluating {model}"))?;
-    let report = read_json(json)?;
+    let report: Value = read_json(json)?;
     report["results"][0]["metrics"]["spearman"]
         .as_f64()
         .with_context(|| format!("{}: no Spearman", json.display()))
@@ -275,7 +271,7 @@ fn mine(args: &TrainArgs, data: &Path, output: &Path, json: &Path) -> Result<Val
         command.args(["--prefix", prefix]);
     }
     checked(command, &format!("mining hard negatives for {}", data.display()))?;
-    read_json(json)
+    Ok(read_json(json)?)
 }
 
 /// A timing run, or the final run with evaluations on the held-out `task`.
@@ -330,7 +326,7 @@ fn train(
             checked(command, "training")?;
         }
     }
-    read_json(json)
+    Ok(read_json(json)?)
 }
 
 /// Adds the recipe's steps and figures to the output's model card.
