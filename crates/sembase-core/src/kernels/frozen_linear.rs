@@ -20,11 +20,15 @@ const OP: &str = "frozen linear";
 /// layout a quantised or half-precision matrix expands into fastest).
 pub type FrozenMatrix = Arc<dyn Fn() -> Result<Tensor> + Send + Sync>;
 
-/// `x W^T + b` with `W` from `weight` and `b` `(out)`, neither trained.
-struct FrozenLinear {
-    weight: FrozenMatrix,
-    bias: Tensor,
+/// A frozen map in f32 on the CPU: its matrix and its bias `(out)` (zeros when it has none).
+#[derive(Clone)]
+pub struct FrozenMap {
+    pub weight: FrozenMatrix,
+    pub bias: Tensor,
 }
+
+/// `x W^T + b` with a frozen map, neither part trained.
+struct FrozenLinear(FrozenMap);
 
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
@@ -33,8 +37,8 @@ impl CustomOp1 for FrozenLinear {
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, in_dim) = xl.shape().dims2()?;
-        let weight = (self.weight)()?;
-        let (w, b) = (HostF32::of(&weight)?, HostF32::of(&self.bias)?);
+        let weight = (self.0.weight)()?;
+        let (w, b) = (HostF32::of(&weight)?, HostF32::of(&self.0.bias)?);
         let out_dim = b.len();
         if w.len() != in_dim * out_dim {
             candle_core::bail!("{OP}: x {:?} does not fit a {out_dim}-wide map", xl.shape());
@@ -46,7 +50,7 @@ impl CustomOp1 for FrozenLinear {
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (rows, in_dim) = x.dims2()?;
-        let weight = (self.weight)()?;
+        let weight = (self.0.weight)()?;
         let (w, g) = (HostF32::of(&weight)?, HostF32::of(grad)?);
         let out_dim = w.len() / in_dim.max(1);
         // dx (rows x in) = g (rows x out) . W (out x in).
@@ -62,16 +66,27 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
-/// `x W^T + b` for an f32 CPU `x` `(rows, in)` in a gradient graph, with the frozen
-/// matrix `weight` and `bias` `(out)` f32 on the CPU.
-pub fn linear(x: &Tensor, weight: FrozenMatrix, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenLinear { weight, bias: bias.contiguous()? })
+/// `x W^T + b` for an f32 CPU `x` `(rows, in)` in a gradient graph, with a frozen map.
+pub fn linear(x: &Tensor, map: &FrozenMap) -> Result<Tensor> {
+    let map = FrozenMap { weight: map.weight.clone(), bias: map.bias.contiguous()? };
+    x.contiguous()?.apply_op1(FrozenLinear(map))
 }
 
-/// A matrix already held in f32, `(out, in)`.
-pub fn held(weight: &Tensor) -> Result<FrozenMatrix> {
-    let weight = weight.contiguous()?;
-    Ok(Arc::new(move || Ok(weight.clone())))
+impl FrozenMap {
+    /// The map with `weight` `(out, in)` already held in f32, and `bias` (none: zeros).
+    pub fn held(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let bias = Self::bias_or_zeros(bias, weight.dim(0)?)?;
+        let weight = weight.contiguous()?;
+        Ok(Self { weight: Arc::new(move || Ok(weight.clone())), bias })
+    }
+
+    /// `bias` in f32, or `out_dim` zeros when there is none.
+    pub fn bias_or_zeros(bias: Option<&Tensor>, out_dim: usize) -> Result<Tensor> {
+        match bias {
+            Some(b) => b.to_dtype(candle_core::DType::F32),
+            None => Tensor::zeros(out_dim, candle_core::DType::F32, &Device::Cpu),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +102,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 0.3, (out_dim, in_dim), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.3, out_dim, &dev).unwrap();
-        let ours = linear(x.as_tensor(), held(&w).unwrap(), &b).unwrap();
+        let ours = linear(x.as_tensor(), &FrozenMap::held(&w, Some(&b)).unwrap()).unwrap();
         let theirs = x.as_tensor().matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         assert!(largest(&ours, &theirs) < 1e-4, "forward differs");
         let weights = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();

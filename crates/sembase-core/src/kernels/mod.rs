@@ -11,6 +11,7 @@ pub(crate) mod cpu_lookup;
 pub(crate) mod cpu_norm;
 pub(crate) mod fast_math;
 pub(crate) mod frozen_linear;
+pub(crate) mod frozen_lora;
 pub mod int8_linear;
 pub(crate) mod kernel_io;
 pub(crate) mod q4_1;

@@ -24,29 +24,25 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Zeroes each element with probability `rate` and scales the rest by `1 / (1 - rate)`.
+/// `values` with each element zeroed with probability `rate` and the rest scaled by
+/// `1 / (1 - rate)`; element `i` of the flattened tensor keeps or drops by `(seed, i)`
+/// alone, so any op can recompute the same mask.
+pub(crate) fn masked(mut values: Vec<f32>, rate: f32, seed: u64) -> Vec<f32> {
+    let keep = 1.0 - rate;
+    let scale = 1.0 / keep;
+    values.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, values)| {
+        let first = chunk * CHUNK;
+        for (at, v) in values.iter_mut().enumerate() {
+            *v = if keeps(seed, (first + at) as u64, keep) { *v * scale } else { 0.0 };
+        }
+    });
+    values
+}
+
+/// Dropout as an op of the gradient graph (its backward pass applies the same mask).
 struct TrainDropout {
     rate: f32,
     seed: u64,
-}
-
-impl TrainDropout {
-    /// `values` (starting at element `first`) times the mask, in place.
-    fn apply(&self, first: usize, values: &mut [f32]) {
-        let keep = 1.0 - self.rate;
-        let scale = 1.0 / keep;
-        for (at, v) in values.iter_mut().enumerate() {
-            *v = if keeps(self.seed, (first + at) as u64, keep) { *v * scale } else { 0.0 };
-        }
-    }
-
-    fn masked(&self, mut values: Vec<f32>) -> Vec<f32> {
-        values
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, v)| self.apply(chunk * CHUNK, v));
-        values
-    }
 }
 
 impl CustomOp1 for TrainDropout {
@@ -56,11 +52,11 @@ impl CustomOp1 for TrainDropout {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(x, layout, "training dropout", "x")?;
-        Ok((CpuStorage::F32(self.masked(x.to_vec())), layout.shape().clone()))
+        Ok((CpuStorage::F32(masked(x.to_vec(), self.rate, self.seed)), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = self.masked(HostF32::of(grad)?.to_vec());
+        let grad = masked(HostF32::of(grad)?.to_vec(), self.rate, self.seed);
         Ok(Some(Tensor::from_vec(grad, x.shape(), &Device::Cpu)?))
     }
 }

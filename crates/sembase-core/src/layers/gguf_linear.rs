@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::{Activation, Linear, LinearWeights};
 use crate::error::{Error, Result};
-use crate::kernels::frozen_linear::{self, FrozenMatrix};
+use crate::kernels::frozen_linear::{self, FrozenMap, FrozenMatrix};
 use crate::kernels::q4_1::Q4_1Matrix;
 use crate::weights::mapped_gguf::GgufTensor;
 
@@ -83,15 +83,21 @@ impl GgufMatrix {
     /// `x W^T` for an input in a gradient graph (LoRA over a quantised base): the matrix
     /// is dequantised in each pass that reads it, and only the input gets a gradient.
     fn forward_in_graph(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
-        let matrix = self.clone();
-        let weight: FrozenMatrix =
-            Arc::new(move || matrix.dequantised().map_err(candle_core::Error::wrap)?.contiguous());
         let (in_dim, out_dim) = (x.dim(D::Minus1)?, self.out_dim()?);
-        let bias = Tensor::zeros(out_dim, DType::F32, x.device())?;
-        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, weight, &bias)?;
+        let map = self.frozen_map(None)?;
+        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, &map)?;
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_dim;
         Ok(y.reshape(dims)?)
+    }
+
+    /// The CPU matrix as a frozen f32 map with `bias` (none: zeros), dequantised in
+    /// each pass that reads it.
+    fn frozen_map(&self, bias: Option<&Tensor>) -> Result<FrozenMap> {
+        let matrix = self.clone();
+        let weight: FrozenMatrix =
+            Arc::new(move || matrix.dequantised().map_err(candle_core::Error::wrap)?.contiguous());
+        Ok(FrozenMap { weight, bias: FrozenMap::bias_or_zeros(bias, self.out_dim()?)? })
     }
 
     /// Rows of the `(out, in)` matrix.
@@ -152,5 +158,15 @@ impl DecoderLinear {
     /// Applies the map over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_then(x, None)
+    }
+
+    /// The map as a frozen f32 map on the CPU (a LoRA base in a gradient graph); `None`
+    /// where it has none (int8, trained or device weights).
+    pub(crate) fn frozen_map(&self) -> Result<Option<FrozenMap>> {
+        match self {
+            Self::Dense(linear) => linear.frozen_map(),
+            Self::Quantized { matrix: GgufMatrix::Device(_), .. } => Ok(None),
+            Self::Quantized { matrix, bias } => Ok(Some(matrix.frozen_map(bias.as_ref())?)),
+        }
     }
 }

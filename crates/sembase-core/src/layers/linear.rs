@@ -10,8 +10,9 @@ use candle_nn::VarBuilder;
 use super::{on_cpu_in_f32, Activation};
 use crate::error::{Error, Result};
 use crate::kernels::cpu_linear::{self, CpuLinear};
+use crate::kernels::frozen_linear::{self, FrozenMap, FrozenMatrix};
 use crate::kernels::int8_linear::{self, Int8Kernel, Int8Matrix};
-use crate::kernels::{frozen_linear, train_linear};
+use crate::kernels::train_linear;
 use crate::weights::mapped_weights::MappedHalf;
 
 /// `y = x W^T + b` over the last dimension of `x`, whatever its rank.
@@ -163,6 +164,30 @@ impl Linear {
         }
     }
 
+    /// The map as a frozen f32 map on the CPU, for a gradient graph in which it is not
+    /// trained (a LoRA base): half-precision weights are expanded to f32 in each pass
+    /// that reads them. `None` for int8 weights and for trained or non-CPU ones.
+    pub(crate) fn frozen_map(&self) -> Result<Option<FrozenMap>> {
+        Ok(match &self.weights {
+            LinearStore::Float { weight, bias, .. }
+                if !weight.track_op()
+                    && bias.as_ref().is_none_or(|b| !b.track_op())
+                    && on_cpu_in_f32(&[weight]) =>
+            {
+                Some(FrozenMap::held(weight, bias.as_ref())?)
+            }
+            LinearStore::Mapped { weight, bias } => {
+                let (half, out_dim) = (weight.clone(), weight.dims().0);
+                let weight: FrozenMatrix = Arc::new(move || {
+                    let w = half.to_tensor().map_err(candle_core::Error::wrap)?;
+                    w.to_dtype(DType::F32)?.contiguous()
+                });
+                Some(FrozenMap { weight, bias: FrozenMap::bias_or_zeros(bias.as_ref(), out_dim)? })
+            }
+            _ => None,
+        })
+    }
+
     /// Applies the map; leading dimensions are flattened into one GEMM.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_then(x, None)
@@ -179,8 +204,14 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_dim();
         let gelu = activation == Some(Activation::Gelu);
-        let (y, activated) = match &self.weights {
-            LinearStore::Int8(int8) => {
+        let frozen = match x.track_op() && on_cpu_in_f32(&[x]) {
+            true => self.frozen_map()?,
+            false => None,
+        };
+        let (y, activated) = match (&self.weights, frozen) {
+            // A LoRA base: only the input gets a gradient.
+            (_, Some(map)) => (frozen_linear::linear(&flat, &map)?, false),
+            (LinearStore::Int8(int8), None) => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
                     return Err(Error::Unsupported(
                         "int8 weights run only for inference on f32 CPU inputs".into(),
@@ -197,20 +228,7 @@ impl Linear {
                     gelu,
                 )
             }
-            LinearStore::Mapped { weight, bias } if x.track_op() && on_cpu_in_f32(&[x]) => {
-                // A LoRA base: the matrix converted to f32 in each pass that reads it.
-                let (weight, out_dim) = (weight.clone(), weight.dims().0);
-                let weight_f32: frozen_linear::FrozenMatrix = Arc::new(move || {
-                    let w = weight.to_tensor().map_err(candle_core::Error::wrap)?;
-                    w.to_dtype(DType::F32)?.contiguous()
-                });
-                let bias = match bias {
-                    Some(b) => b.to_dtype(DType::F32)?,
-                    None => Tensor::zeros(out_dim, DType::F32, x.device())?,
-                };
-                (frozen_linear::linear(&flat, weight_f32, &bias)?, false)
-            }
-            LinearStore::Mapped { weight, bias } => {
+            (LinearStore::Mapped { weight, bias }, None) => {
                 if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
                     return Err(Error::Unsupported(
                         "mapped half-precision weights run only for inference on f32 CPU inputs"
@@ -228,7 +246,7 @@ impl Linear {
                     gelu,
                 )
             }
-            LinearStore::Float { weight, bias, kernel_weights }
+            (LinearStore::Float { weight, bias, kernel_weights }, None)
                 if kernel_applies(x, weight, bias.as_ref()) =>
             {
                 let kernel = kernel_weights_of(weight, bias.as_ref(), kernel_weights)?;
@@ -242,16 +260,7 @@ impl Linear {
                     gelu,
                 )
             }
-            LinearStore::Float { weight, bias, .. }
-                if frozen_in_graph(x, weight, bias.as_ref()) =>
-            {
-                let bias = match bias {
-                    Some(b) => b.clone(),
-                    None => Tensor::zeros(weight.dims()[0], DType::F32, x.device())?,
-                };
-                (frozen_linear::linear(&flat, frozen_linear::held(weight)?, &bias)?, false)
-            }
-            LinearStore::Float { weight, bias, .. } => {
+            (LinearStore::Float { weight, bias, .. }, None) => {
                 let y = match bias {
                     Some(bias) if on_cpu_in_f32(&[&flat, weight, bias]) => {
                         train_linear::linear(&flat, weight, bias)?
@@ -277,13 +286,6 @@ fn kernel_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     let inference = !x.track_op() && !weight.track_op() && x.device().is_cpu();
     let floats = matches!(weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
     inference && floats && x.dtype() == DType::F32 && bias.is_none_or(|b| !b.track_op())
-}
-
-/// Whether a call is frozen f32 weights on the CPU under an input in a gradient graph
-/// (a LoRA base): only the input's gradient is wanted.
-fn frozen_in_graph(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    let frozen = !weight.track_op() && bias.is_none_or(|b| !b.track_op());
-    x.track_op() && frozen && on_cpu_in_f32(&[x, weight])
 }
 
 /// The kernel's weights: made once and kept in `cache` for f32 weights, converted on each

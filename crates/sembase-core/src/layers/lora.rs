@@ -6,8 +6,9 @@
 
 use candle_core::Tensor;
 
-use super::{Activation, DecoderLinear, Dropout};
+use super::{on_cpu_in_f32, Activation, DecoderLinear, Dropout};
 use crate::error::{Error, Result};
+use crate::kernels::frozen_lora;
 use crate::mode::Mode;
 
 /// What a LoRA adapter is: its rank, scaling, dropout and the matrices it adapts.
@@ -113,6 +114,29 @@ impl LoraAdapter {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// `base(x)` plus this update as one op (`frozen_lora`) when training on the CPU in
+    /// f32 over a base that has a frozen f32 form; `None` otherwise.
+    fn fused_with(&self, base: &DecoderLinear, x: &Tensor, mode: &Mode) -> Result<Option<Tensor>> {
+        let training = x.track_op() || self.a.track_op() || self.b.track_op();
+        if !training || !on_cpu_in_f32(&[x, &self.a, &self.b]) {
+            return Ok(None);
+        }
+        let Some(map) = base.frozen_map()? else {
+            return Ok(None);
+        };
+        let rate = self.dropout.rate(mode);
+        // Drawn only when dropping, as the dropout layer does, so runs replay alike.
+        let seed = if rate > 0.0 { mode.next_dropout_seed() } else { 0 };
+        let update = frozen_lora::Update { scale: self.scale as f32, rate, seed };
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
+        let y = frozen_lora::linear(&flat, &self.a, &self.b, &map, update)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.b.dim(0)?;
+        Ok(Some(y.reshape(out_dims)?))
+    }
+
     /// A copy outside any gradient graph (for inference on trained weights).
     pub fn detached(&self) -> Self {
         Self { a: self.a.detach(), b: self.b.detach(), ..self.clone() }
@@ -137,7 +161,10 @@ impl AdaptedLinear {
         let Some(adapter) = &self.adapter else {
             return self.base.forward_then(x, activation);
         };
-        let y = (self.base.forward(x)? + adapter.forward(x, mode)?)?;
+        let y = match adapter.fused_with(&self.base, x, mode)? {
+            Some(y) => y,
+            None => (self.base.forward(x)? + adapter.forward(x, mode)?)?,
+        };
         match activation {
             Some(a) => a.forward(&y),
             None => Ok(y),

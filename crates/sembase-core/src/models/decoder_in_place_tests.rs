@@ -294,16 +294,17 @@ fn lora_over_a_quantised_base_trains_like_lora_over_its_f32_copy() {
     let spec =
         LoraSpec::new(4, 8.0, 0.0, LORA_TARGETS.iter().map(|t| t.to_string()).collect()).unwrap();
     let adapters = VarMap::new();
-    // 140 token rows: matrices whose input carries no gradient (the first layer's) take
-    // the dequantise-and-GEMM path too, not the int8 kernel of short inputs.
-    let ids: Vec<u32> = (0..140u32).map(|i| i * 37 % 96).collect();
-    let mask: Vec<u32> = (0..140).map(|i| u32::from(i % 14 < 11)).collect();
+    // 28 token rows: few enough that inference would multiply the first layer's
+    // matrices (whose input carries no gradient) by 8-bit activations; training must
+    // still see the dequantised matrices there, as it does in every other layer.
+    let ids: Vec<u32> = (0..28u32).map(|i| i * 37 % 96).collect();
+    let mask: Vec<u32> = (0..28).map(|i| u32::from(i % 14 < 11)).collect();
     let batch = PackedBatch::from_mask(
-        Tensor::from_vec(ids, (20, 7), &Device::Cpu).unwrap(),
-        Tensor::from_vec(mask, (20, 7), &Device::Cpu).unwrap(),
+        Tensor::from_vec(ids, (4, 7), &Device::Cpu).unwrap(),
+        Tensor::from_vec(mask, (4, 7), &Device::Cpu).unwrap(),
     )
     .unwrap();
-    let probe = Tensor::randn(0f32, 1.0, (20, 7, cfg.hidden_size), &Device::Cpu).unwrap();
+    let probe = Tensor::randn(0f32, 1.0, (4, 7, cfg.hidden_size), &Device::Cpu).unwrap();
     let run = |dequantize: bool| {
         // SAFETY: the test's file is not changed while the model lives.
         let (weights, _) =
