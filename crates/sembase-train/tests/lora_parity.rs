@@ -84,9 +84,9 @@ fn largest_gap(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn pooled(model: &DecoderModel, case: &Case) -> Tensor {
+fn pooled(model: &DecoderModel, case: &Case, mode: &Mode) -> Tensor {
     let batch = case.batch();
-    let states = model.forward(&batch, &Mode::Inference).unwrap();
+    let states = model.forward(&batch, mode).unwrap();
     case.pooling().forward(&states, batch.mask()).unwrap()
 }
 
@@ -105,7 +105,11 @@ fn adapters_read_from_peft_files_give_pytorchs_vectors() {
                 false,
             )
             .unwrap();
-            let got = pooled(&model, &case).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = pooled(&model, &case, &Mode::Inference)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let want: Vec<f32> = case.pooled.concat();
             let gap = largest_gap(&got, &want);
             assert!(gap < 1e-4, "{}: pooled vectors differ by {gap}", case.name(model_name));
@@ -115,7 +119,8 @@ fn adapters_read_from_peft_files_give_pytorchs_vectors() {
 }
 
 /// Training: frozen base, adapter variables set to PEFT's values; loss and every
-/// adapter gradient equal PyTorch's.
+/// adapter gradient equal PyTorch's, in training mode (the CPU training kernels: packed
+/// attention, RoPE, norms and the fused LoRA map; the fixture's dropout is 0).
 #[test]
 fn loss_and_adapter_gradients_match_peft() {
     for model_name in MODELS {
@@ -143,7 +148,8 @@ fn loss_and_adapter_gradients_match_peft() {
                 var.set(&values[name]).unwrap();
             }
             let name = case.name(model_name);
-            let vectors = pooled(&model, case);
+            assert_eq!(adapter.spec.dropout, 0.0, "{name}: the fixture must not drop out");
+            let vectors = pooled(&model, case, &Mode::training(1));
             let pick = |rows: &[usize]| {
                 let rows =
                     Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &Device::Cpu);

@@ -69,13 +69,8 @@ impl CustomOp1 for CpuAttention<'_> {
                 // SAFETY: rows start..start+len <= tokens and this head's columns lie inside
                 // each of the three `hidden`-wide parts of a row (checked by `check_sequences`).
                 unsafe {
-                    scaled_scores(
-                        q,
-                        k,
-                        Head { base, len, stride: width, head_dim },
-                        self.scale,
-                        scores,
-                    )
+                    let head = Head { base, len, stride: width, head_dim };
+                    scaled_scores(q, head, k, head, self.scale, scores)
                 };
                 for (i, row) in scores.chunks_mut(len).enumerate() {
                     if let Some(bias) = self.bias {
@@ -121,26 +116,9 @@ pub(crate) struct Head {
     pub head_dim: usize,
 }
 
-/// Checks that q, k and v have one `(tokens, hidden)` shape that `sequences` (in
-/// order, not overlapping) fits and `heads` divides; returns `(tokens, hidden)`.
-pub(crate) fn check_packed(
-    q: &Layout,
-    k: &Layout,
-    v: &Layout,
-    sequences: &[(usize, usize)],
-    heads: usize,
-) -> Result<(usize, usize)> {
-    let (tokens, hidden) = q.shape().dims2()?;
-    if k.shape() != q.shape() || v.shape() != q.shape() {
-        candle_core::bail!("{OP}: q, k and v shapes differ");
-    }
-    check_sequences(tokens, hidden, sequences, heads)?;
-    Ok((tokens, hidden))
-}
-
 /// Checks that `sequences` (in order, not overlapping) fit `tokens` packed rows and
 /// that `heads` divides `hidden`.
-fn check_sequences(
+pub(crate) fn check_sequences(
     tokens: usize,
     hidden: usize,
     sequences: &[(usize, usize)],
@@ -156,18 +134,22 @@ fn check_sequences(
     Ok(())
 }
 
-/// `scores` (len x len) = `scale` * Q K^T for one head block.
+/// `scores` (len x len) = `scale` * Q K^T for one query head block of `q` and the key
+/// head block of `k` it attends with (the same block of a fused projection, or of
+/// another width under grouped-query attention).
 ///
 /// # Safety
-/// The block must lie inside `q` and `k` (rows `len`, `stride` apart, from `base`).
+/// Each block must lie inside its slice (rows `len`, `stride` apart, from `base`), and
+/// both must have the same `len` and `head_dim`.
 pub(crate) unsafe fn scaled_scores(
     q: &[f32],
+    q_head: Head,
     k: &[f32],
-    head: Head,
+    k_head: Head,
     scale: f32,
     scores: &mut Vec<f32>,
 ) {
-    let Head { base, len, stride, head_dim } = head;
+    let Head { len, head_dim, .. } = q_head;
     scores.resize(len * len, 0.0);
     matmul(
         len,
@@ -176,8 +158,8 @@ pub(crate) unsafe fn scaled_scores(
         scores.as_mut_ptr(),
         len,
         false,
-        View::rows(&q[base..], stride),
-        View::columns(&k[base..], stride),
+        View::rows(&q[q_head.base..], q_head.stride),
+        View::columns(&k[k_head.base..], k_head.stride),
         scale,
         gemm::Parallelism::None,
     );

@@ -22,3 +22,4 @@ pub(crate) mod train_dropout;
 pub(crate) mod train_gelu;
 pub(crate) mod train_linear;
 pub(crate) mod train_norm;
+pub(crate) mod train_rope;

@@ -101,9 +101,12 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
-    /// Normalises `x`; composed of differentiable ops when `x` or the scale is tracked.
+    /// Normalises `x`; in a gradient graph through the training kernel on the CPU in
+    /// f32, composed of differentiable ops elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() || self.weight.track_op() {
+        if (x.track_op() || self.weight.track_op()) && on_cpu_in_f32(&[x, &self.weight]) {
+            Ok(train_norm::rms_norm(x, &self.weight, self.eps as f32)?)
+        } else if x.track_op() || self.weight.track_op() {
             let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
             Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?)
         } else {

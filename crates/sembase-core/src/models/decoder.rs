@@ -10,11 +10,15 @@
 //! stays in the file either way. Names are the Hugging Face ones; the GGUF source maps
 //! them.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use super::decoder_config::DecoderConfig;
 use super::TextEncoder;
 use crate::error::{Error, Result};
+use crate::kernels::train_attention::{self, TrainAttention};
+use crate::kernels::train_rope::{self, RopeAngles};
 use crate::layers::{softmax_last_dim, Activation, AdaptedLinear, DecoderLinear, RmsNorm};
 use crate::mode::Mode;
 use crate::packed::PackedBatch;
@@ -102,6 +106,24 @@ impl RopeTables {
         })
     }
 
+    /// The angles of every token of a `(batch, seq)` batch, `(batch x seq, half)`, for
+    /// the training kernels' packed rows.
+    fn per_token(&self, batch: usize) -> Result<RopeAngles> {
+        let (cos, sin) = match self.cos.rank() {
+            2 => (self.cos.unsqueeze(0)?, self.sin.unsqueeze(0)?),
+            _ => (self.cos.clone(), self.sin.clone()),
+        };
+        let (_, seq, half) = cos.dims3()?;
+        let flat = |t: Tensor| -> Result<Arc<[f32]>> {
+            Ok(t.broadcast_as((batch, seq, half))?.flatten_all()?.to_vec1::<f32>()?.into())
+        };
+        Ok(RopeAngles {
+            cos: flat(cos)?,
+            sin: flat(sin)?,
+            interleaved: self.layout == RopeLayout::Interleaved,
+        })
+    }
+
     /// Rotates `(batch, heads, seq, head_width)`.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
@@ -135,6 +157,42 @@ impl RopeTables {
             }
         }
     }
+}
+
+/// A padded training batch as the CPU training kernels read it: each row's real tokens
+/// as one packed sequence of the `(batch x seq)` rows, and every token's RoPE angles.
+struct PackedRows {
+    sequences: Arc<[(usize, usize)]>,
+    angles: RopeAngles,
+    causal: bool,
+}
+
+impl PackedRows {
+    /// The packing of `mask` `(batch, seq)`, or `None` when a row's real tokens are not
+    /// one run (the composed ops handle any mask).
+    fn for_mask(mask: &Tensor, rope: &RopeTables, causal: bool) -> Result<Option<Self>> {
+        let (batch, seq) = mask.dims2()?;
+        let rows = mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let mut sequences = Vec::with_capacity(batch);
+        for (r, row) in rows.iter().enumerate() {
+            let first = row.iter().position(|&m| m != 0).unwrap_or(0);
+            let len = row[first..].iter().take_while(|&&m| m != 0).count();
+            if row[first + len..].iter().any(|&m| m != 0) {
+                return Ok(None);
+            }
+            sequences.push((r * seq + first, len));
+        }
+        Ok(Some(Self { sequences: sequences.into(), angles: rope.per_token(batch)?, causal }))
+    }
+}
+
+/// What every layer's attention needs of one forward pass, made once.
+struct PassInputs {
+    rope: RopeTables,
+    /// The additive attention bias of the composed ops.
+    bias: Tensor,
+    /// Set in training on the CPU in f32: the training kernels' packing.
+    packed: Option<PackedRows>,
 }
 
 /// Grouped-query self-attention (causal unless the model was made bidirectional).
@@ -182,7 +240,40 @@ impl Attention {
         Ok(y.transpose(1, 2)?.contiguous()?)
     }
 
-    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor, mode: &Mode) -> Result<Tensor> {
+    /// Attention in training on the CPU through the training kernels over packed rows
+    /// (no head transposes; each kernel keeps only its output for the backward pass).
+    fn forward_packed(&self, x: &Tensor, packed: &PackedRows, mode: &Mode) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (heads, kv, d) = (self.heads, self.kv_heads, self.head_width);
+        let rotated = |projection: &AdaptedLinear, heads: usize, norm: Option<&RmsNorm>| {
+            let y = projection.forward(x, mode)?;
+            let y = match norm {
+                Some(n) => n.forward(&y.reshape((b * s, heads, d))?)?,
+                None => y,
+            };
+            Ok::<_, Error>(train_rope::rope(&y.reshape((b * s, heads * d))?, &packed.angles, d)?)
+        };
+        let q = rotated(&self.q, heads, self.q_norm.as_ref())?;
+        let k = rotated(&self.k, kv, self.k_norm.as_ref())?;
+        let v = self.v.forward(x, mode)?.reshape((b * s, kv * d))?;
+        let op = TrainAttention {
+            heads,
+            kv_heads: kv,
+            sequences: packed.sequences.clone(),
+            scale: 1.0 / (d as f32).sqrt(),
+            causal: packed.causal,
+            dropout: 0.0,
+            seed: 0,
+        };
+        let context = train_attention::attention(&q, &k, &v, op)?;
+        self.o.forward(&context.reshape((b, s, heads * d))?, mode)
+    }
+
+    fn forward(&self, x: &Tensor, pass: &PassInputs, mode: &Mode) -> Result<Tensor> {
+        if let Some(packed) = &pass.packed {
+            return self.forward_packed(x, packed, mode);
+        }
+        let (rope, bias) = (&pass.rope, &pass.bias);
         let (b, s, _) = x.dims3()?;
         let (heads, kv, d) = (self.heads, self.kv_heads, self.head_width);
         let q =
@@ -240,8 +331,8 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RopeTables, bias: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, rope, bias, mode)?)?;
+    fn forward(&self, x: &Tensor, pass: &PassInputs, mode: &Mode) -> Result<Tensor> {
+        let x = (x + self.attention.forward(&self.input_norm.forward(x)?, pass, mode)?)?;
         let h = self.post_attention_norm.forward(&x)?;
         let gate = self.gate.forward_then(&h, Some(Activation::Silu), mode)?;
         let inner = (gate * self.up.forward(&h, mode)?)?;
@@ -371,8 +462,13 @@ impl DecoderModel {
         let mut x = self.embed.lookup(ids)?;
         let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
         let bias = attention_bias(mask, self.causal)?;
+        let packed = match mode.is_training() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            true => PackedRows::for_mask(mask, &rope, self.causal)?,
+            false => None,
+        };
+        let pass = PassInputs { rope, bias, packed };
         for layer in &self.layers {
-            x = layer.forward(&x, &rope, &bias, mode)?;
+            x = layer.forward(&x, &pass, mode)?;
         }
         self.norm.forward(&x)
     }

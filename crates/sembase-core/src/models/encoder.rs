@@ -178,8 +178,10 @@ impl EncoderLayer {
             let seed = if dropout > 0.0 { mode.next_dropout_seed() } else { 0 };
             let op = TrainAttention {
                 heads: self.heads,
+                kv_heads: self.heads,
                 sequences: packing.sequences.clone(),
                 scale,
+                causal: false,
                 dropout,
                 seed,
             };
