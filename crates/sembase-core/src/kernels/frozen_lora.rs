@@ -24,11 +24,7 @@ const OP: &str = "frozen LoRA linear";
 /// The base map and how the update is applied.
 struct FrozenLora {
     base: FrozenMap,
-    scale: f32,
-    /// Dropout rate on the update's input (0: none).
-    rate: f32,
-    /// Chooses the dropout mask.
-    seed: u64,
+    update: Update,
 }
 
 /// The shapes of one call: `x` `(rows, in)`, `A` `(rank, in)`, `B` `(out, rank)`.
@@ -54,8 +50,9 @@ impl Dims {
 impl FrozenLora {
     /// The update's input: `x` after dropout.
     fn dropped<'x>(&self, x: &'x [f32]) -> Cow<'x, [f32]> {
-        if self.rate > 0.0 {
-            Cow::Owned(masked(x.to_vec(), self.rate, self.seed))
+        let Update { rate, seed, .. } = self.update;
+        if rate > 0.0 {
+            Cow::Owned(masked(x.to_vec(), rate, seed))
         } else {
             Cow::Borrowed(x)
         }
@@ -122,7 +119,7 @@ impl CustomOp3 for FrozenLora {
                 true,
                 View::rows(&low, d.rank),
                 View::columns(b, d.rank),
-                self.scale,
+                self.update.scale,
                 every_thread(),
             );
         }
@@ -143,7 +140,7 @@ impl CustomOp3 for FrozenLora {
         let dropped = self.dropped(&xs);
         let low = self.low(&dropped, &a_values, d);
         let scaled = |mut values: Vec<f32>| {
-            values.iter_mut().for_each(|v| *v *= self.scale);
+            values.iter_mut().for_each(|v| *v *= self.update.scale);
             values
         };
         // (m x k) . (k x n) on every thread.
@@ -161,8 +158,9 @@ impl CustomOp3 for FrozenLora {
             let w = HostF32::of(&weight)?;
             let mut dx = mul(d.rows, in_dim, out_dim, rows(&g, out_dim), rows(&w, in_dim));
             let through_update = mul(d.rows, in_dim, r, rows(&d_low, r), rows(&a_values, in_dim));
-            let through_update = match self.rate > 0.0 {
-                true => masked(through_update, self.rate, self.seed),
+            let Update { rate, seed, .. } = self.update;
+            let through_update = match rate > 0.0 {
+                true => masked(through_update, rate, seed),
                 false => through_update,
             };
             add_into(&mut dx, &through_update);
@@ -178,11 +176,14 @@ impl CustomOp3 for FrozenLora {
     }
 }
 
-/// How a LoRA update is applied: `scale`, and dropout at `rate` with the mask `seed` chooses.
+/// How a LoRA update is applied.
 #[derive(Debug, Clone, Copy)]
 pub struct Update {
+    /// Multiplies the low-rank product (`alpha / rank`).
     pub scale: f32,
+    /// Dropout rate on the update's input (0: none).
     pub rate: f32,
+    /// Chooses the dropout mask.
     pub seed: u64,
 }
 
@@ -196,8 +197,7 @@ pub fn linear(
     update: Update,
 ) -> Result<Tensor> {
     let base = FrozenMap { weight: base.weight.clone(), bias: base.bias.contiguous()? };
-    let Update { scale, rate, seed } = update;
-    let op = FrozenLora { base, scale, rate, seed };
+    let op = FrozenLora { base, update };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
