@@ -68,8 +68,7 @@ impl CustomOp1 for FrozenLinear {
 
 /// `x W^T + b` for an f32 CPU `x` `(rows, in)` in a gradient graph, with a frozen map.
 pub fn linear(x: &Tensor, map: &FrozenMap) -> Result<Tensor> {
-    let map = FrozenMap { weight: map.weight.clone(), bias: map.bias.contiguous()? };
-    x.contiguous()?.apply_op1(FrozenLinear(map))
+    x.contiguous()?.apply_op1(FrozenLinear(map.clone()))
 }
 
 impl FrozenMap {

@@ -196,8 +196,7 @@ pub fn linear(
     base: &FrozenMap,
     update: Update,
 ) -> Result<Tensor> {
-    let base = FrozenMap { weight: base.weight.clone(), bias: base.bias.contiguous()? };
-    let op = FrozenLora { base, update };
+    let op = FrozenLora { base: base.clone(), update };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 

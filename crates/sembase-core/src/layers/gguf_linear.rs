@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 
-use super::{Activation, Linear, LinearWeights};
+use super::{over_last_dim, Activation, Linear, LinearWeights};
 use crate::error::{Error, Result};
 use crate::kernels::frozen_linear::{self, FrozenMap, FrozenMatrix};
 use crate::kernels::q4_1::Q4_1Matrix;
@@ -64,7 +64,7 @@ impl GgufMatrix {
         let rows = x.elem_count() / in_dim.max(1);
         match self {
             Self::Device(matmul) => Ok(matmul.forward(&x.contiguous()?)?),
-            Self::Q4_1(_) | Self::Mapped(_) if x.track_op() => self.forward_in_graph(x, rows),
+            Self::Q4_1(_) | Self::Mapped(_) if x.track_op() => self.forward_in_graph(x),
             Self::Q4_1(_) if rows >= Q4_1_GEMM_FROM_ROWS => self.gemm(x),
             Self::Mapped(_) if rows >= CANDLE_GEMM_FROM_ROWS => self.gemm(x),
             Self::Q4_1(weights) => {
@@ -82,13 +82,9 @@ impl GgufMatrix {
 
     /// `x W^T` for an input in a gradient graph (LoRA over a quantised base): the matrix
     /// is dequantised in each pass that reads it, and only the input gets a gradient.
-    fn forward_in_graph(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
-        let (in_dim, out_dim) = (x.dim(D::Minus1)?, self.out_dim()?);
+    fn forward_in_graph(&self, x: &Tensor) -> Result<Tensor> {
         let map = self.frozen_map(None)?;
-        let y = frozen_linear::linear(&x.reshape((rows, in_dim))?, &map)?;
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = out_dim;
-        Ok(y.reshape(dims)?)
+        over_last_dim(x, self.out_dim()?, |x| Ok(frozen_linear::linear(x, &map)?))
     }
 
     /// The CPU matrix as a frozen f32 map with `bias` (none: zeros), dequantised in

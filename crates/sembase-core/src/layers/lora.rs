@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::{on_cpu_in_f32, Activation, DecoderLinear, Dropout};
+use super::{on_cpu_in_f32, over_last_dim, Activation, DecoderLinear, Dropout};
 use crate::error::{Error, Result};
 use crate::kernels::frozen_lora;
 use crate::mode::Mode;
@@ -103,15 +103,10 @@ impl LoraAdapter {
 
     /// `scale * dropout(x) A^T B^T` over the last dimension of `x`.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let x = self.dropout.forward(&x.reshape((rows, in_dim))?, mode)?;
-        let low = x.matmul(&self.a.t()?)?;
-        let y = (low.matmul(&self.b.t()?)? * self.scale)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.b.dim(0)?;
-        Ok(y.reshape(out_dims)?)
+        over_last_dim(x, self.b.dim(0)?, |x| {
+            let low = self.dropout.forward(x, mode)?.matmul(&self.a.t()?)?;
+            Ok((low.matmul(&self.b.t()?)? * self.scale)?)
+        })
     }
 
     /// `base(x)` plus this update as one op (`frozen_lora`) when training on the CPU in
@@ -128,13 +123,10 @@ impl LoraAdapter {
         // Drawn only when dropping, as the dropout layer does, so runs replay alike.
         let seed = if rate > 0.0 { mode.next_dropout_seed() } else { 0 };
         let update = frozen_lora::Update { scale: self.scale as f32, rate, seed };
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let flat = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
-        let y = frozen_lora::linear(&flat, &self.a, &self.b, &map, update)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.b.dim(0)?;
-        Ok(Some(y.reshape(out_dims)?))
+        let y = over_last_dim(x, self.b.dim(0)?, |x| {
+            Ok(frozen_lora::linear(x, &self.a, &self.b, &map, update)?)
+        })?;
+        Ok(Some(y))
     }
 
     /// A copy outside any gradient graph (for inference on trained weights).

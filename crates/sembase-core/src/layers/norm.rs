@@ -104,13 +104,13 @@ impl RmsNorm {
     /// Normalises `x`; in a gradient graph through the training kernel on the CPU in
     /// f32, composed of differentiable ops elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if (x.track_op() || self.weight.track_op()) && on_cpu_in_f32(&[x, &self.weight]) {
+        if !x.track_op() && !self.weight.track_op() {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        } else if on_cpu_in_f32(&[x, &self.weight]) {
             Ok(train_norm::rms_norm(x, &self.weight, self.eps as f32)?)
-        } else if x.track_op() || self.weight.track_op() {
+        } else {
             let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
             Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(&self.weight)?)
-        } else {
-            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
         }
     }
 }

@@ -187,12 +187,11 @@ impl PackedRows {
 }
 
 /// What every layer's attention needs of one forward pass, made once.
-struct PassInputs {
-    rope: RopeTables,
-    /// The additive attention bias of the composed ops.
-    bias: Tensor,
-    /// Set in training on the CPU in f32: the training kernels' packing.
-    packed: Option<PackedRows>,
+enum PassInputs {
+    /// For the composed ops: the rotary tables and the additive attention bias.
+    Composed { rope: RopeTables, bias: Tensor },
+    /// In training on the CPU in f32: the training kernels' packing.
+    Packed(PackedRows),
 }
 
 /// Grouped-query self-attention (causal unless the model was made bidirectional).
@@ -270,10 +269,10 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, pass: &PassInputs, mode: &Mode) -> Result<Tensor> {
-        if let Some(packed) = &pass.packed {
-            return self.forward_packed(x, packed, mode);
-        }
-        let (rope, bias) = (&pass.rope, &pass.bias);
+        let (rope, bias) = match pass {
+            PassInputs::Packed(packed) => return self.forward_packed(x, packed, mode),
+            PassInputs::Composed { rope, bias } => (rope, bias),
+        };
         let (b, s, _) = x.dims3()?;
         let (heads, kv, d) = (self.heads, self.kv_heads, self.head_width);
         let q =
@@ -461,12 +460,15 @@ impl DecoderModel {
         }
         let mut x = self.embed.lookup(ids)?;
         let rope = RopeTables::for_mask(&self.inv_freq, mask, self.layout)?;
-        let bias = attention_bias(mask, self.causal)?;
-        let packed = match mode.is_training() && x.device().is_cpu() && x.dtype() == DType::F32 {
+        let training_on_cpu = mode.is_training() && x.device().is_cpu() && x.dtype() == DType::F32;
+        let packed = match training_on_cpu {
             true => PackedRows::for_mask(mask, &rope, self.causal)?,
             false => None,
         };
-        let pass = PassInputs { rope, bias, packed };
+        let pass = match packed {
+            Some(packed) => PassInputs::Packed(packed),
+            None => PassInputs::Composed { rope, bias: attention_bias(mask, self.causal)? },
+        };
         for layer in &self.layers {
             x = layer.forward(&x, &pass, mode)?;
         }
